@@ -1,0 +1,288 @@
+"""models.yaml as validated dataclasses: base models, their variants, limits and generation defaults."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from demo.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODELS_FILE = REPO_ROOT / "models.yaml"
+MODELS_ENV = "ARENA_MODELS"
+BUDGET_ENV = "ARENA_MEMORY_BUDGET_MIB"
+
+DTYPES = ("float32", "float16", "bfloat16")
+SOURCE_KINDS = ("bundled-gguf", "hub", "local")
+DEVICES = ("auto", "cuda", "cpu")
+
+
+@dataclass(frozen=True)
+class Method:
+    """A quantization method: its bit width and the settings models.yaml may give it."""
+
+    name: str
+    bits: int | None  # None: taken from the variant's settings (e.g. GPTQ bits)
+    allowed: dict[str, Any]  # setting name -> tuple of allowed values, or a type
+    required: tuple[str, ...] = ()
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+
+# Settings use transformers' own BitsAndBytesConfig argument names, so nothing is translated.
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method("fp32", 32, {}),
+        Method("fp16", 16, {}),
+        Method("bf16", 16, {}),
+        Method(
+            "bnb-int8",
+            8,
+            {"llm_int8_threshold": float, "llm_int8_skip_modules": list, "llm_int8_has_fp16_weight": bool},
+        ),
+        Method(
+            "bnb-4bit",
+            4,
+            {
+                "bnb_4bit_quant_type": ("nf4", "fp4"),
+                "bnb_4bit_use_double_quant": bool,
+                "bnb_4bit_compute_dtype": DTYPES,
+                "bnb_4bit_quant_storage": ("uint8", *DTYPES),
+            },
+            required=("bnb_4bit_quant_type",),
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a base model's weights come from."""
+
+    kind: str  # one of SOURCE_KINDS
+    repo: str | None = None  # hub: repository id
+    revision: str | None = None  # hub: branch, tag or commit
+    path: Path | None = None  # local: folder with a transformers checkpoint
+    package: str | None = None  # bundled-gguf: Python package that ships the file
+    file: str | None = None  # bundled-gguf: file name inside that package
+
+
+@dataclass(frozen=True)
+class BaseModel:
+    id: str
+    label: str
+    source: Source
+    note: str = ""
+    trust_remote_code: bool = False
+    baseline: str | None = None  # variant id used as this base's reference
+
+
+@dataclass(frozen=True)
+class Variant:
+    id: str
+    base: str
+    method: str
+    settings: dict[str, Any] = field(default_factory=dict)
+    label: str = ""
+    device: str = "auto"  # auto | cuda | cpu
+    dtype: str | None = None  # dtype of the modules that stay unquantized
+
+    @property
+    def bits(self) -> int | None:
+        return METHODS[self.method].bits or self.settings.get("bits")
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_new_tokens: int = 512
+    max_variants: int = 6
+    max_prompt_chars: int = 20000
+
+
+@dataclass(frozen=True)
+class GenerationDefaults:
+    max_new_tokens: int = 64
+    temperature: float = 0.7
+    top_p: float = 0.9
+
+
+@dataclass(frozen=True)
+class ArenaConfig:
+    path: Path
+    bases: dict[str, BaseModel]
+    variants: dict[str, Variant]  # in file order
+    limits: Limits
+    generation: GenerationDefaults
+    memory_budget_mib: float
+    examples: tuple[str, ...] = ()
+
+    def base_of(self, variant_id: str) -> BaseModel:
+        return self.bases[self.variants[variant_id].base]
+
+
+def models_path(explicit: str | os.PathLike | None = None) -> Path:
+    """The models file to use: an explicit path, else $ARENA_MODELS, else the repo's models.yaml."""
+    return Path(explicit or os.environ.get(MODELS_ENV) or DEFAULT_MODELS_FILE)
+
+
+def load_config(path: str | os.PathLike | None = None) -> ArenaConfig:
+    """Read and validate a models file; any problem raises ConfigError naming file, variant, field."""
+    path = models_path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(path, f"cannot read file ({exc.__class__.__name__}: {exc.strerror or exc})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(path, f"YAML syntax error{where}: {getattr(exc, 'problem', exc)}") from None
+    return _parse(path, data)
+
+
+def _parse(path: Path, data: Any) -> ArenaConfig:
+    _expect(isinstance(data, dict), path, "top level must be a mapping with 'bases' and 'variants'")
+    _only(path, data, {"bases", "variants", "limits", "generation", "memory_budget_mib", "examples"}, None)
+    bases = _parse_bases(path, _required(path, data, "bases", dict))
+    variants = _parse_variants(path, _required(path, data, "variants", list), bases)
+    for base in bases.values():
+        if base.baseline is not None and base.baseline not in variants:
+            raise ConfigError(path, f"baseline '{base.baseline}' is not a variant id", field=f"bases.{base.id}.baseline")
+    limits = _dataclass_from(path, Limits, data.get("limits") or {}, "limits")
+    generation = _dataclass_from(path, GenerationDefaults, data.get("generation") or {}, "generation")
+    _expect(1 <= generation.max_new_tokens <= limits.max_new_tokens, path,
+            f"must be between 1 and limits.max_new_tokens ({limits.max_new_tokens})", field="generation.max_new_tokens")
+    examples = data.get("examples") or []
+    _expect(isinstance(examples, list) and all(isinstance(e, str) for e in examples), path,
+            "must be a list of strings", field="examples")
+    return ArenaConfig(path, bases, variants, limits, generation, _budget(path, data), tuple(examples))
+
+
+def _budget(path: Path, data: dict) -> float:
+    raw, where = os.environ.get(BUDGET_ENV), f"${BUDGET_ENV}"
+    if raw is None:
+        raw, where = data.get("memory_budget_mib", 4096), "memory_budget_mib"
+    try:
+        budget = float(raw)
+    except (TypeError, ValueError):
+        budget = -1.0
+    _expect(budget > 0, path, f"must be a positive number of MiB, got {raw!r}", field=where)
+    return budget
+
+
+def _parse_bases(path: Path, raw: dict) -> dict[str, BaseModel]:
+    bases = {}
+    for base_id, entry in raw.items():
+        field_ = f"bases.{base_id}"
+        _expect(isinstance(entry, dict), path, "must be a mapping", field=field_)
+        _only(path, entry, {"label", "source", "note", "trust_remote_code", "baseline"}, None, field_)
+        src = _required(path, entry, "source", dict, field_)
+        bases[str(base_id)] = BaseModel(
+            id=str(base_id),
+            label=str(entry.get("label", base_id)),
+            source=_parse_source(path, src, f"{field_}.source"),
+            note=str(entry.get("note", "")),
+            trust_remote_code=_typed(path, entry.get("trust_remote_code", False), bool, f"{field_}.trust_remote_code"),
+            baseline=entry.get("baseline"),
+        )
+    _expect(bool(bases), path, "must name at least one base model", field="bases")
+    return bases
+
+
+def _parse_source(path: Path, src: dict, field_: str) -> Source:
+    kind = src.get("kind")
+    _expect(kind in SOURCE_KINDS, path, f"unknown source kind {kind!r} (allowed: {', '.join(SOURCE_KINDS)})",
+            field=f"{field_}.kind")
+    needs = {"hub": ("repo",), "local": ("path",), "bundled-gguf": ("package", "file")}[kind]
+    _only(path, src, {"kind", "repo", "revision", "path", "package", "file"}, None, field_)
+    for key in needs:
+        _expect(isinstance(src.get(key), str) and src[key].strip(), path, "is required", field=f"{field_}.{key}")
+    local = (path.parent / src["path"]).resolve() if kind == "local" else None
+    return Source(kind, src.get("repo"), src.get("revision"), local, src.get("package"), src.get("file"))
+
+
+def _parse_variants(path: Path, raw: list, bases: dict[str, BaseModel]) -> dict[str, Variant]:
+    variants: dict[str, Variant] = {}
+    for index, entry in enumerate(raw):
+        _expect(isinstance(entry, dict), path, "each variant must be a mapping", field=f"variants[{index}]")
+        vid = entry.get("id")
+        _expect(isinstance(vid, str) and vid.strip(), path, "is required", field=f"variants[{index}].id")
+        _expect(vid not in variants, path, "duplicate variant id", variant=vid, field="id")
+        _only(path, entry, {"id", "base", "method", "settings", "label", "device", "dtype"}, vid)
+        base = _required(path, entry, "base", str, variant=vid)
+        _expect(base in bases, path, f"unknown base '{base}' (bases: {', '.join(bases)})", variant=vid, field="base")
+        method = _required(path, entry, "method", str, variant=vid)
+        _expect(method in METHODS, path, f"unknown method '{method}' (allowed: {', '.join(METHODS)})",
+                variant=vid, field="method")
+        settings = entry.get("settings") or {}
+        _expect(isinstance(settings, dict), path, "must be a mapping", variant=vid, field="settings")
+        device = entry.get("device", "auto")
+        _expect(device in DEVICES, path, f"must be one of {', '.join(DEVICES)}, got {device!r}", variant=vid, field="device")
+        dtype = entry.get("dtype")
+        _expect(dtype is None or dtype in DTYPES, path, f"must be one of {', '.join(DTYPES)}, got {dtype!r}",
+                variant=vid, field="dtype")
+        variants[vid] = Variant(vid, base, method, _check_settings(path, vid, METHODS[method], settings),
+                                str(entry.get("label", "")), device, dtype)
+    _expect(bool(variants), path, "must list at least one variant", field="variants")
+    return variants
+
+
+def _check_settings(path: Path, vid: str, method: Method, settings: dict) -> dict:
+    for key in method.required:
+        _expect(key in settings, path, f"is required for method '{method.name}'", variant=vid, field=f"settings.{key}")
+    for key, value in settings.items():
+        allowed = method.allowed.get(key)
+        where = f"settings.{key}"
+        if allowed is None:
+            names = ", ".join(method.allowed) or "none"
+            raise ConfigError(path, f"unknown setting for method '{method.name}' (allowed: {names})", variant=vid, field=where)
+        if isinstance(allowed, tuple):
+            _expect(value in allowed, path, f"must be one of {', '.join(map(str, allowed))}, got {value!r}",
+                    variant=vid, field=where)
+        else:
+            _typed(path, value, allowed, where, vid)
+    return {**method.defaults, **settings}
+
+
+def _dataclass_from(path: Path, cls, raw: Any, name: str):
+    _expect(isinstance(raw, dict), path, "must be a mapping", field=name)
+    fields = cls.__dataclass_fields__
+    _only(path, raw, set(fields), None, name)
+    values = {}
+    for key, value in raw.items():
+        kind = type(getattr(cls(), key))
+        values[key] = _typed(path, value, kind, f"{name}.{key}")
+        _expect(values[key] > 0, path, f"must be positive, got {value!r}", field=f"{name}.{key}")
+    return cls(**values)
+
+
+def _typed(path: Path, value: Any, kind: type, field_: str, variant: str | None = None):
+    ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        ok, value = True, float(value)
+    _expect(ok, path, f"must be {kind.__name__}, got {value!r}", variant=variant, field=field_)
+    return value
+
+
+def _required(path: Path, entry: dict, key: str, kind: type, prefix: str | None = None, variant: str | None = None):
+    field_ = f"{prefix}.{key}" if prefix else key
+    _expect(key in entry, path, "is required", variant=variant, field=field_)
+    _expect(isinstance(entry[key], kind), path, f"must be a {kind.__name__}", variant=variant, field=field_)
+    return entry[key]
+
+
+def _only(path: Path, entry: dict, allowed: set, variant: str | None, prefix: str | None = None) -> None:
+    for key in entry:
+        field_ = f"{prefix}.{key}" if prefix else str(key)
+        _expect(key in allowed, path, f"unknown field (allowed: {', '.join(sorted(allowed))})", variant=variant,
+                field=field_)
+
+
+def _expect(ok: bool, path: Path, message: str, *, variant: str | None = None, field: str | None = None) -> None:
+    if not ok:
+        raise ConfigError(path, message, variant=variant, field=field)

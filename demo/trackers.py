@@ -1,0 +1,137 @@
+"""Latency and memory measurements: result dataclasses with units in their names, and their trackers."""
+
+from __future__ import annotations
+
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import psutil
+
+MIB = 2**20
+
+
+@dataclass(frozen=True)
+class Latency:
+    new_tokens: int
+    ttft_ms: float | None  # start of generate -> first new token
+    decode_tokens_per_s: float | None  # (new_tokens - 1) / (last token time - first token time)
+    total_ms: float  # start of generate -> end (or -> now, while running)
+
+
+class LatencyTracker:
+    """Timestamps the start, every new token and the end of one generation (perf_counter seconds)."""
+
+    def __init__(self, sync: Callable[[], None] | None = None):
+        self._sync = sync or (lambda: None)  # torch.cuda.synchronize on CUDA: clocks read after the work
+        self.start_s: float | None = None
+        self.token_s: list[float] = []
+        self.end_s: float | None = None
+        self.latency: Latency | None = None  # set by track_latency() on exit
+
+    def start(self, at_s: float | None = None) -> None:
+        self._sync()
+        self.start_s = time.perf_counter() if at_s is None else at_s
+
+    def token(self, at_s: float | None = None) -> None:
+        self.token_s.append(time.perf_counter() if at_s is None else at_s)
+
+    def finish(self, at_s: float | None = None) -> Latency:
+        self._sync()
+        self.end_s = time.perf_counter() if at_s is None else at_s
+        return self.result()
+
+    def result(self) -> Latency:
+        """The figures so far; final once finish() was called."""
+        if self.start_s is None:
+            raise RuntimeError("LatencyTracker.start() was never called")
+        now = self.end_s if self.end_s is not None else time.perf_counter()
+        n = len(self.token_s)
+        ttft = (self.token_s[0] - self.start_s) * 1e3 if n else None
+        span = self.token_s[-1] - self.token_s[0] if n >= 2 else 0.0
+        decode = (n - 1) / span if span > 0 else None
+        return Latency(n, ttft, decode, (now - self.start_s) * 1e3)
+
+
+@dataclass(frozen=True)
+class Memory:
+    memory_kind: str  # "cuda-allocated" (exact) or "cpu-rss" (approximate: mmap, allocator caching)
+    weights_mib: float  # model.get_memory_footprint()
+    run_peak_mib: float  # peak growth over the pre-run baseline: allocated bytes (CUDA) or sampled RSS (CPU)
+    peak_memory_mib: float  # weights_mib + run_peak_mib: this variant's own peak
+    peak_reserved_mib: float | None  # CUDA caching allocator's peak reserved growth; None on CPU
+    process_rss_mib: float  # whole process after the run (all cached variants included)
+
+
+class MemoryTracker:
+    """Peak memory of one run: CUDA peak stats, or process RSS sampled on a background thread."""
+
+    def __init__(self, device: str, weights_bytes: int, interval_s: float = 0.005):
+        self.device, self.weights_bytes, self.interval_s = device, weights_bytes, interval_s
+        self._process = psutil.Process()
+        self._stop = threading.Event()
+        self._sampler: threading.Thread | None = None
+        self._base = self._peak = 0
+        self._base_reserved = self._peak_reserved = 0
+        self.result: Memory | None = None  # set by track_memory() on exit
+
+    def start(self) -> None:
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self._base, self._base_reserved = torch.cuda.memory_allocated(), torch.cuda.memory_reserved()
+            return
+        self._base = self._peak = self._rss()
+        self._sampler = threading.Thread(target=self._sample, name="rss-sampler", daemon=True)
+        self._sampler.start()
+
+    def stop(self) -> Memory:
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.synchronize()
+            self._peak, self._peak_reserved = torch.cuda.max_memory_allocated(), torch.cuda.max_memory_reserved()
+            reserved = max(0, self._peak_reserved - self._base_reserved) / MIB
+            kind = "cuda-allocated"
+        else:
+            self._stop.set()
+            if self._sampler:
+                self._sampler.join()
+            self._peak = max(self._peak, self._rss())
+            reserved, kind = None, "cpu-rss"
+        run_peak = max(0, self._peak - self._base) / MIB
+        weights = self.weights_bytes / MIB
+        return Memory(kind, weights, run_peak, weights + run_peak, reserved, self._rss() / MIB)
+
+    def _rss(self) -> int:
+        return self._process.memory_info().rss
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._peak = max(self._peak, self._rss())
+
+
+@contextmanager
+def track_memory(device: str, weights_bytes: int) -> Iterator[MemoryTracker]:
+    """Measure one run's peak memory; read tracker.result after the block."""
+    tracker = MemoryTracker(device, weights_bytes)
+    tracker.start()
+    try:
+        yield tracker
+    finally:
+        tracker.result = tracker.stop()
+
+
+@contextmanager
+def track_latency(sync: Callable[[], None] | None = None) -> Iterator[LatencyTracker]:
+    """Time one generation; call tracker.token() per new token; read tracker.latency after the block."""
+    tracker = LatencyTracker(sync)
+    tracker.start()
+    try:
+        yield tracker
+    finally:
+        tracker.latency = tracker.finish()
