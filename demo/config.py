@@ -134,8 +134,10 @@ def load_config(path: str | os.PathLike | None = None) -> ArenaConfig:
     path = models_path(path)
     try:
         text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(path, f"cannot read file ({exc.__class__.__name__}: {exc.strerror or exc})") from None
+    except OSError as exc:
+        raise ConfigError(path, f"cannot read file ({exc.strerror or exc.__class__.__name__})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(path, "cannot read file (not UTF-8 text)") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

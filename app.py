@@ -1,0 +1,30 @@
+"""Quantization Arena: build the app from a models file and serve it (port from $GRADIO_SERVER_PORT)."""
+
+import argparse
+import logging
+import sys
+
+from demo.config import load_config
+from demo.errors import ConfigError
+from demo.runner import Arena
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--models", help="models file (default: $ARENA_MODELS, else models.yaml)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = load_config(args.models)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    from demo import ui  # gradio is imported only once the config is known to be good
+
+    demo = ui.build_demo(Arena(config))
+    demo.queue(max_size=ui.QUEUE_MAX_SIZE).launch(**ui.launch_kwargs())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,224 @@
+"""The Gradio page: thin handlers over Arena; the only module besides app.py that imports gradio."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from demo import report, system
+from demo.errors import ArenaError
+from demo.runner import Arena, VariantResult
+
+DEVICE_QUEUE = "device"  # every model-running event shares this queue: runs never overlap on a device
+QUEUE_MAX_SIZE = 32
+SYSTEM_REFRESH_S = 2.0
+
+STATUS_TEXT = {
+    "queued": "queued",
+    "loading": "loading weights…",
+    "generating": "generating…",
+    "done": "done",
+    "stopped": "stopped",
+    "error": "not available",
+}
+# Bars start at zero: a truncated axis would exaggerate the differences between variants.
+PLOT_STYLE = {"y_lim": [0, None], "x_label_angle": -20, "min_width": 280}
+
+HOW_TO_READ = """
+**How to read the figures.** Variants run one after another under one device lock, with the same
+settings (greedy unless you ask to sample with a seed) and the chat template applied.
+*Time to first token* runs from the call to `generate` to the first new token; *decode* is
+(new tokens − 1) / (last token time − first token time). *Load* is shown cold (first load, including a
+2-token warm-up) or cached. *Weights* is `get_memory_footprint()`. *Peak memory* is weights plus the
+growth during the run: on CUDA from `max_memory_allocated`, on CPU from process RSS sampled every 5 ms,
+which is approximate (mmap and allocator caching).
+**Slower but smaller is expected:** bitsandbytes dequantizes on the fly, so at batch 1 its int8 and 4-bit
+variants are often slower than fp16 while holding a fraction of the memory. On a CPU, timings are for
+smoke tests, not verdicts.
+"""
+
+CSS = """
+.variant-col {border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 8px;}
+.variant-col table {font-size: 0.85em;}
+"""
+
+
+def launch_kwargs() -> dict[str, Any]:
+    """Theme and CSS go to launch() in Gradio 6."""
+    return {"theme": gr.themes.Soft(), "css": CSS, "footer_links": ["api", "gradio"]}
+
+
+def build_demo(arena: Arena) -> gr.Blocks:
+    """The whole page; handlers translate ArenaError into gr.Error and nothing else."""
+    config = arena.config
+    stops: dict[str, threading.Event] = {}  # session -> stop event of its running comparison
+    stops_lock = threading.Lock()
+    choices = [(f"{v.id} — {v.label}" if v.label else v.id, v.id) for v in config.variants.values()]
+    defaults = config.generation
+
+    with gr.Blocks(title="Quantization Arena") as demo:
+        gr.Markdown("# Quantization Arena\nOne prompt, several quantized variants of the same model, side by side: "
+                    "their answers, latency and memory.")
+        notes = [f"**{b.label}.** {b.note}" for b in config.bases.values() if b.note]
+        if notes:
+            gr.Markdown("\n\n".join(notes))
+        with gr.Row():
+            with gr.Column(scale=3):
+                prompt = gr.Textbox(label="Prompt", lines=3, placeholder="Ask something…",
+                                    max_length=config.limits.max_prompt_chars)
+                if config.examples:
+                    gr.Examples([[e] for e in config.examples], inputs=[prompt], label="Examples")
+            with gr.Column(scale=2):
+                variants = gr.CheckboxGroup(choices, value=[c[1] for c in choices[:3]], label="Variants to compare",
+                                            info=f"up to {config.limits.max_variants}")
+                with gr.Accordion("Generation settings", open=False):
+                    max_new = gr.Slider(1, config.limits.max_new_tokens, value=defaults.max_new_tokens, step=1,
+                                        label="Max new tokens")
+                    do_sample = gr.Checkbox(False, label="Sample (default: greedy)")
+                    temperature = gr.Slider(0.05, 2.0, value=defaults.temperature, step=0.05, label="Temperature")
+                    top_p = gr.Slider(0.05, 1.0, value=defaults.top_p, step=0.05, label="Top-p")
+                    seed = gr.Number(0, precision=0, minimum=0, label="Seed (used when sampling)")
+        with gr.Row():
+            run = gr.Button("Run", variant="primary", elem_id="run")
+            stop = gr.Button("Stop", variant="stop", elem_id="stop")
+        slots = []
+        with gr.Row(equal_height=False):
+            for i in range(config.limits.max_variants):
+                with gr.Column(visible=False, min_width=280, elem_classes=["variant-col"],
+                               elem_id=f"variant-{i}") as col:
+                    head = gr.Markdown()
+                    text = gr.Textbox(show_label=False, lines=8, max_lines=20, interactive=False,
+                                      elem_classes=["variant-text"])
+                    figs = gr.Markdown(elem_classes=["variant-figures"])
+                slots.append((col, head, text, figs))
+        with gr.Column(visible=False, elem_id="summary") as summary:
+            gr.Markdown("## Summary")
+            table = gr.Dataframe(headers=report.SUMMARY_HEADERS, interactive=False, wrap=True)
+            with gr.Row():
+                tps_plot = gr.BarPlot(x="variant", y="decode (tok/s)", title="Decode speed (tokens/s, higher is "
+                                      "faster)", sort="-y", **PLOT_STYLE)
+                ttft_plot = gr.BarPlot(x="variant", y="TTFT (ms)", title="Time to first token (ms, lower is "
+                                       "faster)", sort="y", **PLOT_STYLE)
+                mem_plot = gr.BarPlot(x="variant", y="weights (MiB)", title="Weights footprint (MiB)", sort="y",
+                                      **PLOT_STYLE)
+            conditions = gr.Markdown()
+        with gr.Accordion("System", open=True):
+            system_md = gr.Markdown(elem_id="system")
+        gr.Markdown(HOW_TO_READ)
+        timer = gr.Timer(SYSTEM_REFRESH_S)
+
+        slot_outputs = [c for slot in slots for c in slot]
+        outputs = [*slot_outputs, summary, table, tps_plot, ttft_plot, mem_plot, conditions, run]
+
+        def render(results: list[VariantResult], final: bool) -> dict:
+            updates: dict = {run: gr.update(interactive=final)}
+            records = [r.to_record() for r in results]
+            for i, (col, head, text, figs) in enumerate(slots):
+                if i >= len(records):
+                    updates[col] = gr.update(visible=False)
+                    continue
+                rec = records[i]
+                updates[col] = gr.update(visible=True)
+                updates[head] = _head_markdown(arena, rec)
+                updates[text] = rec["error"] and f"Not available — {rec['error']}" or rec["text"]
+                updates[figs] = report.figures_markdown(rec)
+            updates[summary] = gr.update(visible=final)
+            if final:
+                frame = pd.DataFrame(report.summary_rows(records), columns=report.SUMMARY_HEADERS)
+                done = frame[frame["status"].isin(["done", "stopped"])]
+                updates.update({table: frame, tps_plot: done, ttft_plot: done, mem_plot: done,
+                                conditions: _conditions_markdown(records)})
+            return updates
+
+        def on_run(prompt_text, variant_ids, max_new_tokens, sample, temp, p, seed_value, request: gr.Request):
+            try:
+                settings = arena.settings(_whole(max_new_tokens), bool(sample), temp, p,
+                                          _whole(seed_value) if sample else None)
+                arena.validate(prompt_text, list(variant_ids or []))
+            except ArenaError as exc:
+                raise gr.Error(str(exc)) from None
+            stop_event = threading.Event()
+            key = request.session_hash if request else None
+            with stops_lock:
+                stops[key] = stop_event
+            try:
+                results: list[VariantResult] = []
+                for results in arena.compare(prompt_text, list(variant_ids), settings, stop_event):
+                    yield render(results, final=False)
+                yield render(results, final=True)
+            finally:
+                stop_event.set()  # a closed stream (client gone) also ends the generation
+                with stops_lock:
+                    if stops.get(key) is stop_event:
+                        del stops[key]
+
+        def on_stop(request: gr.Request):
+            with stops_lock:
+                event = stops.get(request.session_hash if request else None)
+            if event is not None:
+                event.set()
+
+        def compare(prompt: str, variants: list[str], max_new_tokens: int = defaults.max_new_tokens,
+                    do_sample: bool = False, temperature: float = defaults.temperature, top_p: float = defaults.top_p,
+                    seed: int | None = None) -> list[dict]:
+            """Run one prompt on the given variant ids, one after another; one record per variant."""
+            try:
+                settings = arena.settings(max_new_tokens, do_sample, temperature, top_p, seed)
+                return arena.compare_records(prompt, list(variants) if isinstance(variants, list) else variants,
+                                             settings)
+            except ArenaError as exc:
+                raise gr.Error(str(exc)) from None
+
+        def on_tick() -> str:
+            return _system_markdown(arena)
+
+        run.click(on_run, [prompt, variants, max_new, do_sample, temperature, top_p, seed], outputs,
+                  concurrency_id=DEVICE_QUEUE, concurrency_limit=1, api_visibility="undocumented")
+        stop.click(on_stop, None, None, queue=False, api_visibility="undocumented")
+        gr.api(compare, api_name="compare", concurrency_id=DEVICE_QUEUE, concurrency_limit=1)
+        timer.tick(on_tick, None, system_md, queue=False, api_visibility="undocumented", show_progress="hidden")
+        demo.load(on_tick, None, system_md, queue=False, api_visibility="undocumented")
+    return demo
+
+
+def _whole(value: Any) -> Any:
+    """Gradio Number/Slider may send 64.0 for 64; anything else is left for validation to reject."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _head_markdown(arena: Arena, rec: dict) -> str:
+    variant = arena.config.variants[rec["variant"]]
+    label = variant.label or variant.id
+    device = rec.get("device") or "…"
+    return (f"### {label}\n`{rec['variant']}` · {rec['method']} · {rec['bits']}-bit · {device}  \n"
+            f"**{STATUS_TEXT.get(rec['status'], rec['status'])}**")
+
+
+def _conditions_markdown(records: list[dict]) -> str:
+    env, settings = records[0]["environment"], records[0]["settings"]
+    kinds = sorted({r["memory_kind"] for r in records if r.get("memory_kind")})
+    lines = [f"**Conditions.** {env.get('device_name')} · torch {env.get('torch')} · transformers "
+             f"{env.get('transformers')} · bitsandbytes {env.get('bitsandbytes')} · gradio {env.get('gradio')}",
+             f"Settings: {', '.join(f'{k}={v}' for k, v in settings.items())}; same prompt for every variant."]
+    lines += [f"Peak memory = {report.MEMORY_KINDS[k]}." for k in kinds]
+    return "  \n".join(lines)
+
+
+def _system_markdown(arena: Arena) -> str:
+    snap = system.snapshot(arena.environment()["device_name"])
+    manager = arena.manager
+    lines = [f"**Device:** {snap.device}",
+             f"**Process RAM (RSS):** {snap.process_rss_mib:,.0f} MiB · **machine RAM used:** "
+             f"{snap.ram_used_mib:,.0f} / {snap.ram_total_mib:,.0f} MiB"]
+    if snap.gpu:
+        lines.append(f"**VRAM used (device-wide, NVML):** {snap.gpu.used_mib:,.0f} / {snap.gpu.total_mib:,.0f} MiB "
+                     f"· driver {snap.gpu.driver}")
+    loaded = manager.loaded_ids()
+    lines.append(f"**Loaded variants:** {', '.join(loaded) if loaded else 'none yet (loaded on first use)'} · "
+                 f"{manager.resident_mib():,.0f} / {manager.budget_mib:,.0f} MiB budget")
+    return "  \n".join(lines)

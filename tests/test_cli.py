@@ -1,0 +1,68 @@
+"""python -m demo compare: listing, one-line errors with exit 1, and JSON records."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+
+def run(*args, env_extra=None):
+    import os
+
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "demo", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=300, env=env)
+
+
+def test_list():
+    out = run("compare", "--list")
+    assert out.returncode == 0
+    assert [line.split("\t")[0] for line in out.stdout.splitlines()] == [
+        "smollm2/fp32", "smollm2/bf16", "smollm2/bnb-int8", "smollm2/bnb-nf4", "smollm2/bnb-fp4"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--prompt", "hi", "--variants", "smollm2/fp64"], "unknown variant id(s): smollm2/fp64"),
+    (["--prompt", "   ", "--variants", "smollm2/fp32"], "the prompt is empty"),
+    (["--prompt", "hi", "--variants", "smollm2/fp32", "--max-new-tokens", "0"], "between 1 and 512"),
+    (["--prompt", "hi", "--variants", "smollm2/fp32", "--max-new-tokens", "100000"], "between 1 and 512"),
+    (["--prompt", "hi", "--variants", "smollm2/fp32,smollm2/fp32"], "listed twice"),
+    (["--prompt", "hi", "--variants", "smollm2/fp32", "--sample"], "needs an explicit seed"),
+    (["--prompt", "hi"], "needs --prompt and --variants"),
+])
+def test_bad_input_is_one_line_and_exit_1(args, message):
+    out = run("compare", *args)
+    assert out.returncode == 1
+    assert message in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
+
+
+def test_broken_models_file_is_one_line(tmp_path):
+    bad = tmp_path / "models.yaml"
+    bad.write_text("variants: [{id: x, base: nowhere, method: fp32}]\nbases: {}\n")
+    out = run("compare", "--list", env_extra={"ARENA_MODELS": str(bad)})
+    assert out.returncode == 1 and str(bad) in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_json_records():
+    out = run("compare", "--prompt", "What is the capital of France?", "--variants", "smollm2/bf16,smollm2/bnb-nf4",
+              "--max-new-tokens", "12", "--json")
+    assert out.returncode == 0, out.stderr
+    records = json.loads(out.stdout)
+    assert [r["variant"] for r in records] == ["smollm2/bf16", "smollm2/bnb-nf4"]
+    for record in records:
+        assert record["error"] is None and "Paris" in record["text"]
+        assert record["bits"] in (16, 4) and record["cache_hit"] is False
+        assert record["environment"]["bitsandbytes"] and record["settings"]["decoding"] == "greedy"
+
+
+def test_text_report_shows_units():
+    out = run("compare", "--prompt", "What is the capital of France?", "--variants", "smollm2/bf16",
+              "--max-new-tokens", "8")
+    assert out.returncode == 0, out.stderr
+    for unit in ("ms", "tokens/s", "MiB", "approx."):
+        assert unit in out.stdout

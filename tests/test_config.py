@@ -1,0 +1,118 @@
+"""models.yaml validation: each bad case stops with one message naming the file, the variant and the field."""
+
+import textwrap
+
+import pytest
+
+from demo.config import METHODS, load_config
+from demo.errors import ConfigError
+
+GOOD = """
+bases:
+  tiny:
+    source: {kind: hub, repo: org/tiny}
+    baseline: tiny/fp32
+variants:
+  - {id: tiny/fp32, base: tiny, method: fp32}
+  - id: tiny/nf4
+    base: tiny
+    method: bnb-4bit
+    settings: {bnb_4bit_quant_type: nf4, bnb_4bit_use_double_quant: true, bnb_4bit_compute_dtype: bfloat16}
+"""
+
+
+def write(tmp_path, text, name="models.yaml"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_shipped_files_are_valid(default_config):
+    from tests.conftest import REPO
+
+    assert list(default_config.variants) == ["smollm2/fp32", "smollm2/bf16", "smollm2/bnb-int8", "smollm2/bnb-nf4",
+                                             "smollm2/bnb-fp4"]
+    nf4 = default_config.variants["smollm2/bnb-nf4"]
+    assert nf4.settings == {"bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True,
+                            "bnb_4bit_compute_dtype": "bfloat16"}
+    gpu = load_config(REPO / "models.gpu.yaml")
+    assert {v.base for v in gpu.variants.values()} == {"smollm2-1.7b", "llama3.2-1b"}
+    assert {v.method for v in gpu.variants.values()} == {"fp16", "bnb-int8", "bnb-4bit"}
+
+
+def test_good_file_parses(tmp_path):
+    config = load_config(write(tmp_path, GOOD))
+    assert config.variants["tiny/nf4"].bits == 4 and config.variants["tiny/fp32"].bits == 32
+    assert config.base_of("tiny/nf4").source.repo == "org/tiny"
+
+
+BAD = {
+    "syntax": ("bases: [unclosed\n", None, None, "YAML syntax error at line"),
+    "unknown method": (GOOD.replace("method: fp32", "method: bnb-3bit"), "tiny/fp32", "method", "unknown method 'bnb-3bit'"),
+    "missing field": (GOOD.replace(", method: fp32", ""), "tiny/fp32", "method", "is required"),
+    "duplicate id": (GOOD.replace("id: tiny/nf4", "id: tiny/fp32"), "tiny/fp32", "id", "duplicate variant id"),
+    "bad value": (GOOD.replace("quant_type: nf4", "quant_type: nf5"), "tiny/nf4", "settings.bnb_4bit_quant_type",
+                  "must be one of nf4, fp4, got 'nf5'"),
+    "wrong type": (GOOD.replace("double_quant: true", "double_quant: 3"), "tiny/nf4",
+                   "settings.bnb_4bit_use_double_quant", "must be bool"),
+    "unknown setting": (GOOD.replace("double_quant: true", "double_quant: true, bits: 3"), "tiny/nf4", "settings.bits",
+                        "unknown setting"),
+    "required setting": (GOOD.replace("bnb_4bit_quant_type: nf4, ", ""), "tiny/nf4", "settings.bnb_4bit_quant_type",
+                         "is required"),
+    "unknown base": (GOOD.replace("{id: tiny/fp32, base: tiny", "{id: tiny/fp32, base: huge"), "tiny/fp32", "base",
+                     "unknown base 'huge'"),
+    "unknown field": (GOOD.replace("method: fp32}", "method: fp32, colour: red}"), "tiny/fp32", "colour", "unknown field"),
+    "bad device": (GOOD.replace("method: fp32}", "method: fp32, device: tpu}"), "tiny/fp32", "device", "must be one of"),
+    "bad source": (GOOD.replace("kind: hub", "kind: ftp"), None, "bases.tiny.source.kind", "unknown source kind"),
+    "baseline missing": (GOOD.replace("baseline: tiny/fp32", "baseline: tiny/fp64"), None, "bases.tiny.baseline",
+                         "not a variant id"),
+    "bad budget": (GOOD + "memory_budget_mib: -5\n", None, "memory_budget_mib", "positive number of MiB"),
+    "bad limit": (GOOD + "limits: {max_new_tokens: 0}\n", None, "limits.max_new_tokens", "must be positive"),
+    "default over limit": (GOOD + "limits: {max_new_tokens: 10}\ngeneration: {max_new_tokens: 20}\n", None,
+                           "generation.max_new_tokens", "between 1 and"),
+    "not a mapping": ("- just a list\n", None, None, "top level must be a mapping"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_file_names_file_variant_and_field(tmp_path, case):
+    text, variant, field, message = BAD[case]
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    error = info.value
+    assert str(path) in str(error) and message in str(error)
+    assert error.variant == variant and error.field == field
+    if variant:
+        assert f"variant '{variant}'" in str(error)
+    if field:
+        assert f"field '{field}'" in str(error)
+    assert "\n" not in str(error)
+
+
+def test_unreadable_file(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read file"):
+        load_config(tmp_path / "missing.yaml")
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfe\x00bad")
+    with pytest.raises(ConfigError, match="cannot read file"):
+        load_config(binary)
+
+
+def test_budget_env_overrides_and_is_validated(tmp_path, monkeypatch):
+    path = write(tmp_path, GOOD)
+    monkeypatch.setenv("ARENA_MEMORY_BUDGET_MIB", "123")
+    assert load_config(path).memory_budget_mib == 123
+    monkeypatch.setenv("ARENA_MEMORY_BUDGET_MIB", "lots")
+    with pytest.raises(ConfigError, match=r"\$ARENA_MEMORY_BUDGET_MIB"):
+        load_config(path)
+
+
+def test_models_env_picks_the_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("ARENA_MODELS", str(write(tmp_path, GOOD, "other.yaml")))
+    assert list(load_config().variants) == ["tiny/fp32", "tiny/nf4"]
+
+
+def test_every_method_has_bits_or_a_bits_setting():
+    for method in METHODS.values():
+        assert method.bits or "bits" in method.allowed

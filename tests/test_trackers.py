@@ -1,0 +1,75 @@
+"""Trackers against known answers: explicit timestamps, real sleeps, and tensors of known size."""
+
+import time
+
+import pytest
+import torch
+
+from demo.trackers import LatencyTracker, track_latency, track_memory
+
+MIB = 2**20
+
+
+def test_latency_from_known_timestamps():
+    tracker = LatencyTracker()
+    tracker.start(10.0)
+    for t in (10.1, 10.2, 10.3, 10.4):
+        tracker.token(t)
+    latency = tracker.finish(10.5)
+    assert latency.new_tokens == 4
+    assert latency.ttft_ms == pytest.approx(100.0)
+    assert latency.decode_tokens_per_s == pytest.approx(3 / 0.3)  # (n - 1) / (last - first)
+    assert latency.total_ms == pytest.approx(500.0)
+
+
+def test_latency_with_one_or_no_token_has_no_decode_rate():
+    tracker = LatencyTracker()
+    tracker.start(0.0)
+    assert tracker.result().ttft_ms is None
+    tracker.token(0.25)
+    latency = tracker.finish(0.3)
+    assert latency.ttft_ms == pytest.approx(250.0) and latency.decode_tokens_per_s is None
+
+
+def test_latency_against_real_sleeps():
+    with track_latency() as tracker:
+        time.sleep(0.05)
+        tracker.token()
+        for _ in range(4):
+            time.sleep(0.02)
+            tracker.token()
+    latency = tracker.latency
+    assert 50 <= latency.ttft_ms < 50 + 200
+    assert 1000 / 20 * 0.4 < latency.decode_tokens_per_s <= 1000 / 20  # sleeps only ever run long
+    assert latency.total_ms >= 130
+
+
+def test_latency_sync_runs_before_clock_reads():
+    calls = []
+    tracker = LatencyTracker(sync=lambda: calls.append("sync"))
+    tracker.start()
+    tracker.finish()
+    assert calls == ["sync", "sync"]
+
+
+def test_cpu_memory_sees_a_known_allocation():
+    weights = 100 * MIB
+    with track_memory("cpu", weights) as memory:
+        block = torch.ones(256 * MIB // 4, dtype=torch.float32)  # 256 MiB, every page written
+        time.sleep(0.05)  # let the sampler see it
+        del block
+    result = memory.result
+    assert result.memory_kind == "cpu-rss" and result.peak_reserved_mib is None
+    assert result.weights_mib == pytest.approx(100.0)
+    assert 256 * 0.9 <= result.run_peak_mib <= 256 * 1.5
+    assert result.peak_memory_mib == pytest.approx(result.weights_mib + result.run_peak_mib)
+
+
+@pytest.mark.gpu
+def test_cuda_memory_sees_a_known_allocation():
+    with track_memory("cuda", 0) as memory:
+        block = torch.ones(64 * MIB // 4, dtype=torch.float32, device="cuda")
+        del block
+    assert memory.result.memory_kind == "cuda-allocated"
+    assert memory.result.run_peak_mib == pytest.approx(64, rel=0.01)
+    assert memory.result.peak_reserved_mib >= 64 * 0.99
