@@ -96,7 +96,7 @@ def build_demo(arena: Arena) -> gr.Blocks:
                 slots.append((col, head, text, figs))
         with gr.Column(visible=False, elem_id="summary") as summary:
             gr.Markdown("## Summary")
-            table = gr.Dataframe(headers=report.SUMMARY_HEADERS, interactive=False, wrap=True)
+            table = gr.Dataframe(headers=report.SUMMARY_HEADERS, interactive=False, wrap=True, elem_id="summary-table")
             with gr.Row():
                 tps_plot = gr.BarPlot(x="variant", y="decode (tok/s)", title="Decode speed (tokens/s, higher is "
                                       "faster)", sort="-y", **PLOT_STYLE)
