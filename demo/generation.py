@@ -12,6 +12,8 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
+from demo.device import DeviceThread
+
 
 @dataclass(frozen=True)
 class GenerationSettings:
@@ -84,14 +86,15 @@ _DONE = object()
 
 
 class StreamingGeneration:
-    """Runs model.generate on a worker thread; iterate to receive TokenEvents as they are produced.
+    """Runs model.generate as one job on the device thread; iterate to receive TokenEvents as they come.
 
-    started_s is read just before generate() is called; closing early (or setting stop) ends the
-    generation after the current token, and close() waits for the worker so the device is free.
+    started_s is read on the device thread just before generate() is called, so time spent waiting
+    for the device is not counted. Setting stop (or close()) ends the generation after the current
+    token; close() waits for the job so the device is free afterwards.
     """
 
-    def __init__(self, model, inputs: dict[str, torch.Tensor], settings: GenerationSettings, pad_token_id: int,
-                 stop: threading.Event | None = None):
+    def __init__(self, device: DeviceThread, model, inputs: dict[str, torch.Tensor], settings: GenerationSettings,
+                 pad_token_id: int, stop: threading.Event | None = None):
         self.stop = stop or threading.Event()
         self.started_s: float | None = None
         self.error: BaseException | None = None
@@ -101,8 +104,7 @@ class StreamingGeneration:
                         "stopping_criteria": StoppingCriteriaList([_StopOnEvent(self.stop)])}
         self._model, self._seed = model, settings.seed if settings.do_sample else None
         self._started = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="generate", daemon=True)
-        self._thread.start()
+        self._job = device.submit(self._run)
         self._started.wait()
 
     def _run(self) -> None:
@@ -111,8 +113,9 @@ class StreamingGeneration:
                 torch.manual_seed(self._seed)
             self.started_s = time.perf_counter()
             self._started.set()
-            with torch.inference_mode():
-                self._model.generate(**self._kwargs)
+            if not self.stop.is_set():
+                with torch.inference_mode():
+                    self._model.generate(**self._kwargs)
         except BaseException as exc:  # handed to the reader: OOM and kernel errors belong to this variant
             self.error = exc
         finally:
@@ -122,10 +125,10 @@ class StreamingGeneration:
     def __iter__(self) -> Iterator[TokenEvent]:
         while (event := self._events.get()) is not _DONE:
             yield event
-        self._thread.join()
+        self._job.result()
         if self.error is not None:
             raise self.error
 
     def close(self) -> None:
         self.stop.set()
-        self._thread.join()
+        self._job.result()

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Iterator
 
 from demo.config import ArenaConfig
+from demo.device import DeviceThread, shared_device
 from demo.errors import ArenaError, InvalidRequest
 from demo.generation import GenerationSettings, StreamingGeneration, encode_prompt
 from demo.manager import ModelManager
@@ -65,10 +66,13 @@ class VariantResult:
 class Arena:
     """Runs comparisons: validates requests, then each variant in turn under one device lock."""
 
-    def __init__(self, config: ArenaConfig, manager: ModelManager | None = None):
+    def __init__(self, config: ArenaConfig, manager: ModelManager | None = None, device: DeviceThread | None = None):
         self.config = config
         self.manager = manager or ModelManager(config)
-        self._device_lock = threading.Lock()  # a plain Lock: a generator may resume on another thread
+        self.device = device or shared_device()  # every torch call runs there (see demo.device)
+        # Held for a variant's whole load + run, so no other request's work lands in its measurement
+        # window. A plain Lock: a generator may resume on another thread.
+        self._device_lock = threading.Lock()
         self._environment: dict[str, Any] | None = None
 
     def environment(self) -> dict[str, Any]:
@@ -144,7 +148,7 @@ class Arena:
             result.status = "loading"
             yield
             try:
-                acquired = self.manager.get(result.variant)
+                acquired = self.device.call(self.manager.get, result.variant)
             except ArenaError as exc:
                 result.status, result.error = "error", str(exc)
                 return
@@ -168,13 +172,13 @@ class Arena:
 
     def _generate(self, result: VariantResult, loaded, prompt: str, settings: GenerationSettings,
                   stop: threading.Event) -> Iterator[None]:
-        inputs = encode_prompt(loaded.tokenizer, prompt, loaded.device)
+        inputs = self.device.call(encode_prompt, loaded.tokenizer, prompt, loaded.device)
         result.prompt_tokens = int(inputs["input_ids"].shape[1])
         token_ids: list[int] = []
         with track_memory(loaded.device, loaded.weights_bytes) as memory:
             tracker = LatencyTracker(_sync_for(loaded.device))
-            generation = StreamingGeneration(loaded.model, inputs, settings, loaded.tokenizer.pad_token_id,
-                                             threading.Event())
+            generation = StreamingGeneration(self.device, loaded.model, inputs, settings,
+                                             loaded.tokenizer.pad_token_id)
             tracker.start(generation.started_s)
             try:
                 last_yield = 0.0

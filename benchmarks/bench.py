@@ -1,0 +1,150 @@
+"""make bench: the app's own generation path against a bare model.generate, start-to-ready and cold loads.
+
+For each variant: one cold load through the ModelManager, then RUNS interleaved pairs on the same
+loaded model and settings (app path, then bare, alternating which goes first). The app path is
+Arena.compare: streaming, tracking, decoding and snapshots included. "Bare" is model.generate with
+a streamer that only appends a perf_counter timestamp per token (needed to separate the first token
+from the decode phase), run on the same device thread as the app's generation (see demo.device for
+why that matters on CPU). Writes results/bench.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from transformers.generation.streamers import BaseStreamer  # noqa: E402
+
+from demo.config import load_config  # noqa: E402
+from demo.generation import encode_prompt  # noqa: E402
+from demo.runner import Arena  # noqa: E402
+
+PROMPT = "Write a long story about a dragon who learns to cook."
+
+
+class _Stamps(BaseStreamer):
+    def __init__(self):
+        self.times_s: list[float] = []
+        self._prompt_seen = False
+
+    def put(self, value) -> None:
+        if self._prompt_seen:
+            self.times_s.append(time.perf_counter())
+        self._prompt_seen = True
+
+    def end(self) -> None:
+        pass
+
+
+def bare_decode_tokens_per_s(loaded, settings) -> tuple[float, int]:
+    import torch
+
+    inputs = encode_prompt(loaded.tokenizer, PROMPT, loaded.device)
+    stamps = _Stamps()
+    with torch.inference_mode():
+        loaded.model.generate(**inputs, **settings.generate_kwargs(), pad_token_id=loaded.tokenizer.pad_token_id,
+                              streamer=stamps)
+    t = stamps.times_s
+    return (len(t) - 1) / (t[-1] - t[0]), len(t)
+
+
+def app_decode_tokens_per_s(arena: Arena, variant_id: str, settings) -> tuple[float, int]:
+    [record] = arena.compare_records(PROMPT, [variant_id], settings)
+    if record["error"]:
+        raise RuntimeError(f"{variant_id}: {record['error']}")
+    return record["decode_tokens_per_s"], record["new_tokens"]
+
+
+def start_to_ready_s(models: str | None) -> float:
+    """Seconds from `python app.py` to the page answering, with no model loaded yet."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_ANALYTICS_ENABLED": "False"}
+    cmd = [sys.executable, "app.py"] + (["--models", models] if models else [])
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while time.perf_counter() - start < 120:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1)
+                return time.perf_counter() - start
+            except OSError:
+                if proc.poll() is not None:
+                    raise RuntimeError("app.py exited before it was ready")
+                time.sleep(0.05)
+        raise RuntimeError("app.py was not ready within 120 s")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", help="models file (default: $ARENA_MODELS, else models.yaml)")
+    parser.add_argument("--variants", help="comma-separated ids (default: every variant in the file)")
+    parser.add_argument("--runs", type=int, default=5, help="interleaved app/bare pairs per variant")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--out", default=str(REPO / "results" / "bench.json"))
+    args = parser.parse_args()
+
+    config = load_config(args.models)
+    arena = Arena(config)
+    settings = arena.settings(max_new_tokens=args.max_new_tokens)
+    ready_s = start_to_ready_s(args.models)
+    print(f"start to ready: {ready_s:.1f} s", flush=True)
+    variant_ids = args.variants.split(",") if args.variants else list(config.variants)
+    rows = []
+    for variant_id in variant_ids:
+        acquired = arena.device.call(arena.manager.get, variant_id)
+        app, bare, tokens = [], [], set()
+        for run in range(args.runs):
+            pair = [("app", lambda: app_decode_tokens_per_s(arena, variant_id, settings)),
+                    ("bare", lambda: arena.device.call(bare_decode_tokens_per_s, acquired.loaded, settings))]
+            for name, measure in pair if run % 2 == 0 else reversed(pair):
+                rate, n = measure()
+                (app if name == "app" else bare).append(rate)
+                tokens.add(n)
+        row = {
+            "variant": variant_id,
+            "app_decode_tokens_per_s": round(statistics.median(app), 2),
+            "bare_decode_tokens_per_s": round(statistics.median(bare), 2),
+            "ratio": round(statistics.median(app) / statistics.median(bare), 3),
+            "cold_load_ms": round(acquired.load_ms, 1),
+            "runs": args.runs,
+            "new_tokens": sorted(tokens),
+            "app_runs_tokens_per_s": [round(x, 2) for x in app],
+            "bare_runs_tokens_per_s": [round(x, 2) for x in bare],
+        }
+        rows.append(row)
+        print(f"{variant_id:<20} app {row['app_decode_tokens_per_s']:7.2f} tok/s  bare "
+              f"{row['bare_decode_tokens_per_s']:7.2f} tok/s  ratio {row['ratio']:.3f}  cold load "
+              f"{row['cold_load_ms'] / 1e3:.1f} s", flush=True)
+        arena.manager.evict(variant_id)  # one variant resident at a time: no cross-talk
+    result = {
+        "environment": arena.environment(),
+        "conditions": {"prompt": PROMPT, "settings": settings.describe(), "statistic": "median",
+                       "bare": "model.generate with a timestamp-only streamer"},
+        "start_to_ready_s": round(ready_s, 2),
+        "variants": rows,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
