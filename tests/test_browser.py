@@ -63,6 +63,7 @@ def open_page(browser, url, width=1280, height=800):
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.goto(url)
     page.get_by_label("Prompt").wait_for()
+    page.locator("#run").wait_for(state="visible", timeout=30_000)
     return page, errors
 
 
@@ -126,7 +127,8 @@ def test_stop_during_a_run(browser, app_url):
 
 def test_narrow_screen(browser, app_url):
     page, errors = open_page(browser, app_url, width=390, height=844)
-    assert page.locator("#run").is_visible()
+    page.locator("#run").wait_for(state="visible", timeout=30_000)  # Gradio renders blocks progressively
+    page.locator("#system").get_by_text("Loaded variants").wait_for(timeout=30_000)
     width = page.evaluate("document.documentElement.scrollWidth")
     assert width <= 390 + 1, f"the page scrolls sideways on a phone ({width}px wide)"
     assert errors == []
