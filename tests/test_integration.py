@@ -97,3 +97,16 @@ def test_sampling_needs_a_seed_and_is_reproducible(arena):
     first = arena.compare_records("Name a colour.", ["smollm2/bf16"], settings)[0]["text"]
     second = arena.compare_records("Name a colour.", ["smollm2/bf16"], settings)[0]["text"]
     assert first == second
+
+
+def test_unreachable_hub_weights_say_not_available(monkeypatch):
+    """Offline (HF_HUB_OFFLINE=1 in tests), the GPU profile's Hub variants fail alone with a reason."""
+    from tests.conftest import REPO
+    from demo.config import load_config
+
+    gpu = Arena(load_config(REPO / "models.gpu.yaml"))
+    records = gpu.compare_records("hi", ["smollm2-1.7b/bnb-nf4", "llama3.2-1b/fp16"], gpu.settings(max_new_tokens=4))
+    for record in records:
+        assert record["status"] == "error"
+        assert record["error"].startswith("not available: weights for ")
+        assert "could not be reached" in record["error"] and "Traceback" not in record["error"]
