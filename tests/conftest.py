@@ -41,8 +41,8 @@ def arena(default_config):
     return Arena(default_config)
 
 
-@pytest.fixture
-def free_port():
+def free_port() -> int:
+    """A loopback port nobody is listening on right now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

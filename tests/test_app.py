@@ -5,21 +5,17 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, free_port
 
 VARIANTS = ["smollm2/fp32", "smollm2/bnb-int8", "smollm2/bnb-nf4"]
 
 
 @pytest.fixture(scope="module")
 def app_url(default_config):
-    import socket
-
     from demo import ui
     from demo.runner import Arena
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     demo = ui.build_demo(Arena(default_config))  # a fresh cache: the first call loads cold
     demo.queue(max_size=ui.QUEUE_MAX_SIZE)
     _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True,

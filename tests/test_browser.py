@@ -9,7 +9,7 @@ import urllib.request
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, free_port
 
 pytestmark = pytest.mark.browser
 CHROMIUM = "/usr/bin/chromium"
@@ -20,11 +20,7 @@ VARIANTS = ["smollm2/bf16", "smollm2/bnb-int8", "smollm2/bnb-nf4"]
 
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory):
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "GRADIO_SERVER_PORT": str(port)}
     log = (tmp_path_factory.mktemp("app") / "app.log").open("w")  # a file: an unread pipe would fill and block
     proc = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
