@@ -6,7 +6,6 @@ import sys
 
 from demo.config import load_config
 from demo.errors import ConfigError
-from demo.runner import Arena
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,10 +18,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    from demo import ui  # gradio is imported only once the config is known to be good
+    from demo import ui  # torch and gradio are imported only once the config is known to be good
+    from demo.runner import Arena
 
-    demo = ui.build_demo(Arena(config))
-    demo.queue(max_size=ui.QUEUE_MAX_SIZE).launch(**ui.launch_kwargs())
+    arena = Arena(config)
+    demo = ui.build_demo(arena)
+    demo.queue(max_size=ui.queue_max_size(arena)).launch(**ui.launch_kwargs())
     return 0
 
 

@@ -101,6 +101,7 @@ class Limits:
     max_new_tokens: int = 512
     max_variants: int = 6
     max_prompt_chars: int = 20000
+    max_pending: int = 16  # comparisons running or waiting at once; more get a "busy, try again"
 
 
 @dataclass(frozen=True)

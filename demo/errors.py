@@ -28,3 +28,7 @@ class VariantUnavailable(ArenaError):
 
 class MemoryBudgetExceeded(ArenaError):
     """A variant does not fit in the configured memory budget even with every other variant evicted."""
+
+
+class Busy(ArenaError):
+    """Too many comparisons are already running or waiting; the caller should try again later."""

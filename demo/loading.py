@@ -31,6 +31,11 @@ class LoadedModel:
     weights_bytes: int  # model.get_memory_footprint(): parameters and buffers as stored
 
 
+def backend_available(package: str) -> bool:
+    """Whether a quantization backend's package is installed (checked without importing it)."""
+    return importlib.util.find_spec(package) is not None
+
+
 def pick_device(variant: Variant) -> str:
     """The device a variant runs on; raises VariantUnavailable when it needs a GPU and none exists."""
     import torch
@@ -68,7 +73,7 @@ def from_pretrained_kwargs(variant: Variant, device: str) -> dict[str, Any]:
 def load_variant(variant: Variant, base: BaseModel) -> LoadedModel:
     """Load one variant from its base model's weights."""
     backend = _BACKENDS.get(variant.method)
-    if backend and importlib.util.find_spec(backend) is None:
+    if backend and not backend_available(backend):
         raise VariantUnavailable(f"not available: the '{backend}' package is not installed")
     device = pick_device(variant)
     weights = sources.resolve(base)

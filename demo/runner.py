@@ -12,7 +12,7 @@ from typing import Any, Iterator
 
 from demo.config import ArenaConfig
 from demo.device import DeviceThread, shared_device
-from demo.errors import ArenaError, InvalidRequest
+from demo.errors import ArenaError, Busy, InvalidRequest
 from demo.generation import GenerationSettings, StreamingGeneration, encode_prompt
 from demo.manager import ModelManager
 from demo.system import environment
@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 STREAM_INTERVAL_S = 0.1
 
 STATUSES = ("queued", "loading", "generating", "done", "stopped", "error")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # C0 controls and DEL, but tab, LF and CR
+_SURROGATE = re.compile(r"[\ud800-\udfff]")  # how undecodable bytes reach a str (surrogateescape, JSON)
 _PATH = re.compile(r"(?:[A-Za-z]:)?[/\\][^\s'\"]*[/\\][^\s'\"]*")  # local paths never reach a user
 
 
@@ -52,6 +54,7 @@ class VariantResult:
     process_rss_mib: float | None = None
     memory_kind: str | None = None
     error: str | None = None
+    prompt: str = ""
     settings: dict[str, Any] = field(default_factory=dict)
     environment: dict[str, Any] = field(default_factory=dict)
 
@@ -73,6 +76,7 @@ class Arena:
         # Held for a variant's whole load + run, so no other request's work lands in its measurement
         # window. A plain Lock: a generator may resume on another thread.
         self._device_lock = threading.Lock()
+        self._admission = threading.BoundedSemaphore(config.limits.max_pending)
         self._environment: dict[str, Any] | None = None
 
     def environment(self) -> dict[str, Any]:
@@ -87,34 +91,35 @@ class Arena:
         max_new_tokens = defaults.max_new_tokens if max_new_tokens is None else max_new_tokens
         temperature = defaults.temperature if temperature is None else temperature
         top_p = defaults.top_p if top_p is None else top_p
+        if not isinstance(do_sample, bool):
+            raise InvalidRequest(f"do_sample must be true or false, got {_short(do_sample)}")
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int):
-            raise InvalidRequest(f"max_new_tokens must be a whole number, got {max_new_tokens!r}")
+            raise InvalidRequest(f"max_new_tokens must be a whole number from 1 to {limit}, got {_short(max_new_tokens)}")
         if not 1 <= max_new_tokens <= limit:
-            raise InvalidRequest(f"max_new_tokens must be between 1 and {limit}, got {max_new_tokens}")
+            raise InvalidRequest(f"max_new_tokens must be a whole number from 1 to {limit}, got {max_new_tokens}")
         if not _number_in(temperature, 0.0, 2.0, low_open=True):
-            raise InvalidRequest(f"temperature must be in (0, 2], got {temperature!r}")
+            raise InvalidRequest(f"temperature must be a number in (0, 2], got {_short(temperature)}")
         if not _number_in(top_p, 0.0, 1.0, low_open=True):
-            raise InvalidRequest(f"top_p must be in (0, 1], got {top_p!r}")
+            raise InvalidRequest(f"top_p must be a number in (0, 1], got {_short(top_p)}")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32):
-            raise InvalidRequest(f"seed must be a whole number from 0 to {2**32 - 1}, got {seed!r}")
+            raise InvalidRequest(f"seed must be a whole number from 0 to {2**32 - 1}, got {_short(seed)}")
         if do_sample and seed is None:
             raise InvalidRequest("sampling needs an explicit seed, so that every variant draws the same way")
-        return GenerationSettings(max_new_tokens, bool(do_sample), float(temperature), float(top_p), seed)
+        return GenerationSettings(max_new_tokens, do_sample, float(temperature), float(top_p), seed)
 
     def validate(self, prompt: str, variant_ids: list[str]) -> None:
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise InvalidRequest("the prompt is empty: type a question or pick an example")
-        if len(prompt) > self.config.limits.max_prompt_chars:
-            raise InvalidRequest(
-                f"the prompt has {len(prompt)} characters; the limit is {self.config.limits.max_prompt_chars}")
+        """Reject a request that is not runnable, with a message that says what is allowed."""
+        validate_prompt(prompt, self.config.limits.max_prompt_chars)
+        if not isinstance(variant_ids, (list, tuple)) or not all(isinstance(v, str) for v in variant_ids):
+            raise InvalidRequest(f"variants must be a list of variant ids, got {_short(variant_ids)}")
         if not variant_ids:
             raise InvalidRequest("no variant chosen: tick at least one")
         unknown = [v for v in variant_ids if v not in self.config.variants]
         if unknown:
-            raise InvalidRequest(f"unknown variant id(s): {', '.join(map(str, unknown))}; "
+            raise InvalidRequest(f"unknown variant id(s): {', '.join(_short(v) for v in unknown)}; "
                                  f"known: {', '.join(self.config.variants)}")
         if len(set(variant_ids)) != len(variant_ids):
-            raise InvalidRequest("the same variant is listed twice")
+            raise InvalidRequest("the same variant is listed twice; list each variant once")
         if len(variant_ids) > self.config.limits.max_variants:
             raise InvalidRequest(f"{len(variant_ids)} variants chosen; the limit is {self.config.limits.max_variants}")
 
@@ -122,9 +127,19 @@ class Arena:
                 stop: threading.Event | None = None) -> Iterator[list[VariantResult]]:
         """Yield snapshots of every variant's result as they change; the last snapshot is final."""
         self.validate(prompt, variant_ids)
-        stop = stop or threading.Event()
+        if not self._admission.acquire(blocking=False):
+            raise Busy(f"busy: {self.config.limits.max_pending} comparisons are already running or waiting; "
+                       "try again in a minute")
+        try:
+            yield from self._compare(prompt, variant_ids, settings, stop or threading.Event())
+        finally:
+            self._admission.release()
+
+    def _compare(self, prompt: str, variant_ids: list[str], settings: GenerationSettings,
+                 stop: threading.Event) -> Iterator[list[VariantResult]]:
         env, config = self.environment(), settings.describe()
-        results = [VariantResult(v.id, v.method, v.bits, dict(v.settings), settings=config, environment=env)
+        results = [VariantResult(v.id, v.method, v.bits, dict(v.settings), prompt=prompt, settings=config,
+                                 environment=env)
                    for v in (self.config.variants[i] for i in variant_ids)]
         yield _copy(results)
         for result in results:
@@ -164,6 +179,8 @@ class Arena:
             yield
             try:
                 yield from self._generate(result, loaded, prompt, settings, stop)
+            except ArenaError as exc:
+                result.status, result.error = "error", str(exc)
             except Exception as exc:
                 log.exception("generating with %s failed", result.variant)
                 result.status, result.error = "error", _describe_failure("generating", exc)
@@ -174,6 +191,10 @@ class Arena:
                   stop: threading.Event) -> Iterator[None]:
         inputs = self.device.call(encode_prompt, loaded.tokenizer, prompt, loaded.device)
         result.prompt_tokens = int(inputs["input_ids"].shape[1])
+        context = getattr(loaded.model.config, "max_position_embeddings", None)
+        if context and result.prompt_tokens + settings.max_new_tokens > context:
+            raise InvalidRequest(f"the prompt is {result.prompt_tokens:,} tokens; with {settings.max_new_tokens} new "
+                                 f"tokens that exceeds this model's context of {context:,} tokens: shorten it")
         token_ids: list[int] = []
         with track_memory(loaded.device, loaded.weights_bytes) as memory:
             tracker = LatencyTracker(_sync_for(loaded.device))
@@ -233,6 +254,25 @@ def _describe_failure(stage: str, exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     detail = _PATH.sub("<path>", lines[0])[:200] if lines else ""
     return f"failed while {stage}: {exc.__class__.__name__}" + (f": {detail}" if detail else "")
+
+
+def validate_prompt(prompt: Any, max_chars: int) -> None:
+    if not isinstance(prompt, str):
+        raise InvalidRequest(f"the prompt must be text, got {type(prompt).__name__}")
+    if len(prompt) > max_chars:  # first: a several-MB prompt is rejected before any scan of it
+        raise InvalidRequest(f"the prompt has {len(prompt):,} characters; the limit is {max_chars:,}")
+    if not prompt.strip():
+        raise InvalidRequest("the prompt is empty: type a question or pick an example")
+    if _SURROGATE.search(prompt):
+        raise InvalidRequest("the prompt is not valid UTF-8 text (it contains undecodable bytes)")
+    if match := _CONTROL.search(prompt):
+        raise InvalidRequest(f"the prompt contains a control character (U+{ord(match.group()):04X}); "
+                             "only printable text, tabs and line breaks are allowed")
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value) if not isinstance(value, str) else value
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def _copy(results: list[VariantResult]) -> list[VariantResult]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Any, Iterator
 
 import gradio as gr
 import pandas as pd
@@ -13,7 +13,6 @@ from demo.errors import ArenaError
 from demo.runner import Arena, VariantResult
 
 DEVICE_QUEUE = "device"  # every model-running event shares this queue: runs never overlap on a device
-QUEUE_MAX_SIZE = 32
 SYSTEM_REFRESH_S = 2.0
 
 STATUS_TEXT = {
@@ -44,6 +43,11 @@ CSS = """
 .variant-col {border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 8px;}
 .variant-col table {font-size: 0.85em;}
 """
+
+
+def queue_max_size(arena: Arena) -> int:
+    """Gradio's own queue limit: a backstop behind the arena's admission limit."""
+    return 2 * arena.config.limits.max_pending
 
 
 def launch_kwargs() -> dict[str, Any]:
@@ -163,22 +167,26 @@ def build_demo(arena: Arena) -> gr.Blocks:
 
         def compare(prompt: str, variants: list[str], max_new_tokens: int = defaults.max_new_tokens,
                     do_sample: bool = False, temperature: float = defaults.temperature, top_p: float = defaults.top_p,
-                    seed: int | None = None) -> list[dict]:
-            """Run one prompt on the given variant ids, one after another; one record per variant."""
+                    seed: int | None = None) -> Iterator[list[dict]]:
+            """Run one prompt on the given variant ids, one after another; the last output is one record per
+            variant. It streams every snapshot: Gradio can only close a generator between yields, and closing
+            it is what stops the generation when a client cancels or goes away."""
             try:
                 settings = arena.settings(max_new_tokens, do_sample, temperature, top_p, seed)
-                return arena.compare_records(prompt, list(variants) if isinstance(variants, list) else variants,
-                                             settings)
+                for results in arena.compare(prompt, variants, settings):
+                    yield [r.to_record() for r in results]
             except ArenaError as exc:
                 raise gr.Error(str(exc)) from None
 
         def on_tick() -> str:
             return _system_markdown(arena)
 
+        # The arena admits limits.max_pending comparisons and runs them on one device thread, so Gradio
+        # need not hold them back; a full arena answers "busy, try again" instead of a silent wait.
         run.click(on_run, [prompt, variants, max_new, do_sample, temperature, top_p, seed], outputs,
-                  concurrency_id=DEVICE_QUEUE, concurrency_limit=1, api_visibility="undocumented")
+                  concurrency_id=DEVICE_QUEUE, concurrency_limit=None, api_visibility="undocumented")
         stop.click(on_stop, None, None, queue=False, api_visibility="undocumented")
-        gr.api(compare, api_name="compare", concurrency_id=DEVICE_QUEUE, concurrency_limit=1)
+        gr.api(compare, api_name="compare", concurrency_id=DEVICE_QUEUE, concurrency_limit=None)
         timer.tick(on_tick, None, system_md, queue=False, api_visibility="undocumented", show_progress="hidden")
         demo.load(on_tick, None, system_md, queue=False, api_visibility="undocumented")
     return demo

@@ -16,8 +16,9 @@ def app_url(default_config):
     from demo.runner import Arena
 
     port = free_port()
-    demo = ui.build_demo(Arena(default_config))  # a fresh cache: the first call loads cold
-    demo.queue(max_size=ui.QUEUE_MAX_SIZE)
+    arena = Arena(default_config)  # a fresh cache: the first call loads cold
+    demo = ui.build_demo(arena)
+    demo.queue(max_size=ui.queue_max_size(arena))
     _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True,
                             **ui.launch_kwargs())
     yield url
@@ -51,18 +52,61 @@ def test_compare_endpoint_then_cache(client):
         assert after["text"] == before["text"]  # greedy: the same answer again
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"prompt": "", "variants": ["smollm2/fp32"]}, "prompt is empty"),
-    ({"prompt": "hi", "variants": ["../../etc/passwd"]}, "unknown variant"),
-    ({"prompt": "hi", "variants": []}, "no variant chosen"),
-    ({"prompt": "hi", "variants": ["smollm2/fp32"], "max_new_tokens": 513}, "between 1 and 512"),
-    ({"prompt": "hi", "variants": ["smollm2/fp32"], "temperature": 9.0}, "temperature"),
-])
-def test_bad_requests_get_a_clear_error(client, kwargs, message):
+def api_cases():
+    from tests.test_reliability import BAD_REQUESTS, BAD_SETTINGS
+
+    for prompt, variants, message in BAD_REQUESTS:
+        yield {"prompt": prompt, "variants": variants}, message
+    for settings, message in BAD_SETTINGS:
+        yield {"prompt": "hi", "variants": ["smollm2/bf16"], **settings}, message
+
+
+def sendable_as_json(value) -> bool:
+    import json
+
+    try:
+        json.dumps(value, allow_nan=False, ensure_ascii=False).encode("utf-8")
+        return True
+    except (ValueError, UnicodeEncodeError):
+        return False
+
+
+def test_every_bad_request_gets_its_message_then_the_app_still_answers(client):
     from gradio_client.exceptions import AppError
 
-    with pytest.raises(AppError, match=message):
-        client.predict(**kwargs, api_name="/compare")
+    for kwargs, message in api_cases():
+        if not sendable_as_json(kwargs):
+            continue  # NaN, lone surrogates: no JSON client sends these (the raw HTTP test below sends one)
+        with pytest.raises(AppError) as info:
+            client.predict(**kwargs, api_name="/compare")
+        assert message in str(info.value), kwargs
+        assert "Traceback" not in str(info.value)
+    [record] = client.predict(prompt="What is the capital of France?", variants=["smollm2/bf16"], max_new_tokens=8,
+                              api_name="/compare")
+    assert record["status"] == "done" and "Paris" in record["text"]
+
+
+def test_undecodable_prompt_over_raw_http(app_url):
+    """What a hand-written client can send: JSON with an escaped lone surrogate (undecodable bytes)."""
+    import json
+    import urllib.request
+
+    body = json.dumps({"data": ["caf\udce9", ["smollm2/bf16"], 8, False, 0.7, 0.9, None]}).encode()
+    request = urllib.request.Request(f"{app_url}gradio_api/call/compare", body, {"Content-Type": "application/json"})
+    event_id = json.load(urllib.request.urlopen(request, timeout=10))["event_id"]
+    stream = urllib.request.urlopen(f"{app_url}gradio_api/call/compare/{event_id}", timeout=60).read().decode()
+    assert "event: error" in stream and "not valid UTF-8" in stream
+
+
+def test_only_compare_is_public_and_no_local_file_is_served(client, app_url):
+    import urllib.error
+    import urllib.request
+
+    assert set(client.view_api(print_info=False, return_format="dict")["named_endpoints"]) == {"/compare"}
+    for path in ("models.yaml", "app.py", "/etc/passwd", "../../etc/passwd", "assets/../models.yaml"):
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(f"{app_url}gradio_api/file={path}", timeout=10)
+        assert info.value.code in (403, 404), path
 
 
 def test_broken_models_file_stops_start_up(tmp_path):

@@ -128,3 +128,17 @@ def test_narrow_screen(browser, app_url):
     width = page.evaluate("document.documentElement.scrollWidth")
     assert width <= 390 + 1, f"the page scrolls sideways on a phone ({width}px wide)"
     assert errors == []
+
+
+def test_bad_input_shows_its_message(browser, app_url):
+    page, errors = open_page(browser, app_url)
+    page.get_by_label("Prompt").fill("   ")
+    page.locator("#run").click()
+    page.get_by_text("the prompt is empty").first.wait_for(timeout=30_000)
+    page.get_by_label("Prompt").fill("What is the capital of France?")
+    choose(page, [])
+    page.locator("#run").click()
+    page.get_by_text("no variant chosen").first.wait_for(timeout=30_000)
+    assert page.locator("#run").is_enabled()
+    # Gradio logs a rejected event to the console as an error; nothing else may appear there.
+    assert [e for e in errors if "prompt is empty" not in e and "no variant chosen" not in e] == []

@@ -27,8 +27,8 @@ def test_list():
 @pytest.mark.parametrize("args, message", [
     (["--prompt", "hi", "--variants", "smollm2/fp64"], "unknown variant id(s): smollm2/fp64"),
     (["--prompt", "   ", "--variants", "smollm2/fp32"], "the prompt is empty"),
-    (["--prompt", "hi", "--variants", "smollm2/fp32", "--max-new-tokens", "0"], "between 1 and 512"),
-    (["--prompt", "hi", "--variants", "smollm2/fp32", "--max-new-tokens", "100000"], "between 1 and 512"),
+    (["--prompt", "hi", "--variants", "smollm2/fp32", "--max-new-tokens", "0"], "from 1 to 512"),
+    (["--prompt", "hi", "--variants", "smollm2/fp32", "--max-new-tokens", "100000"], "from 1 to 512"),
     (["--prompt", "hi", "--variants", "smollm2/fp32,smollm2/fp32"], "listed twice"),
     (["--prompt", "hi", "--variants", "smollm2/fp32", "--sample"], "needs an explicit seed"),
     (["--prompt", "hi"], "needs --prompt and --variants"),
