@@ -11,7 +11,7 @@ VARIANTS = ["smollm2/fp32", "smollm2/bnb-int8", "smollm2/bnb-nf4"]
 
 
 @pytest.fixture(scope="module")
-def app_url(default_config):
+def app(default_config):
     from demo import ui
     from demo.runner import Arena
 
@@ -21,8 +21,13 @@ def app_url(default_config):
     demo.queue(max_size=ui.queue_max_size(arena))
     _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True,
                             **ui.launch_kwargs())
-    yield url
+    yield url, arena
     demo.close()
+
+
+@pytest.fixture(scope="module")
+def app_url(app):
+    return app[0]
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +112,23 @@ def test_only_compare_is_public_and_no_local_file_is_served(client, app_url):
         with pytest.raises(urllib.error.HTTPError) as info:
             urllib.request.urlopen(f"{app_url}gradio_api/file={path}", timeout=10)
         assert info.value.code in (403, 404), path
+
+
+def test_a_cancelled_request_stops_its_generation(client, app):
+    import time
+
+    _, arena = app
+    job = client.submit(prompt="Write a long story about a dragon.", variants=["smollm2/bf16"], max_new_tokens=500,
+                        api_name="/compare")
+    deadline = time.time() + 60
+    while time.time() < deadline and not any(o and o[0]["new_tokens"] >= 3 for o in job.outputs()):
+        time.sleep(0.1)
+    job.cancel()
+    # A generation still running would keep the device thread busy for many seconds.
+    assert arena.device.submit(lambda: True).result(timeout=2)
+    [record] = client.predict(prompt="What is the capital of France?", variants=["smollm2/bf16"], max_new_tokens=8,
+                              api_name="/compare")
+    assert record["status"] == "done"
 
 
 def test_broken_models_file_stops_start_up(tmp_path):
