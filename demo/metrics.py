@@ -1,0 +1,91 @@
+"""Pure quality metrics over next-token distributions: perplexity, KL divergence, top-1 agreement.
+
+Shapes: logits and log-probabilities are [positions, vocab]; targets are [positions] token ids.
+Position i holds the distribution over the token at i + 1 (the usual causal-LM shift is done by
+the caller). Everything is computed in float32 whatever the model's dtype.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class QualityTotals:
+    """Sums over positions, so windows can be accumulated and averaged once at the end."""
+
+    positions: int = 0
+    nll_sum: float = 0.0  # sum of -log p(target)
+    kl_sum: float = 0.0  # sum of KL(baseline || variant), nats
+    top1_matches: int = 0
+
+    def __add__(self, other: "QualityTotals") -> "QualityTotals":
+        return QualityTotals(self.positions + other.positions, self.nll_sum + other.nll_sum,
+                             self.kl_sum + other.kl_sum, self.top1_matches + other.top1_matches)
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(self.nll_sum / self.positions)
+
+    @property
+    def kl_divergence(self) -> float:
+        return self.kl_sum / self.positions
+
+    @property
+    def top1_agreement(self) -> float:
+        return self.top1_matches / self.positions
+
+
+def log_probs(logits: torch.Tensor) -> torch.Tensor:
+    return torch.log_softmax(logits.float(), dim=-1)
+
+
+def nll_sum(logprobs: torch.Tensor, targets: torch.Tensor) -> float:
+    """Sum of negative log-likelihoods of the targets."""
+    return float(-logprobs.gather(-1, targets.long().unsqueeze(-1)).sum())
+
+
+def perplexity(logprobs: torch.Tensor, targets: torch.Tensor) -> float:
+    """exp(mean negative log-likelihood): equals the vocabulary size for a uniform distribution."""
+    return math.exp(nll_sum(logprobs, targets) / targets.numel())
+
+
+def kl_sum(baseline_logprobs: torch.Tensor, variant_logprobs: torch.Tensor) -> float:
+    """Sum over positions of KL(baseline || variant) in nats: how much the variant's distribution loses."""
+    p = baseline_logprobs.float()
+    return float((p.exp() * (p - variant_logprobs.float())).sum())
+
+
+def kl_divergence(baseline_logprobs: torch.Tensor, variant_logprobs: torch.Tensor) -> float:
+    """Mean KL(baseline || variant) per position, in nats (llama.cpp's KLD is the same quantity)."""
+    return kl_sum(baseline_logprobs, variant_logprobs) / baseline_logprobs.shape[0]
+
+
+def top1_matches(baseline_logprobs: torch.Tensor, variant_logprobs: torch.Tensor) -> int:
+    return int((baseline_logprobs.argmax(-1) == variant_logprobs.argmax(-1)).sum())
+
+
+def top1_agreement(baseline_logprobs: torch.Tensor, variant_logprobs: torch.Tensor) -> float:
+    """Share of positions where both pick the same most likely token."""
+    return top1_matches(baseline_logprobs, variant_logprobs) / baseline_logprobs.shape[0]
+
+
+def window_totals(variant_logprobs: torch.Tensor, targets: torch.Tensor,
+                  baseline_logprobs: torch.Tensor | None) -> QualityTotals:
+    """One window's sums; KL and top-1 need the baseline's log-probabilities at the same positions."""
+    if baseline_logprobs is None:
+        return QualityTotals(targets.numel(), nll_sum(variant_logprobs, targets))
+    return QualityTotals(targets.numel(), nll_sum(variant_logprobs, targets),
+                         kl_sum(baseline_logprobs, variant_logprobs),
+                         top1_matches(baseline_logprobs, variant_logprobs))
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear-interpolation percentile (q in [0, 100]) of a non-empty list."""
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100
+    low, high = math.floor(rank), math.ceil(rank)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
