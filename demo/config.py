@@ -55,6 +55,15 @@ METHODS: dict[str, Method] = {
             },
             required=("bnb_4bit_quant_type",),
         ),
+        # GPTQ through transformers' GPTQConfig (optimum + gptqmodel). The checkpoint is either named by
+        # the variant (pre-quantized, e.g. AutoGPTQ format) or made once by `python -m demo.quantize`.
+        Method(
+            "gptq",
+            None,
+            {"bits": (2, 3, 4, 8), "group_size": int, "desc_act": bool, "sym": bool, "damp_percent": float},
+            required=("bits",),
+            defaults={"group_size": 128, "desc_act": False, "sym": True},
+        ),
     )
 }
 
@@ -90,6 +99,7 @@ class Variant:
     label: str = ""
     device: str = "auto"  # auto | cuda | cpu
     dtype: str | None = None  # dtype of the modules that stay unquantized
+    checkpoint: Source | None = None  # a pre-quantized checkpoint (gptq); None: made by demo.quantize
 
     @property
     def bits(self) -> int | None:
@@ -197,14 +207,15 @@ def _parse_bases(path: Path, raw: dict) -> dict[str, BaseModel]:
     return bases
 
 
-def _parse_source(path: Path, src: dict, field_: str) -> Source:
+def _parse_source(path: Path, src: dict, field_: str, variant: str | None = None) -> Source:
     kind = src.get("kind")
     _expect(kind in SOURCE_KINDS, path, f"unknown source kind {kind!r} (allowed: {', '.join(SOURCE_KINDS)})",
-            field=f"{field_}.kind")
+            variant=variant, field=f"{field_}.kind")
     needs = {"hub": ("repo",), "local": ("path",), "bundled-gguf": ("package", "file")}[kind]
-    _only(path, src, {"kind", "repo", "revision", "path", "package", "file"}, None, field_)
+    _only(path, src, {"kind", "repo", "revision", "path", "package", "file"}, variant, field_)
     for key in needs:
-        _expect(isinstance(src.get(key), str) and src[key].strip(), path, "is required", field=f"{field_}.{key}")
+        _expect(isinstance(src.get(key), str) and src[key].strip(), path, "is required", variant=variant,
+                field=f"{field_}.{key}")
     local = (path.parent / src["path"]).resolve() if kind == "local" else None
     return Source(kind, src.get("repo"), src.get("revision"), local, src.get("package"), src.get("file"))
 
@@ -216,7 +227,7 @@ def _parse_variants(path: Path, raw: list, bases: dict[str, BaseModel]) -> dict[
         vid = entry.get("id")
         _expect(isinstance(vid, str) and vid.strip(), path, "is required", field=f"variants[{index}].id")
         _expect(vid not in variants, path, "duplicate variant id", variant=vid, field="id")
-        _only(path, entry, {"id", "base", "method", "settings", "label", "device", "dtype"}, vid)
+        _only(path, entry, {"id", "base", "method", "settings", "label", "device", "dtype", "checkpoint"}, vid)
         base = _required(path, entry, "base", str, variant=vid)
         _expect(base in bases, path, f"unknown base '{base}' (bases: {', '.join(bases)})", variant=vid, field="base")
         method = _required(path, entry, "method", str, variant=vid)
@@ -229,8 +240,16 @@ def _parse_variants(path: Path, raw: list, bases: dict[str, BaseModel]) -> dict[
         dtype = entry.get("dtype")
         _expect(dtype is None or dtype in DTYPES, path, f"must be one of {', '.join(DTYPES)}, got {dtype!r}",
                 variant=vid, field="dtype")
+        checkpoint = entry.get("checkpoint")
+        if checkpoint is not None:
+            _expect(method == "gptq", path, "only gptq variants take a pre-quantized checkpoint", variant=vid,
+                    field="checkpoint")
+            _expect(isinstance(checkpoint, dict), path, "must be a mapping", variant=vid, field="checkpoint")
+            checkpoint = _parse_source(path, checkpoint, "checkpoint", vid)
+            _expect(checkpoint.kind != "bundled-gguf", path, "must be a hub or local checkpoint", variant=vid,
+                    field="checkpoint.kind")
         variants[vid] = Variant(vid, base, method, _check_settings(path, vid, METHODS[method], settings),
-                                str(entry.get("label", "")), device, dtype)
+                                str(entry.get("label", "")), device, dtype, checkpoint)
     _expect(bool(variants), path, "must list at least one variant", field="variants")
     return variants
 

@@ -32,3 +32,7 @@ class MemoryBudgetExceeded(ArenaError):
 
 class Busy(ArenaError):
     """Too many comparisons are already running or waiting; the caller should try again later."""
+
+
+class NotQuantized(VariantUnavailable):
+    """A quantized variant whose checkpoint has not been made yet; the message names the command."""

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import importlib.metadata
+import json
 import importlib.util
 import os
 import shutil
@@ -15,6 +18,7 @@ from demo.config import BaseModel, Source
 from demo.errors import VariantUnavailable
 
 CACHE_ENV = "ARENA_CACHE_DIR"
+METADATA_FILE = "quantize.json"  # written by demo.quantize next to the weights
 _materialize_lock = threading.Lock()
 
 
@@ -34,7 +38,10 @@ def cache_dir() -> Path:
 
 def resolve(base: BaseModel) -> Weights:
     """Weights for a base model, materializing a bundled GGUF on first use."""
-    source = base.source
+    return resolve_source(base.source)
+
+
+def resolve_source(source: Source) -> Weights:
     if source.kind == "hub":
         return Weights(source.repo, source.revision, is_hub=True)
     if source.kind == "local":
@@ -42,6 +49,19 @@ def resolve(base: BaseModel) -> Weights:
             raise VariantUnavailable(f"weights not available: no checkpoint in local folder '{source.path.name}'")
         return Weights(str(source.path))
     return Weights(str(materialize_gguf(source)))
+
+
+def quantized_dir(base: BaseModel, method: str, settings: dict) -> Path:
+    """Where demo.quantize keeps the checkpoint for these exact settings: never made twice."""
+    identity = json.dumps({"source": dataclasses.asdict(base.source), "method": method, "settings": settings},
+                          sort_keys=True, default=str)
+    digest = hashlib.sha256(identity.encode()).hexdigest()[:12]
+    return cache_dir() / "quantized" / base.id / f"{method}-{digest}"
+
+
+def is_complete_checkpoint(folder: Path) -> bool:
+    """A checkpoint demo.quantize finished: it writes its metadata file last, after the weights."""
+    return (folder / METADATA_FILE).is_file() and (folder / "config.json").is_file()
 
 
 def bundled_gguf_path(source: Source) -> Path:

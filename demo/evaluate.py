@@ -1,0 +1,238 @@
+"""python -m demo.evaluate: quality, speed and memory of variants on the same text and settings.
+
+Quality: token-level perplexity over a held-out text with a sliding window (WINDOW tokens, moved by
+STRIDE; each window scores only the tokens not scored before, so every scored token after the first
+window sees at least WINDOW - STRIDE tokens of context). Against the baseline of the same base model,
+at the same positions: mean KL(baseline || variant) of the next-token distributions, in nats, and the
+share of positions where both pick the same most likely token (top-1 agreement).
+Speed and memory: through the app's own path (Arena.compare), one warm-up run then RUNS runs.
+Writes results.json, results.csv, results.md and PNG charts to results/<timestamp>/ or --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import json
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from demo import metrics, sources
+from demo.config import REPO_ROOT, load_config
+from demo.errors import ArenaError, InvalidRequest
+from demo.loading import LoadedModel
+from demo.runner import Arena
+
+EVALUATION_FILE = REPO_ROOT / "assets" / "evaluation.txt"
+SPEED_PROMPT = "Write a short story about a lighthouse keeper."
+WINDOW, STRIDE = 512, 256
+FIELDS = ["variant", "baseline", "perplexity", "kl_divergence", "top1_agreement", "ttft_ms_p50",
+          "decode_tokens_per_s_p50", "decode_tokens_per_s_p90", "runs", "weights_mib", "peak_memory_mib", "disk_mib"]
+
+Progress = Callable[[float, str], None]
+
+
+@dataclass
+class VariantEvaluation:
+    variant: str
+    baseline: str | None
+    perplexity: float | None = None
+    kl_divergence: float | None = None
+    top1_agreement: float | None = None
+    ttft_ms_p50: float | None = None
+    decode_tokens_per_s_p50: float | None = None
+    decode_tokens_per_s_p90: float | None = None
+    runs: int = 0
+    weights_mib: float | None = None
+    peak_memory_mib: float | None = None
+    disk_mib: float | None = None
+    scored_tokens: int = 0
+    error: str | None = None
+
+
+def windows(n_tokens: int, window: int = WINDOW, stride: int = STRIDE):
+    """(begin, end, first_scored) per window; tokens first_scored..end-1 are scored in it."""
+    previous_end = 0
+    for begin in range(0, n_tokens, stride):
+        end = min(begin + window, n_tokens)
+        yield begin, end, max(previous_end, begin + 1)  # token 0 has no prediction
+        previous_end = end
+        if end == n_tokens:
+            return
+
+
+def scored_log_probs(loaded: LoadedModel, ids: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per window: (log-probabilities [scored, vocab] float32, targets [scored]) for the scored tokens."""
+    out = []
+    with torch.inference_mode():
+        for begin, end, first in windows(ids.numel()):
+            chunk = ids[begin:end].unsqueeze(0).to(loaded.device)
+            logits = loaded.model(chunk).logits[0]  # [end - begin, vocab]; row i predicts token begin + i + 1
+            rows = slice(first - 1 - begin, end - 1 - begin)
+            out.append((metrics.log_probs(logits[rows]).cpu(), ids[first:end]))
+    return out
+
+
+def evaluate(arena: Arena, variant_ids: list[str], text: str, runs: int = 5, max_new_tokens: int = 64,
+             progress: Progress | None = None) -> list[VariantEvaluation]:
+    """Evaluate each variant; a variant that fails gets its error and the others go on."""
+    arena.validate(SPEED_PROMPT, variant_ids)
+    if runs < 1:
+        raise InvalidRequest(f"runs must be at least 1, got {runs}")
+    if not text.strip():
+        raise InvalidRequest("the evaluation text is empty")
+    settings = arena.settings(max_new_tokens=max_new_tokens)
+    report = progress or (lambda fraction, message: None)
+    baselines: dict[str, list] = {}  # baseline variant id -> its scored windows (fp16 to save memory)
+    results = []
+    bar = tqdm(variant_ids, desc="Evaluating variants", unit="variant")
+    for index, variant_id in enumerate(bar):
+        bar.set_postfix_str(variant_id)
+        base = arena.config.base_of(variant_id)
+        result = VariantEvaluation(variant_id, base.baseline)
+        try:
+            report(index / len(variant_ids), f"{variant_id}: quality")
+            _quality(arena, result, text, baselines)
+            report((index + 0.5) / len(variant_ids), f"{variant_id}: speed")
+            _speed(arena, result, settings, runs)
+            result.disk_mib = _disk_mib(arena, variant_id)
+        except ArenaError as exc:
+            result.error = str(exc)
+        results.append(result)
+    report(1.0, "done")
+    return results
+
+
+def _quality(arena: Arena, result: VariantEvaluation, text: str, baselines: dict) -> None:
+    loaded = arena.device.call(arena.manager.get, result.variant).loaded
+    ids = loaded.tokenizer(text, return_tensors="pt")["input_ids"][0]
+    windows_ = arena.device.call(scored_log_probs, loaded, ids)
+    reference = None
+    if result.baseline is not None:
+        if result.baseline not in baselines:
+            base_loaded = arena.device.call(arena.manager.get, result.baseline).loaded
+            baselines[result.baseline] = [(lp.half(), t) for lp, t in arena.device.call(scored_log_probs,
+                                                                                          base_loaded, ids)]
+        reference = baselines[result.baseline]
+    totals = metrics.QualityTotals()
+    for i, (lp, targets) in enumerate(windows_):
+        totals += metrics.window_totals(lp, targets, reference[i][0].float() if reference else None)
+    result.perplexity, result.scored_tokens = round(totals.perplexity, 4), totals.positions
+    if reference is not None:
+        result.kl_divergence = round(totals.kl_divergence, 6)
+        result.top1_agreement = round(totals.top1_agreement, 4)
+
+
+def _speed(arena: Arena, result: VariantEvaluation, settings, runs: int) -> None:
+    records = []
+    for run in range(runs + 1):  # run 0 is the warm-up and is not counted
+        [record] = arena.compare_records(SPEED_PROMPT, [result.variant], settings)
+        if record["error"]:
+            raise ArenaError(record["error"])
+        if run:
+            records.append(record)
+    ttft = [r["ttft_ms"] for r in records if r["ttft_ms"] is not None]
+    decode = [r["decode_tokens_per_s"] for r in records if r["decode_tokens_per_s"] is not None]
+    result.runs = len(records)
+    result.ttft_ms_p50 = round(metrics.percentile(ttft, 50), 1) if ttft else None
+    result.decode_tokens_per_s_p50 = round(metrics.percentile(decode, 50), 2) if decode else None
+    result.decode_tokens_per_s_p90 = round(metrics.percentile(decode, 90), 2) if decode else None
+    result.weights_mib = round(records[-1]["weights_mib"], 1)
+    result.peak_memory_mib = round(max(r["peak_memory_mib"] for r in records), 1)
+
+
+def _disk_mib(arena: Arena, variant_id: str) -> float | None:
+    """Size of the variant's own checkpoint on disk (GPTQ), None where it is quantized at load time."""
+    variant = arena.config.variants[variant_id]
+    if variant.method != "gptq" or variant.checkpoint is not None:
+        return None
+    from demo.quantize import folder_mib
+
+    folder = sources.quantized_dir(arena.config.bases[variant.base], variant.method, variant.settings)
+    return round(folder_mib(folder), 1) if folder.is_dir() else None
+
+
+def write_outputs(results: list[VariantEvaluation], arena: Arena, out: Path, conditions: dict) -> dict[str, Path]:
+    """results.json, results.csv, results.md and the charts; returns their paths by name."""
+    from demo import charts
+
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [asdict(r) for r in results]
+    paths = {"json": out / "results.json", "csv": out / "results.csv", "markdown": out / "results.md"}
+    paths["json"].write_text(json.dumps({"environment": arena.environment(), "conditions": conditions,
+                                         "variants": rows}, indent=2))
+    with paths["csv"].open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[*FIELDS, "scored_tokens", "error"])
+        writer.writeheader()
+        writer.writerows(rows)
+    paths["markdown"].write_text(markdown_table(rows, arena.environment(), conditions))
+    paths.update(charts.write_charts(rows, out))
+    return paths
+
+
+def markdown_table(rows: list[dict], env: dict, conditions: dict) -> str:
+    head = ("| variant | perplexity | KL div. vs baseline (nats) | top-1 agreement | TTFT p50 (ms) | "
+            "decode p50 / p90 (tok/s) | weights (MiB) | peak (MiB) | disk (MiB) |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+
+    def num(value, digits):
+        return "–" if value is None else f"{value:,.{digits}f}"
+
+    lines = [head]
+    for r in rows:
+        if r["error"]:
+            lines.append(f"| {r['variant']} | {r['error']} | | | | | | | |")
+            continue
+        agreement = "–" if r["top1_agreement"] is None else f"{100 * r['top1_agreement']:.1f}%"
+        lines.append(f"| {r['variant']} | {num(r['perplexity'], 2)} | {num(r['kl_divergence'], 4)} | {agreement} | "
+                     f"{num(r['ttft_ms_p50'], 0)} | {num(r['decode_tokens_per_s_p50'], 1)} / "
+                     f"{num(r['decode_tokens_per_s_p90'], 1)} | {num(r['weights_mib'], 0)} | "
+                     f"{num(r['peak_memory_mib'], 0)} | {num(r['disk_mib'], 0)} |")
+    notes = (f"\n\nConditions: {env.get('device_name')}; torch {env.get('torch')}, transformers {env.get('transformers')}, "
+             f"bitsandbytes {env.get('bitsandbytes')}. Quality on {conditions['text']} ({conditions['method']}). "
+             f"Speed: {conditions['speed']}. Peak memory as in the app "
+             f"({'approximate, process RSS' if 'CPU' in str(env.get('device_name')) else 'CUDA allocated'}).\n")
+    return "\n".join(lines) + notes
+
+
+def conditions(text_file: Path, runs: int, max_new_tokens: int) -> dict:
+    return {"text": text_file.name,
+            "method": f"sliding window of {WINDOW} tokens, stride {STRIDE}; KL(baseline || variant) in nats, mean "
+                      "over scored tokens; top-1 agreement = share of positions with the same argmax",
+            "speed": f"prompt {SPEED_PROMPT!r}, greedy, {max_new_tokens} new tokens, 1 warm-up + {runs} runs, "
+                     "p50/p90 over runs"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m demo.evaluate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", help="models file (default: $ARENA_MODELS, else models.yaml)")
+    parser.add_argument("--variants", required=True, help="comma-separated variant ids")
+    parser.add_argument("--text", type=Path, default=EVALUATION_FILE, help="held-out text (default: assets/evaluation.txt)")
+    parser.add_argument("--out", type=Path, help="output folder (default: results/<timestamp>)")
+    parser.add_argument("--runs", type=int, default=5, help="timed runs per variant after one warm-up")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    args = parser.parse_args(argv)
+    try:
+        arena = Arena(load_config(args.models))
+        if not args.text.is_file():
+            raise InvalidRequest(f"text file '{args.text}' not found")
+        variant_ids = [v.strip() for v in args.variants.split(",") if v.strip()]
+        results = evaluate(arena, variant_ids, args.text.read_text(encoding="utf-8"), args.runs, args.max_new_tokens)
+    except ArenaError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    out = args.out or REPO_ROOT / "results" / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    paths = write_outputs(results, arena, out, conditions(args.text, args.runs, args.max_new_tokens))
+    print(paths["markdown"].read_text())
+    print(f"wrote {', '.join(str(p) for p in paths.values())}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
