@@ -28,6 +28,7 @@ from transformers.generation.streamers import BaseStreamer  # noqa: E402
 
 from demo.config import load_config  # noqa: E402
 from demo.generation import encode_prompt  # noqa: E402
+from demo.quantize import quantize_variant  # noqa: E402
 from demo.runner import Arena  # noqa: E402
 
 PROMPT = "Write a long story about a dragon who learns to cook."
@@ -107,6 +108,10 @@ def main() -> int:
     variant_ids = args.variants.split(",") if args.variants else list(config.variants)
     rows = []
     for variant_id in variant_ids:
+        variant = config.variants[variant_id]
+        if variant.method == "gptq" and variant.checkpoint is None:
+            print(f"{variant_id}: making its GPTQ checkpoint first (once)", flush=True)
+            arena.device.call(quantize_variant, config, variant_id)
         acquired = arena.device.call(arena.manager.get, variant_id)
         app, bare, tokens = [], [], set()
         for run in range(args.runs):

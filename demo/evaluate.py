@@ -89,7 +89,7 @@ def evaluate(arena: Arena, variant_ids: list[str], text: str, runs: int = 5, max
         raise InvalidRequest("the evaluation text is empty")
     settings = arena.settings(max_new_tokens=max_new_tokens)
     report = progress or (lambda fraction, message: None)
-    baselines: dict[str, list] = {}  # baseline variant id -> its scored windows (fp16 to save memory)
+    baselines: dict[str, list] = {}  # baseline variant id -> its scored windows, float32 so self-KL is exactly 0
     results = []
     bar = tqdm(variant_ids, desc="Evaluating variants", unit="variant")
     for index, variant_id in enumerate(bar):
@@ -110,23 +110,28 @@ def evaluate(arena: Arena, variant_ids: list[str], text: str, runs: int = 5, max
 
 
 def _quality(arena: Arena, result: VariantEvaluation, text: str, baselines: dict) -> None:
+    # All tensor math runs on the device thread: torch ops on a second thread start a second OpenMP
+    # team, which halved decode speed for everything after it (see demo.device).
     loaded = arena.device.call(arena.manager.get, result.variant).loaded
     ids = loaded.tokenizer(text, return_tensors="pt")["input_ids"][0]
-    windows_ = arena.device.call(scored_log_probs, loaded, ids)
     reference = None
     if result.baseline is not None:
         if result.baseline not in baselines:
             base_loaded = arena.device.call(arena.manager.get, result.baseline).loaded
-            baselines[result.baseline] = [(lp.half(), t) for lp, t in arena.device.call(scored_log_probs,
-                                                                                          base_loaded, ids)]
+            baselines[result.baseline] = arena.device.call(scored_log_probs, base_loaded, ids)
         reference = baselines[result.baseline]
-    totals = metrics.QualityTotals()
-    for i, (lp, targets) in enumerate(windows_):
-        totals += metrics.window_totals(lp, targets, reference[i][0].float() if reference else None)
+    totals = arena.device.call(_totals, loaded, ids, reference)
     result.perplexity, result.scored_tokens = round(totals.perplexity, 4), totals.positions
     if reference is not None:
         result.kl_divergence = round(totals.kl_divergence, 6)
         result.top1_agreement = round(totals.top1_agreement, 4)
+
+
+def _totals(loaded: LoadedModel, ids: torch.Tensor, reference: list | None) -> metrics.QualityTotals:
+    totals = metrics.QualityTotals()
+    for i, (lp, targets) in enumerate(scored_log_probs(loaded, ids)):
+        totals += metrics.window_totals(lp, targets, reference[i][0] if reference else None)
+    return totals
 
 
 def _speed(arena: Arena, result: VariantEvaluation, settings, runs: int) -> None:

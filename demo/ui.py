@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import tempfile
 import threading
+import time
+from pathlib import Path
 from typing import Any, Iterator
 
 import gradio as gr
 import pandas as pd
 
-from demo import report, system
+from demo import evaluate, report, system
 from demo.errors import ArenaError
+from demo.quantize import quantize_variant
 from demo.runner import Arena, VariantResult
 
 DEVICE_QUEUE = "device"  # every model-running event shares this queue: runs never overlap on a device
@@ -69,58 +73,63 @@ def build_demo(arena: Arena) -> gr.Blocks:
         notes = [f"**{b.label}.** {b.note}" for b in config.bases.values() if b.note]
         if notes:
             gr.Markdown("\n\n".join(notes))
-        with gr.Row():
-            with gr.Column(scale=3):
-                prompt = gr.Textbox(label="Prompt", lines=3, placeholder="Ask something…",
-                                    max_length=config.limits.max_prompt_chars)
-                if config.examples:
-                    gr.Examples([[e] for e in config.examples], inputs=[prompt], label="Examples")
-            with gr.Column(scale=2):
-                variants = gr.CheckboxGroup(choices, value=[c[1] for c in choices[:3]], label="Variants to compare",
-                                            info=f"up to {config.limits.max_variants}")
-                with gr.Accordion("Generation settings", open=False):
-                    max_new = gr.Slider(1, config.limits.max_new_tokens, value=defaults.max_new_tokens, step=1,
-                                        label="Max new tokens")
-                    do_sample = gr.Checkbox(False, label="Sample (default: greedy)")
-                    temperature = gr.Slider(0.05, 2.0, value=defaults.temperature, step=0.05, label="Temperature")
-                    top_p = gr.Slider(0.05, 1.0, value=defaults.top_p, step=0.05, label="Top-p")
-                    seed = gr.Number(0, precision=0, minimum=0, label="Seed (used when sampling)")
-        with gr.Row():
-            run = gr.Button("Run", variant="primary", elem_id="run")
-            stop = gr.Button("Stop", variant="stop", elem_id="stop")
-        slots = []
-        with gr.Row(equal_height=False):
-            for i in range(config.limits.max_variants):
-                with gr.Column(visible=False, min_width=280, elem_classes=["variant-col"],
-                               elem_id=f"variant-{i}") as col:
-                    head = gr.Markdown()
-                    text = gr.Textbox(show_label=False, lines=8, max_lines=20, interactive=False,
-                                      elem_classes=["variant-text"])
-                    figs = gr.Markdown(elem_classes=["variant-figures"])
-                slots.append((col, head, text, figs))
-        with gr.Column(visible=False, elem_id="summary") as summary:
-            gr.Markdown("## Summary")
-            table = gr.Dataframe(headers=report.SUMMARY_HEADERS, interactive=False, wrap=True, elem_id="summary-table")
+        with gr.Tab("Compare", id="compare"):
             with gr.Row():
-                tps_plot = gr.BarPlot(x="variant", y="decode (tok/s)", title="Decode speed (tokens/s, higher is "
-                                      "faster)", sort="-y", **PLOT_STYLE)
-                ttft_plot = gr.BarPlot(x="variant", y="TTFT (ms)", title="Time to first token (ms, lower is "
-                                       "faster)", sort="y", **PLOT_STYLE)
-                mem_plot = gr.BarPlot(x="variant", y="weights (MiB)", title="Weights footprint (MiB)", sort="y",
-                                      **PLOT_STYLE)
-            conditions = gr.Markdown()
+                with gr.Column(scale=3):
+                    prompt = gr.Textbox(label="Prompt", lines=3, placeholder="Ask something…",
+                                        max_length=config.limits.max_prompt_chars)
+                    if config.examples:
+                        gr.Examples([[e] for e in config.examples], inputs=[prompt], label="Examples")
+                with gr.Column(scale=2):
+                    variants = gr.CheckboxGroup(choices, value=[c[1] for c in choices[:3]], label="Variants to compare",
+                                                info=f"up to {config.limits.max_variants}")
+                    with gr.Accordion("Generation settings", open=False):
+                        max_new = gr.Slider(1, config.limits.max_new_tokens, value=defaults.max_new_tokens, step=1,
+                                            label="Max new tokens")
+                        do_sample = gr.Checkbox(False, label="Sample (default: greedy)")
+                        temperature = gr.Slider(0.05, 2.0, value=defaults.temperature, step=0.05, label="Temperature")
+                        top_p = gr.Slider(0.05, 1.0, value=defaults.top_p, step=0.05, label="Top-p")
+                        seed = gr.Number(0, precision=0, minimum=0, label="Seed (used when sampling)")
+            with gr.Row():
+                run = gr.Button("Run", variant="primary", elem_id="run")
+                stop = gr.Button("Stop", variant="stop", elem_id="stop")
+            slots = []
+            with gr.Row(equal_height=False):
+                for i in range(config.limits.max_variants):
+                    with gr.Column(visible=False, min_width=280, elem_classes=["variant-col"],
+                                   elem_id=f"variant-{i}") as col:
+                        head = gr.Markdown()
+                        text = gr.Textbox(show_label=False, lines=8, max_lines=20, interactive=False,
+                                          elem_classes=["variant-text"])
+                        figs = gr.Markdown(elem_classes=["variant-figures"])
+                        quantize_now = gr.Button("Quantize now", visible=False, size="sm", elem_classes=["quantize"])
+                    slots.append((col, head, text, figs, quantize_now))
+            with gr.Column(visible=False, elem_id="summary") as summary:
+                gr.Markdown("## Summary")
+                table = gr.Dataframe(headers=report.SUMMARY_HEADERS, interactive=False, wrap=True, elem_id="summary-table")
+                with gr.Row():
+                    tps_plot = gr.BarPlot(x="variant", y="decode (tok/s)", title="Decode speed (tokens/s, higher is "
+                                          "faster)", sort="-y", **PLOT_STYLE)
+                    ttft_plot = gr.BarPlot(x="variant", y="TTFT (ms)", title="Time to first token (ms, lower is "
+                                           "faster)", sort="y", **PLOT_STYLE)
+                    mem_plot = gr.BarPlot(x="variant", y="weights (MiB)", title="Weights footprint (MiB)", sort="y",
+                                          **PLOT_STYLE)
+                conditions = gr.Markdown()
+        with gr.Tab("Evaluate", id="evaluate"):
+            _evaluate_tab(arena, choices)
         with gr.Accordion("System", open=True):
             system_md = gr.Markdown(elem_id="system")
         gr.Markdown(HOW_TO_READ)
         timer = gr.Timer(SYSTEM_REFRESH_S)
 
+        shown = gr.State([])  # variant ids in column order, for the Quantize now buttons
         slot_outputs = [c for slot in slots for c in slot]
-        outputs = [*slot_outputs, summary, table, tps_plot, ttft_plot, mem_plot, conditions, run]
+        outputs = [*slot_outputs, summary, table, tps_plot, ttft_plot, mem_plot, conditions, run, shown]
 
         def render(results: list[VariantResult], final: bool) -> dict:
-            updates: dict = {run: gr.update(interactive=final)}
             records = [r.to_record() for r in results]
-            for i, (col, head, text, figs) in enumerate(slots):
+            updates: dict = {run: gr.update(interactive=final), shown: [r["variant"] for r in records]}
+            for i, (col, head, text, figs, quantize_now) in enumerate(slots):
                 if i >= len(records):
                     updates[col] = gr.update(visible=False)
                     continue
@@ -129,6 +138,7 @@ def build_demo(arena: Arena) -> gr.Blocks:
                 updates[head] = _head_markdown(arena, rec)
                 updates[text] = rec["error"] and f"Not available — {rec['error']}" or rec["text"]
                 updates[figs] = report.figures_markdown(rec)
+                updates[quantize_now] = gr.update(visible=final and (rec["error"] or "").startswith("not quantized"))
             updates[summary] = gr.update(visible=final)
             if final:
                 frame = pd.DataFrame(report.summary_rows(records), columns=report.SUMMARY_HEADERS)
@@ -159,6 +169,19 @@ def build_demo(arena: Arena) -> gr.Blocks:
                     if stops.get(key) is stop_event:
                         del stops[key]
 
+        def on_quantize(index: int, ids: list[str], progress=gr.Progress(track_tqdm=True)):
+            variant_id = ids[index] if index < len(ids) else None
+            if variant_id is None:
+                raise gr.Error("run a comparison first")
+            progress(0, desc=f"Quantizing {variant_id} (minutes on a CPU)…")
+            started = time.perf_counter()
+            try:
+                arena.device.call(quantize_variant, config, variant_id)
+            except ArenaError as exc:
+                raise gr.Error(str(exc)) from None
+            done = f"Quantized in {time.perf_counter() - started:.0f} s: press Run again to compare it."
+            return {slots[index][2]: done, slots[index][4]: gr.update(visible=False)}
+
         def on_stop(request: gr.Request):
             with stops_lock:
                 event = stops.get(request.session_hash if request else None)
@@ -186,10 +209,55 @@ def build_demo(arena: Arena) -> gr.Blocks:
         run.click(on_run, [prompt, variants, max_new, do_sample, temperature, top_p, seed], outputs,
                   concurrency_id=DEVICE_QUEUE, concurrency_limit=None, api_visibility="undocumented")
         stop.click(on_stop, None, None, queue=False, api_visibility="undocumented")
+        for index, slot in enumerate(slots):
+            slot[4].click(on_quantize, [gr.State(index), shown], [slot[2], slot[4]], concurrency_id=DEVICE_QUEUE,
+                          concurrency_limit=None, api_visibility="undocumented")
         gr.api(compare, api_name="compare", concurrency_id=DEVICE_QUEUE, concurrency_limit=None)
         timer.tick(on_tick, None, system_md, queue=False, api_visibility="undocumented", show_progress="hidden")
         demo.load(on_tick, None, system_md, queue=False, api_visibility="undocumented")
     return demo
+
+
+def _evaluate_tab(arena: Arena, choices: list[tuple[str, str]]) -> None:
+    """The same evaluation as `python -m demo.evaluate`, on chosen variants, with its table and charts."""
+    gr.Markdown("Perplexity on a held-out text, KL divergence and top-1 agreement against the base model's "
+                "baseline, decode speed and memory: the same measurement as `python -m demo.evaluate`. "
+                "A few minutes on a CPU.")
+    baselines = {b.baseline for b in arena.config.bases.values()}
+    picked = [c[1] for c in choices if c[1] in baselines] + [c[1] for c in choices if "nf4" in c[1]][:1]
+    with gr.Row():
+        ids = gr.CheckboxGroup(choices, value=picked, label="Variants to evaluate", scale=3)
+        with gr.Column(scale=1):
+            runs = gr.Slider(1, 10, value=3, step=1, label="Timed runs per variant (after one warm-up)")
+            new_tokens = gr.Slider(8, 128, value=32, step=8, label="New tokens per timed run")
+    start = gr.Button("Evaluate", variant="primary", elem_id="evaluate")
+    status = gr.Markdown(elem_id="evaluate-status")
+    table = gr.Dataframe(headers=evaluate.FIELDS, interactive=False, wrap=True, elem_id="evaluate-table")
+    with gr.Row():
+        quality_chart = gr.Image(label="Quality against memory", type="filepath", interactive=False)
+        speed_chart = gr.Image(label="Speed against memory", type="filepath", interactive=False)
+    files = gr.File(label="results.json, results.csv, results.md", file_count="multiple", interactive=False)
+
+    def on_evaluate(variant_ids, run_count, max_new_tokens, progress=gr.Progress()):
+        text = evaluate.EVALUATION_FILE.read_text(encoding="utf-8")
+        try:
+            results = evaluate.evaluate(arena, list(variant_ids or []), text, int(run_count), int(max_new_tokens),
+                                        progress=lambda fraction, message: progress(fraction, desc=message))
+        except ArenaError as exc:
+            raise gr.Error(str(exc)) from None
+        out = Path(tempfile.mkdtemp(prefix="evaluate-"))
+        paths = evaluate.write_outputs(results, arena, out, evaluate.conditions(evaluate.EVALUATION_FILE,
+                                                                                 int(run_count), int(max_new_tokens)))
+        rows = [[getattr(r, f) for f in evaluate.FIELDS] for r in results]
+        errors = [f"{r.variant}: {r.error}" for r in results if r.error]
+        note = paths["markdown"].read_text().split("\n\n", 1)[-1].strip()
+        return {status: ("**Done.** " + note + ("  \n" + "  \n".join(errors) if errors else "")),
+                table: pd.DataFrame(rows, columns=evaluate.FIELDS), quality_chart: str(paths["quality_chart"]),
+                speed_chart: str(paths["speed_chart"]),
+                files: [str(paths[k]) for k in ("json", "csv", "markdown")]}
+
+    start.click(on_evaluate, [ids, runs, new_tokens], [status, table, quality_chart, speed_chart, files],
+                concurrency_id=DEVICE_QUEUE, concurrency_limit=None, api_visibility="undocumented")
 
 
 def _whole(value: Any) -> Any:

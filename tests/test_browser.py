@@ -18,11 +18,11 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 VARIANTS = ["smollm2/bf16", "smollm2/bnb-int8", "smollm2/bnb-nf4"]
 
 
-@pytest.fixture(scope="module")
-def app_url(tmp_path_factory):
+def start_app(log_dir, **env_extra):
+    """app.py in a subprocess on a free port; yields its URL and stops it afterwards."""
     port = free_port()
-    env = {**os.environ, "GRADIO_SERVER_PORT": str(port)}
-    log = (tmp_path_factory.mktemp("app") / "app.log").open("w")  # a file: an unread pipe would fill and block
+    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), **env_extra}
+    log = (log_dir / "app.log").open("w")  # a file: an unread pipe would fill and block
     proc = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + 60
@@ -40,6 +40,11 @@ def app_url(tmp_path_factory):
     proc.terminate()
     proc.wait(timeout=30)
     log.close()
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory):
+    yield from start_app(tmp_path_factory.mktemp("app"))
 
 
 @pytest.fixture(scope="module")
@@ -142,3 +147,16 @@ def test_bad_input_shows_its_message(browser, app_url):
     assert page.locator("#run").is_enabled()
     # Gradio logs a rejected event to the console as an error; nothing else may appear there.
     assert [e for e in errors if "prompt is empty" not in e and "no variant chosen" not in e] == []
+
+
+def test_evaluate_tab(browser, app_url):
+    page, errors = open_page(browser, app_url)
+    page.get_by_role("tab", name="Evaluate").click()
+    page.get_by_label("Timed runs per variant", exact=False).locator("xpath=..").locator("input[type=number]").first.fill("1")
+    page.locator("#evaluate").click()
+    page.locator("#evaluate-status").get_by_text("Done.").wait_for(timeout=300_000)
+    table = page.locator("#evaluate-table").inner_text()
+    assert "smollm2/fp32" in table and "smollm2/bnb-nf4" in table
+    assert page.locator("img[src*='quality_vs_memory']").count() == 1
+    assert page.locator("img[src*='speed_vs_memory']").count() == 1
+    assert errors == []

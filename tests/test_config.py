@@ -31,13 +31,15 @@ def test_shipped_files_are_valid(default_config):
     from tests.conftest import REPO
 
     assert list(default_config.variants) == ["smollm2/fp32", "smollm2/bf16", "smollm2/bnb-int8", "smollm2/bnb-nf4",
-                                             "smollm2/bnb-fp4"]
+                                             "smollm2/bnb-fp4", "smollm2/gptq-4bit"]
+    assert default_config.variants["smollm2/gptq-4bit"].settings["bits"] == 4
     nf4 = default_config.variants["smollm2/bnb-nf4"]
     assert nf4.settings == {"bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True,
                             "bnb_4bit_compute_dtype": "bfloat16"}
     gpu = load_config(REPO / "models.gpu.yaml")
     assert {v.base for v in gpu.variants.values()} == {"smollm2-1.7b", "llama3.2-1b"}
-    assert {v.method for v in gpu.variants.values()} == {"fp16", "bnb-int8", "bnb-4bit"}
+    assert {v.method for v in gpu.variants.values()} == {"fp16", "bnb-int8", "bnb-4bit", "gptq"}
+    assert gpu.variants["llama3.2-1b/gptq-4bit"].checkpoint.repo == "rautaditya/llama-3.2-1b-4bit-gptq"
 
 
 def test_good_file_parses(tmp_path):

@@ -1,0 +1,48 @@
+"""Quantize now, in the browser: a GPTQ variant with no checkpoint yet offers it, makes it, then runs."""
+
+import pytest
+
+from demo import sources
+from tests.conftest import tiny_causal_lm
+from tests.test_browser import browser, choose, open_page, start_app  # noqa: F401 (fixtures)
+
+pytest.importorskip("gptqmodel", reason="GPTQ needs gptqmodel (installed by make install)")
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def tiny_app(tmp_path_factory, default_config):
+    from transformers import AutoTokenizer
+
+    root = tmp_path_factory.mktemp("tiny-app")
+    tokenizer = AutoTokenizer.from_pretrained(sources.resolve(default_config.bases["smollm2"]).location)
+    model = tiny_causal_lm(hidden=128, layers=2, vocab=len(tokenizer))
+    model.save_pretrained(root / "base")
+    tokenizer.save_pretrained(root / "base")
+    (root / "models.yaml").write_text(f"""
+bases:
+  tiny: {{source: {{kind: local, path: {root / 'base'}}}, baseline: tiny/fp32}}
+variants:
+  - {{id: tiny/fp32, base: tiny, method: fp32}}
+  - {{id: tiny/gptq, base: tiny, method: gptq, settings: {{bits: 4, group_size: 64}}}}
+""")
+    yield from start_app(root, ARENA_MODELS=str(root / "models.yaml"), ARENA_CACHE_DIR=str(root / "cache"))
+
+
+def test_quantize_now(browser, tiny_app):  # noqa: F811
+    page, errors = open_page(browser, tiny_app)
+    page.get_by_label("Prompt").fill("Hello")
+    choose(page, ["tiny/fp32", "tiny/gptq"])
+    page.locator("#run").click()
+    page.locator("#summary").wait_for(state="visible", timeout=120_000)
+    column = page.locator("#variant-1")
+    assert "not quantized yet" in column.locator("textarea").input_value()
+    button = column.get_by_role("button", name="Quantize now")
+    button.click()
+    page.wait_for_function("() => document.querySelector('#variant-1 textarea').value.startsWith('Quantized in')",
+                           timeout=300_000)
+    assert not button.is_visible()
+    page.locator("#run").click()
+    page.wait_for_function("() => document.querySelector('#variant-1').innerText.includes('done')", timeout=120_000)
+    assert "4-bit" in column.inner_text() and "tokens/s" in column.inner_text()
+    assert errors == []
