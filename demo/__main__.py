@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
-from demo import report
+from demo import card, report
 from demo.config import load_config
 from demo.errors import ArenaError
 from demo.runner import Arena
@@ -27,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--temperature", type=float, default=None)
     compare.add_argument("--top-p", type=float, default=None)
     compare.add_argument("--json", action="store_true", help="print one JSON record per variant")
+    compare.add_argument("--out", type=Path, help="also write comparison.json, comparison.csv and comparison.md here")
     return parser
 
 
@@ -48,6 +50,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(records, indent=2) if args.json else report.text_report(records))
+    if args.out:
+        try:
+            paths = card.write(records, args.out)
+        except OSError as exc:
+            print(f"error: cannot write to '{args.out}' ({exc.strerror})", file=sys.stderr)
+            return 1
+        print(f"wrote {', '.join(str(p) for p in paths.values())}", file=sys.stderr)
     return 0
 
 

@@ -13,6 +13,7 @@ from demo.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODELS_FILE = REPO_ROOT / "models.yaml"
+GPU_MODELS_FILE = REPO_ROOT / "models.gpu.yaml"
 MODELS_ENV = "ARENA_MODELS"
 BUDGET_ENV = "ARENA_MEMORY_BUDGET_MIB"
 
@@ -78,6 +79,7 @@ class Source:
     path: Path | None = None  # local: folder with a transformers checkpoint
     package: str | None = None  # bundled-gguf: Python package that ships the file
     file: str | None = None  # bundled-gguf: file name inside that package
+    fallback_repo: str | None = None  # bundled-gguf: Hub repo used where the package is not installed
 
 
 @dataclass(frozen=True)
@@ -136,8 +138,19 @@ class ArenaConfig:
 
 
 def models_path(explicit: str | os.PathLike | None = None) -> Path:
-    """The models file to use: an explicit path, else $ARENA_MODELS, else the repo's models.yaml."""
-    return Path(explicit or os.environ.get(MODELS_ENV) or DEFAULT_MODELS_FILE)
+    """The models file: an explicit path, else $ARENA_MODELS, else the GPU profile on a Hugging Face Space
+    with an NVIDIA GPU, else the repo's offline models.yaml."""
+    if explicit or os.environ.get(MODELS_ENV):
+        return Path(explicit or os.environ[MODELS_ENV])
+    if os.environ.get("SPACE_ID") and _has_nvidia_gpu():
+        return GPU_MODELS_FILE
+    return DEFAULT_MODELS_FILE
+
+
+def _has_nvidia_gpu() -> bool:
+    from demo.system import gpu_figures  # NVML only: no torch import before the config is validated
+
+    return gpu_figures() is not None
 
 
 def load_config(path: str | os.PathLike | None = None) -> ArenaConfig:
@@ -212,12 +225,13 @@ def _parse_source(path: Path, src: dict, field_: str, variant: str | None = None
     _expect(kind in SOURCE_KINDS, path, f"unknown source kind {kind!r} (allowed: {', '.join(SOURCE_KINDS)})",
             variant=variant, field=f"{field_}.kind")
     needs = {"hub": ("repo",), "local": ("path",), "bundled-gguf": ("package", "file")}[kind]
-    _only(path, src, {"kind", "repo", "revision", "path", "package", "file"}, variant, field_)
+    _only(path, src, {"kind", "repo", "revision", "path", "package", "file", "fallback_repo"}, variant, field_)
     for key in needs:
         _expect(isinstance(src.get(key), str) and src[key].strip(), path, "is required", variant=variant,
                 field=f"{field_}.{key}")
     local = (path.parent / src["path"]).resolve() if kind == "local" else None
-    return Source(kind, src.get("repo"), src.get("revision"), local, src.get("package"), src.get("file"))
+    return Source(kind, src.get("repo"), src.get("revision"), local, src.get("package"), src.get("file"),
+                  src.get("fallback_repo"))
 
 
 def _parse_variants(path: Path, raw: list, bases: dict[str, BaseModel]) -> dict[str, Variant]:

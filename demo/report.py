@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 from typing import Any
 
 MEMORY_KINDS = {
@@ -38,7 +39,27 @@ def figures(record: dict[str, Any]) -> list[tuple[str, str]]:
         ("weights", _num(record.get("weights_mib"), 0, "MiB")),
         ("peak memory", _num(record.get("peak_memory_mib"), 0, "MiB")
          + (" (approx.)" if record.get("memory_kind") == "cpu-rss" else "")),
+        ("vs baseline", fidelity_text(record)),
     ]
+
+
+def fidelity_text(record: dict[str, Any]) -> str:
+    fid = record.get("fidelity")
+    if not fid:
+        return "–"
+    if fid["baseline"] == record["variant"]:
+        return "baseline"
+    first = fid["first_divergence_token"]
+    where = "never diverges" if first is None else f"first differs at answer token {first}"
+    return f"KL {fid['kl_divergence']:.3f} nats · top-1 {100 * fid['top1_agreement']:.0f}% · {where}"
+
+
+def divergence_markdown(record: dict[str, Any]) -> str:
+    """The variant's text with the part after its first departure from the baseline's text marked."""
+    cut, text = record.get("diverges_at_char"), record.get("text") or ""
+    if cut is None:
+        return ""
+    return f"{html.escape(text[:cut])}<mark>{html.escape(text[cut:])}</mark>"
 
 
 def figures_markdown(record: dict[str, Any]) -> str:

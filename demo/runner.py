@@ -10,6 +10,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Iterator
 
+from demo import fidelity
 from demo.config import ArenaConfig
 from demo.device import DeviceThread, shared_device
 from demo.errors import ArenaError, Busy, InvalidRequest
@@ -54,6 +55,8 @@ class VariantResult:
     process_rss_mib: float | None = None
     memory_kind: str | None = None
     error: str | None = None
+    fidelity: dict[str, Any] | None = None  # vs the base model's baseline on this prompt; None without one
+    diverges_at_char: int | None = None  # where `text` departs from the baseline's text; None if it never does
     prompt: str = ""
     settings: dict[str, Any] = field(default_factory=dict)
     environment: dict[str, Any] = field(default_factory=dict)
@@ -142,13 +145,48 @@ class Arena:
                                  environment=env)
                    for v in (self.config.variants[i] for i in variant_ids)]
         yield _copy(results)
+        generated: dict[str, list[int]] = {}  # variant id -> its new token ids
         for result in results:
             if stop.is_set():
                 result.status = "stopped"
                 continue
-            for _ in self._run_one(result, prompt, settings, stop):
+            for _ in self._run_one(result, prompt, settings, stop, generated):
                 yield _copy(results)
+        if not stop.is_set():
+            self._add_fidelity(results, prompt, generated)
         yield _copy(results)
+
+    def _add_fidelity(self, results: list[VariantResult], prompt: str, generated: dict[str, list[int]]) -> None:
+        """Teacher-force each base model's baseline answer through its other variants (see demo.fidelity)."""
+        bases = {base.id: base for base in (self.config.base_of(r.variant) for r in results)}
+        for base in bases.values():
+            group = [r for r in results if self.config.variants[r.variant].base == base.id]
+            reference = next((r for r in group if r.variant == base.baseline and r.status == "done"), None)
+            answer = generated.get(base.baseline or "")
+            if reference is None or not answer:
+                continue
+            reference.fidelity = fidelity.of_baseline(base.baseline).as_dict()
+            with self._device_lock:
+                try:
+                    baseline_lp = self.device.call(self._answer_log_probs, base.baseline, prompt, answer)
+                    for result in (r for r in group if r is not reference and r.status == "done"):
+                        variant_lp = self.device.call(self._answer_log_probs, result.variant, prompt, answer)
+                        result.fidelity = self.device.call(fidelity.compare, base.baseline, baseline_lp, variant_lp,
+                                                           answer).as_dict()
+                        result.diverges_at_char = self._divergence_char(result.variant, generated[result.variant],
+                                                                        answer)
+                except Exception:  # fidelity is extra information: a failure leaves it null, the run stands
+                    log.exception("fidelity against %s failed", base.baseline)
+
+    def _answer_log_probs(self, variant_id: str, prompt: str, answer: list[int]):
+        return fidelity.answer_log_probs(self.manager.get(variant_id).loaded, prompt, answer)
+
+    def _divergence_char(self, variant_id: str, tokens: list[int], answer: list[int]) -> int | None:
+        cut = fidelity.first_difference(tokens, answer)
+        if cut is None:
+            return None
+        tokenizer = self.manager.get(variant_id).loaded.tokenizer
+        return len(tokenizer.decode(tokens[:cut], skip_special_tokens=True))
 
     def compare_records(self, prompt: str, variant_ids: list[str], settings: GenerationSettings) -> list[dict]:
         """The final records of a comparison, as the CLI and the /compare endpoint return them."""
@@ -158,7 +196,7 @@ class Arena:
         return [r.to_record() for r in final]
 
     def _run_one(self, result: VariantResult, prompt: str, settings: GenerationSettings,
-                 stop: threading.Event) -> Iterator[None]:
+                 stop: threading.Event, generated: dict[str, list[int]]) -> Iterator[None]:
         with self._device_lock:
             result.status = "loading"
             yield
@@ -178,7 +216,7 @@ class Arena:
             result.status = "generating"
             yield
             try:
-                yield from self._generate(result, loaded, prompt, settings, stop)
+                yield from self._generate(result, loaded, prompt, settings, stop, generated)
             except ArenaError as exc:
                 result.status, result.error = "error", str(exc)
             except Exception as exc:
@@ -188,7 +226,7 @@ class Arena:
                     self.manager.evict(result.variant)
 
     def _generate(self, result: VariantResult, loaded, prompt: str, settings: GenerationSettings,
-                  stop: threading.Event) -> Iterator[None]:
+                  stop: threading.Event, generated: dict[str, list[int]]) -> Iterator[None]:
         inputs = self.device.call(encode_prompt, loaded.tokenizer, prompt, loaded.device)
         result.prompt_tokens = int(inputs["input_ids"].shape[1])
         context = getattr(loaded.model.config, "max_position_embeddings", None)
@@ -217,6 +255,7 @@ class Arena:
                 generation.close()  # reached also when the consumer goes away: the generation stops
         _fill_latency(result, tracker, loaded.tokenizer, token_ids)
         _fill_memory(result, memory.result)
+        generated[result.variant] = token_ids
         result.status = "stopped" if stop.is_set() else "done"
 
 

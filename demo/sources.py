@@ -48,6 +48,8 @@ def resolve_source(source: Source) -> Weights:
         if not (source.path / "config.json").is_file():
             raise VariantUnavailable(f"weights not available: no checkpoint in local folder '{source.path.name}'")
         return Weights(str(source.path))
+    if source.fallback_repo and importlib.util.find_spec(source.package) is None:
+        return Weights(source.fallback_repo, is_hub=True)  # e.g. a Space, where the package cannot be installed
     return Weights(str(materialize_gguf(source)))
 
 

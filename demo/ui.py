@@ -6,12 +6,12 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 import gradio as gr
 import pandas as pd
 
-from demo import evaluate, report, system
+from demo import card, evaluate, report, system
 from demo.errors import ArenaError
 from demo.quantize import quantize_variant
 from demo.runner import Arena, VariantResult
@@ -46,12 +46,24 @@ smoke tests, not verdicts.
 CSS = """
 .variant-col {border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 8px;}
 .variant-col table {font-size: 0.85em;}
+.variant-divergence mark {background: #fde68a; padding: 0 1px;}
 """
 
 
 def queue_max_size(arena: Arena) -> int:
     """Gradio's own queue limit: a backstop behind the arena's admission limit."""
     return 2 * arena.config.limits.max_pending
+
+
+class _Slot(NamedTuple):
+    """One variant's column: its components, shown or hidden as the chosen variants change."""
+
+    column: gr.Column
+    head: gr.Markdown
+    text: gr.Textbox
+    figures: gr.Markdown
+    quantize_now: gr.Button
+    diverged: gr.Markdown
 
 
 def launch_kwargs() -> dict[str, Any]:
@@ -101,9 +113,10 @@ def build_demo(arena: Arena) -> gr.Blocks:
                         head = gr.Markdown()
                         text = gr.Textbox(show_label=False, lines=8, max_lines=20, interactive=False,
                                           elem_classes=["variant-text"])
+                        diverged = gr.Markdown(elem_classes=["variant-divergence"])
                         figs = gr.Markdown(elem_classes=["variant-figures"])
                         quantize_now = gr.Button("Quantize now", visible=False, size="sm", elem_classes=["quantize"])
-                    slots.append((col, head, text, figs, quantize_now))
+                    slots.append(_Slot(col, head, text, figs, quantize_now, diverged))
             with gr.Column(visible=False, elem_id="summary") as summary:
                 gr.Markdown("## Summary")
                 table = gr.Dataframe(headers=report.SUMMARY_HEADERS, interactive=False, wrap=True, elem_id="summary-table")
@@ -115,6 +128,8 @@ def build_demo(arena: Arena) -> gr.Blocks:
                     mem_plot = gr.BarPlot(x="variant", y="weights (MiB)", title="Weights footprint (MiB)", sort="y",
                                           **PLOT_STYLE)
                 conditions = gr.Markdown()
+                downloads = gr.File(label="Download this comparison: JSON, CSV, Markdown card",
+                                    file_count="multiple", interactive=False, elem_id="downloads")
         with gr.Tab("Evaluate", id="evaluate"):
             _evaluate_tab(arena, choices)
         with gr.Accordion("System", open=True):
@@ -124,12 +139,12 @@ def build_demo(arena: Arena) -> gr.Blocks:
 
         shown = gr.State([])  # variant ids in column order, for the Quantize now buttons
         slot_outputs = [c for slot in slots for c in slot]
-        outputs = [*slot_outputs, summary, table, tps_plot, ttft_plot, mem_plot, conditions, run, shown]
+        outputs = [*slot_outputs, summary, table, tps_plot, ttft_plot, mem_plot, conditions, downloads, run, shown]
 
         def render(results: list[VariantResult], final: bool) -> dict:
             records = [r.to_record() for r in results]
             updates: dict = {run: gr.update(interactive=final), shown: [r["variant"] for r in records]}
-            for i, (col, head, text, figs, quantize_now) in enumerate(slots):
+            for i, (col, head, text, figs, quantize_now, diverged) in enumerate(slots):
                 if i >= len(records):
                     updates[col] = gr.update(visible=False)
                     continue
@@ -138,13 +153,16 @@ def build_demo(arena: Arena) -> gr.Blocks:
                 updates[head] = _head_markdown(arena, rec)
                 updates[text] = rec["error"] and f"Not available — {rec['error']}" or rec["text"]
                 updates[figs] = report.figures_markdown(rec)
+                updates[diverged] = _divergence_note(arena, rec) if final else ""
                 updates[quantize_now] = gr.update(visible=final and (rec["error"] or "").startswith("not quantized"))
             updates[summary] = gr.update(visible=final)
             if final:
                 frame = pd.DataFrame(report.summary_rows(records), columns=report.SUMMARY_HEADERS)
                 done = frame[frame["status"].isin(["done", "stopped"])]
+                paths = card.write(records, Path(tempfile.mkdtemp(prefix="comparison-")))
                 updates.update({table: frame, tps_plot: done, ttft_plot: done, mem_plot: done,
-                                conditions: _conditions_markdown(records)})
+                                conditions: _conditions_markdown(records),
+                                downloads: [str(paths[k]) for k in ("json", "csv", "markdown")]})
             return updates
 
         def on_run(prompt_text, variant_ids, max_new_tokens, sample, temp, p, seed_value, request: gr.Request):
@@ -180,7 +198,7 @@ def build_demo(arena: Arena) -> gr.Blocks:
             except ArenaError as exc:
                 raise gr.Error(str(exc)) from None
             done = f"Quantized in {time.perf_counter() - started:.0f} s: press Run again to compare it."
-            return {slots[index][2]: done, slots[index][4]: gr.update(visible=False)}
+            return {slots[index].text: done, slots[index].quantize_now: gr.update(visible=False)}
 
         def on_stop(request: gr.Request):
             with stops_lock:
@@ -210,8 +228,9 @@ def build_demo(arena: Arena) -> gr.Blocks:
                   concurrency_id=DEVICE_QUEUE, concurrency_limit=None, api_visibility="undocumented")
         stop.click(on_stop, None, None, queue=False, api_visibility="undocumented")
         for index, slot in enumerate(slots):
-            slot[4].click(on_quantize, [gr.State(index), shown], [slot[2], slot[4]], concurrency_id=DEVICE_QUEUE,
-                          concurrency_limit=None, api_visibility="undocumented")
+            slot.quantize_now.click(on_quantize, [gr.State(index), shown], [slot.text, slot.quantize_now],
+                                    concurrency_id=DEVICE_QUEUE, concurrency_limit=None,
+                                    api_visibility="undocumented")
         gr.api(compare, api_name="compare", concurrency_id=DEVICE_QUEUE, concurrency_limit=None)
         timer.tick(on_tick, None, system_md, queue=False, api_visibility="undocumented", show_progress="hidden")
         demo.load(on_tick, None, system_md, queue=False, api_visibility="undocumented")
@@ -273,6 +292,18 @@ def _head_markdown(arena: Arena, rec: dict) -> str:
     device = rec.get("device") or "…"
     return (f"### {label}\n`{rec['variant']}` · {rec['method']} · {rec['bits']}-bit · {device}  \n"
             f"**{STATUS_TEXT.get(rec['status'], rec['status'])}**")
+
+
+def _divergence_note(arena: Arena, rec: dict) -> str:
+    """Where this answer departs from the baseline's (marked), or why there is no comparison."""
+    baseline = arena.config.base_of(rec["variant"]).baseline
+    if rec["status"] != "done" or baseline is None or baseline == rec["variant"]:
+        return ""
+    if rec.get("fidelity") is None:
+        return f"*Tick `{baseline}` too to see how far this answer strays from the baseline.*"
+    marked = report.divergence_markdown(rec)
+    return (f"**Departs from the baseline's answer here:** {marked}" if marked
+            else "*Same answer as the baseline, token for token.*")
 
 
 def _conditions_markdown(records: list[dict]) -> str:

@@ -98,6 +98,8 @@ def test_comparison_in_the_browser(browser, app_url):
         assert variant in table
     assert summary.locator("canvas, svg").count() >= 3
     assert re.search(r"Loaded variants:.*smollm2/bnb-nf4", page.locator("#system").inner_text())
+    downloads = page.locator("#downloads").inner_text().replace("\n", "")  # Gradio splits name and extension
+    assert all(name in downloads for name in ("comparison.json", "comparison.csv", "comparison.md"))
     time.sleep(1)  # let the charts draw before the picture
     page.screenshot(path=str(REPO / "assets" / "screenshot.png"), full_page=True)
     assert errors == []

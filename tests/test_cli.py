@@ -66,3 +66,12 @@ def test_text_report_shows_units():
     assert out.returncode == 0, out.stderr
     for unit in ("ms", "tokens/s", "MiB", "approx."):
         assert unit in out.stdout
+
+
+def test_out_writes_the_comparison_card(tmp_path):
+    out = run("compare", "--prompt", "What is the capital of France?", "--variants", "smollm2/fp32,smollm2/bf16",
+              "--max-new-tokens", "8", "--out", str(tmp_path / "card"))
+    assert out.returncode == 0, out.stderr
+    for name in ("comparison.json", "comparison.csv", "comparison.md"):
+        assert (tmp_path / "card" / name).stat().st_size > 0
+    assert json.loads((tmp_path / "card" / "comparison.json").read_text())["variants"][1]["fidelity"]

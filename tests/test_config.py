@@ -118,3 +118,26 @@ def test_models_env_picks_the_file(tmp_path, monkeypatch):
 def test_every_method_has_bits_or_a_bits_setting():
     for method in METHODS.values():
         assert method.bits or "bits" in method.allowed
+
+
+def test_space_profile_follows_the_hardware(monkeypatch):
+    from demo import config
+
+    monkeypatch.delenv("ARENA_MODELS", raising=False)
+    monkeypatch.setattr(config, "_has_nvidia_gpu", lambda: True)
+    assert config.models_path() == config.DEFAULT_MODELS_FILE  # not on a Space: the offline default
+    monkeypatch.setenv("SPACE_ID", "someone/quantization-arena")
+    assert config.models_path() == config.GPU_MODELS_FILE  # a GPU Space
+    monkeypatch.setattr(config, "_has_nvidia_gpu", lambda: False)
+    assert config.models_path() == config.DEFAULT_MODELS_FILE  # a CPU Space
+    monkeypatch.setenv("ARENA_MODELS", "mine.yaml")
+    assert config.models_path() == config.Path("mine.yaml")  # an explicit choice wins
+
+
+def test_bundled_model_falls_back_to_the_hub_where_the_package_is_absent():
+    from demo import sources
+    from demo.config import Source
+
+    missing = Source("bundled-gguf", package="no_such_package_here", file="x.gguf", fallback_repo="org/model")
+    weights = sources.resolve_source(missing)
+    assert weights.location == "org/model" and weights.is_hub
