@@ -67,11 +67,16 @@ def app_decode_tokens_per_s(arena: Arena, variant_id: str, settings) -> tuple[fl
     return record["decode_tokens_per_s"], record["new_tokens"]
 
 
-def start_to_ready_s(models: str | None) -> float:
-    """Seconds from `python app.py` to the page answering, with no model loaded yet."""
+def free_port() -> int:
+    """A loopback port nobody is listening on right now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        return s.getsockname()[1]
+
+
+def start_to_ready_s(models: str | None) -> float:
+    """Seconds from `python app.py` to the page answering, with no model loaded yet."""
+    port = free_port()
     env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_ANALYTICS_ENABLED": "False"}
     cmd = [sys.executable, "app.py"] + (["--models", models] if models else [])
     start = time.perf_counter()

@@ -101,7 +101,7 @@ def main() -> int:
     parser.add_argument("--out", default=str(REPO / "results" / "loadtest.json"))
     args = parser.parse_args()
 
-    from tests.conftest import free_port
+    from bench import free_port  # benchmarks/ is on sys.path when this script runs
 
     config = load_config()
     out = Path(args.out)

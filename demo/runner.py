@@ -24,7 +24,6 @@ log = logging.getLogger(__name__)
 # Columns refresh at most this often while tokens stream; the generation thread never waits for them.
 STREAM_INTERVAL_S = 0.1
 
-STATUSES = ("queued", "loading", "generating", "done", "stopped", "error")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # C0 controls and DEL, but tab, LF and CR
 _SURROGATE = re.compile(r"[\ud800-\udfff]")  # how undecodable bytes reach a str (surrogateescape, JSON)
 _PATH = re.compile(r"(?:[A-Za-z]:)?[/\\][^\s'\"]*[/\\][^\s'\"]*")  # local paths never reach a user
@@ -38,7 +37,7 @@ class VariantResult:
     method: str
     bits: int | None
     quantization: dict[str, Any]
-    status: str = "queued"
+    status: str = "queued"  # queued | loading | generating | done | stopped | error
     device: str | None = None
     text: str = ""
     prompt_tokens: int | None = None
