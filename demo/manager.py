@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 import threading
 import time
@@ -10,19 +9,20 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
 
+from demo import backends
+from demo.backends import LoadedVariant
 from demo.config import ArenaConfig, BaseModel, Variant
 from demo.errors import MemoryBudgetExceeded
-from demo.loading import LoadedModel, load_variant
 
 log = logging.getLogger(__name__)
 MIB = 2**20
 
-Loader = Callable[[Variant, BaseModel], LoadedModel]
+Loader = Callable[[Variant, BaseModel], LoadedVariant]
 
 
 @dataclass(frozen=True)
 class Acquired:
-    loaded: LoadedModel
+    loaded: LoadedVariant
     cache_hit: bool
     load_ms: float  # cold: the full load; warm: the cache lookup
 
@@ -30,10 +30,10 @@ class Acquired:
 class ModelManager:
     """The one shared object: a lock-guarded LRU cache of loaded variants under a budget in MiB."""
 
-    def __init__(self, config: ArenaConfig, loader: Loader = load_variant, budget_mib: float | None = None):
+    def __init__(self, config: ArenaConfig, loader: Loader = backends.load, budget_mib: float | None = None):
         self._config, self._loader = config, loader
         self.budget_mib = config.memory_budget_mib if budget_mib is None else budget_mib
-        self._cache: OrderedDict[str, LoadedModel] = OrderedDict()  # least recently used first
+        self._cache: OrderedDict[str, LoadedVariant] = OrderedDict()  # least recently used first
         self._sizes_mib: dict[str, float] = {}  # measured footprints, used to make room before a reload
         self._lock = threading.RLock()
 
@@ -50,6 +50,7 @@ class ModelManager:
             size = loaded.weights_bytes / MIB
             self._sizes_mib[variant_id] = size
             if size > self.budget_mib:
+                loaded.free()
                 del loaded
                 self._free()
                 raise MemoryBudgetExceeded(
@@ -66,6 +67,7 @@ class ModelManager:
             if loaded is None:
                 return False
             log.info("evicting %s (%.0f MiB)", variant_id, loaded.weights_bytes / MIB)
+            loaded.free()
             del loaded
             self._free()
             return True
@@ -93,9 +95,4 @@ class ModelManager:
 
     @staticmethod
     def _free() -> None:
-        """Return freed memory: collect reference cycles, then empty the CUDA caching allocator."""
-        gc.collect()
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        backends.release_memory()

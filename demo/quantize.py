@@ -88,10 +88,12 @@ def quantize(base: BaseModel, method: str, settings: dict, out: Path, calibratio
 
 
 def quantize_variant(config: ArenaConfig, variant_id: str) -> Path:
-    """Make the cached checkpoint a models.yaml GPTQ variant loads; never twice for the same settings."""
+    """Make the cached checkpoint a models.yaml GPTQ or GGUF variant loads; never twice for the same settings."""
     variant = config.variants.get(variant_id)
     if variant is None:
         raise QuantizeError(f"unknown variant '{variant_id}'; known: {', '.join(config.variants)}")
+    if variant.method == "gguf" and variant.checkpoint is None:
+        return quantize_gguf_variant(config.bases[variant.base], variant.file_settings)
     if variant.method != "gptq" or variant.checkpoint is not None:
         raise QuantizeError(f"variant '{variant_id}' needs no quantizing here (method {variant.method}"
                             f"{', pre-quantized checkpoint' if variant.checkpoint else ''})")
@@ -103,6 +105,56 @@ def quantize_variant(config: ArenaConfig, variant_id: str) -> Path:
                 shutil.rmtree(out)  # an older, incomplete attempt
             quantize(base, variant.method, variant.settings, out)
     return out
+
+
+def quantize_gguf_variant(base: BaseModel, file_settings: dict) -> Path:
+    """The cached folder (model.gguf, then quantize.json last) of a GGUF variant, made once."""
+    from demo import gguf
+
+    out = sources.quantized_dir(base, "gguf", file_settings)
+    with _variant_lock:
+        if (out / sources.METADATA_FILE).is_file():
+            return out
+        if out.exists():
+            shutil.rmtree(out)  # an older, incomplete attempt
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        try:
+            started = time.perf_counter()
+            made = gguf.make(base, file_settings["type"], staging / "model.gguf")
+            metadata = {"base": base.id, "base_label": base.label, "method": "gguf", "settings": file_settings,
+                        **made, "wall_time_s": round(time.perf_counter() - started, 1),
+                        "size_on_disk_mib": round(folder_mib(staging), 1), "environment": _environment()}
+            (staging / sources.METADATA_FILE).write_text(json.dumps(metadata, indent=2))  # last: marks it complete
+            staging.rename(out)
+        except ArenaError:
+            raise
+        except Exception as exc:
+            raise QuantizeError(f"GGUF quantization failed: {exc.__class__.__name__}: "
+                                f"{str(exc).splitlines()[0][:200] if str(exc) else ''}") from exc
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return out
+
+
+def quantize_gguf_file(base: BaseModel, gguf_type: str, out: Path) -> dict:
+    """python -m demo.quantize --method gguf --type T --out FILE: one GGUF file, written atomically."""
+    from demo import gguf
+
+    if out.exists():
+        raise QuantizeError(f"output file '{out}' already exists: choose a new name")
+    if not os.access(out.parent if out.parent.exists() else Path.cwd(), os.W_OK):
+        raise QuantizeError(f"output folder '{out.parent}' is not writable")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(f".{out.name}.partial")
+    try:
+        started = time.perf_counter()
+        made = gguf.make(base, gguf_type, partial)
+        partial.rename(out)
+    finally:
+        partial.unlink(missing_ok=True)
+    return {**made, "wall_time_s": round(time.perf_counter() - started, 1),
+            "size_on_disk_mib": round(out.stat().st_size / 2**20, 1)}
 
 
 def check_group_size(model_config, group_size: int) -> None:
@@ -171,9 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m demo.quantize", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", help="models file (default: $ARENA_MODELS, else models.yaml)")
-    parser.add_argument("--variant", help="make the cached checkpoint of this models.yaml GPTQ variant")
+    parser.add_argument("--variant", action="append",
+                        help="make the cached checkpoint of this models.yaml GPTQ or GGUF variant (repeatable)")
     parser.add_argument("--base", help="base model id from the models file, e.g. smollm2")
-    parser.add_argument("--method", choices=sorted(CLI_METHODS), help="quantization method")
+    parser.add_argument("--method", choices=sorted([*CLI_METHODS, "gguf"]), help="quantization method")
+    parser.add_argument("--type", dest="gguf_type", help="GGUF type for --method gguf, e.g. Q8_0, Q4_K_M, Q2_K")
     parser.add_argument("--bits", type=int, help=f"GPTQ bits: {', '.join(map(str, GPTQ_BITS))} (default 4)")
     parser.add_argument("--group-size", type=int, default=128, help="GPTQ group size (default 128)")
     parser.add_argument("--calibration", type=Path, default=CALIBRATION_FILE, help="GPTQ calibration text file")
@@ -202,13 +256,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.models)
         if args.variant:
-            out = quantize_variant(config, args.variant)
-            print(f"{args.variant}: checkpoint ready in {out}")
+            for variant_id in args.variant:
+                out = quantize_variant(config, variant_id)
+                print(f"{variant_id}: checkpoint ready in {out}")
             return 0
         if not (args.base and args.method and args.out):
             raise QuantizeError("give --variant ID, or --base, --method and --out")
         if args.base not in config.bases:
             raise QuantizeError(f"unknown base '{args.base}'; bases: {', '.join(config.bases)}")
+        if args.method == "gguf":
+            return _gguf_main(config.bases[args.base], args.gguf_type, args.out)
         if not args.calibration.is_file():
             raise QuantizeError(f"calibration file '{args.calibration}' not found")
         method, settings = settings_for(args.method, args.bits, args.group_size)
@@ -217,6 +274,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"saved {args.out}: {metadata['size_on_disk_mib']} MiB in {metadata['wall_time_s']} s")
+    return 0
+
+
+def _gguf_main(base: BaseModel, gguf_type: str | None, out: Path) -> int:
+    from demo.config import GGUF_TYPES
+
+    if gguf_type not in GGUF_TYPES:
+        raise QuantizeError(f"--method gguf needs --type, one of {', '.join(GGUF_TYPES)}")
+    made = quantize_gguf_file(base, gguf_type, out)
+    stored = made["stored"]
+    print(f"saved {out}: {made['size_on_disk_mib']} MiB in {made['wall_time_s']} s; {made['made_from']}")
+    print(f"stored: {stored['weights_bits_per_weight']} bits per weight; tensor types "
+          + ", ".join(f"{t} x{n}" for t, n in stored["tensor_types"].items()))
     return 0
 
 

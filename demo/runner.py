@@ -11,18 +11,20 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Iterator
 
 from demo import fidelity
+from demo.backends import LoadedVariant
 from demo.config import ArenaConfig
-from demo.device import DeviceThread, shared_device
+from demo.device import DeviceThread, Turns, shared_device
 from demo.errors import ArenaError, Busy, InvalidRequest
-from demo.generation import GenerationSettings, StreamingGeneration, encode_prompt
+from demo.generation import GenerationSettings, StreamingGeneration, decode_whole, prompt_ids
 from demo.manager import ModelManager
 from demo.system import environment
-from demo.trackers import LatencyTracker, track_memory
+from demo.trackers import LatencyTracker
 
 log = logging.getLogger(__name__)
 
 # Columns refresh at most this often while tokens stream; the generation thread never waits for them.
 STREAM_INTERVAL_S = 0.1
+WAIT_POLL_S = 0.5  # how often a comparison waiting for its turn reports its place in line
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # C0 controls and DEL, but tab, LF and CR
 _SURROGATE = re.compile(r"[\ud800-\udfff]")  # how undecodable bytes reach a str (surrogateescape, JSON)
@@ -37,11 +39,18 @@ class VariantResult:
     method: str
     bits: int | None
     quantization: dict[str, Any]
-    status: str = "queued"  # queued | loading | generating | done | stopped | error
+    base: str = ""  # base model id
+    model: str = ""  # base model label, e.g. SmolLM2-135M-Instruct
+    runtime: str = ""  # transformers | llama.cpp
+    # queued | waiting (another comparison holds the device) | loading | reading (prompt, no token yet)
+    # | generating | scoring (fidelity, after every variant's answer) | done | stopped | error
+    status: str = "queued"
+    queue_ahead: int | None = None  # while waiting: comparisons ahead of this one (the running one included)
     device: str | None = None
     text: str = ""
     prompt_tokens: int | None = None
     new_tokens: int = 0
+    truncated: bool = False  # the answer was cut at max_new_tokens, not ended by the model
     ttft_ms: float | None = None
     decode_tokens_per_s: float | None = None
     total_ms: float | None = None
@@ -53,6 +62,7 @@ class VariantResult:
     peak_reserved_mib: float | None = None
     process_rss_mib: float | None = None
     memory_kind: str | None = None
+    stored: dict[str, Any] | None = None  # facts read back from the loaded weights (runtime, types, bits/weight)
     error: str | None = None
     fidelity: dict[str, Any] | None = None  # vs the base model's baseline on this prompt; None without one
     diverges_at_char: int | None = None  # where `text` departs from the baseline's text; None if it never does
@@ -75,9 +85,8 @@ class Arena:
         self.config = config
         self.manager = manager or ModelManager(config)
         self.device = device or shared_device()  # every torch call runs there (see demo.device)
-        # Held for a variant's whole load + run, so no other request's work lands in its measurement
-        # window. A plain Lock: a generator may resume on another thread.
-        self._device_lock = threading.Lock()
+        # Held for a comparison's whole load + run + scoring, first come first served (see Turns).
+        self.turns = Turns()
         self._admission = threading.BoundedSemaphore(config.limits.max_pending)
         self._environment: dict[str, Any] | None = None
 
@@ -140,22 +149,35 @@ class Arena:
     def _compare(self, prompt: str, variant_ids: list[str], settings: GenerationSettings,
                  stop: threading.Event) -> Iterator[list[VariantResult]]:
         env, config = self.environment(), settings.describe()
-        results = [VariantResult(v.id, v.method, v.bits, dict(v.settings), prompt=prompt, settings=config,
-                                 environment=env)
-                   for v in (self.config.variants[i] for i in variant_ids)]
+        variants = [self.config.variants[i] for i in variant_ids]
+        results = [VariantResult(v.id, v.method, v.bits, dict(v.settings), v.base, self.config.bases[v.base].label,
+                                 v.runtime, prompt=prompt, settings=config, environment=env) for v in variants]
         yield _copy(results)
-        generated: dict[str, list[int]] = {}  # variant id -> its new token ids
-        for result in results:
-            if stop.is_set():
-                result.status = "stopped"
-                continue
-            for _ in self._run_one(result, prompt, settings, stop, generated):
+        ticket = self.turns.join()
+        try:
+            while not self.turns.wait(ticket, WAIT_POLL_S):
+                if stop.is_set():
+                    break
+                for result in results:
+                    result.status, result.queue_ahead = "waiting", self.turns.ahead(ticket)
                 yield _copy(results)
-        if not stop.is_set():
-            self._add_fidelity(results, prompt, generated)
+            for result in results:
+                result.status, result.queue_ahead = "queued", None
+            generated: dict[str, list[int]] = {}  # variant id -> its new token ids
+            for result in results:
+                if stop.is_set():
+                    result.status = "stopped"
+                    continue
+                for _ in self._run_one(result, prompt, settings, stop, generated):
+                    yield _copy(results)
+            if not stop.is_set():
+                yield from self._add_fidelity(results, prompt, generated)
+        finally:
+            self.turns.leave(ticket)
         yield _copy(results)
 
-    def _add_fidelity(self, results: list[VariantResult], prompt: str, generated: dict[str, list[int]]) -> None:
+    def _add_fidelity(self, results: list[VariantResult], prompt: str,
+                      generated: dict[str, list[int]]) -> Iterator[list[VariantResult]]:
         """Teacher-force each base model's baseline answer through its other variants (see demo.fidelity)."""
         bases = {base.id: base for base in (self.config.base_of(r.variant) for r in results)}
         for base in bases.values():
@@ -165,17 +187,23 @@ class Arena:
             if reference is None or not answer:
                 continue
             reference.fidelity = fidelity.of_baseline(base.baseline).as_dict()
-            with self._device_lock:
-                try:
-                    baseline_lp = self.device.call(self._answer_log_probs, base.baseline, prompt, answer)
-                    for result in (r for r in group if r is not reference and r.status == "done"):
-                        variant_lp = self.device.call(self._answer_log_probs, result.variant, prompt, answer)
-                        result.fidelity = self.device.call(fidelity.compare, base.baseline, baseline_lp, variant_lp,
-                                                           answer).as_dict()
-                        result.diverges_at_char = self._divergence_char(result.variant, generated[result.variant],
-                                                                        answer)
-                except Exception:  # fidelity is extra information: a failure leaves it null, the run stands
-                    log.exception("fidelity against %s failed", base.baseline)
+            scored = [r for r in group if r is not reference and r.status == "done"]
+            for result in scored:
+                result.status = "scoring"
+            yield _copy(results)
+            try:
+                baseline_lp = self.device.call(self._answer_log_probs, base.baseline, prompt, answer)
+                for result in scored:
+                    variant_lp = self.device.call(self._answer_log_probs, result.variant, prompt, answer)
+                    result.fidelity = self.device.call(fidelity.compare, base.baseline, baseline_lp, variant_lp,
+                                                       answer).as_dict()
+                    result.diverges_at_char = self._divergence_char(result.variant, generated[result.variant],
+                                                                    answer)
+            except Exception:  # fidelity is extra information: a failure leaves it null, the run stands
+                log.exception("fidelity against %s failed", base.baseline)
+            finally:
+                for result in scored:
+                    result.status = "done"
 
     def _answer_log_probs(self, variant_id: str, prompt: str, answer: list[int]):
         return fidelity.answer_log_probs(self.manager.get(variant_id).loaded, prompt, answer)
@@ -185,7 +213,7 @@ class Arena:
         if cut is None:
             return None
         tokenizer = self.manager.get(variant_id).loaded.tokenizer
-        return len(tokenizer.decode(tokens[:cut], skip_special_tokens=True))
+        return len(decode_whole(tokenizer, tokens[:cut]))
 
     def compare_records(self, prompt: str, variant_ids: list[str], settings: GenerationSettings) -> list[dict]:
         """The final records of a comparison, as the CLI and the /compare endpoint return them."""
@@ -196,48 +224,46 @@ class Arena:
 
     def _run_one(self, result: VariantResult, prompt: str, settings: GenerationSettings,
                  stop: threading.Event, generated: dict[str, list[int]]) -> Iterator[None]:
-        with self._device_lock:
-            result.status = "loading"
-            yield
-            try:
-                acquired = self.device.call(self.manager.get, result.variant)
-            except ArenaError as exc:
-                result.status, result.error = "error", str(exc)
-                return
-            except Exception as exc:  # anything else from a loader belongs to this variant alone
-                log.exception("loading %s failed", result.variant)
-                result.status, result.error = "error", _describe_failure("loading", exc)
+        result.status = "loading"
+        yield
+        try:
+            acquired = self.device.call(self.manager.get, result.variant)
+        except ArenaError as exc:
+            result.status, result.error = "error", str(exc)
+            return
+        except Exception as exc:  # anything else from a loader belongs to this variant alone
+            log.exception("loading %s failed", result.variant)
+            result.status, result.error = "error", _describe_failure("loading", exc)
+            self.manager.evict(result.variant)
+            return
+        loaded = acquired.loaded
+        result.load_ms, result.cache_hit, result.device = acquired.load_ms, acquired.cache_hit, loaded.device
+        result.weights_mib, result.stored = loaded.weights_bytes / 2**20, loaded.details()
+        try:
+            yield from self._generate(result, loaded, prompt, settings, stop, generated)
+        except ArenaError as exc:
+            result.status, result.error = "error", str(exc)
+        except Exception as exc:
+            log.exception("generating with %s failed", result.variant)
+            result.status, result.error = "error", _describe_failure("generating", exc)
+            if _is_oom(exc):
                 self.manager.evict(result.variant)
-                return
-            loaded = acquired.loaded
-            result.load_ms, result.cache_hit, result.device = acquired.load_ms, acquired.cache_hit, loaded.device
-            result.weights_mib = loaded.weights_bytes / 2**20
-            result.status = "generating"
-            yield
-            try:
-                yield from self._generate(result, loaded, prompt, settings, stop, generated)
-            except ArenaError as exc:
-                result.status, result.error = "error", str(exc)
-            except Exception as exc:
-                log.exception("generating with %s failed", result.variant)
-                result.status, result.error = "error", _describe_failure("generating", exc)
-                if _is_oom(exc):
-                    self.manager.evict(result.variant)
 
-    def _generate(self, result: VariantResult, loaded, prompt: str, settings: GenerationSettings,
+    def _generate(self, result: VariantResult, loaded: LoadedVariant, prompt: str, settings: GenerationSettings,
                   stop: threading.Event, generated: dict[str, list[int]]) -> Iterator[None]:
-        inputs = self.device.call(encode_prompt, loaded.tokenizer, prompt, loaded.device)
-        result.prompt_tokens = int(inputs["input_ids"].shape[1])
-        context = getattr(loaded.model.config, "max_position_embeddings", None)
+        ids = self.device.call(prompt_ids, loaded.tokenizer, prompt)
+        result.prompt_tokens = len(ids)
+        context = loaded.context_tokens
         if context and result.prompt_tokens + settings.max_new_tokens > context:
             raise InvalidRequest(f"the prompt is {result.prompt_tokens:,} tokens; with {settings.max_new_tokens} new "
-                                 f"tokens that exceeds this model's context of {context:,} tokens: shorten it")
+                                 f"tokens that exceeds this variant's context of {context:,} tokens: shorten it")
         token_ids: list[int] = []
-        with track_memory(loaded.device, loaded.weights_bytes) as memory:
-            tracker = LatencyTracker(_sync_for(loaded.device))
-            generation = StreamingGeneration(self.device, loaded.model, inputs, settings,
-                                             loaded.tokenizer.pad_token_id)
+        with loaded.track_memory() as memory:
+            tracker = LatencyTracker(loaded.sync)
+            generation = StreamingGeneration(self.device, loaded, ids, settings)
             tracker.start(generation.started_s)
+            result.status = "reading"
+            yield
             try:
                 last_yield = 0.0
                 for event in generation:
@@ -246,6 +272,7 @@ class Arena:
                     if stop.is_set():
                         generation.stop.set()
                     if time.perf_counter() - last_yield >= STREAM_INTERVAL_S:
+                        result.status = "generating"
                         _fill_latency(result, tracker, loaded.tokenizer, token_ids)
                         last_yield = time.perf_counter()
                         yield
@@ -255,12 +282,13 @@ class Arena:
         _fill_latency(result, tracker, loaded.tokenizer, token_ids)
         _fill_memory(result, memory.result)
         generated[result.variant] = token_ids
+        result.truncated = len(token_ids) >= settings.max_new_tokens and token_ids[-1] not in loaded.stop_token_ids
         result.status = "stopped" if stop.is_set() else "done"
 
 
 def _fill_latency(result: VariantResult, tracker: LatencyTracker, tokenizer, token_ids: list[int]) -> None:
     latency = tracker.result()
-    result.text = tokenizer.decode(token_ids, skip_special_tokens=True)
+    result.text = decode_whole(tokenizer, token_ids)
     result.new_tokens, result.ttft_ms = latency.new_tokens, latency.ttft_ms
     result.decode_tokens_per_s, result.total_ms = latency.decode_tokens_per_s, latency.total_ms
 
@@ -269,14 +297,6 @@ def _fill_memory(result: VariantResult, memory) -> None:
     result.memory_kind, result.weights_mib = memory.memory_kind, memory.weights_mib
     result.peak_memory_mib, result.run_peak_mib = memory.peak_memory_mib, memory.run_peak_mib
     result.peak_reserved_mib, result.process_rss_mib = memory.peak_reserved_mib, memory.process_rss_mib
-
-
-def _sync_for(device: str):
-    if device == "cuda":
-        import torch
-
-        return torch.cuda.synchronize
-    return None
 
 
 def _is_oom(exc: BaseException) -> bool:

@@ -118,6 +118,7 @@ def _write_checkpoint(gguf: Path, out: Path) -> None:
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt", "source": gguf.name})
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config  # the weights written are plain floats, not GGUF blocks
+    model.config.architectures = [type(model).__name__]  # a GGUF-loaded config lacks it; converters need it
     model.config.save_pretrained(out)
     model.generation_config.save_pretrained(out)
     tokenizer.save_pretrained(out)

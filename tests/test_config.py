@@ -31,7 +31,8 @@ def test_shipped_files_are_valid(default_config):
     from tests.conftest import REPO
 
     assert list(default_config.variants) == ["smollm2/fp32", "smollm2/bf16", "smollm2/bnb-int8", "smollm2/bnb-nf4",
-                                             "smollm2/bnb-fp4", "smollm2/gptq-4bit"]
+                                             "smollm2/bnb-fp4", "smollm2/gptq-4bit", "smollm2/gguf-q8_0",
+                                             "smollm2/gguf-q4_k_m", "smollm2/gguf-f32"]
     assert default_config.variants["smollm2/gptq-4bit"].settings["bits"] == 4
     nf4 = default_config.variants["smollm2/bnb-nf4"]
     assert nf4.settings == {"bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True,
@@ -117,7 +118,26 @@ def test_models_env_picks_the_file(tmp_path, monkeypatch):
 
 def test_every_method_has_bits_or_a_bits_setting():
     for method in METHODS.values():
-        assert method.bits or "bits" in method.allowed
+        assert method.bits or "bits" in method.allowed or method.name == "gguf"
+
+
+def test_gguf_variants_take_a_type_and_a_file(tmp_path):
+    from demo.config import GGUF_TYPES
+
+    text = GOOD + """  - {id: tiny/q4, base: tiny, method: gguf, settings: {type: Q4_K_M}}
+  - {id: tiny/own, base: tiny, method: gguf, settings: {type: Q8_0}, checkpoint: {kind: local, path: f.gguf}}
+"""
+    config = load_config(write(tmp_path, text))
+    q4 = config.variants["tiny/q4"]
+    assert q4.bits == GGUF_TYPES["Q4_K_M"] == 4 and q4.runtime == "llama.cpp"
+    assert q4.settings["n_ctx"] == 2048 and q4.file_settings == {"type": "Q4_K_M"}
+    assert config.variants["tiny/own"].checkpoint.path == (tmp_path / "f.gguf").resolve()
+    bad = GOOD + "  - {id: tiny/bad, base: tiny, method: gguf, settings: {type: Q4_K_X}}\n"
+    with pytest.raises(ConfigError, match="tiny/bad.*settings.type.*must be one of"):
+        load_config(write(tmp_path, bad))
+    hub = GOOD + "  - {id: tiny/hub, base: tiny, method: gguf, settings: {type: Q8_0}, checkpoint: {kind: hub, repo: a/b}}\n"
+    with pytest.raises(ConfigError, match="checkpoint.file.*required"):
+        load_config(write(tmp_path, hub))
 
 
 def test_space_profile_follows_the_hardware(monkeypatch):

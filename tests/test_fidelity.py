@@ -30,7 +30,7 @@ def test_teacher_forcing_a_model_against_itself(arena):
     loaded = arena.manager.get("smollm2/bf16").loaded
     answer = loaded.tokenizer("The capital of France is Paris.", add_special_tokens=False)["input_ids"]
     lp = arena.device.call(fidelity.answer_log_probs, loaded, PROMPT, answer)
-    assert lp.shape == (len(answer), loaded.model.config.vocab_size)
+    assert lp.shape == (len(answer), len(loaded.tokenizer))
     same = fidelity.compare("smollm2/bf16", lp, lp, lp.argmax(-1).tolist())
     assert same.kl_divergence == 0 and same.top1_agreement == 1.0 and same.first_divergence_token is None
 

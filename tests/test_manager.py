@@ -10,7 +10,7 @@ import torch
 
 from demo.config import load_config
 from demo.errors import MemoryBudgetExceeded
-from demo.loading import LoadedModel
+from demo.backends.transformers import TransformersVariant
 from demo.manager import ModelManager
 from tests.conftest import tiny_causal_lm
 
@@ -38,7 +38,7 @@ class CountingLoader:
         time.sleep(self.delay_s)
         model = tiny_causal_lm()
         self.refs.setdefault(variant.id, []).append(weakref.ref(model))
-        return LoadedModel(variant, model, tokenizer=None, device="cpu", weights_bytes=model.get_memory_footprint())
+        return TransformersVariant(variant, model, tokenizer=None, device="cpu")
 
 
 @pytest.fixture
@@ -112,7 +112,7 @@ def test_concurrent_gets_load_once(config):
 def test_eviction_returns_cuda_memory(config):
     def cuda_loader(variant, base):
         model = tiny_causal_lm(hidden=512, layers=4, vocab=8192).to("cuda")
-        return LoadedModel(variant, model, None, "cuda", model.get_memory_footprint())
+        return TransformersVariant(variant, model, None, "cuda")
 
     manager = ModelManager(config, cuda_loader, budget_mib=10_000)
     before = torch.cuda.memory_allocated()

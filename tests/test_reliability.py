@@ -8,10 +8,10 @@ import time
 import pytest
 import torch
 
-from demo import loading
+from demo.backends import transformers as transformers_backend
 from demo.config import load_config
 from demo.errors import Busy, InvalidRequest
-from demo.loading import load_variant
+from demo.backends import load as load_variant
 from demo.manager import ModelManager
 from demo.runner import Arena
 from tests.conftest import REPO
@@ -110,7 +110,7 @@ def test_cli_rejects_control_characters_and_huge_prompts():
 # ---- a failing variant fails alone ----
 
 def test_missing_backend_fails_alone(arena, monkeypatch):
-    monkeypatch.setattr(loading, "backend_available", lambda package: package != "bitsandbytes")
+    monkeypatch.setattr(transformers_backend, "package_available", lambda package: package != "bitsandbytes")
     local = Arena(arena.config)  # fresh cache, so the bitsandbytes variant really goes through loading
     records = local.compare_records(PROMPT, ["smollm2/bnb-nf4", "smollm2/bf16"], local.settings(max_new_tokens=8))
     assert records[0]["status"] == "error"

@@ -1,0 +1,73 @@
+"""The interface every runtime implements: what the rest of the arena may do with a loaded variant.
+
+Nothing outside demo/backends/ touches a model object; runner, fidelity, evaluate, manager, bench and
+the UI hold a LoadedVariant and call these methods. Every method that computes runs on the device
+thread (demo.device): the caller is responsible for that, the backend never starts threads of its own.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+import torch
+
+from demo.config import Variant
+from demo.generation import GenerationSettings
+from demo.trackers import MemoryTracker
+
+OnToken = Callable[[int, float], None]  # (token id, perf_counter seconds when the runtime handed it over)
+
+
+class LoadedVariant(ABC):
+    """One variant, loaded and warmed up, ready to generate and score."""
+
+    runtime: str = ""  # "transformers", "llama.cpp", ...
+
+    def __init__(self, variant: Variant, tokenizer: Any, device: str, weights_bytes: int,
+                 stop_token_ids: frozenset[int], context_tokens: int | None):
+        self.variant = variant
+        self.tokenizer = tokenizer  # the base model's own tokenizer: every runtime gets the same prompt ids
+        self.device = device  # "cpu" or "cuda"
+        self.weights_bytes = weights_bytes  # the weights as stored by this runtime, in bytes
+        self.stop_token_ids = stop_token_ids  # generation ends after one of these (it is counted and emitted)
+        self.context_tokens = context_tokens  # prompt + new tokens must fit; None: unknown
+
+    @abstractmethod
+    def generate(self, prompt_ids: list[int], settings: GenerationSettings, stop: threading.Event,
+                 on_token: OnToken) -> None:
+        """Generate up to settings.max_new_tokens after prompt_ids, calling on_token for each new token
+        (the stop token included) as soon as the runtime hands it over; return early once stop is set."""
+
+    @abstractmethod
+    def logits(self, ids: list[int]) -> torch.Tensor:
+        """Next-token logits for every position of ids in one forward pass: float32 [len(ids), vocab] on
+        the CPU, row i predicting token i + 1 (teacher forcing)."""
+
+    @abstractmethod
+    def bare_token_times(self, prompt_ids: list[int], settings: GenerationSettings) -> list[float]:
+        """The runtime's own generation loop with nothing of the arena around it, timestamping each new
+        token (perf_counter seconds): the reference the benchmark holds the arena's path against."""
+
+    @abstractmethod
+    def free(self) -> None:
+        """Drop every reference to the runtime's objects so their memory can be returned."""
+
+    def details(self) -> dict[str, Any]:
+        """Facts read back from the loaded weights and runtime, recorded with each result."""
+        return {"runtime": self.runtime}
+
+    def sync(self) -> None:
+        """Wait for queued device work, so clocks read after it (CUDA); a no-op on the CPU."""
+
+    @contextmanager
+    def track_memory(self) -> Iterator[MemoryTracker]:
+        """Measure one run's peak memory the way that fits this runtime; read tracker.result after."""
+        tracker = MemoryTracker(self.device, self.weights_bytes)
+        tracker.start()
+        try:
+            yield tracker
+        finally:
+            tracker.result = tracker.stop()

@@ -1,0 +1,191 @@
+"""The llama.cpp runtime: GGUF variants through llama-cpp-python, in this process, on the device thread.
+
+Prompts are the base model's own token ids (never llama.cpp's tokenizer or chat renderer), so a GGUF
+variant gets exactly what the transformers variants get, and the baseline's answer can be teacher-forced
+through it. llama.cpp uses as many threads as torch and never runs beside a torch job (demo.device).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from demo import gguf, sources
+from demo.backends.base import LoadedVariant, OnToken
+from demo.backends.common import cuda_available, first_line
+from demo.config import BaseModel, Variant
+from demo.errors import NotQuantized, VariantUnavailable
+from demo.generation import GenerationSettings
+
+log = logging.getLogger(__name__)
+GGUF_FILE = "model.gguf"  # inside a folder made by demo.quantize
+
+
+class LlamaCppVariant(LoadedVariant):
+    runtime = "llama.cpp"
+
+    def __init__(self, variant: Variant, llm: Any, tokenizer: Any, device: str, stop_token_ids: frozenset[int],
+                 facts: dict[str, Any]):
+        import llama_cpp
+
+        super().__init__(variant, tokenizer, device, int(llama_cpp.llama_model_size(llm.model)), stop_token_ids,
+                         llm.n_ctx())
+        self.llm, self._facts = llm, facts
+
+    def generate(self, prompt_ids: list[int], settings: GenerationSettings, stop: threading.Event,
+                 on_token: OnToken) -> None:
+        for count, token in enumerate(self._tokens(prompt_ids, settings), start=1):
+            on_token(token, time.perf_counter())
+            if token in self.stop_token_ids or count >= settings.max_new_tokens or stop.is_set():
+                return
+
+    def logits(self, ids: list[int]) -> torch.Tensor:
+        # llama-cpp-python keeps every position's logits only when _logits_all is set, and then into
+        # self.scores, sized at construction; generating with it set would make every prompt pay for
+        # logits it never uses, so scoring switches it on for one pass over a buffer of the right size.
+        llm = self.llm
+        saved = llm._logits_all, llm.scores
+        llm.reset()
+        llm._logits_all, llm.scores = True, np.empty((len(ids), llm.n_vocab()), dtype=np.single)
+        try:
+            llm.eval(ids)
+            return torch.from_numpy(llm.scores[:len(ids)].copy())
+        finally:
+            llm._logits_all, llm.scores = saved
+            llm.reset()
+
+    def bare_token_times(self, prompt_ids: list[int], settings: GenerationSettings) -> list[float]:
+        times: list[float] = []
+        for token in self._tokens(prompt_ids, settings):
+            times.append(time.perf_counter())
+            if token in self.stop_token_ids or len(times) >= settings.max_new_tokens:
+                break
+        return times
+
+    def free(self) -> None:
+        if self.llm is not None:
+            self.llm.close()
+        self.llm = None
+
+    def details(self) -> dict[str, Any]:
+        return {"runtime": self.runtime, **self._facts}
+
+    def _tokens(self, prompt_ids: list[int], settings: GenerationSettings):
+        """llama.cpp's own generator from a cleared context: no KV-cache prefix reuse between runs, so
+        every run pays its full prompt, as the transformers variants do."""
+        llm = self.llm
+        llm.reset()
+        if settings.do_sample:
+            llm.set_seed(settings.seed)
+            sampling = {"temp": settings.temperature, "top_p": settings.top_p}
+        else:
+            sampling = {"temp": 0.0, "top_p": 1.0}  # temp 0: llama.cpp's greedy sampler
+        # top-k, min-p, typical-p and the repeat penalty off, as in the transformers variants
+        return llm.generate(prompt_ids, top_k=0, min_p=0.0, typical_p=1.0, repeat_penalty=1.0, reset=True, **sampling)
+
+
+def gguf_file(variant: Variant, base: BaseModel) -> tuple[Path, str]:
+    """The GGUF file a variant loads and where it came from."""
+    checkpoint = variant.checkpoint
+    if checkpoint is not None and checkpoint.kind == "local":
+        if not checkpoint.path.is_file():
+            raise VariantUnavailable(f"not available: GGUF file '{checkpoint.path.name}' not found")
+        return checkpoint.path, "pre-made file"
+    if checkpoint is not None:
+        from huggingface_hub import hf_hub_download
+
+        try:
+            path = hf_hub_download(checkpoint.repo, checkpoint.file, revision=checkpoint.revision)
+        except Exception as exc:  # offline, gated, missing file: the column says why
+            raise VariantUnavailable(f"not available: '{checkpoint.file}' from {checkpoint.repo} could not be "
+                                     f"reached ({first_line(exc)})") from None
+        return Path(path), f"pre-made file from {checkpoint.repo}"
+    folder = sources.quantized_dir(base, variant.method, variant.file_settings)
+    if not (folder / sources.METADATA_FILE).is_file() or not (folder / GGUF_FILE).is_file():
+        raise NotQuantized(f"not quantized yet: run `python -m demo.quantize --variant {variant.id}` (seconds for "
+                           "a small model), or press Quantize now")
+    return folder / GGUF_FILE, _origin(folder)
+
+
+def load(variant: Variant, base: BaseModel) -> LlamaCppVariant:
+    """Load a GGUF variant, check its vocabulary against the base tokenizer, and warm it up."""
+    gguf.require_llama_cpp()
+    import llama_cpp
+    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+
+    path, origin = gguf_file(variant, base)
+    weights = sources.resolve(base)  # the base model's tokenizer, chat template and stop tokens
+    common = {"revision": weights.revision, "trust_remote_code": base.trust_remote_code}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(weights.location, **common)
+        vocab_size = AutoConfig.from_pretrained(weights.location, **common).vocab_size
+        generation = GenerationConfig.from_pretrained(weights.location, **common)
+    except OSError as exc:
+        raise VariantUnavailable(f"not available: the tokenizer of '{base.label}' could not be reached "
+                                 f"({first_line(exc)})") from None
+    gguf.check_vocabulary(path, tokenizer, vocab_size)
+    gpu_layers, device = _offload(variant)
+    threads = torch.get_num_threads()
+    settings = variant.settings
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=settings["n_ctx"], n_threads=threads,
+                          n_threads_batch=threads, n_gpu_layers=gpu_layers, use_mmap=settings["use_mmap"],
+                          logits_all=False, verbose=False)
+    stored = gguf.stored_weights(path)
+    facts = {"gguf_type": settings.get("type"), "made_from": origin, "file_type": stored.file_type,
+             "weights_bits_per_weight": stored.weights_bits_per_weight, "tensor_types": stored.tensor_types,
+             "threads": threads, "n_ctx": llm.n_ctx(), "gpu_layers": gpu_layers, "memory_mapped": settings["use_mmap"],
+             "llama_cpp_python": _version()}
+    if device == "cpu" and cuda_available():
+        facts["note"] = "runs on the CPU: this llama-cpp-python build has no GPU offload"
+    loaded = LlamaCppVariant(variant, llm, tokenizer, device, _stop_ids(generation, tokenizer, llm), facts)
+    loaded.generate(tokenizer("Hello")["input_ids"], GenerationSettings(max_new_tokens=2), threading.Event(),
+                    lambda token_id, at_s: None)  # warm-up: faults mmap'd weights in, as for transformers
+    return loaded
+
+
+def _offload(variant: Variant) -> tuple[int, str]:
+    """GPU layers and device: all layers on a GPU where this build can offload, else the CPU."""
+    import llama_cpp
+
+    can_offload = bool(llama_cpp.llama_supports_gpu_offload()) and cuda_available()
+    if variant.device == "cuda" and not can_offload:
+        raise VariantUnavailable("not available: this variant needs a GPU, and this llama-cpp-python build has no "
+                                 "GPU offload (or no NVIDIA GPU was found)")
+    if variant.device == "cpu" or not can_offload:
+        return 0, "cpu"
+    layers = variant.settings.get("n_gpu_layers", -1)
+    return layers, "cuda" if layers != 0 else "cpu"
+
+
+def _stop_ids(generation, tokenizer, llm) -> frozenset[int]:
+    """The base model's own end-of-answer tokens (what transformers stops on), plus llama.cpp's EOS."""
+    eos = generation.eos_token_id
+    ids = set(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
+    if not ids and tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    ids.add(int(llm.token_eos()))
+    return frozenset(int(i) for i in ids)
+
+
+def _origin(folder: Path) -> str:
+    import json
+
+    try:
+        return json.loads((folder / sources.METADATA_FILE).read_text())["made_from"]
+    except (OSError, ValueError, KeyError):
+        return "made by demo.quantize"
+
+
+def _version() -> str | None:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("llama-cpp-python")
+    except importlib.metadata.PackageNotFoundError:
+        return None
