@@ -102,9 +102,9 @@ def markdown_card(records: list[dict[str, Any]], created_utc: str | None = None)
     for r in records:
         lines += [_answer_heading(r), ""] + _answer_blocks(r)
     kinds = sorted({r["memory_kind"] for r in records if r.get("memory_kind")})
-    lines += [f"**Conditions.** {inline(_machine(env))}; torch {inline(str(env.get('torch')))}, transformers "
-              f"{inline(str(env.get('transformers')))}, bitsandbytes {inline(str(env.get('bitsandbytes')))}, "
-              f"gradio {inline(str(env.get('gradio')))}."]
+    versions = ", ".join(f"{name} {env[name]}" for name in ("torch", "transformers", "bitsandbytes", "gradio")
+                         if env.get(name))
+    lines += [f"**Conditions.** {inline(_machine(env))}" + (f"; {inline(versions)}." if versions else ".")]
     lines += [f"Peak memory = {inline(report.MEMORY_KINDS[k])}." for k in kinds]
     return "\n".join(lines) + "\n"
 
@@ -175,12 +175,26 @@ def fenced(text: str) -> str:
 
 
 def _answer_heading(record: dict[str, Any]) -> str:
-    notes = [f"{record['new_tokens']} new tokens", record["status"]]
+    limit = (record.get("settings") or {}).get("max_new_tokens")
+    notes = f"{record['new_tokens']} new tokens" + (" (the limit)" if record["new_tokens"] == limit else "")
+    notes += f", {record['status']}"
     if (record.get("text") or "").endswith(REPLACEMENT_CHAR):
-        notes.append("(cut mid-character)")
-    if record.get("error"):
-        notes.append("failed")
-    return f"**{inline(record['variant'])}** · {inline(quantization_text(record))} · {inline(', '.join(notes))}"
+        notes += " (cut mid-character)"
+    if departs := _departure_text(record):
+        notes += f", {departs}"
+    return f"**{inline(record['variant'])}** · {inline(quantization_text(record))} · {inline(notes)}"
+
+
+def _departure_text(record: dict[str, Any]) -> str | None:
+    """Whether and where this answer's text departs from the baseline's; None for the baseline or without one."""
+    fid = record.get("fidelity")
+    if not fid or fid.get("baseline") == record["variant"] or record.get("status") != "done":
+        return None
+    char, token = _answer_departs_at_char(record), record.get("answer_departs_at_token")
+    if char is None:
+        return "same answer as the baseline"
+    return "departs from the baseline's answer at " + (f"token {token}, " if token is not None else "") + \
+        f"character {char}"
 
 
 def _answer_blocks(record: dict[str, Any]) -> list[str]:

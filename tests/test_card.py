@@ -73,7 +73,7 @@ def test_card_shows_nasty_text_literally(real_records, nasty, tmp_path):
     for r in records:
         r.update(prompt=nasty, model=f"Model {nasty}")
     records[0]["text"] = nasty
-    records[1].update(variant=f"v/{nasty}", status="error", text=f"partial {nasty}", error=f"Boom: {nasty}")
+    records[1].update(variant=f"v/{nasty}", status="error", new_tokens=12, text=f"partial {nasty}", error=f"Boom: {nasty}")
     md = card.markdown_card(records)
     rendered = MarkdownIt("commonmark").enable("table").render(md)
     assert "<img" not in rendered and "<a " not in rendered and "<em>" not in rendered and "<h1>" not in rendered
@@ -87,7 +87,8 @@ def test_card_shows_nasty_text_literally(real_records, nasty, tmp_path):
     assert [row[0] for row in page.rows[1:]] == [records[0]["variant"], f"v/{one_line}"]
     assert page.rows[2][-1] == f"failed: {first_line}" and len(page.rows[2]) == len(page.rows[0]) == 7
     assert f"Model: Model {one_line} · Date:" in page.text
-    assert f"v/{one_line} · bitsandbytes 4-bit: nf4, double quant, compute bfloat16 · " in page.text
+    assert f"v/{one_line} · bitsandbytes 4-bit: nf4, double quant, compute bfloat16 · 12 new tokens (the limit), error" \
+        in page.text
     assert set(page.tags) <= {"h2", "p", "strong", "pre", "code", "table", "thead", "tbody", "tr", "th", "td"}
 
 
@@ -95,7 +96,7 @@ def test_answer_cut_mid_character_is_marked_not_shown(real_records):
     records = copy.deepcopy(real_records)
     records[0]["text"] = "A cat " + "\ufffd"  # what a decoder writes for the first byte of 🐱 alone
     md = card.markdown_card(records)
-    assert "\ufffd" not in md and "done, (cut mid-character)" in md
+    assert "\ufffd" not in md and "done (cut mid-character)" in md
     assert [t.content for t in _parse(md) if t.type == "fence"][1] == "A cat \n"
 
 
@@ -167,3 +168,16 @@ class _Page(HTMLParser):
         if self._cell is not None:
             self._cell += data
 
+
+
+def test_answer_heading_says_whether_the_answer_departs(real_records):
+    fp32, nf4 = copy.deepcopy(real_records)
+    nf4["status"] = "done"
+    for departs, expected in (({"diverges_at_char": None}, "same answer as the baseline"),
+                              ({"diverges_at_char": 5}, "departs from the baseline's answer at character 5"),
+                              ({"answer_departs_at_char": 5, "answer_departs_at_token": 2},
+                               "departs from the baseline's answer at token 2, character 5")):
+        record = {k: v for k, v in nf4.items() if k != "diverges_at_char"} | departs
+        md = card.markdown_card([fp32, record])
+        assert expected in md, expected
+        assert "baseline's answer" not in md.split("**smollm2/fp32**")[1].split("**smollm2/bnb")[0]
