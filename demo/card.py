@@ -1,79 +1,241 @@
-"""A comparison to share: JSON, CSV and a Markdown card (prompt, settings, answers, figures, environment)."""
+"""A comparison to share: JSON, CSV and a Markdown card (model, date, machine, prompt, answers, figures)."""
 
 from __future__ import annotations
 
 import csv
 import json
+import re
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from demo import report
 
-CSV_FIELDS = ["variant", "method", "bits", "device", "status", "prompt_tokens", "new_tokens", "ttft_ms",
-              "decode_tokens_per_s", "total_ms", "load_ms", "cache_hit", "weights_mib", "peak_memory_mib",
-              "memory_kind", "kl_divergence", "top1_agreement", "first_divergence_token", "quantization", "text",
-              "error"]
+CSV_FIELDS = ["model", "base", "created_utc", "variant", "method", "bits", "device", "status", "prompt_tokens",
+              "new_tokens", "ttft_ms", "decode_tokens_per_s", "total_ms", "load_ms", "cache_hit", "weights_mib",
+              "peak_memory_mib", "memory_kind", "kl_divergence", "top1_agreement", "first_top1_disagreement",
+              "answer_departs_at_token", "answer_departs_at_char", "quantization", "text", "error"]
+
+# Shared by every variant: written once at the top of the JSON document, not in each variant.
+_SHARED = ("prompt", "settings", "environment", "created_utc")
+
+# How each method reads in a sentence, picked by the record's own `method` (never guessed from its id).
+METHOD_NAMES = {
+    "fp32": "fp32, no quantization",
+    "fp16": "fp16, no quantization",
+    "bf16": "bf16, no quantization",
+    "bnb-int8": "bitsandbytes LLM.int8",
+    "bnb-4bit": "bitsandbytes 4-bit",
+    "gptq": "GPTQ",
+}
+
+# Settings (transformers' argument names, as in models.yaml) in words; any other setting reads "name=value".
+_SETTING_WORDS = {
+    "bnb_4bit_quant_type": str,
+    "bnb_4bit_use_double_quant": lambda v: "double quant" if v else "no double quant",
+    "bnb_4bit_compute_dtype": lambda v: f"compute {v}",
+    "bnb_4bit_quant_storage": lambda v: f"stored as {v}",
+    "llm_int8_threshold": lambda v: f"outlier threshold {v}",
+    "llm_int8_skip_modules": lambda v: f"not quantized: {', '.join(map(str, v))}",
+    "llm_int8_has_fp16_weight": lambda v: "fp16 master weights" if v else "int8 weights",
+    "bits": lambda v: f"{v}-bit",
+    "group_size": lambda v: f"group size {v}",
+    "desc_act": lambda v: "act-order" if v else "no act-order",
+    "sym": lambda v: "symmetric" if v else "asymmetric",
+    "damp_percent": lambda v: f"dampening {v}",
+}
+
+# Inline text (table cells, the header lines) is escaped character by character: every character that can
+# start an inline construct in CommonMark or GitHub's Markdown (backslash escapes, code spans, emphasis,
+# strikethrough, links and images, GitHub math, table cells) gets a backslash, which CommonMark defines for
+# any ASCII punctuation; the HTML specials become entities, so no tag or entity survives. Block syntax
+# (#, >, lists) cannot start inside a table cell or after "**Model:**", so it needs nothing.
+_INLINE_SPECIAL = re.compile(r"[\\`*_~\[\]|$!]")
+_HTML_SPECIAL = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+REPLACEMENT_CHAR = "\ufffd"
 
 
-def comparison(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """One document: the shared conditions once, then every variant's record."""
+def utc_now() -> str:
+    """The date and time a comparison is written, ISO 8601 in UTC to the second."""
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def comparison(records: list[dict[str, Any]], created_utc: str | None = None) -> dict[str, Any]:
+    """One document: the model, date and shared conditions once, then every variant's record."""
     first = records[0]
-    variants = [{k: v for k, v in r.items() if k not in ("prompt", "settings", "environment")} for r in records]
-    return {"prompt": first["prompt"], "settings": first["settings"], "environment": first["environment"],
-            "variants": variants}
+    variants = [{k: v for k, v in r.items() if k not in _SHARED} for r in records]
+    return {"model": model_label(records), "base": _joined(records, "base"),
+            "created_utc": created_utc or first.get("created_utc") or utc_now(), "prompt": first["prompt"],
+            "settings": first["settings"], "environment": first["environment"], "variants": variants}
 
 
-def csv_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def csv_rows(records: list[dict[str, Any]], created_utc: str | None = None) -> list[dict[str, Any]]:
+    created_utc = created_utc or records[0].get("created_utc") or utc_now()
     rows = []
     for r in records:
         fid = r.get("fidelity") or {}
         row = {k: r.get(k) for k in CSV_FIELDS}
-        row.update({k: fid.get(k) for k in ("kl_divergence", "top1_agreement", "first_divergence_token")})
-        row["quantization"] = json.dumps(r["quantization"], sort_keys=True)
+        row.update(model=r.get("model") or r.get("base"), created_utc=created_utc,
+                   kl_divergence=fid.get("kl_divergence"), top1_agreement=fid.get("top1_agreement"),
+                   first_top1_disagreement=_first_top1_disagreement(fid),
+                   answer_departs_at_char=_answer_departs_at_char(r),
+                   quantization=json.dumps(r["quantization"], sort_keys=True))
         rows.append(row)
     return rows
 
 
-def markdown_card(records: list[dict[str, Any]]) -> str:
-    """Reads well pasted into an issue or a slide: table first, then each answer, then the conditions."""
+def markdown_card(records: list[dict[str, Any]], created_utc: str | None = None) -> str:
+    """Reads well pasted into an issue or a slide: who, when, where; the prompt; the table; each answer."""
     first = records[0]
     env, settings = first["environment"], first["settings"]
-    prompt = "\n".join(f"> {line}" for line in first["prompt"].splitlines() or [""])
-    lines = ["## Quantization Arena comparison", "", "**Prompt**", "", prompt, "",
+    created_utc = created_utc or first.get("created_utc") or utc_now()
+    lines = ["## Quantization Arena comparison", "",
+             f"**Model:** {inline(model_label(records))} · **Date:** {inline(created_utc)} (UTC) · "
+             f"**Machine:** {inline(_machine(env))}", "",
+             f"**Prompt** ({inline(settings_text(settings))}, the same for every variant, run one at a time)", "",
+             fenced(first["prompt"]), "",
              "| variant | bits | TTFT (ms) | decode (tok/s) | weights (MiB) | peak (MiB) | vs baseline |",
              "|---|---:|---:|---:|---:|---:|---|"]
-    for r in records:
-        lines.append(f"| `{r['variant']}` | {r['bits']} | {_n(r['ttft_ms'])} | {_n(r['decode_tokens_per_s'], 1)} | "
-                     f"{_n(r['weights_mib'])} | {_n(r['peak_memory_mib'])} | "
-                     f"{r['error'] or report.fidelity_text(r)} |")
+    lines += [_table_row(r) for r in records]
     lines += ["", "**Answers**", ""]
     for r in records:
-        quant = ", ".join(f"{k}={v}" for k, v in r["quantization"].items()) or "none"
-        answer = (r["text"] or r["error"] or "").strip().replace("\n", " ")
-        lines += [f"- `{r['variant']}` ({r['method']}, {quant}; {r['new_tokens']} new tokens, {r['status']}): "
-                  f"{answer}"]
+        lines += [_answer_heading(r), ""] + _answer_blocks(r)
     kinds = sorted({r["memory_kind"] for r in records if r.get("memory_kind")})
-    lines += ["", f"**Conditions.** {env.get('device_name')}"
-              + (f", driver {env['driver']}" if env.get("driver") else "")
-              + f"; torch {env.get('torch')}, transformers {env.get('transformers')}, bitsandbytes "
-              f"{env.get('bitsandbytes')}, gradio {env.get('gradio')}. Settings: "
-              + ", ".join(f"{k}={v}" for k, v in settings.items())
-              + "; the same prompt and settings for every variant, run one at a time."]
-    lines += [f"Peak memory = {report.MEMORY_KINDS[k]}." for k in kinds]
+    versions = ", ".join(f"{name} {env[name]}" for name in ("torch", "transformers", "bitsandbytes", "gradio")
+                         if env.get(name))
+    lines += [f"**Conditions.** {inline(_machine(env))}" + (f"; {inline(versions)}." if versions else ".")]
+    lines += [f"Peak memory = {inline(report.MEMORY_KINDS[k])}." for k in kinds]
     return "\n".join(lines) + "\n"
 
 
-def write(records: list[dict[str, Any]], out: Path) -> dict[str, Path]:
-    """comparison.json, comparison.csv and comparison.md in `out`."""
+def write(records: list[dict[str, Any]], out: Path, created_utc: str | None = None) -> dict[str, Path]:
+    """comparison.json, comparison.csv and comparison.md in `out`, all stamped with one date."""
+    created_utc = created_utc or records[0].get("created_utc") or utc_now()
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "comparison.json", "csv": out / "comparison.csv", "markdown": out / "comparison.md"}
-    paths["json"].write_text(json.dumps(comparison(records), indent=2, ensure_ascii=False))
+    paths["json"].write_text(json.dumps(comparison(records, created_utc), indent=2, ensure_ascii=False),
+                             encoding="utf-8")
     with paths["csv"].open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
         writer.writeheader()
-        writer.writerows(csv_rows(records))
-    paths["markdown"].write_text(markdown_card(records), encoding="utf-8")
+        writer.writerows(csv_rows(records, created_utc))
+    paths["markdown"].write_text(markdown_card(records, created_utc), encoding="utf-8")
     return paths
+
+
+def model_label(records: list[dict[str, Any]]) -> str:
+    """The base model's label (its id where a record has no label); several joined in run order."""
+    return _joined(records, "model", "base") or "model not recorded"
+
+
+def quantization_text(record: dict[str, Any]) -> str:
+    """E.g. "fp32, no quantization" or "bitsandbytes 4-bit: nf4, double quant, compute bfloat16"."""
+    method = record["method"]
+    name = METHOD_NAMES.get(method, method)
+    words = [_SETTING_WORDS.get(k, lambda v, k=k: f"{k}={v}")(v)
+             for k, v in (record.get("quantization") or {}).items() if v is not None]
+    return f"{name}: {', '.join(words)}" if words else name
+
+
+def settings_text(settings: dict[str, Any]) -> str:
+    """E.g. "greedy decoding, up to 64 new tokens" or "sampling (temperature 0.7, top-p 0.9, seed 1), ..."."""
+    rest = {k: v for k, v in settings.items() if k not in ("decoding", "max_new_tokens")}
+    parts = []
+    if settings.get("decoding") == "greedy":
+        parts.append("greedy decoding")
+    elif settings.get("decoding") == "sample":
+        named = {"top_p": "top-p"}
+        parts.append("sampling (" + ", ".join(f"{named.get(k, k)} {v}" for k, v in rest.items()) + ")")
+        rest = {}
+    parts += [f"{k}={v}" for k, v in rest.items()]
+    if settings.get("max_new_tokens") is not None:
+        parts.append(f"up to {settings['max_new_tokens']} new tokens")
+    return ", ".join(parts)
+
+
+def inline(text: str) -> str:
+    """`text` as Markdown inline content that renders exactly as typed, on one line (see _INLINE_SPECIAL)."""
+    text = _LINE_BREAK.sub(" ⏎ ", text)
+    text = "".join(_HTML_SPECIAL.get(c, c) for c in text)
+    return _INLINE_SPECIAL.sub(lambda m: "\\" + m.group(0), text)
+
+
+def fenced(text: str) -> str:
+    """`text` as a fenced code block that renders exactly as typed, line breaks included.
+
+    Fenced rather than escaped: inside a fence CommonMark interprets nothing (no HTML, no Markdown, no
+    entities, no GitHub emoji or math), so the text stays readable when the card is read raw too. A fence
+    closes only on a line of at least as many backticks as it opened with, so one backtick longer than the
+    longest run in the text (and at least three) cannot be closed by the text; it opens at column 0, so
+    no indentation is stripped from the text's lines."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}text\n{text}\n{fence}"
+
+
+def _answer_heading(record: dict[str, Any]) -> str:
+    limit = (record.get("settings") or {}).get("max_new_tokens")
+    notes = f"{record['new_tokens']} new tokens" + (" (the limit)" if record["new_tokens"] == limit else "")
+    notes += f", {record['status']}"
+    if (record.get("text") or "").endswith(REPLACEMENT_CHAR):
+        notes += " (cut mid-character)"
+    if departs := _departure_text(record):
+        notes += f", {departs}"
+    return f"**{inline(record['variant'])}** · {inline(quantization_text(record))} · {inline(notes)}"
+
+
+def _departure_text(record: dict[str, Any]) -> str | None:
+    """Whether and where this answer's text departs from the baseline's; None for the baseline or without one."""
+    fid = record.get("fidelity")
+    if not fid or fid.get("baseline") == record["variant"] or record.get("status") != "done":
+        return None
+    char, token = _answer_departs_at_char(record), record.get("answer_departs_at_token")
+    if char is None:
+        return "same answer as the baseline"
+    return "departs from the baseline's answer at " + (f"token {token}, " if token is not None else "") + \
+        f"character {char}"
+
+
+def _answer_blocks(record: dict[str, Any]) -> list[str]:
+    """The answer fenced (what a failed variant wrote before failing, if anything), then its error."""
+    # A decoder fed part of a multi-byte character writes U+FFFD; the card drops it rather than show "�".
+    text = (record.get("text") or "").rstrip(REPLACEMENT_CHAR)
+    blocks = [fenced(text), ""] if text or not record.get("error") else []
+    if record.get("error"):
+        blocks += ["Error:", "", fenced(record["error"]), ""]
+    return blocks
+
+
+def _table_row(record: dict[str, Any]) -> str:
+    error = record.get("error")
+    first_line = next((line for line in (error or "").splitlines() if line.strip()), "")
+    vs = f"failed: {first_line}" if error else report.fidelity_text(record)
+    cells = [inline(record["variant"]), inline(str(record.get("bits") or "–")), _n(record.get("ttft_ms")),
+             _n(record.get("decode_tokens_per_s"), 1), _n(record.get("weights_mib")),
+             _n(record.get("peak_memory_mib")), inline(vs)]
+    return "| " + " | ".join(cells) + " |"
+
+
+def _machine(env: dict[str, Any]) -> str:
+    name = env.get("device_name") or "unknown device"
+    return f"{name}, driver {env['driver']}" if env.get("driver") else name
+
+
+def _joined(records: list[dict[str, Any]], *keys: str) -> str | None:
+    """The first present of `keys` in each record, distinct values in order, joined; None if none has one."""
+    values = [next((r[k] for k in keys if r.get(k)), None) for r in records]
+    distinct = list(dict.fromkeys(v for v in values if v))
+    return ", ".join(distinct) or None
+
+
+# Fidelity field names changed (first_divergence_token, diverges_at_char); read either, newest first.
+def _first_top1_disagreement(fid: dict[str, Any]) -> int | None:
+    return fid.get("first_top1_disagreement", fid.get("first_divergence_token"))
+
+
+def _answer_departs_at_char(record: dict[str, Any]) -> int | None:
+    return record.get("answer_departs_at_char", record.get("diverges_at_char"))
 
 
 def _n(value: float | None, digits: int = 0) -> str:
