@@ -290,7 +290,7 @@ def entries(*, full: bool = False) -> list[CacheEntry]:
     for path in _entry_paths(root):
         if path.name.startswith("."):
             found.append(CacheEntry(_relative(path), "leftover", _size_mib(path), "incomplete",
-                                    "an interrupted write; nothing loads it", None))
+                                    "an interrupted write (or one under way); nothing loads it", None))
             continue
         result = check(path, full=True) if full else verify(path, full=False)
         found.append(CacheEntry(_relative(path), _kind(path), _size_mib(path), result.state, result.problem,
