@@ -1,4 +1,4 @@
-"""python -m demo compare ...: the headless CLI over the same runner the page uses; python -m demo cache ...: its cache."""
+"""python -m demo compare ...: the headless CLI over the same runner the page uses; `cache ...`: its derived files."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--json", action="store_true", help="print one JSON record per variant")
     compare.add_argument("--out", type=Path, help="also write comparison.json, comparison.csv and comparison.md here")
     cached = sub.add_parser("cache", help="list, verify or free the derived files in the cache folder",
-                            description=f"Derived files live in ${cache.CACHE_ENV} (default ~/.cache/quantization-arena).")
+                            description=f"Derived files live in ${cache.CACHE_ENV}, else ~/.cache/quantization-arena.")
     cached.add_argument("action", choices=("list", "verify", "clear"),
                         help="list: what is cached (sizes checked); verify: hash every file; clear: remove")
     cached.add_argument("path", nargs="?", help="clear only this entry (a path from `cache list`)")
@@ -82,12 +82,15 @@ def cache_command(args) -> int:
     except ArenaError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # a cache folder we may not read or delete: say which, in one line
+        print(f"error: cannot {args.action} the cache in {cache.cache_dir()} ({exc.strerror}: {exc.filename})",
+              file=sys.stderr)
+        return 1
     commands = _rebuild_commands(args.models)
-    found = [e if e.rebuild_command or e.path not in commands else dataclasses.replace(e, rebuild_command=commands[e.path])
-             for e in found]
+    found = [dataclasses.replace(e, rebuild_command=e.rebuild_command or commands.get(e.path)) for e in found]
     if args.json:
-        print(json.dumps({"cache_dir": str(cache.cache_dir()), "entries": [dataclasses.asdict(e) | {"size_mib": round(e.size_mib, 1)} for e in found]},
-                         indent=2))
+        listed = [dataclasses.asdict(e) | {"size_mib": round(e.size_mib, 1)} for e in found]
+        print(json.dumps({"cache_dir": str(cache.cache_dir()), "entries": listed}, indent=2))
     else:
         print(_table(found))
     bad = [e for e in found if e.state != "ok" and e.kind != "leftover"]
@@ -125,7 +128,8 @@ def _fix(entry: cache.CacheEntry) -> str:
     if entry.kind == "bundled":
         return f"made again automatically at the next load ({entry.rebuild_command or 'run any comparison'})"
     if entry.rebuild_command:
-        return f"`{entry.rebuild_command}` makes it again" + (", or press Quantize now" if "demo.quantize" in entry.rebuild_command else "")
+        button = ", or press Quantize now" if "demo.quantize" in entry.rebuild_command else ""
+        return f"`{entry.rebuild_command}` makes it again{button}"
     return f"`{clear}` frees it; it is made again when needed"
 
 

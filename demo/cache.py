@@ -323,11 +323,12 @@ def remove(path: Path) -> None:
 
 
 def _inside_cache(path: Path, root: Path) -> Path:
-    """`path` (absolute, or relative to the cache folder) if it lies in bundled/ or quantized/; refuses anything else."""
-    candidate = path if path.is_absolute() else root / path
-    resolved, base = candidate.resolve(), root.resolve()
-    allowed = (base / BUNDLED, base / QUANTIZED)
-    if not any(resolved == folder or resolved.is_relative_to(folder) for folder in allowed):
+    """`path` (relative to the cache folder, or else to here) if it lies in bundled/ or quantized/; refuses the rest."""
+    candidate = root / path  # an absolute `path` stays itself
+    if not candidate.exists() and not manifest_path(candidate).exists():
+        candidate = path.absolute()
+    resolved, base = candidate.resolve(), root.resolve()  # a link out of the cache is judged by where it points
+    if not any(resolved.is_relative_to(base / folder) for folder in (BUNDLED, QUANTIZED)):
         raise CacheError(f"refusing to remove '{path}': it is not an entry of the cache folder {root}")
     if not candidate.exists() and not manifest_path(candidate).exists():
         raise CacheError(f"nothing cached at '{path}' (see `python -m demo cache list`)")
