@@ -3,8 +3,9 @@
 Derived files (the materialized bundled checkpoint, quantized checkpoints, GGUF files) are written to a
 staging path beside their place and renamed into it, so a half-written one never sits where a loader
 looks. `seal` records the size and sha256 of every file in a manifest written last: a folder gets
-`<folder>/.manifest.json`, a single file `<file>.manifest.json` beside it. `check` is the load-time
-test (sizes, hashes only when a file changed after sealing); `verify` can also hash everything.
+`<folder>/.manifest.json`, a single file `<file>.manifest.json` beside it. `staged_folder` and
+`staged_file` do the staging, renaming and sealing for a writer; `check` is the load-time test (sizes,
+hashes only when a file changed after sealing); `verify` can also hash everything.
 
 Layout under `cache_dir()`:
     bundled/<package>-<version>/<gguf stem>/        a bundled GGUF dequantized to safetensors
@@ -239,6 +240,30 @@ def staged_folder(target: Path, what: str, *, rebuild_command: str | None = None
                     raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged_file(target: Path, what: str, *, rebuild_command: str | None = None,
+                extra: dict | None = None) -> Iterator[Path]:
+    """A staging path beside `target` for the caller to write (a GGUF file); renamed into place, then sealed.
+
+    A crash between the rename and the manifest leaves a file without one: `check` calls it incomplete,
+    and a loader makes it again.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with disk_full_as_error(target.parent, what):
+        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+        os.close(fd)
+        staging = Path(name)
+        try:
+            yield staging
+            with contextlib.suppress(FileNotFoundError):
+                manifest_path(target).unlink()  # an older manifest must not vouch for the new file
+            os.replace(staging, target)
+            seal(target, rebuild_command=rebuild_command, extra=extra)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                staging.unlink()
 
 
 @contextlib.contextmanager

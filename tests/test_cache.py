@@ -273,6 +273,19 @@ def test_disk_full_while_quantizing_is_typed_and_leaves_nothing(tmp_path, defaul
     assert list(tmp_path.iterdir()) == []
 
 
+def test_staged_file_is_sealed_or_leaves_nothing(empty_cache):
+    target = empty_cache / cache.QUANTIZED / "smollm2" / "gguf-0123.gguf"
+    with cache.staged_file(target, "the GGUF file", rebuild_command="make gguf") as staging:
+        staging.write_bytes(b"GGUF" + bytes(1000))
+    assert cache.verify(target).ok and cache.verify(target).rebuild_command == "make gguf"
+    with pytest.raises(DiskFull, match="to write the GGUF file: "):
+        with cache.staged_file(target, "the GGUF file") as staging:
+            staging.write_bytes(b"GGUF")
+            _no_space()
+    assert sorted(p.name for p in target.parent.iterdir()) == ["gguf-0123.gguf", "gguf-0123.gguf.manifest.json"]
+    assert cache.verify(target).ok  # the sound copy is untouched
+
+
 def _is_device(path: str) -> bool:
     return os.path.exists(path) and stat.S_ISCHR(os.stat(path).st_mode)
 
