@@ -36,3 +36,15 @@ class Busy(ArenaError):
 
 class NotQuantized(VariantUnavailable):
     """A quantized variant whose checkpoint has not been made yet; the message names the command."""
+
+
+class CacheError(ArenaError):
+    """A derived file in the cache is damaged, cannot be written, or a cache command was refused."""
+
+
+class DiskFull(CacheError):
+    """The disk filled up while writing a derived file; nothing half-written was left behind."""
+
+
+class DamagedCheckpoint(NotQuantized, CacheError):
+    """A quantized checkpoint on disk differs from what was written; the message names the rebuild."""

@@ -3,7 +3,7 @@
 GPTQ goes through transformers' GPTQConfig (optimum + gptqmodel), calibrated on assets/calibration.txt;
 bitsandbytes methods are saved with bitsandbytes serialization. The checkpoint is written to a staging
 folder and renamed into place only once complete, with quantize.json (settings, calibration, wall
-time, size on disk, library versions) written last.
+time, size on disk, library versions) written next, and the cache manifest (sizes and hashes) last.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import shutil
 import sys
@@ -19,7 +20,7 @@ import threading
 import time
 from pathlib import Path
 
-from demo import sources
+from demo import cache, sources
 from demo.config import REPO_ROOT, ArenaConfig, BaseModel, load_config
 from demo.errors import ArenaError
 
@@ -34,6 +35,7 @@ CLI_METHODS = {  # CLI name -> (models.yaml method, fixed settings)
     "bnb-int8": ("bnb-int8", {}),
 }
 _variant_lock = threading.Lock()
+log = logging.getLogger(__name__)
 
 
 class QuantizeError(ArenaError):
@@ -55,8 +57,9 @@ def check_output_folder(out: Path) -> None:
         raise QuantizeError(f"output folder '{out}' is not writable")
 
 
-def quantize(base: BaseModel, method: str, settings: dict, out: Path, calibration: Path = CALIBRATION_FILE) -> dict:
-    """Quantize `base` with `method` and `settings` into `out`; returns the metadata written there."""
+def quantize(base: BaseModel, method: str, settings: dict, out: Path, calibration: Path = CALIBRATION_FILE, *,
+             rebuild_command: str | None = None) -> dict:
+    """Quantize `base` with `method` and `settings` into `out`, sealed; returns the metadata written there."""
     check_output_folder(out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -64,17 +67,19 @@ def quantize(base: BaseModel, method: str, settings: dict, out: Path, calibratio
     except OSError as exc:
         raise QuantizeError(f"output folder '{out}' is not writable ({exc.strerror})") from None
     try:
-        started = time.perf_counter()
-        samples = _write_checkpoint(base, method, settings, staging, calibration)
-        metadata = {
-            "base": base.id, "base_label": base.label, "method": method, "settings": settings,
-            "calibration": {"file": calibration.name, "samples": len(samples),
-                            "characters": sum(map(len, samples))} if samples else None,
-            "wall_time_s": round(time.perf_counter() - started, 1),
-            "size_on_disk_mib": round(folder_mib(staging), 1),
-            "environment": _environment(),
-        }
-        (staging / sources.METADATA_FILE).write_text(json.dumps(metadata, indent=2))  # last: marks it complete
+        with cache.disk_full_as_error(out.parent, f"the {method} checkpoint of {base.label}"):
+            started = time.perf_counter()
+            samples = _write_checkpoint(base, method, settings, staging, calibration)
+            metadata = {
+                "base": base.id, "base_label": base.label, "method": method, "settings": settings,
+                "calibration": {"file": calibration.name, "samples": len(samples),
+                                "characters": sum(map(len, samples))} if samples else None,
+                "wall_time_s": round(time.perf_counter() - started, 1),
+                "size_on_disk_mib": round(folder_mib(staging), 1),
+                "environment": _environment(),
+            }
+            (staging / sources.METADATA_FILE).write_text(json.dumps(metadata, indent=2))  # marks it complete
+            cache.seal(staging, rebuild_command=rebuild_command, extra={"kind": "quantized checkpoint"})
         if out.exists():
             out.rmdir()  # checked empty above
         staging.rename(out)
@@ -99,11 +104,16 @@ def quantize_variant(config: ArenaConfig, variant_id: str) -> Path:
                             f"{', pre-quantized checkpoint' if variant.checkpoint else ''})")
     base = config.bases[variant.base]
     out = sources.quantized_dir(base, variant.method, variant.settings)
+    command = sources.quantize_command(variant_id)
     with _variant_lock:
-        if not sources.is_complete_checkpoint(out):
-            if out.exists():
-                shutil.rmtree(out)  # an older, incomplete attempt
-            quantize(base, variant.method, variant.settings, out)
+        found = cache.check(out, rebuild_command=command) if sources.is_complete_checkpoint(out) else None
+        if found is not None and found.ok:
+            return out
+        if found is not None:
+            log.warning("rebuilding the checkpoint of %s: it was %s (%s)", variant_id, found.state, found.problem)
+        if out.exists():  # an older, unfinished attempt, or a checkpoint damaged since: made again
+            shutil.rmtree(out)
+        quantize(base, variant.method, variant.settings, out, rebuild_command=command)
     return out
 
 

@@ -5,19 +5,19 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib.metadata
-import json
 import importlib.util
-import os
-import shutil
-import tempfile
+import json
+import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from demo import cache
+from demo.cache import CACHE_ENV, cache_dir  # noqa: F401  (where the cache is: callers ask sources)
 from demo.config import BaseModel, Source
-from demo.errors import VariantUnavailable
+from demo.errors import DamagedCheckpoint, VariantUnavailable
 
-CACHE_ENV = "ARENA_CACHE_DIR"
+log = logging.getLogger(__name__)
 METADATA_FILE = "quantize.json"  # written by demo.quantize next to the weights
 _materialize_lock = threading.Lock()
 
@@ -29,11 +29,6 @@ class Weights:
     location: str
     revision: str | None = None
     is_hub: bool = False
-
-
-def cache_dir() -> Path:
-    """Where materialized checkpoints live: $ARENA_CACHE_DIR, else ~/.cache/quantization-arena."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "quantization-arena")
 
 
 def resolve(base: BaseModel) -> Weights:
@@ -58,12 +53,24 @@ def quantized_dir(base: BaseModel, method: str, settings: dict) -> Path:
     identity = json.dumps({"source": dataclasses.asdict(base.source), "method": method, "settings": settings},
                           sort_keys=True, default=str)
     digest = hashlib.sha256(identity.encode()).hexdigest()[:12]
-    return cache_dir() / "quantized" / base.id / f"{method}-{digest}"
+    return cache_dir() / cache.QUANTIZED / base.id / f"{method}-{digest}"
 
 
 def is_complete_checkpoint(folder: Path) -> bool:
     """A checkpoint demo.quantize finished: it writes its metadata file last, after the weights."""
     return (folder / METADATA_FILE).is_file() and (folder / "config.json").is_file()
+
+
+def quantize_command(variant_id: str) -> str:
+    return f"python -m demo.quantize --variant {variant_id}"
+
+
+def check_quantized(folder: Path, variant_id: str) -> None:
+    """Raise DamagedCheckpoint when a finished quantized checkpoint is not what was written (naming the rebuild)."""
+    result = cache.check(folder, rebuild_command=quantize_command(variant_id))
+    if result.state == "damaged":
+        raise DamagedCheckpoint(f"not quantized: its checkpoint is damaged ({result.problem}); rebuild it with "
+                                f"`{quantize_command(variant_id)}` (takes minutes on a CPU), or press Quantize now")
 
 
 def bundled_gguf_path(source: Source) -> Path:
@@ -84,25 +91,30 @@ def materialize_gguf(source: Source) -> Path:
     """Dequantize a bundled GGUF once into a plain safetensors checkpoint that every variant loads from.
 
     transformers refuses a GGUF file together with a quantization_config, and refuses save_pretrained
-    on a GGUF-loaded model, so the float state dict, config and tokenizer are written by hand.
+    on a GGUF-loaded model, so the float state dict, config and tokenizer are written by hand. A copy
+    found damaged (say, truncated) is made again, with a warning: it is derived, never the only one.
     """
     gguf = bundled_gguf_path(source)
-    target = cache_dir() / "bundled" / f"{source.package}-{_package_version(source.package)}" / gguf.stem
+    target = bundled_dir(source, gguf)
     with _materialize_lock:
-        if (target / "model.safetensors").is_file():
+        found = cache.check(target)
+        if found.ok:
             return target
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{gguf.stem}-", dir=target.parent))
-        try:
+        if found.state != "missing":
+            cache.remove(target)
+        with cache.staged_folder(target, f"the dequantized checkpoint of {gguf.name}",
+                                 extra={"kind": "bundled", "source": gguf.name}) as staging:
             _write_checkpoint(gguf, staging)
-            try:
-                staging.rename(target)  # atomic: a half-written checkpoint never looks complete
-            except OSError:
-                if not (target / "model.safetensors").is_file():  # another process won the race otherwise
-                    raise
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        if found.state != "missing":
+            log.warning("rebuilt the cached checkpoint %s from %s: it was %s (%s)",
+                        target, gguf.name, found.state, found.problem)
     return target
+
+
+def bundled_dir(source: Source, gguf: Path | None = None) -> Path:
+    """Where a bundled GGUF's dequantized checkpoint is kept, per package version."""
+    gguf = gguf or bundled_gguf_path(source)
+    return cache_dir() / cache.BUNDLED / f"{source.package}-{_package_version(source.package)}" / gguf.stem
 
 
 def _write_checkpoint(gguf: Path, out: Path) -> None:

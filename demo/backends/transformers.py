@@ -148,6 +148,7 @@ def weights_for(variant: Variant, base: BaseModel) -> sources.Weights:
     if not sources.is_complete_checkpoint(folder):
         raise NotQuantized(f"not quantized yet: run `python -m demo.quantize --variant {variant.id}` "
                            "(takes minutes on a CPU), or press Quantize now")
+    sources.check_quantized(folder, variant.id)  # damaged since written: DamagedCheckpoint names the rebuild
     return sources.Weights(str(folder))
 
 
