@@ -184,15 +184,12 @@ def source_file(base) -> tuple[Path, str]:
                       "equals quantizing the dequantized baseline)")
     weights = sources.resolve(base)
     folder = Path(weights.location) if not weights.is_hub else _download(weights)
+    from demo import cache
+
     target = sources.quantized_dir(base, "gguf-convert", {"outtype": "f32"}) / "model-f32.gguf"
-    if not target.is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_suffix(".partial")
-        try:
+    if not cache.check(target).ok:  # missing, or damaged since: converted (again)
+        with cache.staged_file(target, f"the F32 GGUF conversion of {base.label}") as partial:
             convert_checkpoint(folder, partial)
-            partial.rename(target)  # atomic: a half-converted file never looks complete
-        finally:
-            partial.unlink(missing_ok=True)
     return target, "converted from the transformers checkpoint to F32 GGUF with llama.cpp's converter, then quantized"
 
 

@@ -98,7 +98,7 @@ def quantize_variant(config: ArenaConfig, variant_id: str) -> Path:
     if variant is None:
         raise QuantizeError(f"unknown variant '{variant_id}'; known: {', '.join(config.variants)}")
     if variant.method == "gguf" and variant.checkpoint is None:
-        return quantize_gguf_variant(config.bases[variant.base], variant.file_settings)
+        return quantize_gguf_variant(variant_id, config.bases[variant.base], variant.file_settings)
     if variant.method != "gptq" or variant.checkpoint is not None:
         raise QuantizeError(f"variant '{variant_id}' needs no quantizing here (method {variant.method}"
                             f"{', pre-quantized checkpoint' if variant.checkpoint else ''})")
@@ -117,33 +117,34 @@ def quantize_variant(config: ArenaConfig, variant_id: str) -> Path:
     return out
 
 
-def quantize_gguf_variant(base: BaseModel, file_settings: dict) -> Path:
-    """The cached folder (model.gguf, then quantize.json last) of a GGUF variant, made once."""
+def quantize_gguf_variant(variant_id: str, base: BaseModel, file_settings: dict) -> Path:
+    """The cached, sealed folder (model.gguf and quantize.json) of a GGUF variant: made once, made again
+    only when found damaged."""
     from demo import gguf
 
     out = sources.quantized_dir(base, "gguf", file_settings)
+    command = sources.quantize_command(variant_id)
     with _variant_lock:
-        if (out / sources.METADATA_FILE).is_file():
+        found = cache.check(out, rebuild_command=command)
+        if found.ok and (out / sources.METADATA_FILE).is_file():
             return out
-        if out.exists():
-            shutil.rmtree(out)  # an older, incomplete attempt
-        out.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        if found.state != "missing":
+            log.warning("remaking the GGUF file of %s: it was %s (%s)", variant_id, found.state, found.problem)
+            cache.remove(out)
+        started = time.perf_counter()
         try:
-            started = time.perf_counter()
-            made = gguf.make(base, file_settings["type"], staging / "model.gguf")
-            metadata = {"base": base.id, "base_label": base.label, "method": "gguf", "settings": file_settings,
-                        **made, "wall_time_s": round(time.perf_counter() - started, 1),
-                        "size_on_disk_mib": round(folder_mib(staging), 1), "environment": _environment()}
-            (staging / sources.METADATA_FILE).write_text(json.dumps(metadata, indent=2))  # last: marks it complete
-            staging.rename(out)
+            with cache.staged_folder(out, f"the GGUF file of {variant_id}", rebuild_command=command,
+                                     extra={"kind": "gguf"}) as staging:
+                made = gguf.make(base, file_settings["type"], staging / "model.gguf")
+                metadata = {"base": base.id, "base_label": base.label, "method": "gguf", "settings": file_settings,
+                            **made, "wall_time_s": round(time.perf_counter() - started, 1),
+                            "size_on_disk_mib": round(folder_mib(staging), 1), "environment": _environment()}
+                (staging / sources.METADATA_FILE).write_text(json.dumps(metadata, indent=2))
         except ArenaError:
             raise
         except Exception as exc:
             raise QuantizeError(f"GGUF quantization failed: {exc.__class__.__name__}: "
                                 f"{str(exc).splitlines()[0][:200] if str(exc) else ''}") from exc
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
     return out
 
 
@@ -155,14 +156,9 @@ def quantize_gguf_file(base: BaseModel, gguf_type: str, out: Path) -> dict:
         raise QuantizeError(f"output file '{out}' already exists: choose a new name")
     if not os.access(out.parent if out.parent.exists() else Path.cwd(), os.W_OK):
         raise QuantizeError(f"output folder '{out.parent}' is not writable")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f".{out.name}.partial")
-    try:
-        started = time.perf_counter()
+    started = time.perf_counter()
+    with cache.staged_file(out, f"the GGUF file {out.name}") as partial:
         made = gguf.make(base, gguf_type, partial)
-        partial.rename(out)
-    finally:
-        partial.unlink(missing_ok=True)
     return {**made, "wall_time_s": round(time.perf_counter() - started, 1),
             "size_on_disk_mib": round(out.stat().st_size / 2**20, 1)}
 

@@ -57,7 +57,9 @@ class LatencyTracker:
 
 @dataclass(frozen=True)
 class Memory:
-    memory_kind: str  # "cuda-allocated" (exact) or "cpu-rss" (approximate: mmap, allocator caching)
+    # "cuda-allocated" (exact, torch's allocator), "cpu-rss" (approximate: mmap, allocator caching) or
+    # "nvml-device" (VRAM used on the whole GPU, sampled: for runtimes that allocate outside torch)
+    memory_kind: str
     weights_mib: float  # model.get_memory_footprint()
     run_peak_mib: float  # peak growth over the pre-run baseline: allocated bytes (CUDA) or sampled RSS (CPU)
     peak_memory_mib: float  # weights_mib + run_peak_mib: this variant's own peak
@@ -66,10 +68,13 @@ class Memory:
 
 
 class MemoryTracker:
-    """Peak memory of one run: CUDA peak stats, or process RSS sampled on a background thread."""
+    """Peak memory of one run: torch's CUDA peak stats, or a figure sampled on a background thread
+    (process RSS; device-wide NVML VRAM for runtimes such as llama.cpp that allocate outside torch)."""
 
-    def __init__(self, device: str, weights_bytes: int, interval_s: float = 0.005):
+    def __init__(self, device: str, weights_bytes: int, interval_s: float = 0.005, kind: str | None = None):
         self.device, self.weights_bytes, self.interval_s = device, weights_bytes, interval_s
+        self.kind = kind or ("cuda-allocated" if device == "cuda" else "cpu-rss")
+        self._read = {"cpu-rss": self._rss, "nvml-device": _nvml_used_bytes}.get(self.kind)
         self._process = psutil.Process()
         self._stop = threading.Event()
         self._sampler: threading.Thread | None = None
@@ -78,19 +83,19 @@ class MemoryTracker:
         self.result: Memory | None = None  # set by track_memory() on exit
 
     def start(self) -> None:
-        if self.device == "cuda":
+        if self.kind == "cuda-allocated":
             import torch
 
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             self._base, self._base_reserved = torch.cuda.memory_allocated(), torch.cuda.memory_reserved()
             return
-        self._base = self._peak = self._rss()
-        self._sampler = threading.Thread(target=self._sample, name="rss-sampler", daemon=True)
+        self._base = self._peak = self._read()
+        self._sampler = threading.Thread(target=self._sample, name="memory-sampler", daemon=True)
         self._sampler.start()
 
     def stop(self) -> Memory:
-        if self.device == "cuda":
+        if self.kind == "cuda-allocated":
             import torch
 
             torch.cuda.synchronize()
@@ -101,8 +106,8 @@ class MemoryTracker:
             self._stop.set()
             if self._sampler:
                 self._sampler.join()
-            self._peak = max(self._peak, self._rss())
-            reserved, kind = None, "cpu-rss"
+            self._peak = max(self._peak, self._read())
+            reserved, kind = None, self.kind
         run_peak = max(0, self._peak - self._base) / MIB
         weights = self.weights_bytes / MIB
         return Memory(kind, weights, run_peak, weights + run_peak, reserved, self._rss() / MIB)
@@ -112,7 +117,18 @@ class MemoryTracker:
 
     def _sample(self) -> None:
         while not self._stop.wait(self.interval_s):
-            self._peak = max(self._peak, self._rss())
+            self._peak = max(self._peak, self._read())
+
+
+def _nvml_used_bytes() -> int:
+    """VRAM used on GPU 0, device-wide (NVML cannot attribute memory to a process in most containers)."""
+    import pynvml
+
+    pynvml.nvmlInit()  # reference-counted by NVML: cheap after the first call
+    try:
+        return int(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(0)).used)
+    finally:
+        pynvml.nvmlShutdown()
 
 
 @contextmanager

@@ -19,7 +19,9 @@ from tests.conftest import REPO
 
 pytest.importorskip("llama_cpp", reason="GGUF variants need llama-cpp-python (built by make install)")
 
-PROMPT = "What is the capital of France?"
+# llama.cpp's quantized matmuls also quantize the activations (to 8 bits), so even Q8_0 flips the
+# near-tie first token of "What is the capital of France?" ("The" vs "L"); this wording has no near tie.
+PROMPT = "Name the capital city of France."
 
 
 @pytest.fixture(scope="module")

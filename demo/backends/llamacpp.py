@@ -10,18 +10,20 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 
-from demo import gguf, sources
+from demo import cache, gguf, sources
 from demo.backends.base import LoadedVariant, OnToken
 from demo.backends.common import cuda_available, first_line
 from demo.config import BaseModel, Variant
-from demo.errors import NotQuantized, VariantUnavailable
+from demo.errors import DamagedCheckpoint, NotQuantized, VariantUnavailable
 from demo.generation import GenerationSettings
+from demo.trackers import MemoryTracker
 
 log = logging.getLogger(__name__)
 GGUF_FILE = "model.gguf"  # inside a folder made by demo.quantize
@@ -76,6 +78,17 @@ class LlamaCppVariant(LoadedVariant):
     def details(self) -> dict[str, Any]:
         return {"runtime": self.runtime, **self._facts}
 
+    @contextmanager
+    def track_memory(self) -> Iterator[MemoryTracker]:
+        # llama.cpp allocates GPU memory itself, out of torch's sight: on a GPU the run's growth is
+        # sampled from NVML, device-wide, and labelled so.
+        tracker = MemoryTracker(self.device, self.weights_bytes, kind="nvml-device" if self.device == "cuda" else None)
+        tracker.start()
+        try:
+            yield tracker
+        finally:
+            tracker.result = tracker.stop()
+
     def _tokens(self, prompt_ids: list[int], settings: GenerationSettings):
         """llama.cpp's own generator from a cleared context: no KV-cache prefix reuse between runs, so
         every run pays its full prompt, as the transformers variants do."""
@@ -107,9 +120,13 @@ def gguf_file(variant: Variant, base: BaseModel) -> tuple[Path, str]:
                                      f"reached ({first_line(exc)})") from None
         return Path(path), f"pre-made file from {checkpoint.repo}"
     folder = sources.quantized_dir(base, variant.method, variant.file_settings)
-    if not (folder / sources.METADATA_FILE).is_file() or not (folder / GGUF_FILE).is_file():
-        raise NotQuantized(f"not quantized yet: run `python -m demo.quantize --variant {variant.id}` (seconds for "
-                           "a small model), or press Quantize now")
+    command = sources.quantize_command(variant.id)
+    found = cache.check(folder, rebuild_command=command)
+    if found.state == "damaged":
+        raise DamagedCheckpoint(f"not quantized: its GGUF file is damaged ({found.problem}); make it again with "
+                                f"`{command}` (seconds for a small model), or press Quantize now")
+    if not found.ok or not (folder / GGUF_FILE).is_file():
+        raise NotQuantized(f"not quantized yet: run `{command}` (seconds for a small model), or press Quantize now")
     return folder / GGUF_FILE, _origin(folder)
 
 
@@ -142,7 +159,9 @@ def load(variant: Variant, base: BaseModel) -> LlamaCppVariant:
              "threads": threads, "n_ctx": llm.n_ctx(), "gpu_layers": gpu_layers, "memory_mapped": settings["use_mmap"],
              "llama_cpp_python": _version()}
     if device == "cpu" and cuda_available():
-        facts["note"] = "runs on the CPU: this llama-cpp-python build has no GPU offload"
+        facts["note"] = ("runs on the CPU: GPU offload is opt-in (settings.n_gpu_layers), see the README"
+                         if llama_cpp.llama_supports_gpu_offload() else
+                         "runs on the CPU: this llama-cpp-python build has no GPU offload")
     loaded = LlamaCppVariant(variant, llm, tokenizer, device, _stop_ids(generation, tokenizer, llm), facts)
     loaded.generate(tokenizer("Hello")["input_ids"], GenerationSettings(max_new_tokens=2), threading.Event(),
                     lambda token_id, at_s: None)  # warm-up: faults mmap'd weights in, as for transformers
@@ -150,17 +169,21 @@ def load(variant: Variant, base: BaseModel) -> LlamaCppVariant:
 
 
 def _offload(variant: Variant) -> tuple[int, str]:
-    """GPU layers and device: all layers on a GPU where this build can offload, else the CPU."""
+    """GPU layers and device. Offloading is opt-in (settings.n_gpu_layers): measured on an H100 with torch
+    2.11 (cu130) and llama-cpp-python 0.3.36 built with CUDA, llama.cpp alone offloads and runs, but
+    once torch has initialized CUDA in the same process, loading an offloaded GGUF crashes the process
+    (segfault / "free(): invalid pointer"), whichever CUDA libraries it is pointed at. The arena's other
+    variants use torch's CUDA, so by default GGUF variants run on the CPU and their record says why."""
     import llama_cpp
 
+    layers = variant.settings.get("n_gpu_layers", 0)
     can_offload = bool(llama_cpp.llama_supports_gpu_offload()) and cuda_available()
-    if variant.device == "cuda" and not can_offload:
-        raise VariantUnavailable("not available: this variant needs a GPU, and this llama-cpp-python build has no "
-                                 "GPU offload (or no NVIDIA GPU was found)")
-    if variant.device == "cpu" or not can_offload:
+    if (variant.device == "cuda" or layers) and not can_offload:
+        raise VariantUnavailable("not available: this variant asks for a GPU, and this llama-cpp-python build has "
+                                 "no GPU offload (or no NVIDIA GPU was found)")
+    if variant.device == "cpu" or not layers:
         return 0, "cpu"
-    layers = variant.settings.get("n_gpu_layers", -1)
-    return layers, "cuda" if layers != 0 else "cpu"
+    return layers, "cuda"
 
 
 def _stop_ids(generation, tokenizer, llm) -> frozenset[int]:
