@@ -11,8 +11,9 @@ from demo import report
 
 CSV_FIELDS = ["variant", "method", "bits", "device", "status", "prompt_tokens", "new_tokens", "ttft_ms",
               "decode_tokens_per_s", "total_ms", "load_ms", "cache_hit", "weights_mib", "peak_memory_mib",
-              "memory_kind", "kl_divergence", "top1_agreement", "first_divergence_token", "quantization", "text",
-              "error"]
+              "memory_kind", "kl_divergence", "top1_agreement", "first_top1_disagreement", "scored_tokens",
+              "margin_at_disagreement", "answer_departs_at_token", "answer_departs_at_char", "quantization",
+              "text", "error"]
 
 
 def comparison(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -28,7 +29,10 @@ def csv_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for r in records:
         fid = r.get("fidelity") or {}
         row = {k: r.get(k) for k in CSV_FIELDS}
-        row.update({k: fid.get(k) for k in ("kl_divergence", "top1_agreement", "first_divergence_token")})
+        row.update({k: fid.get(k) for k in ("kl_divergence", "top1_agreement", "first_top1_disagreement",
+                                            "scored_tokens")})
+        margin = fid.get("margin_at_disagreement")
+        row["margin_at_disagreement"] = json.dumps(margin, ensure_ascii=False) if margin else None
         row["quantization"] = json.dumps(r["quantization"], sort_keys=True)
         rows.append(row)
     return rows
