@@ -5,6 +5,7 @@ agreement over the baseline's answer (top-1 is the variant's argmax against the 
 """
 
 import html
+import json
 import re
 
 import pytest
@@ -289,3 +290,12 @@ def test_divergence_view_of_a_long_answer_is_a_window():
     assert len(page) < 1500 and len(shown) < 600
     assert "(1,300 characters before)" in shown and f"({len(text) - 1700:,} more characters)" in shown
     assert page.count("word") < 60  # the baseline's text is previewed, never copied in full
+
+
+def test_the_card_carries_both_figures_under_their_names():
+    from demo import card
+
+    row = card.csv_rows([{**record(), "quantization": {}}])[0]
+    assert set(row) == set(card.CSV_FIELDS)
+    assert (row["first_top1_disagreement"], row["answer_departs_at_token"], row["answer_departs_at_char"]) == (6, 6, 30)
+    assert json.loads(row["margin_at_disagreement"])["variant_token"] == " the"
