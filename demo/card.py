@@ -14,7 +14,8 @@ from demo import report
 CSV_FIELDS = ["model", "base", "created_utc", "variant", "method", "bits", "device", "status", "prompt_tokens",
               "new_tokens", "ttft_ms", "decode_tokens_per_s", "total_ms", "load_ms", "cache_hit", "weights_mib",
               "peak_memory_mib", "memory_kind", "kl_divergence", "top1_agreement", "first_top1_disagreement",
-              "answer_departs_at_token", "answer_departs_at_char", "quantization", "text", "error"]
+              "scored_tokens", "margin_at_disagreement", "answer_departs_at_token", "answer_departs_at_char",
+              "quantization", "text", "error"]
 
 # Shared by every variant: written once at the top of the JSON document, not in each variant.
 _SHARED = ("prompt", "settings", "environment", "created_utc")
@@ -76,9 +77,11 @@ def csv_rows(records: list[dict[str, Any]], created_utc: str | None = None) -> l
     for r in records:
         fid = r.get("fidelity") or {}
         row = {k: r.get(k) for k in CSV_FIELDS}
+        margin = fid.get("margin_at_disagreement")
         row.update(model=r.get("model") or r.get("base"), created_utc=created_utc,
                    kl_divergence=fid.get("kl_divergence"), top1_agreement=fid.get("top1_agreement"),
-                   first_top1_disagreement=_first_top1_disagreement(fid),
+                   first_top1_disagreement=_first_top1_disagreement(fid), scored_tokens=fid.get("scored_tokens"),
+                   margin_at_disagreement=json.dumps(margin, ensure_ascii=False) if margin else None,
                    answer_departs_at_char=_answer_departs_at_char(r),
                    quantization=json.dumps(r["quantization"], sort_keys=True))
         rows.append(row)

@@ -11,13 +11,53 @@ MEMORY_KINDS = {
 }
 
 SUMMARY_HEADERS = ["variant", "method", "bits", "status", "new tokens", "TTFT (ms)", "decode (tok/s)",
-                   "total (ms)", "load (ms)", "weights (MiB)", "peak (MiB)"]
+                   "total (ms)", "load", "weights (MiB)", "peak (MiB)", "KL vs baseline (nats)",
+                   "top-1 agreement (%)", "own answer departs at token"]
+
+FIDELITY_HELP = (
+    "Two different questions. \"Own answer\" compares the text each variant wrote, one token at a time, "
+    "with the baseline's text: the first token where they part. \"Teacher-forced\" feeds the baseline's whole "
+    "answer through the variant in one pass and asks, at every position, whether both would pick the same most "
+    "likely next token (top-1) and how far apart their predictions are (KL divergence, in nats; 0 is identical). "
+    "They can disagree: one pass over the whole answer computes slightly different numbers than token-by-token "
+    "decoding (notably with LLM.int8), so a near tie can tip one way in one and the other way in the other; "
+    "and when sampling, each own answer follows random draws, while teacher forcing compares most likely tokens."
+)
+
+# The divergence view shows this much of the variant's text before the departure and of the departed part;
+# the rest is collapsed into a count, so a long answer is never shown twice in full.
+CONTEXT_CHARS = 200
+PREVIEW_CHARS = 80  # of the baseline's text where the variant's departs or stops
 
 
 def _num(value: float | None, digits: int = 0, unit: str = "") -> str:
     if value is None:
         return "–"
     return f"{value:,.{digits}f}{' ' + unit if unit else ''}"
+
+
+def percent_value(share: float, digits: int = 1) -> float:
+    """A share in [0, 1] as a percentage, rounded without ever reaching 100 (or 0) when it is not exactly that."""
+    step = 10 ** -digits
+    value = round(100 * share, digits)
+    if 0 < share < 1:
+        value = min(max(value, step), 100 - step)
+    return value
+
+
+def percent(share: float, digits: int = 1) -> str:
+    if share in (0, 1):
+        return f"{100 * share:.0f}%"
+    return f"{percent_value(share, digits):.{digits}f}%"
+
+
+def _percent_pair(p: float, q: float) -> tuple[str, str]:
+    """Two probabilities as percentages with the fewest decimals (up to 3) that tell them apart."""
+    for digits in range(4):
+        a, b = f"{100 * p:.{digits}f}", f"{100 * q:.{digits}f}"
+        if a != b or p == q:
+            break
+    return f"{a}%", f"{b}%"
 
 
 def load_text(record: dict[str, Any]) -> str:
@@ -39,31 +79,134 @@ def figures(record: dict[str, Any]) -> list[tuple[str, str]]:
         ("weights", _num(record.get("weights_mib"), 0, "MiB")),
         ("peak memory", _num(record.get("peak_memory_mib"), 0, "MiB")
          + (" (approx.)" if record.get("memory_kind") == "cpu-rss" else "")),
-        ("vs baseline", fidelity_text(record)),
+        ("own answer", own_answer_text(record)),
+        ("teacher-forced", teacher_forced_text(record)),
     ]
 
 
-def fidelity_text(record: dict[str, Any]) -> str:
+def _is_baseline(record: dict[str, Any]) -> bool:
+    return bool(record.get("fidelity")) and record["fidelity"]["baseline"] == record["variant"]
+
+
+def own_answer_text(record: dict[str, Any]) -> str:
+    """Whether and where the variant's own generated answer departs from the baseline's."""
     fid = record.get("fidelity")
     if not fid:
         return "–"
-    if fid["baseline"] == record["variant"]:
+    if _is_baseline(record):
+        return "this is the baseline"
+    token = record.get("answer_departs_at_token")
+    if token is None:
+        return "same as the baseline's, token for token"
+    if token == record.get("new_tokens") and token < fid["scored_tokens"]:
+        return f"departs at token {token}: stops where the baseline's goes on"
+    if token == fid["scored_tokens"]:
+        return f"departs at token {token}: goes on where the baseline's stops"
+    return f"departs at token {token}"
+
+
+def teacher_forced_text(record: dict[str, Any]) -> str:
+    """The baseline's answer fed through the variant: KL, top-1 agreement and the first top-1 disagreement."""
+    fid = record.get("fidelity")
+    if not fid:
+        return "–"
+    if _is_baseline(record):
+        return "baseline (the reference for KL and top-1)"
+    head = f"KL {fid['kl_divergence']:.3g} nats · top-1 {percent(fid['top1_agreement'])}"
+    margin = fid.get("margin_at_disagreement")
+    if fid["first_top1_disagreement"] is None or not margin:
+        return f"{head} · no top-1 disagreement"
+    return f"{head} · first top-1 disagreement at token {fid['first_top1_disagreement']}: {margin_text(margin)}"
+
+
+def margin_text(margin: dict[str, Any]) -> str:
+    """Each model's top-1 token against the other's, with its probabilities: a near tie reads as one."""
+    base, var = repr(margin["baseline_token"]), repr(margin["variant_token"])
+    b_own, b_other = _percent_pair(margin["baseline_token_p_baseline"], margin["variant_token_p_baseline"])
+    v_own, v_other = _percent_pair(margin["variant_token_p_variant"], margin["baseline_token_p_variant"])
+    tie = " (near tie)" if margin.get("near_tie") else ""
+    return f"baseline {base} {b_own} vs {var} {b_other}; variant {var} {v_own} vs {base} {v_other}{tie}"
+
+
+def fidelity_text(record: dict[str, Any]) -> str:
+    """Both fidelity figures on one line, each labelled (for a table cell or one line of text)."""
+    if not record.get("fidelity"):
+        return "–"
+    if _is_baseline(record):
         return "baseline"
-    first = fid["first_divergence_token"]
-    where = "never diverges" if first is None else f"first differs at answer token {first}"
-    return f"KL {fid['kl_divergence']:.3f} nats · top-1 {100 * fid['top1_agreement']:.0f}% · {where}"
+    return f"own answer: {own_answer_text(record)}; teacher-forced: {teacher_forced_text(record)}"
 
 
 def divergence_markdown(record: dict[str, Any]) -> str:
-    """The variant's text with the part after its first departure from the baseline's text marked."""
-    cut, text = record.get("diverges_at_char"), record.get("text") or ""
+    """The variant's text with the part after its first departure from the baseline's text marked.
+
+    Superseded by divergence_html, which keeps the text literal and windowed."""
+    cut, text = record.get("answer_departs_at_char"), record.get("text") or ""
     if cut is None:
         return ""
     return f"{html.escape(text[:cut])}<mark>{html.escape(text[cut:])}</mark>"
 
 
+def divergence_html(record: dict[str, Any], baseline_text: str) -> str:
+    """Where the variant's own answer departs from the baseline's, as literal text ("" when it never does).
+
+    Everything is HTML-escaped inside a <pre> (no Markdown, blank lines kept); only a window around the
+    departure is shown: CONTEXT_CHARS before it, CONTEXT_CHARS of the departed part in <mark>, and counts
+    for the rest. A note says when one answer is a prefix of the other and shows where the baseline's goes.
+    """
+    cut, text = record.get("answer_departs_at_char"), record.get("text") or ""
+    if cut is None:
+        return ""
+    cut = min(cut, len(text))
+    start, end = max(0, cut - CONTEXT_CHARS), min(len(text), cut + CONTEXT_CHARS)
+    parts = []
+    if start:
+        parts.append(_skipped(f"… ({start:,} characters before) "))
+    parts.append(_esc(text[start:cut]))
+    if cut < len(text):
+        parts.append(f"<mark>{_esc(text[cut:end])}</mark>")
+    if end < len(text):
+        parts.append(_skipped(f" … ({len(text) - end:,} more characters)"))
+    # An HTML parser drops one newline right after <pre>: this one, so a leading blank line of the text survives.
+    view = f'<pre class="divergence" style="white-space:pre-wrap">\n{"".join(parts)}</pre>'
+    return f'<div class="divergence-view">{view}{_departure_note(text, baseline_text, cut)}</div>'
+
+
+def _departure_note(text: str, baseline_text: str, cut: int) -> str:
+    rest = baseline_text[cut:]
+    if cut >= len(text) and rest:
+        what = f"Stops early: the baseline's answer goes on for {len(rest):,} more characters"
+    elif cut >= len(text):
+        what = "The same text as the baseline's (tokenized differently)"
+    elif not rest:
+        what = "Continues past the end of the baseline's answer (marked)"
+    else:
+        what = "Departs from the baseline's answer here (marked)"
+    preview = ""
+    if rest:
+        more = " …" if len(rest) > PREVIEW_CHARS else ""
+        preview = f"; the baseline's goes on: <code>{_esc(rest[:PREVIEW_CHARS])}</code>{more}"
+    return f'<p class="divergence-note">{_esc(what)}{preview}</p>'
+
+
+def _esc(text: str) -> str:
+    return html.escape(text, quote=True)
+
+
+def _skipped(note: str) -> str:
+    return f'<span class="divergence-skipped">{_esc(note)}</span>'
+
+
+_MARKDOWN_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*_[]|~#"})
+
+
+def _md_cell(value: str) -> str:
+    """A table cell shown literally: HTML escaped, Markdown's punctuation backslash-escaped."""
+    return html.escape(value, quote=False).translate(_MARKDOWN_SPECIAL)
+
+
 def figures_markdown(record: dict[str, Any]) -> str:
-    rows = "\n".join(f"| {label} | {value} |" for label, value in figures(record))
+    rows = "\n".join(f"| {label} | {_md_cell(value)} |" for label, value in figures(record))
     return f"| figure | value |\n|---|---|\n{rows}"
 
 
@@ -73,8 +216,24 @@ def summary_rows(records: list[dict[str, Any]]) -> list[list[Any]]:
         return None if value is None else round(value, digits)
 
     return [[rec["variant"], rec["method"], rec["bits"], rec["status"], rec["new_tokens"], r(rec["ttft_ms"], 0),
-             r(rec["decode_tokens_per_s"], 1), r(rec["total_ms"], 0), r(rec["load_ms"], 1),
-             r(rec["weights_mib"], 0), r(rec["peak_memory_mib"], 0)] for rec in records]
+             r(rec["decode_tokens_per_s"], 1), r(rec["total_ms"], 0),
+             None if rec["load_ms"] is None else load_text(rec),
+             r(rec["weights_mib"], 0), r(rec["peak_memory_mib"], 0), *_fidelity_cells(rec)] for rec in records]
+
+
+def _fidelity_cells(record: dict[str, Any]) -> list[Any]:
+    """KL (nats), top-1 agreement (%), own answer's departure: None without a baseline."""
+    fid = record.get("fidelity")
+    if not fid:
+        return [None, None, None]
+    if _is_baseline(record):
+        departs = "baseline"
+    elif record.get("answer_departs_at_token") is None:
+        departs = "never (same answer)"
+    else:
+        departs = str(record["answer_departs_at_token"])
+    kl = float(f"{fid['kl_divergence']:.3g}")  # significant figures: a small KL must not read as 0
+    return [kl, percent_value(fid["top1_agreement"]), departs]
 
 
 def text_report(records: list[dict[str, Any]]) -> str:

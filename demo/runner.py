@@ -65,7 +65,11 @@ class VariantResult:
     stored: dict[str, Any] | None = None  # facts read back from the loaded weights (runtime, types, bits/weight)
     error: str | None = None
     fidelity: dict[str, Any] | None = None  # vs the base model's baseline on this prompt; None without one
-    diverges_at_char: int | None = None  # where `text` departs from the baseline's text; None if it never does
+    # Where this variant's own answer departs from the baseline's own answer (see demo.fidelity): the first
+    # differing token (the shorter length when one is a prefix of the other) and that point's character
+    # offset in `text`; None when the answers are identical or there is no baseline (then fidelity is None).
+    answer_departs_at_token: int | None = None
+    answer_departs_at_char: int | None = None
     prompt: str = ""
     settings: dict[str, Any] = field(default_factory=dict)
     environment: dict[str, Any] = field(default_factory=dict)
@@ -178,7 +182,8 @@ class Arena:
 
     def _add_fidelity(self, results: list[VariantResult], prompt: str,
                       generated: dict[str, list[int]]) -> Iterator[list[VariantResult]]:
-        """Teacher-force each base model's baseline answer through its other variants (see demo.fidelity)."""
+        """Per base model: where each variant's own answer departs from the baseline's, then the baseline's
+        answer teacher-forced through each variant (see demo.fidelity)."""
         bases = {base.id: base for base in (self.config.base_of(r.variant) for r in results)}
         for base in bases.values():
             group = [r for r in results if self.config.variants[r.variant].base == base.id]
@@ -186,7 +191,7 @@ class Arena:
             answer = generated.get(base.baseline or "")
             if reference is None or not answer:
                 continue
-            reference.fidelity = fidelity.of_baseline(base.baseline).as_dict()
+            reference.fidelity = fidelity.of_baseline(base.baseline, len(answer)).as_dict()
             scored = [r for r in group if r is not reference and r.status == "done"]
             for result in scored:
                 result.status = "scoring"
@@ -195,10 +200,13 @@ class Arena:
                 baseline_lp = self.device.call(self._answer_log_probs, base.baseline, prompt, answer)
                 for result in scored:
                     variant_lp = self.device.call(self._answer_log_probs, result.variant, prompt, answer)
+                    # The variant is loaded now (it just scored the answer): its tokenizer is at hand.
+                    token_text = self.manager.get(result.variant).loaded.tokenizer.decode
                     result.fidelity = self.device.call(fidelity.compare, base.baseline, baseline_lp, variant_lp,
-                                                       answer).as_dict()
-                    result.diverges_at_char = self._divergence_char(result.variant, generated[result.variant],
-                                                                    answer)
+                                                       token_text).as_dict()
+                    tokens = generated[result.variant]
+                    result.answer_departs_at_token = fidelity.first_difference(tokens, answer)
+                    result.answer_departs_at_char = self._divergence_char(result.variant, tokens, answer)
             except Exception:  # fidelity is extra information: a failure leaves it null, the run stands
                 log.exception("fidelity against %s failed", base.baseline)
             finally:
@@ -209,11 +217,8 @@ class Arena:
         return fidelity.answer_log_probs(self.manager.get(variant_id).loaded, prompt, answer)
 
     def _divergence_char(self, variant_id: str, tokens: list[int], answer: list[int]) -> int | None:
-        cut = fidelity.first_difference(tokens, answer)
-        if cut is None:
-            return None
         tokenizer = self.manager.get(variant_id).loaded.tokenizer
-        return len(decode_whole(tokenizer, tokens[:cut]))
+        return fidelity.departure_char(lambda ids: decode_whole(tokenizer, ids), tokens, answer)
 
     def compare_records(self, prompt: str, variant_ids: list[str], settings: GenerationSettings) -> list[dict]:
         """The final records of a comparison, as the CLI and the /compare endpoint return them."""
