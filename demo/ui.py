@@ -224,7 +224,7 @@ def build_demo(arena: Arena) -> gr.Blocks:
                 for i in range(limits.max_variants):
                     with gr.Column(visible=False, min_width=280, elem_classes=["variant-col"],
                                    elem_id=f"variant-{i}") as col:
-                        head = gr.Markdown()
+                        head = gr.Markdown(elem_classes=["variant-head"])
                         # The label is the answer box's accessible name; screen readers read it, the page hides it.
                         text = gr.Textbox(label=f"Answer {i + 1}", show_label=False, lines=8, max_lines=20,
                                           interactive=False, elem_classes=["variant-text"])
