@@ -243,3 +243,38 @@ def test_system_panel_adds_up(arena):
     assert snap.process_uss_mib is not None and 0 < snap.process_uss_mib <= snap.ram_used_mib
     text = _system_markdown(arena)
     assert "(USS)" in text and "not a cap" in text and "file-backed" in text
+
+
+def test_evaluate_table_in_words_and_percentages():
+    from demo.evaluate import VariantEvaluation
+    from demo.ui_evaluate import HEADERS, table_rows
+
+    row = table_rows([VariantEvaluation("smollm2/bnb-nf4", "smollm2/fp32", perplexity=12.3456, kl_divergence=0.04321,
+                                        top1_agreement=0.9123, runs=3, weights_mib=101.2)])[0]
+    cells = dict(zip(HEADERS, row))
+    assert cells["top1_agreement"] == "91.2%" and cells["perplexity"] == "12.35"
+    assert cells["disk_mib"] == "– (quantized at load)" and cells["ttft_ms_p50"] == "–"
+    assert all("(" in h or h in ("variant", "compared with", "timed runs") for h in HEADERS.values())
+
+
+def test_a_stopped_evaluation_starts_no_further_variant(arena):
+    import threading
+
+    from demo import evaluate
+
+    stop = threading.Event()
+    stop.set()
+    assert evaluate.evaluate(arena, ["smollm2/fp32", "smollm2/bf16"], "Some text.", stop=stop) == []
+
+
+def test_charts_keep_one_colour_per_variant_and_say_what_is_missing(tmp_path):
+    from demo import charts
+
+    order = ["b/fp32", "b/bf16", "b/nf4"]
+    assert charts.variant_colours(order)["b/nf4"] == charts.variant_colours(order + ["b/x"])["b/nf4"]
+    assert charts.short_names(["a/fp32", "b/fp32", "b/nf4"]) == {"a/fp32": "a/fp32", "b/fp32": "b/fp32",
+                                                                 "b/nf4": "nf4"}
+    rows = [{"variant": "b/fp32", "weights_mib": 500, "perplexity": 10.0, "decode_tokens_per_s_p50": 20.0},
+            {"variant": "b/nf4", "weights_mib": 100, "perplexity": 12.0, "decode_tokens_per_s_p50": None}]
+    paths = charts.write_charts(rows, tmp_path, order=order)
+    assert all(p.stat().st_size > 0 for p in paths.values())

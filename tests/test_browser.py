@@ -97,6 +97,9 @@ def test_comparison_in_the_browser(browser, app_url):
     for variant in VARIANTS:
         assert variant in table
     assert summary.locator("canvas, svg").count() >= 3
+    for chart in ("#chart-decode", "#chart-ttft", "#chart-weights"):  # charts and answers have names
+        assert page.locator(chart).get_attribute("aria-label").startswith("Bar chart: ")
+    assert page.get_by_role("textbox", name="Answer from bf16").count() == 1
     assert re.search(r"Loaded variants:.*smollm2/bnb-nf4", page.locator("#system").inner_text())
     downloads = page.locator("#downloads").inner_text().replace("\n", "")  # Gradio splits name and extension
     assert all(name in downloads for name in ("comparison.json", "comparison.csv", "comparison.md"))
@@ -156,11 +159,15 @@ def test_evaluate_tab(browser, app_url):
     page.get_by_role("tab", name="Evaluate").click()
     page.get_by_label("Timed runs per variant", exact=False).locator("xpath=..").locator("input[type=number]").first.fill("1")
     page.locator("#evaluate").click()
+    page.wait_for_function("() => document.querySelector('#evaluate').disabled", timeout=10_000)
+    assert page.locator("#evaluate-stop").is_enabled()  # Run is off and Stop is on while it runs
     page.locator("#evaluate-status").get_by_text("Done.").wait_for(timeout=300_000)
     table = page.locator("#evaluate-table").inner_text()
     assert "smollm2/fp32" in table and "smollm2/bnb-nf4" in table
     assert page.locator("img[src*='quality_vs_memory']").count() == 1
     assert page.locator("img[src*='speed_vs_memory']").count() == 1
+    assert "%" in table and "quantized at load" in table  # agreement as a percentage, an empty cell explained
+    assert page.locator("#evaluate").is_enabled() and not page.locator("#evaluate-stop").is_enabled()
     assert errors == []
 
 
