@@ -4,6 +4,7 @@ import gradio."""
 from __future__ import annotations
 
 import html
+import numbers
 import tempfile
 import threading
 import time
@@ -286,13 +287,16 @@ def build_demo(arena: Arena) -> gr.Blocks:
                 results: list[VariantResult] = []
                 for index, results in enumerate(arena.compare(prompt_text, list(variant_ids), settings, stop_event)):
                     if index == 0:
-                        yield {**view.start(results), summary: gr.update(visible=False), run: gr.update(interactive=False),
-                               fidelity_help: gr.update(visible=False), shown: [r.variant for r in results]}
+                        yield {**view.start(results), summary: gr.update(visible=False),
+                               shown: [r.variant for r in results], run: gr.update(interactive=False),
+                               fidelity_help: gr.update(visible=False)}
                         continue
                     updates = view.step(results, time.perf_counter())
                     if updates:  # nothing changed that the page shows: no update at all
                         yield updates
                 yield final_updates(view, [r.to_record() for r in results])
+            except ArenaError as exc:  # busy, or refused after validation: the same words as the API
+                raise gr.Error(str(exc)) from None
             finally:
                 stop_event.set()  # a closed stream (client gone) also ends the generation
                 with stops_lock:
@@ -342,7 +346,8 @@ def build_demo(arena: Arena) -> gr.Blocks:
         # need not hold them back; a full arena answers "busy, try again" instead of a silent wait.
         run_inputs = [prompt, variants, max_new, do_sample, temperature, top_p, seed]
         run.click(on_run, run_inputs, outputs, concurrency_id=DEVICE_QUEUE, concurrency_limit=None,
-                  api_name="run", api_visibility="undocumented")
+                  api_name="run", api_visibility="undocumented").then(
+            lambda: gr.update(interactive=True), None, run, queue=False, api_visibility="undocumented")  # after errors too
         stop.click(on_stop, None, None, queue=False, api_visibility="undocumented")
         prompt.change(None, [prompt], [prompt_count], js=COUNT_JS % limits.max_prompt_chars)
         do_sample.change(on_sample, [do_sample], [temperature, top_p, seed], queue=False,
@@ -452,17 +457,28 @@ def _summary_updates(arena: Arena, records: list[dict], table, plots, chart_note
     frame = pd.DataFrame(report.summary_rows(records), columns=report.SUMMARY_HEADERS)
     frame["status"] = [status_text(r) for r in records]
     styled = frame.style.apply(lambda column: [f"border-left: 6px solid {colours[v]}" for v in column],
-                               subset=["variant"]).format(na_rep="–", precision=1)
+                               subset=["variant"]).format(_cell, na_rep="–",
+                                                          subset=list(frame.select_dtypes("number").columns))
     done = frame[[r["status"] in ("done", "stopped") for r in records]].rename(columns=SUMMARY_COLUMN)
     done = done.assign(variant=[names[v] for v in done["variant"]])
     order = [names[r["variant"]] for r in records]
     colour_map = {names[r["variant"]]: colours[r["variant"]] for r in records}
     updates: dict = {table: styled}
     for plot, (_, y, _, _) in zip(plots, CHARTS):
+        if y not in done:  # a summary without this figure: no chart rather than a broken one
+            updates[plot] = gr.update(visible=False)
+            continue
         data = done[done[y].notna()][["variant", y]]
         updates[plot] = gr.update(value=data, sort=order, color_map=colour_map, visible=not data.empty)
     updates[chart_note] = _chart_note(records, names)
     return updates
+
+
+def _cell(value) -> str:
+    """A table number as people read it: whole numbers plain, small ones with one decimal."""
+    if isinstance(value, numbers.Integral) or abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:,.1f}"
 
 
 def _chart_note(records: list[dict], names: dict[str, str]) -> str:
