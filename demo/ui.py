@@ -347,7 +347,7 @@ def build_demo(arena: Arena) -> gr.Blocks:
         run_inputs = [prompt, variants, max_new, do_sample, temperature, top_p, seed]
         run.click(on_run, run_inputs, outputs, concurrency_id=DEVICE_QUEUE, concurrency_limit=None,
                   api_name="run", api_visibility="undocumented").then(
-            lambda: gr.update(interactive=True), None, run, queue=False, api_visibility="undocumented")  # after errors too
+            lambda: gr.update(interactive=True), None, run, queue=False, api_visibility="undocumented")  # errors too
         stop.click(on_stop, None, None, queue=False, api_visibility="undocumented")
         prompt.change(None, [prompt], [prompt_count], js=COUNT_JS % limits.max_prompt_chars)
         do_sample.change(on_sample, [do_sample], [temperature, top_p, seed], queue=False,
