@@ -16,6 +16,7 @@ import csv
 import datetime
 import json
 import sys
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -78,8 +79,10 @@ def scored_log_probs(loaded: LoadedVariant, ids: torch.Tensor) -> list[tuple[tor
 
 
 def evaluate(arena: Arena, variant_ids: list[str], text: str, runs: int = 5, max_new_tokens: int = 64,
-             progress: Progress | None = None) -> list[VariantEvaluation]:
-    """Evaluate each variant; a variant that fails gets its error and the others go on."""
+             progress: Progress | None = None, stop: threading.Event | None = None) -> list[VariantEvaluation]:
+    """Evaluate each variant; a variant that fails gets its error and the others go on.
+
+    Once `stop` is set, the variants not yet started are left out: the result holds those finished."""
     arena.validate(SPEED_PROMPT, variant_ids)
     if runs < 1:
         raise InvalidRequest(f"runs must be at least 1, got {runs}")
@@ -91,6 +94,8 @@ def evaluate(arena: Arena, variant_ids: list[str], text: str, runs: int = 5, max
     results = []
     bar = tqdm(variant_ids, desc="Evaluating variants", unit="variant")
     for index, variant_id in enumerate(bar):
+        if stop is not None and stop.is_set():
+            break
         bar.set_postfix_str(variant_id)
         base = arena.config.base_of(variant_id)
         result = VariantEvaluation(variant_id, base.baseline)

@@ -1,7 +1,10 @@
-"""The Gradio page: thin handlers over Arena; the only module besides app.py that imports gradio."""
+"""The Gradio page: thin handlers over Arena; with demo.ui_evaluate, the only modules besides app.py that
+import gradio."""
 
 from __future__ import annotations
 
+import html
+import numbers
 import tempfile
 import threading
 import time
@@ -11,48 +14,138 @@ from typing import Any, Iterator, NamedTuple
 import gradio as gr
 import pandas as pd
 
-from demo import card, evaluate, report, system
+from demo import card, charts, report, system, ui_evaluate
 from demo.errors import ArenaError
 from demo.quantize import quantize_variant
 from demo.runner import Arena, VariantResult
 
 DEVICE_QUEUE = "device"  # every model-running event shares this queue: runs never overlap on a device
 SYSTEM_REFRESH_S = 2.0
+# The streaming column's text reaches the page at most this often. Each page update costs server CPU that
+# a CPU generation shares; every 0.1 s it cost ~20% of decode speed on 2 cores, every 0.4 s under 2%.
+TEXT_INTERVAL_S = 0.4
 
+# The same words in a variant's column and in the summary table.
 STATUS_TEXT = {
     "queued": "queued",
+    "waiting": "waiting for the device: another comparison is running",
     "loading": "loading weights…",
+    "reading": "reading the prompt…",
     "generating": "generating…",
+    "scoring": "scoring fidelity…",
     "done": "done",
     "stopped": "stopped",
     "error": "not available",
 }
+FINISHED = ("done", "stopped", "error")
+
 # Bars start at zero: a truncated axis would exaggerate the differences between variants.
-PLOT_STYLE = {"y_lim": [0, None], "x_label_angle": -20, "min_width": 280}
+PLOT_STYLE = {"y_lim": [0, None], "x_label_angle": -40, "min_width": 260, "color": "variant",
+              "colors_in_legend": [], "height": 260}
+CHARTS = (  # (elem_id, y column, title, accessible name)
+    ("chart-decode", "decode (tokens/s)", "Decode speed (tokens/s, higher is faster)",
+     "Bar chart: decode speed of each variant in tokens per second; the same figures are in the summary table"),
+    ("chart-ttft", "time to first token (ms)", "Time to first token (ms, lower is faster)",
+     "Bar chart: time to first token of each variant in milliseconds; the same figures are in the summary table"),
+    ("chart-weights", "weights (MiB)", "Weights footprint (MiB, lower is smaller)",
+     "Bar chart: weights footprint of each variant in MiB; the same figures are in the summary table"),
+)
+SUMMARY_COLUMN = {"decode (tok/s)": "decode (tokens/s)", "TTFT (ms)": "time to first token (ms)"}
 
 HOW_TO_READ = """
 **How to read the figures.** Variants run one after another under one device lock, with the same
 settings (greedy unless you ask to sample with a seed) and the chat template applied.
 *Time to first token* runs from the call to `generate` to the first new token; *decode* is
-(new tokens − 1) / (last token time − first token time). *Load* is shown cold (first load, including a
-2-token warm-up) or cached. *Weights* is `get_memory_footprint()`. *Peak memory* is weights plus the
-growth during the run: on CUDA from `max_memory_allocated`, on CPU from process RSS sampled every 5 ms,
-which is approximate (mmap and allocator caching).
+(new tokens − 1) / (last token time − first token time), so an answer of 1 token has no decode rate.
+*Load* is shown cold (first load, including a 2-token warm-up) or cached. *Weights* is
+`get_memory_footprint()`. *Peak memory* is weights plus the growth during the run: on CUDA from
+`max_memory_allocated`, on CPU from process RSS sampled every 5 ms, which is approximate (mmap and
+allocator caching).
 **Slower but smaller is expected:** bitsandbytes dequantizes on the fly, so at batch 1 its int8 and 4-bit
 variants are often slower than fp16 while holding a fraction of the memory. On a CPU, timings are for
 smoke tests, not verdicts.
 """
 
+FIDELITY_GUIDE = """
+**How close is a variant to the baseline?** Both figures compare what the variant and the baseline predict
+at each position of the baseline's own answer.
+
+- **KL divergence (nats)**: how far the variant's next-token probabilities are from the baseline's,
+  averaged over the answer. 0 means identical; lower is closer.
+- **Top-1 agreement**: the share of positions where both pick the same most likely next token.
+  100% means the variant would choose exactly what the baseline chooses.
+- **Departs from the baseline**: where the variant's own answer first differs from the baseline's answer.
+  After one different token the two answers go separate ways, so a late departure matters little and an
+  early one can change the whole answer.
+
+For scale, llama.cpp's quantizations of Llama-3-8B against FP16 (wikitext-2):
+Q8_0 KL 0.0014, top-1 97.7% (hard to tell apart) · Q4_K_M KL 0.031, top-1 91.9% (small, noticeable drift) ·
+Q2_K KL 0.445, top-1 71.1% (clearly degraded). Small models such as this one usually drift more than
+an 8B model at the same number of bits.
+"""
+
+QUANTIZE_NOTE = ("**Quantize now** makes this variant's quantized checkpoint from the base model's weights "
+                 "(GPTQ: calibrated on a short text shipped with the app, then saved to the cache). It takes about "
+                 "1.5 minutes on a 2-core CPU and runs once; press Run again afterwards to compare it.")
+
 CSS = """
 .variant-col {border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 8px;}
 .variant-col table {font-size: 0.85em;}
-.variant-divergence mark {background: #fde68a; padding: 0 1px;}
+.variant-divergence mark {background: #fde68a; color: #1f2937; padding: 0 1px;}
+.variant-divergence pre {white-space: pre-wrap; word-break: break-word; max-height: 16em; overflow-y: auto;}
+.small-print, .small-print p {font-size: 0.85em;}
+input[type=checkbox]:focus-visible, input[type=checkbox]:checked:focus-visible {
+  outline: 3px solid #1e1b4b; outline-offset: 2px;}
+"""
+
+# Runs once in the browser: Ctrl+Enter in the prompt runs, and charts get accessible names (Gradio
+# offers no aria attributes; the observer re-applies them when a chart is drawn again).
+PAGE_JS = """
+() => {
+  const names = %s;
+  const apply = () => {
+    for (const [id, name] of Object.entries(names)) {
+      const el = document.getElementById(id);
+      if (el && el.getAttribute('aria-label') !== name) {
+        el.setAttribute('role', 'img');
+        el.setAttribute('aria-label', name);
+      }
+    }
+  };
+  new MutationObserver(apply).observe(document.body, {childList: true, subtree: true});
+  apply();
+  document.addEventListener('keydown', (event) => {
+    if (event.key === 'Enter' && (event.ctrlKey || event.metaKey) && event.target.closest('#prompt')) {
+      event.preventDefault();
+      document.getElementById('run')?.click();
+    }
+  }, true);
+}
+""" % {chart[0]: chart[3] for chart in CHARTS}
+
+# The live count, in the browser: no server round trip per keystroke. Counts code points, as the server does.
+COUNT_JS = """
+(text) => {
+  const n = [...(text || '')].length, limit = %d;
+  const count = `${n.toLocaleString('en-US')} / ${limit.toLocaleString('en-US')} characters`;
+  return n > limit ? `**${count}: over the limit, shorten the prompt to run it**` : count;
+}
 """
 
 
 def queue_max_size(arena: Arena) -> int:
     """Gradio's own queue limit: a backstop behind the arena's admission limit."""
     return 2 * arena.config.limits.max_pending
+
+
+def theme() -> gr.themes.Base:
+    """Soft, darkened where its text fell under WCAG's 4.5:1 contrast (white on primary_500 is 4.47:1)."""
+    return gr.themes.Soft().set(
+        button_primary_background_fill="*primary_600", button_primary_background_fill_hover="*primary_700",
+        checkbox_label_background_fill_selected="*primary_600", block_label_text_color="*primary_700",
+        block_title_text_color="*neutral_800", block_info_text_color="*neutral_600",
+        body_text_color_subdued="*neutral_600", checkbox_border_color_focus="*primary_800",
+    )
 
 
 class _Slot(NamedTuple):
@@ -63,12 +156,27 @@ class _Slot(NamedTuple):
     text: gr.Textbox
     figures: gr.Markdown
     quantize_now: gr.Button
-    diverged: gr.Markdown
+    quantize_note: gr.Markdown
+    diverged: gr.HTML
 
 
 def launch_kwargs() -> dict[str, Any]:
-    """Theme and CSS go to launch() in Gradio 6."""
-    return {"theme": gr.themes.Soft(), "css": CSS, "footer_links": ["api", "gradio"]}
+    """Theme, CSS and JS go to launch() in Gradio 6."""
+    return {"theme": theme(), "css": CSS, "js": PAGE_JS, "footer_links": ["api", "gradio"]}
+
+
+def status_text(rec: dict) -> str:
+    """A record's status in words, as its column and the summary show it."""
+    status = rec.get("status")
+    words = STATUS_TEXT.get(status, str(status))
+    if status == "waiting" and rec.get("queue_ahead"):
+        ahead = rec["queue_ahead"]
+        words += f" ({ahead} comparison{'s' if ahead != 1 else ''} ahead of this one)"
+    elif status == "reading" and rec.get("prompt_tokens"):
+        words = f"reading the prompt ({rec['prompt_tokens']:,} tokens)…"
+    if rec.get("truncated") and status in ("done", "stopped"):
+        words += f" · cut at {rec['new_tokens']} tokens"
+    return words
 
 
 def build_demo(arena: Arena) -> gr.Blocks:
@@ -77,61 +185,72 @@ def build_demo(arena: Arena) -> gr.Blocks:
     stops: dict[str, threading.Event] = {}  # session -> stop event of its running comparison
     stops_lock = threading.Lock()
     choices = [(f"{v.id} — {v.label}" if v.label else v.id, v.id) for v in config.variants.values()]
-    defaults = config.generation
+    defaults, limits = config.generation, config.limits
 
     with gr.Blocks(title="Quantization Arena") as demo:
         gr.Markdown("# Quantization Arena\nOne prompt, several quantized variants of the same model, side by side: "
-                    "their answers, latency and memory.")
+                    "their answers, latency and memory, and how far each strays from the full-precision baseline.")
         notes = [f"**{b.label}.** {b.note}" for b in config.bases.values() if b.note]
-        if notes:
-            gr.Markdown("\n\n".join(notes))
+        if notes:  # closed by default: the controls stay at the top of the page
+            with gr.Accordion("About the model", open=False):
+                gr.Markdown("\n\n".join(notes), elem_classes=["small-print"])
         with gr.Tab("Compare", id="compare"):
             with gr.Row():
                 with gr.Column(scale=3):
-                    prompt = gr.Textbox(label="Prompt", lines=3, placeholder="Ask something…",
-                                        max_length=config.limits.max_prompt_chars)
+                    prompt = gr.Textbox(label="Prompt", lines=3, placeholder="Ask something…", elem_id="prompt",
+                                        info=f"Up to {limits.max_prompt_chars:,} characters · Ctrl+Enter runs")
+                    prompt_count = gr.Markdown(f"0 / {limits.max_prompt_chars:,} characters", elem_id="prompt-count",
+                                               elem_classes=["small-print"])
                     if config.examples:
                         gr.Examples([[e] for e in config.examples], inputs=[prompt], label="Examples")
                 with gr.Column(scale=2):
                     variants = gr.CheckboxGroup(choices, value=[c[1] for c in choices[:3]], label="Variants to compare",
-                                                info=f"up to {config.limits.max_variants}")
+                                                info=f"up to {limits.max_variants}")
                     with gr.Accordion("Generation settings", open=False):
-                        max_new = gr.Slider(1, config.limits.max_new_tokens, value=defaults.max_new_tokens, step=1,
+                        max_new = gr.Slider(1, limits.max_new_tokens, value=defaults.max_new_tokens, step=1,
                                             label="Max new tokens")
-                        do_sample = gr.Checkbox(False, label="Sample (default: greedy)")
-                        temperature = gr.Slider(0.05, 2.0, value=defaults.temperature, step=0.05, label="Temperature")
-                        top_p = gr.Slider(0.05, 1.0, value=defaults.top_p, step=0.05, label="Top-p")
-                        seed = gr.Number(0, precision=0, minimum=0, label="Seed (used when sampling)")
+                        do_sample = gr.Checkbox(False, label="Sample (default: greedy)",
+                                                info="Greedy always picks the most likely token; sampling draws "
+                                                     "with the seed below, the same for every variant")
+                        temperature = gr.Slider(0.05, 2.0, value=defaults.temperature, step=0.05, label="Temperature",
+                                                interactive=False)
+                        top_p = gr.Slider(0.05, 1.0, value=defaults.top_p, step=0.05, label="Top-p",
+                                          interactive=False)
+                        seed = gr.Number(0, precision=0, minimum=0, label="Seed", interactive=False)
             with gr.Row():
                 run = gr.Button("Run", variant="primary", elem_id="run")
                 stop = gr.Button("Stop", variant="stop", elem_id="stop")
             slots = []
             with gr.Row(equal_height=False):
-                for i in range(config.limits.max_variants):
+                for i in range(limits.max_variants):
                     with gr.Column(visible=False, min_width=280, elem_classes=["variant-col"],
                                    elem_id=f"variant-{i}") as col:
-                        head = gr.Markdown()
-                        text = gr.Textbox(show_label=False, lines=8, max_lines=20, interactive=False,
-                                          elem_classes=["variant-text"])
-                        diverged = gr.Markdown(elem_classes=["variant-divergence"])
+                        head = gr.Markdown(elem_classes=["variant-head"])
+                        # The label is the answer box's accessible name; screen readers read it, the page hides it.
+                        text = gr.Textbox(label=f"Answer {i + 1}", show_label=False, lines=8, max_lines=20,
+                                          interactive=False, elem_classes=["variant-text"])
+                        diverged = gr.HTML(elem_classes=["variant-divergence"])
                         figs = gr.Markdown(elem_classes=["variant-figures"])
                         quantize_now = gr.Button("Quantize now", visible=False, size="sm", elem_classes=["quantize"])
-                    slots.append(_Slot(col, head, text, figs, quantize_now, diverged))
+                        quantize_note = gr.Markdown(visible=False, elem_classes=["small-print", "quantize-note"])
+                    slots.append(_Slot(col, head, text, figs, quantize_now, quantize_note, diverged))
+            fidelity_help = gr.Markdown(getattr(report, "FIDELITY_HELP", ""), visible=False,
+                                        elem_classes=["small-print"], elem_id="fidelity-help")
+            with gr.Accordion("What the fidelity figures mean", open=False, elem_id="fidelity-guide"):
+                gr.Markdown(FIDELITY_GUIDE)
             with gr.Column(visible=False, elem_id="summary") as summary:
                 gr.Markdown("## Summary")
-                table = gr.Dataframe(headers=report.SUMMARY_HEADERS, interactive=False, wrap=True, elem_id="summary-table")
+                table = gr.Dataframe(headers=report.SUMMARY_HEADERS, interactive=False, wrap=True,
+                                     elem_id="summary-table")
                 with gr.Row():
-                    tps_plot = gr.BarPlot(x="variant", y="decode (tok/s)", title="Decode speed (tokens/s, higher is "
-                                          "faster)", sort="-y", **PLOT_STYLE)
-                    ttft_plot = gr.BarPlot(x="variant", y="TTFT (ms)", title="Time to first token (ms, lower is "
-                                           "faster)", sort="y", **PLOT_STYLE)
-                    mem_plot = gr.BarPlot(x="variant", y="weights (MiB)", title="Weights footprint (MiB)", sort="y",
-                                          **PLOT_STYLE)
+                    plots = [gr.BarPlot(x="variant", y=y, title=title, label=title, show_label=False, elem_id=eid,
+                                        **PLOT_STYLE) for eid, y, title, _ in CHARTS]
+                chart_note = gr.Markdown(elem_classes=["small-print"], elem_id="chart-note")
                 conditions = gr.Markdown()
                 downloads = gr.File(label="Download this comparison: JSON, CSV, Markdown card",
                                     file_count="multiple", interactive=False, elem_id="downloads")
         with gr.Tab("Evaluate", id="evaluate"):
-            _evaluate_tab(arena, choices)
+            ui_evaluate.build_tab(arena, choices, DEVICE_QUEUE)
         with gr.Accordion("System", open=True):
             system_md = gr.Markdown(elem_id="system")
         gr.Markdown(HOW_TO_READ)
@@ -139,30 +258,18 @@ def build_demo(arena: Arena) -> gr.Blocks:
 
         shown = gr.State([])  # variant ids in column order, for the Quantize now buttons
         slot_outputs = [c for slot in slots for c in slot]
-        outputs = [*slot_outputs, summary, table, tps_plot, ttft_plot, mem_plot, conditions, downloads, run, shown]
+        outputs = [*slot_outputs, fidelity_help, summary, table, *plots, chart_note, conditions, downloads, run,
+                   shown]
 
-        def render(results: list[VariantResult], final: bool) -> dict:
-            records = [r.to_record() for r in results]
-            updates: dict = {run: gr.update(interactive=final), shown: [r["variant"] for r in records]}
-            for i, (col, head, text, figs, quantize_now, diverged) in enumerate(slots):
-                if i >= len(records):
-                    updates[col] = gr.update(visible=False)
-                    continue
-                rec = records[i]
-                updates[col] = gr.update(visible=True)
-                updates[head] = _head_markdown(arena, rec)
-                updates[text] = rec["error"] and f"Not available — {rec['error']}" or rec["text"]
-                updates[figs] = report.figures_markdown(rec)
-                updates[diverged] = _divergence_note(arena, rec) if final else ""
-                updates[quantize_now] = gr.update(visible=final and (rec["error"] or "").startswith("not quantized"))
-            updates[summary] = gr.update(visible=final)
-            if final:
-                frame = pd.DataFrame(report.summary_rows(records), columns=report.SUMMARY_HEADERS)
-                done = frame[frame["status"].isin(["done", "stopped"])]
-                paths = card.write(records, Path(tempfile.mkdtemp(prefix="comparison-")))
-                updates.update({table: frame, tps_plot: done, ttft_plot: done, mem_plot: done,
-                                conditions: _conditions_markdown(records),
-                                downloads: [str(paths[k]) for k in ("json", "csv", "markdown")]})
+        def final_updates(view: _PageView, records: list[dict]) -> dict:
+            updates = view.final(records)
+            updates[fidelity_help] = gr.update(visible=bool(getattr(report, "FIDELITY_HELP", ""))
+                                               and any(r.get("fidelity") for r in records))
+            updates.update(_summary_updates(arena, records, table, plots, chart_note))
+            paths = card.write(records, Path(tempfile.mkdtemp(prefix="comparison-")))
+            updates.update({summary: gr.update(visible=True), conditions: _conditions_markdown(records),
+                            downloads: [str(paths[k]) for k in ("json", "csv", "markdown")],
+                            run: gr.update(interactive=True)})
             return updates
 
         def on_run(prompt_text, variant_ids, max_new_tokens, sample, temp, p, seed_value, request: gr.Request):
@@ -172,15 +279,24 @@ def build_demo(arena: Arena) -> gr.Blocks:
                 arena.validate(prompt_text, list(variant_ids or []))
             except ArenaError as exc:
                 raise gr.Error(str(exc)) from None
-            stop_event = threading.Event()
+            stop_event, view = threading.Event(), _PageView(arena, slots)
             key = request.session_hash if request else None
             with stops_lock:
                 stops[key] = stop_event
             try:
                 results: list[VariantResult] = []
-                for results in arena.compare(prompt_text, list(variant_ids), settings, stop_event):
-                    yield render(results, final=False)
-                yield render(results, final=True)
+                for index, results in enumerate(arena.compare(prompt_text, list(variant_ids), settings, stop_event)):
+                    if index == 0:
+                        yield {**view.start(results), summary: gr.update(visible=False),
+                               shown: [r.variant for r in results], run: gr.update(interactive=False),
+                               fidelity_help: gr.update(visible=False)}
+                        continue
+                    updates = view.step(results, time.perf_counter())
+                    if updates:  # nothing changed that the page shows: no update at all
+                        yield updates
+                yield final_updates(view, [r.to_record() for r in results])
+            except ArenaError as exc:  # busy, or refused after validation: the same words as the API
+                raise gr.Error(str(exc)) from None
             finally:
                 stop_event.set()  # a closed stream (client gone) also ends the generation
                 with stops_lock:
@@ -191,14 +307,15 @@ def build_demo(arena: Arena) -> gr.Blocks:
             variant_id = ids[index] if index < len(ids) else None
             if variant_id is None:
                 raise gr.Error("run a comparison first")
-            progress(0, desc=f"Quantizing {variant_id} (minutes on a CPU)…")
+            progress(0, desc=f"Quantizing {variant_id} (about 1.5 minutes on a CPU)…")
             started = time.perf_counter()
             try:
                 arena.device.call(quantize_variant, config, variant_id)
             except ArenaError as exc:
                 raise gr.Error(str(exc)) from None
-            done = f"Quantized in {time.perf_counter() - started:.0f} s: press Run again to compare it."
-            return {slots[index].text: done, slots[index].quantize_now: gr.update(visible=False)}
+            done = f"**Quantized in {time.perf_counter() - started:.0f} s:** press Run again to compare it."
+            return {slots[index].quantize_note: gr.update(value=done, visible=True),
+                    slots[index].quantize_now: gr.update(visible=False)}
 
         def on_stop(request: gr.Request):
             with stops_lock:
@@ -222,13 +339,21 @@ def build_demo(arena: Arena) -> gr.Blocks:
         def on_tick() -> str:
             return _system_markdown(arena)
 
+        def on_sample(sample: bool):
+            return [gr.update(interactive=bool(sample))] * 3
+
         # The arena admits limits.max_pending comparisons and runs them on one device thread, so Gradio
         # need not hold them back; a full arena answers "busy, try again" instead of a silent wait.
-        run.click(on_run, [prompt, variants, max_new, do_sample, temperature, top_p, seed], outputs,
-                  concurrency_id=DEVICE_QUEUE, concurrency_limit=None, api_visibility="undocumented")
+        run_inputs = [prompt, variants, max_new, do_sample, temperature, top_p, seed]
+        run.click(on_run, run_inputs, outputs, concurrency_id=DEVICE_QUEUE, concurrency_limit=None,
+                  api_name="run", api_visibility="undocumented").then(
+            lambda: gr.update(interactive=True), None, run, queue=False, api_visibility="undocumented")  # errors too
         stop.click(on_stop, None, None, queue=False, api_visibility="undocumented")
+        prompt.change(None, [prompt], [prompt_count], js=COUNT_JS % limits.max_prompt_chars)
+        do_sample.change(on_sample, [do_sample], [temperature, top_p, seed], queue=False,
+                         api_visibility="undocumented", show_progress="hidden")
         for index, slot in enumerate(slots):
-            slot.quantize_now.click(on_quantize, [gr.State(index), shown], [slot.text, slot.quantize_now],
+            slot.quantize_now.click(on_quantize, [gr.State(index), shown], [slot.quantize_note, slot.quantize_now],
                                     concurrency_id=DEVICE_QUEUE, concurrency_limit=None,
                                     api_visibility="undocumented")
         gr.api(compare, api_name="compare", concurrency_id=DEVICE_QUEUE, concurrency_limit=None)
@@ -237,46 +362,132 @@ def build_demo(arena: Arena) -> gr.Blocks:
     return demo
 
 
-def _evaluate_tab(arena: Arena, choices: list[tuple[str, str]]) -> None:
-    """The same evaluation as `python -m demo.evaluate`, on chosen variants, with its table and charts."""
-    gr.Markdown("Perplexity on a held-out text, KL divergence and top-1 agreement against the base model's "
-                "baseline, decode speed and memory: the same measurement as `python -m demo.evaluate`. "
-                "A few minutes on a CPU.")
-    baselines = {b.baseline for b in arena.config.bases.values()}
-    picked = [c[1] for c in choices if c[1] in baselines] + [c[1] for c in choices if "nf4" in c[1]][:1]
-    with gr.Row():
-        ids = gr.CheckboxGroup(choices, value=picked, label="Variants to evaluate", scale=3)
-        with gr.Column(scale=1):
-            runs = gr.Slider(1, 10, value=3, step=1, label="Timed runs per variant (after one warm-up)")
-            new_tokens = gr.Slider(8, 128, value=32, step=8, label="New tokens per timed run")
-    start = gr.Button("Evaluate", variant="primary", elem_id="evaluate")
-    status = gr.Markdown(elem_id="evaluate-status")
-    table = gr.Dataframe(headers=evaluate.FIELDS, interactive=False, wrap=True, elem_id="evaluate-table")
-    with gr.Row():
-        quality_chart = gr.Image(label="Quality against memory", type="filepath", interactive=False)
-        speed_chart = gr.Image(label="Speed against memory", type="filepath", interactive=False)
-    files = gr.File(label="results.json, results.csv, results.md", file_count="multiple", interactive=False)
+class _PageView:
+    """What the columns last showed, so that each snapshot sends only what changed: the streaming column's
+    status and, at most every TEXT_INTERVAL_S, its text; a column's figures once, when it finishes."""
 
-    def on_evaluate(variant_ids, run_count, max_new_tokens, progress=gr.Progress()):
-        text = evaluate.EVALUATION_FILE.read_text(encoding="utf-8")
-        try:
-            results = evaluate.evaluate(arena, list(variant_ids or []), text, int(run_count), int(max_new_tokens),
-                                        progress=lambda fraction, message: progress(fraction, desc=message))
-        except ArenaError as exc:
-            raise gr.Error(str(exc)) from None
-        out = Path(tempfile.mkdtemp(prefix="evaluate-"))
-        paths = evaluate.write_outputs(results, arena, out, evaluate.conditions(evaluate.EVALUATION_FILE,
-                                                                                 int(run_count), int(max_new_tokens)))
-        rows = [[getattr(r, f) for f in evaluate.FIELDS] for r in results]
-        errors = [f"{r.variant}: {r.error}" for r in results if r.error]
-        note = paths["markdown"].read_text().split("\n\n", 1)[-1].strip()
-        return {status: ("**Done.** " + note + ("  \n" + "  \n".join(errors) if errors else "")),
-                table: pd.DataFrame(rows, columns=evaluate.FIELDS), quality_chart: str(paths["quality_chart"]),
-                speed_chart: str(paths["speed_chart"]),
-                files: [str(paths[k]) for k in ("json", "csv", "markdown")]}
+    def __init__(self, arena: Arena, slots: list[_Slot]):
+        self.arena, self.slots = arena, slots
+        self.heads: dict[int, str] = {}
+        self.texts: dict[int, tuple[str, float]] = {}  # index -> (text shown, when)
+        self.finished: set[int] = set()
 
-    start.click(on_evaluate, [ids, runs, new_tokens], [status, table, quality_chart, speed_chart, files],
-                concurrency_id=DEVICE_QUEUE, concurrency_limit=None, api_visibility="undocumented")
+    def start(self, results: list[VariantResult]) -> dict:
+        """The first snapshot: show the chosen columns, empty, and hide the rest."""
+        self.heads, self.texts, self.finished = {}, {}, set()
+        updates: dict = {}
+        for i, slot in enumerate(self.slots):
+            if i >= len(results):
+                updates[slot.column] = gr.update(visible=False)
+                continue
+            rec = results[i].to_record()
+            variant = self.arena.config.variants[rec["variant"]]
+            self.heads[i] = _head_markdown(self.arena, rec)
+            updates.update({slot.column: gr.update(visible=True), slot.head: self.heads[i],
+                            slot.text: gr.update(value="", label=f"Answer from {variant.label or variant.id}"),
+                            slot.figures: "", slot.diverged: "", slot.quantize_now: gr.update(visible=False),
+                            slot.quantize_note: gr.update(visible=False)})
+        return updates
+
+    def step(self, results: list[VariantResult], now_s: float) -> dict:
+        updates: dict = {}
+        for i, result in enumerate(results[:len(self.slots)]):
+            slot, rec = self.slots[i], None
+            if i in self.finished and result.status in FINISHED:
+                continue
+            if result.status in FINISHED:
+                rec = result.to_record()
+                self.finished.add(i)
+                updates.update(self._column_end(i, rec))
+            elif self._text_due(i, result, now_s):
+                updates[slot.text] = result.text
+                self.texts[i] = (result.text, now_s)
+            head = _head_markdown(self.arena, rec or _status_fields(result))
+            if head != self.heads.get(i):
+                updates[slot.head] = self.heads[i] = head
+        return updates
+
+    def _text_due(self, i: int, result: VariantResult, now_s: float) -> bool:
+        shown, at_s = self.texts.get(i, ("", 0.0))
+        if result.text == shown:
+            return False
+        return result.status != "generating" or now_s - at_s >= TEXT_INTERVAL_S  # the last tokens: at once
+
+    def _column_end(self, i: int, rec: dict) -> dict:
+        slot = self.slots[i]
+        self.texts[i] = (rec["text"], float("inf"))
+        return {slot.text: _answer_text(rec), slot.figures: report.figures_markdown(rec),
+                slot.quantize_now: gr.update(visible=_offers_quantize(rec)),
+                slot.quantize_note: gr.update(value=QUANTIZE_NOTE, visible=_offers_quantize(rec))}
+
+    def final(self, records: list[dict]) -> dict:
+        """Fidelity arrives after the last column: each column's figures and divergence view, once more."""
+        baseline_texts = {r["variant"]: r["text"] for r in records}
+        updates: dict = {}
+        for i, rec in enumerate(records[:len(self.slots)]):
+            slot = self.slots[i]
+            if i not in self.finished:
+                updates.update(self._column_end(i, rec))
+            updates[slot.head] = _head_markdown(self.arena, rec)
+            updates[slot.figures] = report.figures_markdown(rec)
+            baseline = self.arena.config.base_of(rec["variant"]).baseline
+            updates[slot.diverged] = _divergence_html(self.arena, rec, baseline_texts.get(baseline))
+        return updates
+
+
+def _status_fields(result: VariantResult) -> dict:
+    """The few fields a column's heading reads, without copying the whole record on every snapshot."""
+    return {"variant": result.variant, "method": result.method, "bits": result.bits, "device": result.device,
+            "status": result.status, "prompt_tokens": result.prompt_tokens, "new_tokens": result.new_tokens,
+            "queue_ahead": getattr(result, "queue_ahead", None), "truncated": getattr(result, "truncated", False)}
+
+
+def _answer_text(rec: dict) -> str:
+    return f"Not available — {rec['error']}" if rec.get("error") else rec["text"]
+
+
+def _offers_quantize(rec: dict) -> bool:
+    return (rec.get("error") or "").startswith("not quantized")
+
+
+def _summary_updates(arena: Arena, records: list[dict], table, plots, chart_note) -> dict:
+    """The table and the charts: the columns' order, one colour per variant, gaps said in words."""
+    colours = charts.variant_colours(list(arena.config.variants))
+    names = charts.short_names([r["variant"] for r in records])
+    frame = pd.DataFrame(report.summary_rows(records), columns=report.SUMMARY_HEADERS)
+    frame["status"] = [status_text(r) for r in records]
+    styled = frame.style.apply(lambda column: [f"border-left: 6px solid {colours[v]}" for v in column],
+                               subset=["variant"]).format(_cell, na_rep="–",
+                                                          subset=list(frame.select_dtypes("number").columns))
+    done = frame[[r["status"] in ("done", "stopped") for r in records]].rename(columns=SUMMARY_COLUMN)
+    done = done.assign(variant=[names[v] for v in done["variant"]])
+    order = [names[r["variant"]] for r in records]
+    colour_map = {names[r["variant"]]: colours[r["variant"]] for r in records}
+    updates: dict = {table: styled}
+    for plot, (_, y, _, _) in zip(plots, CHARTS):
+        if y not in done:  # a summary without this figure: no chart rather than a broken one
+            updates[plot] = gr.update(visible=False)
+            continue
+        data = done[done[y].notna()][["variant", y]]
+        updates[plot] = gr.update(value=data, sort=order, color_map=colour_map, visible=not data.empty)
+    updates[chart_note] = _chart_note(records, names)
+    return updates
+
+
+def _cell(value) -> str:
+    """A table number as people read it: whole numbers plain, small ones with one decimal."""
+    if isinstance(value, numbers.Integral) or abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:,.1f}"
+
+
+def _chart_note(records: list[dict], names: dict[str, str]) -> str:
+    one_token = [names[r["variant"]] for r in records if r["status"] in ("done", "stopped")
+                 and r.get("decode_tokens_per_s") is None]
+    if not one_token:
+        return ""
+    return (f"No decode rate for {', '.join(one_token)}: an answer of one token has no decode phase to time "
+            "(decode counts the tokens after the first), so it is left out of the decode chart.")
 
 
 def _whole(value: Any) -> Any:
@@ -291,19 +502,23 @@ def _head_markdown(arena: Arena, rec: dict) -> str:
     label = variant.label or variant.id
     device = rec.get("device") or "…"
     return (f"### {label}\n`{rec['variant']}` · {rec['method']} · {rec['bits']}-bit · {device}  \n"
-            f"**{STATUS_TEXT.get(rec['status'], rec['status'])}**")
+            f"**{status_text(rec)}**")
 
 
-def _divergence_note(arena: Arena, rec: dict) -> str:
-    """Where this answer departs from the baseline's (marked), or why there is no comparison."""
+def _divergence_html(arena: Arena, rec: dict, baseline_text: str | None) -> str:
+    """Where this answer departs from the baseline's (marked, as literal text), or why there is no comparison."""
     baseline = arena.config.base_of(rec["variant"]).baseline
     if rec["status"] != "done" or baseline is None or baseline == rec["variant"]:
         return ""
     if rec.get("fidelity") is None:
-        return f"*Tick `{baseline}` too to see how far this answer strays from the baseline.*"
-    marked = report.divergence_markdown(rec)
-    return (f"**Departs from the baseline's answer here:** {marked}" if marked
-            else "*Same answer as the baseline, token for token.*")
+        return f"<p><em>Tick <code>{html.escape(baseline)}</code> too to see how far this answer strays from " \
+               "the baseline.</em></p>"
+    if hasattr(report, "divergence_html"):
+        return report.divergence_html(rec, baseline_text or "")
+    if rec.get("diverges_at_char") is None:
+        return "<p><em>Same answer as the baseline, token for token.</em></p>"
+    return (f"<p><strong>Departs from the baseline's answer here:</strong></p>"
+            f"<pre>{report.divergence_markdown(rec)}</pre>")
 
 
 def _conditions_markdown(records: list[dict]) -> str:
@@ -319,13 +534,21 @@ def _conditions_markdown(records: list[dict]) -> str:
 def _system_markdown(arena: Arena) -> str:
     snap = system.snapshot(arena.environment()["device_name"])
     manager = arena.manager
+    process = (f"**This process:** {snap.process_uss_mib:,.0f} MiB of its own memory (USS) · "
+               f"{snap.process_rss_mib:,.0f} MiB resident (RSS)" if snap.process_uss_mib is not None
+               else f"**This process:** {snap.process_rss_mib:,.0f} MiB resident (RSS)")
     lines = [f"**Device:** {snap.device}",
-             f"**Process RAM (RSS):** {snap.process_rss_mib:,.0f} MiB · **machine RAM used:** "
-             f"{snap.ram_used_mib:,.0f} / {snap.ram_total_mib:,.0f} MiB"]
+             process,
+             f"**Machine RAM in use:** {snap.ram_used_mib:,.0f} of {snap.ram_total_mib:,.0f} MiB"]
     if snap.gpu:
         lines.append(f"**VRAM used (device-wide, NVML):** {snap.gpu.used_mib:,.0f} / {snap.gpu.total_mib:,.0f} MiB "
                      f"· driver {snap.gpu.driver}")
     loaded = manager.loaded_ids()
     lines.append(f"**Loaded variants:** {', '.join(loaded) if loaded else 'none yet (loaded on first use)'} · "
-                 f"{manager.resident_mib():,.0f} / {manager.budget_mib:,.0f} MiB budget")
+                 f"weights {manager.resident_mib():,.0f} of a {manager.budget_mib:,.0f} MiB budget")
+    lines.append("<small>USS counts the pages only this process holds (freed if it exits). RSS also counts "
+                 "file-backed pages it has mapped, such as memory-mapped weights and libraries, which the "
+                 "machine figure leaves out as reclaimable cache; so RSS can exceed the machine's RAM in use. "
+                 "The budget is how much model weights the app keeps loaded between comparisons (least recently "
+                 "used variants are unloaded past it), not a cap on the process's RAM.</small>")
     return "  \n".join(lines)

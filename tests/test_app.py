@@ -139,3 +139,142 @@ def test_broken_models_file_stops_start_up(tmp_path):
     assert out.returncode == 1
     assert out.stderr.strip() == f"error: {bad}: variant 'v': field 'method': unknown method 'int3' " \
                                  "(allowed: fp32, fp16, bf16, bnb-int8, bnb-4bit, gptq)"
+
+
+# The page's own Run event (api_name "run", undocumented), as the browser calls it.
+RUN_ARGS = (False, 0.7, 0.9, 0)  # do_sample, temperature, top_p, seed
+
+
+def page_outputs(client, values) -> dict:
+    """The Run event's output values by what they are: {"head": [...], "figures": [...], "table": ..., ...}."""
+    fn = next(i for i, e in client.endpoints.items() if e.api_name == "/run")
+    endpoint = client.endpoints[fn]
+    ids = [cid for cid, kind in zip(endpoint.dependency["outputs"], endpoint.output_component_types)
+           if not kind.skip]
+    components = {c["id"]: c for c in client.config["components"]}
+    named: dict = {}
+    for cid, value in zip(ids, values):
+        props = components[cid]["props"]
+        classes = props.get("elem_classes") or []
+        name = next((c.removeprefix("variant-") for c in classes if c.startswith("variant-")), None) \
+            or props.get("elem_id") or components[cid]["type"]
+        named.setdefault(name, []).append(value)
+    return named
+
+
+def shown(value) -> bool:
+    """A value the page renders (not an 'unchanged' marker)."""
+    return not (isinstance(value, dict) and value.get("__type__") == "update" and "value" not in value)
+
+
+def test_page_streams_only_what_changed(client):
+    """Each column's figures reach the page when it ends (and once more with fidelity), not on every snapshot."""
+    job = client.submit("Write a short story about a lighthouse keeper.", ["smollm2/fp32", "smollm2/bf16"], 48,
+                        *RUN_ARGS, api_name="/run")
+    job.result(timeout=600)
+    messages = [page_outputs(client, values) for values in job.outputs()]
+    for column in (0, 1):
+        carried = [m for m in messages if shown(m["figures"][column]) and m["figures"][column]]
+        assert len(carried) <= 2, f"column {column}'s figures were sent {len(carried)} times"
+    assert [shown(m["summary-table"][0]) for m in messages].count(True) == 1  # the summary, once, at the end
+    assert shown(messages[-1]["summary-table"][0])
+
+
+def test_status_words_match_between_column_and_summary(client):
+    from demo.ui import STATUS_TEXT
+
+    ids = ["smollm2/bf16", "smollm2/gptq-4bit"]  # no GPTQ checkpoint in a fresh cache: "not available"
+    values = client.predict("What is the capital of France?", ids, 8, *RUN_ARGS, api_name="/run")
+    named = page_outputs(client, values)
+    table = named["summary-table"][0]
+    statuses = [row[table["headers"].index("status")] for row in table["data"]]
+    for head, status in zip(named["head"], statuses):
+        assert status in STATUS_TEXT.values() or status.startswith(("done", "stopped"))
+        assert f"**{status}**" in head
+    assert statuses[1] == "not available"
+
+
+def test_status_text_for_every_stage():
+    from demo.ui import status_text
+
+    assert status_text({"status": "waiting", "queue_ahead": 2}) == \
+        "waiting for the device: another comparison is running (2 comparisons ahead of this one)"
+    assert status_text({"status": "reading", "prompt_tokens": 4321}) == "reading the prompt (4,321 tokens)…"
+    assert status_text({"status": "scoring"}) == "scoring fidelity…"
+    assert status_text({"status": "done", "truncated": True, "new_tokens": 64}) == "done · cut at 64 tokens"
+    assert status_text({"status": "error"}) == "not available"
+
+
+def test_over_limit_prompt_is_refused_with_the_api_message(client):
+    from gradio_client.exceptions import AppError
+
+    long_prompt = "word " * 5000  # 25,000 characters
+    messages = []
+    for api_name, args in (("/run", (long_prompt, ["smollm2/bf16"], 8, *RUN_ARGS)),
+                           ("/compare", (long_prompt, ["smollm2/bf16"], 8))):
+        with pytest.raises(AppError) as info:
+            client.predict(*args, api_name=api_name)
+        messages.append(str(info.value))
+    assert "the prompt has 25,000 characters; the limit is 20,000" in messages[0]
+    assert messages[0] == messages[1]
+
+
+def test_one_token_answer_has_no_decode_bar(client):
+    values = client.predict("What is the capital of France?", ["smollm2/bf16", "smollm2/fp32"], 1, *RUN_ARGS,
+                            api_name="/run")
+    named = page_outputs(client, values)
+    assert named["chart-decode"][0]["visible"] is False  # no bar and no "undefined" axis
+    assert "No decode rate for bf16, fp32" in named["chart-note"][0]
+
+
+def test_sampling_controls_follow_the_sample_box(client):
+    components = {c["props"].get("label"): c["props"] for c in client.config["components"]}
+    for label in ("Temperature", "Top-p", "Seed"):
+        assert components[label]["interactive"] is False, label
+    assert "max_length" not in components["Prompt"] or components["Prompt"]["max_length"] is None
+    assert "20,000 characters" in components["Prompt"]["info"]
+
+
+def test_system_panel_adds_up(arena):
+    from demo import system
+    from demo.ui import _system_markdown
+
+    snap = system.snapshot("cpu")
+    assert snap.process_uss_mib is not None and 0 < snap.process_uss_mib <= snap.ram_used_mib
+    text = _system_markdown(arena)
+    assert "(USS)" in text and "not a cap" in text and "file-backed" in text
+
+
+def test_evaluate_table_in_words_and_percentages():
+    from demo.evaluate import VariantEvaluation
+    from demo.ui_evaluate import HEADERS, table_rows
+
+    row = table_rows([VariantEvaluation("smollm2/bnb-nf4", "smollm2/fp32", perplexity=12.3456, kl_divergence=0.04321,
+                                        top1_agreement=0.9123, runs=3, weights_mib=101.2)])[0]
+    cells = dict(zip(HEADERS, row))
+    assert cells["top1_agreement"] == "91.2%" and cells["perplexity"] == "12.35"
+    assert cells["disk_mib"] == "– (quantized at load)" and cells["ttft_ms_p50"] == "–"
+    assert all("(" in h or h in ("variant", "compared with", "timed runs") for h in HEADERS.values())
+
+
+def test_a_stopped_evaluation_starts_no_further_variant(arena):
+    import threading
+
+    from demo import evaluate
+
+    stop = threading.Event()
+    stop.set()
+    assert evaluate.evaluate(arena, ["smollm2/fp32", "smollm2/bf16"], "Some text.", stop=stop) == []
+
+
+def test_charts_keep_one_colour_per_variant_and_say_what_is_missing(tmp_path):
+    from demo import charts
+
+    order = ["b/fp32", "b/bf16", "b/nf4"]
+    assert charts.variant_colours(order)["b/nf4"] == charts.variant_colours(order + ["b/x"])["b/nf4"]
+    assert charts.short_names(["a/fp32", "b/fp32", "b/nf4"]) == {"a/fp32": "a/fp32", "b/fp32": "b/fp32",
+                                                                 "b/nf4": "nf4"}
+    rows = [{"variant": "b/fp32", "weights_mib": 500, "perplexity": 10.0, "decode_tokens_per_s_p50": 20.0},
+            {"variant": "b/nf4", "weights_mib": 100, "perplexity": 12.0, "decode_tokens_per_s_p50": None}]
+    paths = charts.write_charts(rows, tmp_path, order=order)
+    assert all(p.stat().st_size > 0 for p in paths.values())

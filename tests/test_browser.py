@@ -82,7 +82,7 @@ def test_comparison_in_the_browser(browser, app_url):
     page.get_by_label("Prompt").fill("What is the capital of France?")
     choose(page, VARIANTS)
     page.locator("#run").click()
-    page.locator("#summary").wait_for(state="visible", timeout=180_000)
+    page.locator("#summary").wait_for(state="visible", timeout=360_000)  # three cold loads on 2 shared cores
     columns = [page.locator(f"#variant-{i}") for i in range(len(VARIANTS))]
     for column, variant in zip(columns, VARIANTS):
         assert column.is_visible()
@@ -97,6 +97,9 @@ def test_comparison_in_the_browser(browser, app_url):
     for variant in VARIANTS:
         assert variant in table
     assert summary.locator("canvas, svg").count() >= 3
+    for chart in ("#chart-decode", "#chart-ttft", "#chart-weights"):  # charts and answers have names
+        assert page.locator(chart).get_attribute("aria-label").startswith("Bar chart: ")
+    assert page.get_by_role("textbox", name="Answer from bf16").count() == 1
     assert re.search(r"Loaded variants:.*smollm2/bnb-nf4", page.locator("#system").inner_text())
     downloads = page.locator("#downloads").inner_text().replace("\n", "")  # Gradio splits name and extension
     assert all(name in downloads for name in ("comparison.json", "comparison.csv", "comparison.md"))
@@ -156,9 +159,105 @@ def test_evaluate_tab(browser, app_url):
     page.get_by_role("tab", name="Evaluate").click()
     page.get_by_label("Timed runs per variant", exact=False).locator("xpath=..").locator("input[type=number]").first.fill("1")
     page.locator("#evaluate").click()
+    page.wait_for_function("() => document.querySelector('#evaluate').disabled", timeout=10_000)
+    assert page.locator("#evaluate-stop").is_enabled()  # Run is off and Stop is on while it runs
     page.locator("#evaluate-status").get_by_text("Done.").wait_for(timeout=300_000)
     table = page.locator("#evaluate-table").inner_text()
     assert "smollm2/fp32" in table and "smollm2/bnb-nf4" in table
     assert page.locator("img[src*='quality_vs_memory']").count() == 1
     assert page.locator("img[src*='speed_vs_memory']").count() == 1
+    assert "%" in table and "quantized at load" in table  # agreement as a percentage, an empty cell explained
+    assert page.locator("#evaluate").is_enabled() and not page.locator("#evaluate-stop").is_enabled()
+    assert errors == []
+
+
+def test_over_limit_prompt_is_refused_not_cut(browser, app_url):
+    page, errors = open_page(browser, app_url)
+    box = page.get_by_label("Prompt")
+    box.fill("word " * 5000)  # a 25,000-character paste
+    assert len(box.input_value()) == 25_000  # kept whole: nothing cut silently
+    page.locator("#prompt-count").get_by_text("25,000 / 20,000 characters").wait_for(timeout=10_000)
+    box.press("Control+Enter")  # the shortcut runs, and the run is refused with the API's message
+    page.get_by_text("the prompt has 25,000 characters; the limit is 20,000").first.wait_for(timeout=30_000)
+    assert not page.locator("#variant-0").is_visible()
+    assert page.locator("#run").is_enabled()
+    assert [e for e in errors if "the limit is 20,000" not in e] == []
+
+
+def runner_reports_waiting() -> bool:
+    from dataclasses import fields
+
+    from demo.runner import VariantResult
+
+    return "queue_ahead" in {f.name for f in fields(VariantResult)}
+
+
+@pytest.mark.skipif(not runner_reports_waiting(), reason="the runner does not report a waiting status yet")
+def test_a_comparison_behind_another_says_it_is_waiting(browser, app_url):
+    from gradio_client import Client
+
+    client = Client(app_url, verbose=False)
+    other = client.submit(prompt="Write a very long story about a dragon.", variants=["smollm2/fp32"],
+                          max_new_tokens=400, api_name="/compare")
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(o and o[0]["new_tokens"] >= 1 for o in other.outputs()):
+        time.sleep(0.2)
+    page, errors = open_page(browser, app_url)
+    page.get_by_label("Prompt").fill("What is the capital of France?")
+    choose(page, ["smollm2/bf16"])
+    page.locator("#run").click()
+    column = page.locator("#variant-0")
+    column.get_by_text("waiting for the device: another comparison is running").wait_for(timeout=30_000)
+    assert "generating" not in column.inner_text()
+    other.cancel()
+    column.get_by_text("done").wait_for(timeout=120_000)
+    assert errors == []
+
+
+CONTRAST_JS = """
+(selectors) => {
+  const parse = (c) => (c.match(/[\\d.]+/g) || []).map(Number);
+  const lum = (rgb) => rgb.slice(0, 3).map((v) => {
+    v /= 255; return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4);
+  }).reduce((sum, v, i) => sum + v * [0.2126, 0.7152, 0.0722][i], 0);
+  const background = (el) => {
+    for (let e = el; e; e = e.parentElement) {
+      const c = parse(getComputedStyle(e).backgroundColor);
+      if (c.length === 3 || (c.length === 4 && c[3] > 0.5)) return c;
+    }
+    return [255, 255, 255];
+  };
+  const out = {};
+  for (const [name, selector] of Object.entries(selectors)) {
+    const el = document.querySelector(selector);
+    if (!el) { out[name] = null; continue; }
+    const [a, b] = [lum(parse(getComputedStyle(el).color)), lum(background(el))].sort((x, y) => y - x);
+    out[name] = Math.round((a + 0.05) / (b + 0.05) * 100) / 100;
+  }
+  return out;
+}
+"""
+
+
+def test_text_contrast_and_focus_ring(browser, app_url):
+    """WCAG AA: at least 4.5:1 for the named text; a checked box shows where the keyboard focus is."""
+    page, errors = open_page(browser, app_url)
+    page.locator("#system").get_by_text("Loaded variants").wait_for(timeout=30_000)
+    ratios = page.evaluate(CONTRAST_JS, {
+        "label": "#prompt [data-testid='block-info']",
+        "hint": "#prompt .info-text",
+        "count": "#prompt-count .prose",
+        "run button": "#run",
+        "checked box": "fieldset label.selected span",
+        "system note": "#system small",
+        "footer": "footer button, footer a",
+    })
+    assert all(ratio is not None and ratio >= 4.5 for ratio in ratios.values()), ratios
+    checked = page.locator("fieldset label.selected input").first
+    checked.focus()
+    page.keyboard.press("Shift+Tab")
+    page.keyboard.press("Tab")  # keyboard focus, so :focus-visible applies
+    outline = page.evaluate("() => { const s = getComputedStyle(document.activeElement); "
+                            "return [s.outlineStyle, parseFloat(s.outlineWidth)]; }")
+    assert outline[0] != "none" and outline[1] >= 2, outline
     assert errors == []
