@@ -28,6 +28,7 @@ METHOD_NAMES = {
     "bnb-int8": "bitsandbytes LLM.int8",
     "bnb-4bit": "bitsandbytes 4-bit",
     "gptq": "GPTQ",
+    "gguf": "llama.cpp GGUF",
 }
 
 # Settings (transformers' argument names, as in models.yaml) in words; any other setting reads "name=value".
@@ -44,6 +45,10 @@ _SETTING_WORDS = {
     "desc_act": lambda v: "act-order" if v else "no act-order",
     "sym": lambda v: "symmetric" if v else "asymmetric",
     "damp_percent": lambda v: f"dampening {v}",
+    "type": lambda v: f"type {v}",
+    "n_ctx": lambda v: f"context {v} tokens",
+    "use_mmap": lambda v: "memory-mapped" if v else "loaded into RAM",
+    "n_gpu_layers": lambda v: f"{v} layers on the GPU",
 }
 
 # Inline text (table cells, the header lines) is escaped character by character: every character that can
@@ -107,6 +112,8 @@ def markdown_card(records: list[dict[str, Any]], created_utc: str | None = None)
     kinds = sorted({r["memory_kind"] for r in records if r.get("memory_kind")})
     versions = ", ".join(f"{name} {env[name]}" for name in ("torch", "transformers", "bitsandbytes", "gradio")
                          if env.get(name))
+    llama = {r["stored"].get("llama_cpp_python") for r in records if (r.get("stored") or {}).get("llama_cpp_python")}
+    versions += "".join(f", llama-cpp-python {v}" for v in sorted(llama))
     lines += [f"**Conditions.** {inline(_machine(env))}" + (f"; {inline(versions)}." if versions else ".")]
     lines += [f"Peak memory = {inline(report.MEMORY_KINDS[k])}." for k in kinds]
     return "\n".join(lines) + "\n"
@@ -138,6 +145,9 @@ def quantization_text(record: dict[str, Any]) -> str:
     name = METHOD_NAMES.get(method, method)
     words = [_SETTING_WORDS.get(k, lambda v, k=k: f"{k}={v}")(v)
              for k, v in (record.get("quantization") or {}).items() if v is not None]
+    stored = record.get("stored") or {}
+    if stored.get("tensor_types"):  # a GGUF file: what it really stores, not only the type asked for
+        words.append("stored " + report.stored_text(stored))
     return f"{name}: {', '.join(words)}" if words else name
 
 

@@ -8,6 +8,8 @@ from typing import Any
 MEMORY_KINDS = {
     "cpu-rss": "weights + process RSS growth during the run (approximate: mmap and allocator caching)",
     "cuda-allocated": "weights + peak CUDA memory allocated during the run (torch.cuda.max_memory_allocated)",
+    "nvml-device": "weights + growth of the VRAM used on the whole GPU during the run (NVML, device-wide: "
+                   "llama.cpp allocates outside torch)",
 }
 
 SUMMARY_HEADERS = ["variant", "method", "bits", "status", "new tokens", "TTFT (ms)", "decode (tok/s)",
@@ -77,11 +79,20 @@ def figures(record: dict[str, Any]) -> list[tuple[str, str]]:
         ("total", _num(record.get("total_ms"), 0, "ms")),
         ("tokens", f"{_num(record.get('prompt_tokens'))} prompt → {record.get('new_tokens', 0)} new"),
         ("weights", _num(record.get("weights_mib"), 0, "MiB")),
+        *([("stored", stored_text(record["stored"]))] if (record.get("stored") or {}).get("tensor_types") else []),
         ("peak memory", _num(record.get("peak_memory_mib"), 0, "MiB")
          + (" (approx.)" if record.get("memory_kind") == "cpu-rss" else "")),
         ("own answer", own_answer_text(record)),
         ("teacher-forced", teacher_forced_text(record)),
     ]
+
+
+def stored_text(stored: dict[str, Any]) -> str:
+    """What a GGUF file really stores: effective bits per weight and tensor types (llama.cpp falls back
+    to other types where rows are not a multiple of 256 wide, so the type asked for is not the whole story)."""
+    types = ", ".join(f"{name} ×{count}" for name, count in stored["tensor_types"].items())
+    mapped = "; memory-mapped" if stored.get("memory_mapped") else ""
+    return f"{stored['weights_bits_per_weight']:.2f} bits/weight ({types}){mapped}"
 
 
 def _is_baseline(record: dict[str, Any]) -> bool:

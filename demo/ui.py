@@ -87,6 +87,29 @@ an 8B model at the same number of bits.
 QUANTIZE_NOTE = ("**Quantize now** makes this variant's quantized checkpoint from the base model's weights "
                  "(GPTQ: calibrated on a short text shipped with the app, then saved to the cache). It takes about "
                  "1.5 minutes on a 2-core CPU and runs once; press Run again afterwards to compare it.")
+QUANTIZE_NOTE_GGUF = ("**Quantize now** makes this variant's GGUF file with llama.cpp's own quantizer from the base "
+                      "model's weights and caches it. It takes seconds for this model and runs once; press Run again "
+                      "afterwards to compare it.")
+# How the variant picker groups variants: by family, the baseline first (models.yaml order within a family).
+FAMILIES = {"fp32": "transformers", "fp16": "transformers", "bf16": "transformers", "bnb-int8": "bitsandbytes",
+            "bnb-4bit": "bitsandbytes", "gptq": "GPTQ", "gguf": "llama.cpp"}
+
+
+def variant_choices(config) -> list[tuple[str, str]]:
+    """(label, id) for the picker: baselines first, then grouped by family, each label led by its family."""
+    order = list(dict.fromkeys(FAMILIES.values()))
+    baselines = {b.baseline for b in config.bases.values()}
+
+    def key(item):
+        index, variant = item
+        family = FAMILIES.get(variant.method, variant.method)
+        return (variant.id not in baselines, order.index(family) if family in order else len(order), index)
+
+    def label(variant) -> str:
+        family, text = FAMILIES.get(variant.method, variant.method), variant.label or variant.id
+        return f"{text if text.lower().startswith(family.lower()) else f'{family} · {text}'} ({variant.id})"
+
+    return [(label(v), v.id) for _, v in sorted(enumerate(config.variants.values()), key=key)]
 
 CSS = """
 .variant-col {border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 8px;}
@@ -184,7 +207,7 @@ def build_demo(arena: Arena) -> gr.Blocks:
     config = arena.config
     stops: dict[str, threading.Event] = {}  # session -> stop event of its running comparison
     stops_lock = threading.Lock()
-    choices = [(f"{v.id} — {v.label}" if v.label else v.id, v.id) for v in config.variants.values()]
+    choices = variant_choices(config)
     defaults, limits = config.generation, config.limits
 
     with gr.Blocks(title="Quantization Arena") as demo:
@@ -307,7 +330,8 @@ def build_demo(arena: Arena) -> gr.Blocks:
             variant_id = ids[index] if index < len(ids) else None
             if variant_id is None:
                 raise gr.Error("run a comparison first")
-            progress(0, desc=f"Quantizing {variant_id} (about 1.5 minutes on a CPU)…")
+            gguf = config.variants[variant_id].method == "gguf"
+            progress(0, desc=f"Quantizing {variant_id} ({'seconds' if gguf else 'about 1.5 minutes on a CPU'})…")
             started = time.perf_counter()
             try:
                 arena.device.call(quantize_variant, config, variant_id)
@@ -418,7 +442,8 @@ class _PageView:
         self.texts[i] = (rec["text"], float("inf"))
         return {slot.text: _answer_text(rec), slot.figures: report.figures_markdown(rec),
                 slot.quantize_now: gr.update(visible=_offers_quantize(rec)),
-                slot.quantize_note: gr.update(value=QUANTIZE_NOTE, visible=_offers_quantize(rec))}
+                slot.quantize_note: gr.update(value=QUANTIZE_NOTE_GGUF if rec["method"] == "gguf" else QUANTIZE_NOTE,
+                                              visible=_offers_quantize(rec))}
 
     def final(self, records: list[dict]) -> dict:
         """Fidelity arrives after the last column: each column's figures and divergence view, once more."""
