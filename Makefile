@@ -33,9 +33,9 @@ $(VENV)/.installed: requirements.txt requirements-gguf.txt
 
 # llama.cpp's HF -> GGUF converter ships in llama-cpp-python's source distribution but is not installed
 # with it; take it (and the gguf-py it imports) from the same version's sdist.
-$(CONVERTER_DIR)/convert_hf_to_gguf.py:
+$(CONVERTER_DIR)/convert_hf_to_gguf.py: requirements-gguf.txt
 	rm -rf $(VENV)/src/llama-cpp-python && mkdir -p $(VENV)/src/llama-cpp-python $(CONVERTER_DIR)
-	$(BIN)/python -m pip download --quiet --no-deps --no-binary=:all: --no-build-isolation \
+	$(BIN)/python -m pip download --quiet --no-deps --no-binary=llama-cpp-python \
 		-d $(VENV)/src/llama-cpp-python "$(LLAMA_CPP)"
 	tar -xzf $(VENV)/src/llama-cpp-python/*.tar.gz -C $(CONVERTER_DIR) --strip-components=3 --wildcards \
 		'*/vendor/llama.cpp/convert_hf_to_gguf.py' '*/vendor/llama.cpp/conversion' '*/vendor/llama.cpp/gguf-py'

@@ -113,21 +113,28 @@ def evaluate(arena: Arena, variant_ids: list[str], text: str, runs: int = 5, max
 
 
 def _quality(arena: Arena, result: VariantEvaluation, text: str, baselines: dict) -> None:
-    # All tensor math runs on the device thread: torch ops on a second thread start a second OpenMP
-    # team, which halved decode speed for everything after it (see demo.device).
-    loaded = arena.device.call(arena.manager.get, result.variant).loaded
-    ids = loaded.tokenizer(text, return_tensors="pt")["input_ids"][0]
-    reference = None
-    if result.baseline is not None:
-        if result.baseline not in baselines:
-            base_loaded = arena.device.call(arena.manager.get, result.baseline).loaded
-            baselines[result.baseline] = arena.device.call(scored_log_probs, base_loaded, ids)
-        reference = baselines[result.baseline]
-    totals = arena.device.call(_totals, loaded, ids, reference)
+    # All model work runs as one job on the device thread, in the arena's turn: torch ops on a second
+    # thread start a second OpenMP team (see demo.device), and acquiring each variant inside the job
+    # means an eviction in between (the baseline pushing the variant out of the budget) cannot leave
+    # this code holding a freed model.
+    def job() -> metrics.QualityTotals:
+        if result.baseline is not None and result.baseline not in baselines:
+            base_loaded = arena.manager.get(result.baseline).loaded
+            baselines[result.baseline] = scored_log_probs(base_loaded, _ids(base_loaded, text))
+        loaded = arena.manager.get(result.variant).loaded
+        return _totals(loaded, _ids(loaded, text), baselines.get(result.baseline) if result.baseline else None)
+
+    with arena.exclusive():
+        totals = arena.device.call(job)
+    reference = result.baseline is not None
     result.perplexity, result.scored_tokens = round(totals.perplexity, 4), totals.positions
-    if reference is not None:
+    if reference:
         result.kl_divergence = round(totals.kl_divergence, 6)
         result.top1_agreement = round(totals.top1_agreement, 4)
+
+
+def _ids(loaded: LoadedVariant, text: str) -> torch.Tensor:
+    return loaded.tokenizer(text, return_tensors="pt")["input_ids"][0]
 
 
 def _totals(loaded: LoadedVariant, ids: torch.Tensor, reference: list | None) -> metrics.QualityTotals:

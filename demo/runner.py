@@ -7,6 +7,7 @@ import math
 import re
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Iterator
 
@@ -116,8 +117,9 @@ class Arena:
             raise InvalidRequest(f"temperature must be a number in (0, 2], got {_short(temperature)}")
         if not _number_in(top_p, 0.0, 1.0, low_open=True):
             raise InvalidRequest(f"top_p must be a number in (0, 1], got {_short(top_p)}")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32):
-            raise InvalidRequest(f"seed must be a whole number from 0 to {2**32 - 1}, got {_short(seed)}")
+        # 2**32 - 1 is llama.cpp's "pick a random seed": the highest seed every runtime honours is one less
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32 - 1):
+            raise InvalidRequest(f"seed must be a whole number from 0 to {2**32 - 2}, got {_short(seed)}")
         if do_sample and seed is None:
             raise InvalidRequest("sampling needs an explicit seed, so that every variant draws the same way")
         return GenerationSettings(max_new_tokens, do_sample, float(temperature), float(top_p), seed)
@@ -175,13 +177,13 @@ class Arena:
                 for _ in self._run_one(result, prompt, settings, stop, generated):
                     yield _copy(results)
             if not stop.is_set():
-                yield from self._add_fidelity(results, prompt, generated)
+                yield from self._add_fidelity(results, prompt, generated, stop)
         finally:
             self.turns.leave(ticket)
         yield _copy(results)
 
-    def _add_fidelity(self, results: list[VariantResult], prompt: str,
-                      generated: dict[str, list[int]]) -> Iterator[list[VariantResult]]:
+    def _add_fidelity(self, results: list[VariantResult], prompt: str, generated: dict[str, list[int]],
+                      stop: threading.Event) -> Iterator[list[VariantResult]]:
         """Per base model: where each variant's own answer departs from the baseline's, then the baseline's
         answer teacher-forced through each variant (see demo.fidelity)."""
         bases = {base.id: base for base in (self.config.base_of(r.variant) for r in results)}
@@ -199,14 +201,12 @@ class Arena:
             try:
                 baseline_lp = self.device.call(self._answer_log_probs, base.baseline, prompt, answer)
                 for result in scored:
-                    variant_lp = self.device.call(self._answer_log_probs, result.variant, prompt, answer)
-                    # The variant is loaded now (it just scored the answer): its tokenizer is at hand.
-                    token_text = self.manager.get(result.variant).loaded.tokenizer.decode
-                    result.fidelity = self.device.call(fidelity.compare, base.baseline, baseline_lp, variant_lp,
-                                                       token_text).as_dict()
-                    tokens = generated[result.variant]
-                    result.answer_departs_at_token = fidelity.first_difference(tokens, answer)
-                    result.answer_departs_at_char = self._divergence_char(result.variant, tokens, answer)
+                    if stop.is_set():
+                        break
+                    result.fidelity, result.answer_departs_at_char = self.device.call(
+                        self._score, result.variant, base.baseline, baseline_lp, prompt, answer,
+                        generated[result.variant])
+                    result.answer_departs_at_token = fidelity.first_difference(generated[result.variant], answer)
             except Exception:  # fidelity is extra information: a failure leaves it null, the run stands
                 log.exception("fidelity against %s failed", base.baseline)
             finally:
@@ -216,9 +216,28 @@ class Arena:
     def _answer_log_probs(self, variant_id: str, prompt: str, answer: list[int]):
         return fidelity.answer_log_probs(self.manager.get(variant_id).loaded, prompt, answer)
 
-    def _divergence_char(self, variant_id: str, tokens: list[int], answer: list[int]) -> int | None:
-        tokenizer = self.manager.get(variant_id).loaded.tokenizer
-        return fidelity.departure_char(lambda ids: decode_whole(tokenizer, ids), tokens, answer)
+    def _score(self, variant_id: str, baseline_id: str, baseline_lp, prompt: str, answer: list[int],
+               tokens: list[int]) -> tuple[dict, int | None]:
+        """One variant's teacher-forced figures and its own answer's departure (character): one device job,
+        so the variant is acquired (and, if it was evicted meanwhile, loaded) on the device thread."""
+        loaded = self.manager.get(variant_id).loaded
+        variant_lp = fidelity.answer_log_probs(loaded, prompt, answer)
+        scored = fidelity.compare(baseline_id, baseline_lp, variant_lp, loaded.tokenizer.decode).as_dict()
+        departs = fidelity.departure_char(lambda ids: decode_whole(loaded.tokenizer, ids), tokens, answer)
+        return scored, departs
+
+    @contextmanager
+    def exclusive(self, stop: threading.Event | None = None) -> Iterator[None]:
+        """Hold the device's turn for model work that is not a comparison (quantizing, evaluation scoring),
+        so it never lands inside a comparison's measurement window."""
+        ticket = self.turns.join()
+        try:
+            while not self.turns.wait(ticket, WAIT_POLL_S):
+                if stop is not None and stop.is_set():
+                    raise Busy("stopped while waiting for the device")
+            yield
+        finally:
+            self.turns.leave(ticket)
 
     def compare_records(self, prompt: str, variant_ids: list[str], settings: GenerationSettings) -> list[dict]:
         """The final records of a comparison, as the CLI and the /compare endpoint return them."""
@@ -239,7 +258,7 @@ class Arena:
         except Exception as exc:  # anything else from a loader belongs to this variant alone
             log.exception("loading %s failed", result.variant)
             result.status, result.error = "error", _describe_failure("loading", exc)
-            self.manager.evict(result.variant)
+            self.device.call(self.manager.evict, result.variant)
             return
         loaded = acquired.loaded
         result.load_ms, result.cache_hit, result.device = acquired.load_ms, acquired.cache_hit, loaded.device
@@ -252,7 +271,7 @@ class Arena:
             log.exception("generating with %s failed", result.variant)
             result.status, result.error = "error", _describe_failure("generating", exc)
             if _is_oom(exc):
-                self.manager.evict(result.variant)
+                self.device.call(self.manager.evict, result.variant)
 
     def _generate(self, result: VariantResult, loaded: LoadedVariant, prompt: str, settings: GenerationSettings,
                   stop: threading.Event, generated: dict[str, list[int]]) -> Iterator[None]:
@@ -267,9 +286,9 @@ class Arena:
             tracker = LatencyTracker(loaded.sync)
             generation = StreamingGeneration(self.device, loaded, ids, settings)
             tracker.start(generation.started_s)
-            result.status = "reading"
-            yield
             try:
+                result.status = "reading"
+                yield  # a consumer that goes away here still reaches close() below
                 last_yield = 0.0
                 for event in generation:
                     tracker.token(event.at_s)

@@ -334,7 +334,8 @@ def build_demo(arena: Arena) -> gr.Blocks:
             progress(0, desc=f"Quantizing {variant_id} ({'seconds' if gguf else 'about 1.5 minutes on a CPU'})…")
             started = time.perf_counter()
             try:
-                arena.device.call(quantize_variant, config, variant_id)
+                with arena.exclusive():
+                    arena.device.call(quantize_variant, config, variant_id)
             except ArenaError as exc:
                 raise gr.Error(str(exc)) from None
             done = f"**Quantized in {time.perf_counter() - started:.0f} s:** press Run again to compare it."

@@ -53,6 +53,7 @@ def test_both_runtimes_stream_score_and_free_through_one_interface(arena, gguf_f
         assert "Paris" in loaded.tokenizer.decode([e.token_id for e in events])
         logits = arena.device.call(loaded.logits, ids)
         assert logits.shape == (len(ids), len(loaded.tokenizer)) and logits.dtype == torch.float32
+        assert int(logits[-1].argmax()) == events[0].token_id  # scoring and greedy generation agree
         assert loaded.weights_bytes > 0 and loaded.details()["runtime"] == loaded.runtime
         arena.manager.evict(variant_id)
         assert variant_id not in arena.manager.loaded_ids()

@@ -27,6 +27,11 @@ from demo.trackers import MemoryTracker
 
 log = logging.getLogger(__name__)
 GGUF_FILE = "model.gguf"  # inside a folder made by demo.quantize
+MIN_CONTEXT = 512  # demo.evaluate scores windows of 512 tokens
+
+
+def settings_n_ctx(variant: Variant) -> int:
+    return int(variant.settings["n_ctx"])
 
 
 class LlamaCppVariant(LoadedVariant):
@@ -38,6 +43,9 @@ class LlamaCppVariant(LoadedVariant):
 
         super().__init__(variant, tokenizer, device, int(llama_cpp.llama_model_size(llm.model)), stop_token_ids,
                          llm.n_ctx())
+        if not hasattr(llm, "_logits_all") or not hasattr(llm, "scores"):  # see logits(): pinned internals
+            raise VariantUnavailable("not available: this llama-cpp-python version lacks the internals the arena "
+                                     "scores with; install the version in requirements-gguf.txt")
         self.llm, self._facts = llm, facts
 
     def generate(self, prompt_ids: list[int], settings: GenerationSettings, stop: threading.Event,
@@ -141,12 +149,18 @@ def load(variant: Variant, base: BaseModel) -> LlamaCppVariant:
     common = {"revision": weights.revision, "trust_remote_code": base.trust_remote_code}
     try:
         tokenizer = AutoTokenizer.from_pretrained(weights.location, **common)
-        vocab_size = AutoConfig.from_pretrained(weights.location, **common).vocab_size
-        generation = GenerationConfig.from_pretrained(weights.location, **common)
+        model_config = AutoConfig.from_pretrained(weights.location, **common)
     except OSError as exc:
         raise VariantUnavailable(f"not available: the tokenizer of '{base.label}' could not be reached "
                                  f"({first_line(exc)})") from None
-    gguf.check_vocabulary(path, tokenizer, vocab_size)
+    try:
+        generation = GenerationConfig.from_pretrained(weights.location, **common)
+    except OSError:  # a checkpoint without generation_config.json: the model config's defaults
+        generation = GenerationConfig.from_model_config(model_config)
+    gguf.check_vocabulary(path, tokenizer, model_config.vocab_size)
+    if settings_n_ctx(variant) < MIN_CONTEXT:
+        raise VariantUnavailable(f"not available: n_ctx {settings_n_ctx(variant)} is below {MIN_CONTEXT} tokens, "
+                                 "the window evaluation scores")
     gpu_layers, device = _offload(variant)
     threads = torch.get_num_threads()
     settings = variant.settings
@@ -176,7 +190,7 @@ def _offload(variant: Variant) -> tuple[int, str]:
     variants use torch's CUDA, so by default GGUF variants run on the CPU and their record says why."""
     import llama_cpp
 
-    layers = variant.settings.get("n_gpu_layers", 0)
+    layers = variant.settings.get("n_gpu_layers", -1 if variant.device == "cuda" else 0)
     can_offload = bool(llama_cpp.llama_supports_gpu_offload()) and cuda_available()
     if (variant.device == "cuda" or layers) and not can_offload:
         raise VariantUnavailable("not available: this variant asks for a GPU, and this llama-cpp-python build has "

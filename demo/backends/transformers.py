@@ -82,12 +82,17 @@ class TransformersVariant(LoadedVariant):
         return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
 
 
+# A model's own generation_config.json may ask for a repetition penalty or n-gram blocking; every runtime
+# runs without them, so that answers differ only by what the variants compute.
+_PLAIN_DECODING = {"top_k": None, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0}
+
+
 def _generate_kwargs(settings: GenerationSettings) -> dict[str, Any]:
     if not settings.do_sample:
         return {"max_new_tokens": settings.max_new_tokens, "do_sample": False, "temperature": None, "top_p": None,
-                "top_k": None}
+                **_PLAIN_DECODING}
     return {"max_new_tokens": settings.max_new_tokens, "do_sample": True, "temperature": settings.temperature,
-            "top_p": settings.top_p, "top_k": None}
+            "top_p": settings.top_p, **_PLAIN_DECODING}
 
 
 class _TimestampStreamer(BaseStreamer):
