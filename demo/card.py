@@ -85,9 +85,9 @@ def csv_rows(records: list[dict[str, Any]], created_utc: str | None = None) -> l
         margin = fid.get("margin_at_disagreement")
         row.update(model=r.get("model") or r.get("base"), created_utc=created_utc,
                    kl_divergence=fid.get("kl_divergence"), top1_agreement=fid.get("top1_agreement"),
-                   first_top1_disagreement=_first_top1_disagreement(fid), scored_tokens=fid.get("scored_tokens"),
+                   first_top1_disagreement=fid.get("first_top1_disagreement"), scored_tokens=fid.get("scored_tokens"),
                    margin_at_disagreement=json.dumps(margin, ensure_ascii=False) if margin else None,
-                   answer_departs_at_char=_answer_departs_at_char(r),
+                   answer_departs_at_char=r.get("answer_departs_at_char"),
                    quantization=json.dumps(r["quantization"], sort_keys=True))
         rows.append(row)
     return rows
@@ -203,7 +203,7 @@ def _departure_text(record: dict[str, Any]) -> str | None:
     fid = record.get("fidelity")
     if not fid or fid.get("baseline") == record["variant"] or record.get("status") != "done":
         return None
-    char, token = _answer_departs_at_char(record), record.get("answer_departs_at_token")
+    char, token = record.get("answer_departs_at_char"), record.get("answer_departs_at_token")
     if char is None:
         return "same answer as the baseline"
     return "departs from the baseline's answer at " + (f"token {token}, " if token is not None else "") + \
@@ -240,15 +240,6 @@ def _joined(records: list[dict[str, Any]], *keys: str) -> str | None:
     values = [next((r[k] for k in keys if r.get(k)), None) for r in records]
     distinct = list(dict.fromkeys(v for v in values if v))
     return ", ".join(distinct) or None
-
-
-# Fidelity field names changed (first_divergence_token, diverges_at_char); read either, newest first.
-def _first_top1_disagreement(fid: dict[str, Any]) -> int | None:
-    return fid.get("first_top1_disagreement", fid.get("first_divergence_token"))
-
-
-def _answer_departs_at_char(record: dict[str, Any]) -> int | None:
-    return record.get("answer_departs_at_char", record.get("diverges_at_char"))
 
 
 def _n(value: float | None, digits: int = 0) -> str:

@@ -148,16 +148,6 @@ def fidelity_text(record: dict[str, Any]) -> str:
     return f"own answer: {own_answer_text(record)}; teacher-forced: {teacher_forced_text(record)}"
 
 
-def divergence_markdown(record: dict[str, Any]) -> str:
-    """The variant's text with the part after its first departure from the baseline's text marked.
-
-    Superseded by divergence_html, which keeps the text literal and windowed."""
-    cut, text = record.get("answer_departs_at_char"), record.get("text") or ""
-    if cut is None:
-        return ""
-    return f"{html.escape(text[:cut])}<mark>{html.escape(text[cut:])}</mark>"
-
-
 def divergence_html(record: dict[str, Any], baseline_text: str) -> str:
     """Where the variant's own answer departs from the baseline's, as literal text ("" when it never does).
 

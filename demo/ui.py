@@ -539,12 +539,7 @@ def _divergence_html(arena: Arena, rec: dict, baseline_text: str | None) -> str:
     if rec.get("fidelity") is None:
         return f"<p><em>Tick <code>{html.escape(baseline)}</code> too to see how far this answer strays from " \
                "the baseline.</em></p>"
-    if hasattr(report, "divergence_html"):
-        return report.divergence_html(rec, baseline_text or "")
-    if rec.get("diverges_at_char") is None:
-        return "<p><em>Same answer as the baseline, token for token.</em></p>"
-    return (f"<p><strong>Departs from the baseline's answer here:</strong></p>"
-            f"<pre>{report.divergence_markdown(rec)}</pre>")
+    return report.divergence_html(rec, baseline_text or "")
 
 
 def _conditions_markdown(records: list[dict]) -> str:

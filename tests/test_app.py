@@ -278,3 +278,13 @@ def test_charts_keep_one_colour_per_variant_and_say_what_is_missing(tmp_path):
             {"variant": "b/nf4", "weights_mib": 100, "perplexity": 12.0, "decode_tokens_per_s_p50": None}]
     paths = charts.write_charts(rows, tmp_path, order=order)
     assert all(p.stat().st_size > 0 for p in paths.values())
+
+
+def test_variant_picker_puts_the_baseline_first_and_groups_by_family(default_config):
+    from demo.ui import variant_choices
+
+    labels, ids = zip(*variant_choices(default_config))
+    assert ids[0] == "smollm2/fp32" and set(ids) == set(default_config.variants)
+    families = [label.split(" ")[0] for label in labels]
+    assert families == sorted(families, key=families.index)  # each family's variants stand together
+    assert labels[ids.index("smollm2/gguf-q4_k_m")] == "llama.cpp Q4_K_M (smollm2/gguf-q4_k_m)"

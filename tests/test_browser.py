@@ -72,7 +72,7 @@ def choose(page, variant_ids):
     group = page.locator("fieldset, .block").filter(has_text="Variants to compare").first
     for box in group.get_by_role("checkbox").all():
         label = box.evaluate("el => el.closest('label').innerText")
-        wanted = any(label.startswith(v + " ") or label == v for v in variant_ids)
+        wanted = any(label.strip().endswith(f"({v})") for v in variant_ids)  # "family · label (id)"
         if box.is_checked() != wanted:
             box.click()
 

@@ -37,10 +37,10 @@ def test_quantize_now(browser, tiny_app):  # noqa: F811
     page.locator("#summary").wait_for(state="visible", timeout=120_000)
     column = page.locator("#variant-1")
     assert "not quantized yet" in column.locator("textarea").input_value()
-    assert "about 1.5 minutes" in column.locator(".quantize-note").inner_text()  # explained beside the button
+    assert "about 1.5 minutes" in column.locator(".prose.quantize-note").inner_text()  # explained beside the button
     button = column.get_by_role("button", name="Quantize now")
     button.click()
-    column.locator(".quantize-note").get_by_text("Quantized in").wait_for(timeout=300_000)
+    column.locator(".prose.quantize-note").get_by_text("Quantized in").wait_for(timeout=300_000)
     assert not button.is_visible()
     page.locator("#run").click()
     page.wait_for_function("() => document.querySelector('#variant-1').innerText.includes('done')", timeout=120_000)

@@ -200,7 +200,7 @@ def test_damaged_gptq_checkpoint_names_the_rebuild_command(empty_cache, default_
 
 
 def test_unsealed_gptq_checkpoint_is_sealed_if_sound_and_rejected_if_truncated(empty_cache, default_config):
-    from demo.loading import weights_for
+    from demo.backends.transformers import weights_for
 
     variant = default_config.variants[GPTQ]
     base = default_config.bases[variant.base]

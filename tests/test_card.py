@@ -132,16 +132,12 @@ def test_model_and_date_in_all_three_files(real_records, tmp_path):
     assert "**Model:** SmolLM2-135M-Instruct · **Date:** 2025-06-01T12:34:56Z (UTC) · **Machine:** " in md
 
 
-def test_csv_reads_old_and_new_fidelity_names(real_records):
-    old, new = copy.deepcopy(real_records[1]), copy.deepcopy(real_records[1])
-    old["fidelity"]["first_divergence_token"], old["diverges_at_char"] = 3, 17
-    new["fidelity"].pop("first_divergence_token", None)
-    new.pop("diverges_at_char", None)
-    new["fidelity"]["first_top1_disagreement"] = 3
-    new.update(answer_departs_at_char=17, answer_departs_at_token=4)
-    rows = card.csv_rows([old, new])
-    assert [(r["first_top1_disagreement"], r["answer_departs_at_char"]) for r in rows] == [(3, 17), (3, 17)]
-    assert rows[1]["answer_departs_at_token"] == 4
+def test_csv_carries_both_fidelity_figures(real_records):
+    record = copy.deepcopy(real_records[1])
+    record["fidelity"]["first_top1_disagreement"] = 3
+    record.update(answer_departs_at_char=17, answer_departs_at_token=4)
+    [row] = card.csv_rows([record])
+    assert (row["first_top1_disagreement"], row["answer_departs_at_char"], row["answer_departs_at_token"]) == (3, 17, 4)
 
 
 def _parse(md):
@@ -177,11 +173,11 @@ class _Page(HTMLParser):
 def test_answer_heading_says_whether_the_answer_departs(real_records):
     fp32, nf4 = copy.deepcopy(real_records)
     nf4["status"] = "done"
-    for departs, expected in (({"diverges_at_char": None}, "same answer as the baseline"),
-                              ({"diverges_at_char": 5}, "departs from the baseline's answer at character 5"),
+    for departs, expected in (({"answer_departs_at_char": None, "answer_departs_at_token": None},
+                               "same answer as the baseline"),
                               ({"answer_departs_at_char": 5, "answer_departs_at_token": 2},
                                "departs from the baseline's answer at token 2, character 5")):
-        record = {k: v for k, v in nf4.items() if k != "diverges_at_char"} | departs
+        record = nf4 | departs
         md = card.markdown_card([fp32, record])
         assert expected in md, expected
         assert "baseline's answer" not in md.split("**smollm2/fp32**")[1].split("**smollm2/bnb")[0]

@@ -95,7 +95,7 @@ def test_prompt_longer_than_the_context_is_refused_with_the_limit(tmp_path):
     local = Arena(make_config(tmp_path, "limits: {max_prompt_chars: 100000}\n"))
     records = local.compare_records("word " * 9000, ["smollm2/bf16"], local.settings(max_new_tokens=16))
     assert records[0]["status"] == "error"
-    assert "exceeds this model's context of 8,192 tokens" in records[0]["error"]
+    assert "exceeds this variant's context of 8,192 tokens" in records[0]["error"]
     ok = local.compare_records(PROMPT, ["smollm2/bf16"], local.settings(max_new_tokens=4))
     assert ok[0]["status"] == "done"
 
