@@ -77,11 +77,17 @@ def quantize_file(src: Path, dst: Path, gguf_type: str, threads: int | None = No
         raise GgufError(f"llama.cpp could not quantize to {gguf_type} (return code {code})")
 
 
-def stored_weights(path: Path) -> StoredWeights:
-    """Tensor types, parameters and bytes as stored in a GGUF file."""
+def reader(path: Path):
+    """A parsed GGUF file (its metadata and tensor table; tensor data stays memory-mapped). Parsing a
+    49k-token vocabulary takes seconds in Python: parse once per load and pass the reader around."""
     from gguf import GGUFReader
 
-    reader = GGUFReader(str(path))
+    return GGUFReader(str(path))
+
+
+def stored_weights(path_or_reader) -> StoredWeights:
+    """Tensor types, parameters and bytes as stored in a GGUF file."""
+    reader = _reader(path_or_reader)
     types: Counter[str] = Counter()
     parameters = tensor_bytes = 0
     for tensor in reader.tensors:
@@ -92,34 +98,31 @@ def stored_weights(path: Path) -> StoredWeights:
                          round(8 * tensor_bytes / parameters, 3) if parameters else 0.0)
 
 
-def token_texts(path: Path, ids: list[int]) -> dict[int, str]:
+def token_texts(path_or_reader, ids: list[int]) -> dict[int, str]:
     """The vocabulary entries of a GGUF file for the given ids (tokenizer.ggml.tokens)."""
-    from gguf import GGUFReader
-
-    field = GGUFReader(str(path)).fields.get("tokenizer.ggml.tokens")
+    field = _reader(path_or_reader).fields.get("tokenizer.ggml.tokens")
     if field is None:
         raise GgufError("the GGUF file has no tokenizer.ggml.tokens vocabulary")
     n = len(field.data)
     return {i: bytes(field.parts[field.data[i]]).decode("utf-8", errors="replace") for i in ids if i < n}
 
 
-def vocabulary_size(path: Path) -> int:
-    from gguf import GGUFReader
-
-    field = GGUFReader(str(path)).fields.get("tokenizer.ggml.tokens")
+def vocabulary_size(path_or_reader) -> int:
+    field = _reader(path_or_reader).fields.get("tokenizer.ggml.tokens")
     return 0 if field is None else len(field.data)
 
 
-def check_vocabulary(path: Path, tokenizer, vocab_size: int) -> None:
+def check_vocabulary(path_or_reader, tokenizer, vocab_size: int) -> None:
     """Refuse a GGUF file whose vocabulary is not the base model's: every runtime gets the base
     tokenizer's ids, so a different vocabulary would silently turn them into other tokens."""
-    size = vocabulary_size(path)
+    parsed = _reader(path_or_reader)
+    size = vocabulary_size(parsed)
     if size != vocab_size:
         raise VariantUnavailable(f"not available: the GGUF file's vocabulary has {size:,} tokens but the base "
                                  f"model's has {vocab_size:,}; it was made from another model or tokenizer")
     step = max(1, len(tokenizer) // TOKEN_SAMPLE)
     ids = sorted(set(range(0, min(64, len(tokenizer)))) | set(range(0, len(tokenizer), step)))
-    theirs = token_texts(path, ids)
+    theirs = token_texts(parsed, ids)
     ours = dict(zip(ids, tokenizer.convert_ids_to_tokens(ids)))
     differ = [i for i in ids if ours.get(i) is not None and theirs.get(i) != ours[i]]
     if differ:
@@ -127,6 +130,10 @@ def check_vocabulary(path: Path, tokenizer, vocab_size: int) -> None:
         raise VariantUnavailable(f"not available: the GGUF file's vocabulary differs from the base model's "
                                  f"tokenizer at {len(differ)} of {len(ids)} sampled tokens (token {i}: "
                                  f"{theirs.get(i)!r} in the file, {ours[i]!r} in the tokenizer)")
+
+
+def _reader(path_or_reader):
+    return reader(path_or_reader) if isinstance(path_or_reader, (str, Path)) else path_or_reader
 
 
 def converter() -> Path | None:

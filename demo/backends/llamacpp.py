@@ -157,7 +157,8 @@ def load(variant: Variant, base: BaseModel) -> LlamaCppVariant:
         generation = GenerationConfig.from_pretrained(weights.location, **common)
     except OSError:  # a checkpoint without generation_config.json: the model config's defaults
         generation = GenerationConfig.from_model_config(model_config)
-    gguf.check_vocabulary(path, tokenizer, model_config.vocab_size)
+    parsed = gguf.reader(path)
+    gguf.check_vocabulary(parsed, tokenizer, model_config.vocab_size)
     if settings_n_ctx(variant) < MIN_CONTEXT:
         raise VariantUnavailable(f"not available: n_ctx {settings_n_ctx(variant)} is below {MIN_CONTEXT} tokens, "
                                  "the window evaluation scores")
@@ -167,7 +168,8 @@ def load(variant: Variant, base: BaseModel) -> LlamaCppVariant:
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=settings["n_ctx"], n_threads=threads,
                           n_threads_batch=threads, n_gpu_layers=gpu_layers, use_mmap=settings["use_mmap"],
                           logits_all=False, verbose=False)
-    stored = gguf.stored_weights(path)
+    stored = gguf.stored_weights(parsed)
+    del parsed  # its memory map of the file: llama.cpp has its own
     facts = {"gguf_type": settings.get("type"), "made_from": origin, "file_type": stored.file_type,
              "weights_bits_per_weight": stored.weights_bits_per_weight, "tensor_types": stored.tensor_types,
              "threads": threads, "n_ctx": llm.n_ctx(), "gpu_layers": gpu_layers, "memory_mapped": settings["use_mmap"],
