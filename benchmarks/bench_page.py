@@ -1,7 +1,9 @@
 """make bench, second part: the page's own Run event against the /compare API, in one process.
 
-The app is launched in-process; both paths are called through gradio_client on the same loaded
-variant, same prompt and settings, interleaved (page then API, alternating which goes first). The
+The app runs as its own process (python app.py, as deployed), so the client's parsing of what the
+page streams is not counted against the server, as a browser's is not; both paths are called through
+gradio_client on the same loaded variant, same prompt and settings, interleaved (page then API,
+alternating which goes first). The
 page's decode rate is read from the summary table its last update carries, so every update the page
 streams while generating is paid for, as a browser would get it. Writes results/bench_page.json with
 the page/API ratio of medians (target: at least 0.95, i.e. the page costs under 5% of decode speed).
@@ -10,10 +12,15 @@ the page/API ratio of medians (target: at least 0.95, i.e. the page costs under 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import socket
 import statistics
+import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -21,8 +28,6 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from demo import ui  # noqa: E402
-from demo.config import load_config  # noqa: E402
-from demo.runner import Arena  # noqa: E402
 
 PROMPT = "Write a short story about a lighthouse keeper."
 TARGET_RATIO = 0.95
@@ -36,12 +41,42 @@ def page_decode_tokens_per_s(client, variant_id: str, max_new_tokens: int) -> fl
     return float(table["data"][0][column])
 
 
-def api_decode_tokens_per_s(client, variant_id: str, max_new_tokens: int) -> float:
+def _record(client, variant_id: str, max_new_tokens: int) -> dict:
     [record] = client.predict(prompt=PROMPT, variants=[variant_id], max_new_tokens=max_new_tokens,
                               api_name="/compare")
     if record["error"]:
         raise RuntimeError(f"{variant_id}: {record['error']}")
-    return record["decode_tokens_per_s"]
+    return record
+
+
+def api_decode_tokens_per_s(client, variant_id: str, max_new_tokens: int) -> float:
+    return _record(client, variant_id, max_new_tokens)["decode_tokens_per_s"]
+
+
+@contextlib.contextmanager
+def app_server(models: str | None):
+    """python app.py on a free loopback port, until the block ends; yields its URL once it answers."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1"}
+    cmd = [sys.executable, "app.py"] + (["--models", models] if models else [])
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=1)
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("app.py did not start")
+                time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def main() -> int:
@@ -55,16 +90,13 @@ def main() -> int:
 
     from gradio_client import Client
 
-    arena = Arena(load_config(args.models))
-    demo = ui.build_demo(arena)
-    demo.queue(max_size=ui.queue_max_size(arena))
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, **ui.launch_kwargs())
     rows, load_before = [], os.getloadavg()[0]
-    try:
+    with app_server(args.models) as url:
         client = Client(url, verbose=False)
+        environment = None
         for variant_id in args.variants.split(","):
-            arena.device.call(arena.manager.get, variant_id)  # loaded once, before any timed run
-            api_decode_tokens_per_s(client, variant_id, args.max_new_tokens)  # warm-up, not counted
+            # warm-up, not counted: loads the variant (cold) and runs it once
+            environment = _record(client, variant_id, args.max_new_tokens)["environment"]
             page, api = [], []
             for run in range(args.runs):
                 pair = [(page, page_decode_tokens_per_s), (api, api_decode_tokens_per_s)]
@@ -79,12 +111,10 @@ def main() -> int:
             rows.append(row)
             print(f"{variant_id:<20} page {row['page_decode_tokens_per_s']:7.2f} tok/s  API "
                   f"{row['api_decode_tokens_per_s']:7.2f} tok/s  ratio {row['ratio']:.3f}", flush=True)
-            arena.manager.evict(variant_id)  # one variant resident at a time: no cross-talk
-    finally:
-        demo.close()
+    settings = {"decoding": "greedy", "max_new_tokens": args.max_new_tokens}
     result = {
-        "environment": arena.environment(),
-        "conditions": {"prompt": PROMPT, "settings": arena.settings(max_new_tokens=args.max_new_tokens).describe(),
+        "environment": environment,
+        "conditions": {"prompt": PROMPT, "settings": settings, "server": "python app.py, its own process",
                        "runs": args.runs, "statistic": "median", "order": "interleaved, alternating which goes first",
                        "page": "the Run event through gradio_client, decode rate from its summary table (1 decimal)",
                        "api": "/compare through gradio_client", "text_update_interval_s": ui.TEXT_INTERVAL_S,
