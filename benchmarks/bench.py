@@ -11,6 +11,7 @@ why that matters on CPU). Writes results/bench.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
@@ -54,26 +55,45 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_to_ready_s(models: str | None) -> float:
-    """Seconds from `python app.py` to the page answering, with no model loaded yet."""
+@contextlib.contextmanager
+def app_server(models: str | None, timeout_s: float = 120):
+    """`python app.py` on a free loopback port, as deployed, until the block ends; yields its URL and the
+    seconds it took from launch to answering (no model loaded yet)."""
     port = free_port()
-    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_ANALYTICS_ENABLED": "False"}
+    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1",
+           "GRADIO_ANALYTICS_ENABLED": "False"}
     cmd = [sys.executable, "app.py"] + (["--models", models] if models else [])
+    url = f"http://127.0.0.1:{port}/"
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        while time.perf_counter() - start < 120:
+        while True:
             try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1)
-                return time.perf_counter() - start
+                urllib.request.urlopen(url, timeout=1)
+                break
             except OSError:
                 if proc.poll() is not None:
                     raise RuntimeError("app.py exited before it was ready")
+                if time.perf_counter() - start > timeout_s:
+                    raise RuntimeError(f"app.py was not ready within {timeout_s:.0f} s")
                 time.sleep(0.05)
-        raise RuntimeError("app.py was not ready within 120 s")
+        yield url, time.perf_counter() - start
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def start_to_ready_s(models: str | None) -> float:
+    """Seconds from `python app.py` to the page answering, with no model loaded yet."""
+    with app_server(models) as (_, ready_s):
+        return ready_s
+
+
+def write_json(result: dict, out: str | Path) -> None:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {out}")
 
 
 def main() -> int:
@@ -131,10 +151,7 @@ def main() -> int:
         "start_to_ready_s": round(ready_s, 2),
         "variants": rows,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {out}")
+    write_json(result, args.out)
     return 0
 
 

@@ -12,21 +12,16 @@ the page/API ratio of medians (target: at least 0.95, i.e. the page costs under 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
+from benchmarks.bench import app_server, write_json  # noqa: E402
 from demo import ui  # noqa: E402
 
 PROMPT = "Write a short story about a lighthouse keeper."
@@ -53,32 +48,6 @@ def api_decode_tokens_per_s(client, variant_id: str, max_new_tokens: int) -> flo
     return _record(client, variant_id, max_new_tokens)["decode_tokens_per_s"]
 
 
-@contextlib.contextmanager
-def app_server(models: str | None):
-    """python app.py on a free loopback port, until the block ends; yields its URL once it answers."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1"}
-    cmd = [sys.executable, "app.py"] + (["--models", models] if models else [])
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(url, timeout=1)
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("app.py did not start")
-                time.sleep(0.2)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", help="models file (default: $ARENA_MODELS, else models.yaml)")
@@ -91,7 +60,7 @@ def main() -> int:
     from gradio_client import Client
 
     rows, load_before = [], os.getloadavg()[0]
-    with app_server(args.models) as url:
+    with app_server(args.models) as (url, _):
         client = Client(url, verbose=False)
         environment = None
         for variant_id in args.variants.split(","):
@@ -125,10 +94,7 @@ def main() -> int:
         "variants": rows,
         "meets_target": all(r["ratio"] >= TARGET_RATIO for r in rows),
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {out}")
+    write_json(result, args.out)
     return 0
 
 

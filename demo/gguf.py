@@ -185,7 +185,7 @@ def source_file(base) -> tuple[Path, str]:
     from demo import sources
 
     source = base.source
-    if source.kind == "bundled-gguf" and not (source.fallback_repo and not _package_present(source.package)):
+    if source.kind == "bundled-gguf" and sources.bundled_file_usable(source):
         path = sources.bundled_gguf_path(source)
         return path, (f"requantized from the shipped {path.name} (llama.cpp dequantizes it to f32 first, so this "
                       "equals quantizing the dequantized baseline)")
@@ -205,12 +205,6 @@ def make(base, gguf_type: str, out: Path) -> dict[str, Any]:
     src, made_from = source_file(base)
     quantize_file(src, out, gguf_type)
     return {"type": gguf_type, "made_from": made_from, "stored": stored_weights(out).as_dict()}
-
-
-def _package_present(package: str | None) -> bool:
-    import importlib.util
-
-    return bool(package) and importlib.util.find_spec(package) is not None
 
 
 def _download(weights) -> Path:

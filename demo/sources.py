@@ -43,9 +43,15 @@ def resolve_source(source: Source) -> Weights:
         if not (source.path / "config.json").is_file():
             raise VariantUnavailable(f"weights not available: no checkpoint in local folder '{source.path.name}'")
         return Weights(str(source.path))
-    if source.fallback_repo and importlib.util.find_spec(source.package) is None:
+    if not bundled_file_usable(source):
         return Weights(source.fallback_repo, is_hub=True)  # e.g. a Space, where the package cannot be installed
     return Weights(str(materialize_gguf(source)))
+
+
+def bundled_file_usable(source: Source) -> bool:
+    """Whether a bundled-gguf base uses its package's file; False where the package is absent and the
+    Hub fallback stands in for it (e.g. a Space, where the package cannot be installed)."""
+    return not (source.fallback_repo and importlib.util.find_spec(source.package) is None)
 
 
 def quantized_dir(base: BaseModel, method: str, settings: dict) -> Path:

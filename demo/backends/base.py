@@ -62,10 +62,14 @@ class LoadedVariant(ABC):
     def sync(self) -> None:
         """Wait for queued device work, so clocks read after it (CUDA); a no-op on the CPU."""
 
+    def memory_kind(self) -> str | None:
+        """The MemoryTracker kind that sees this runtime's allocations; None: the device's default."""
+        return None
+
     @contextmanager
     def track_memory(self) -> Iterator[MemoryTracker]:
         """Measure one run's peak memory the way that fits this runtime; read tracker.result after."""
-        tracker = MemoryTracker(self.device, self.weights_bytes)
+        tracker = MemoryTracker(self.device, self.weights_bytes, kind=self.memory_kind())
         tracker.start()
         try:
             yield tracker

@@ -10,9 +10,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,7 +22,6 @@ from demo.backends.common import cuda_available, first_line
 from demo.config import BaseModel, Variant
 from demo.errors import DamagedCheckpoint, NotQuantized, VariantUnavailable
 from demo.generation import GenerationSettings
-from demo.trackers import MemoryTracker
 
 log = logging.getLogger(__name__)
 GGUF_FILE = "model.gguf"  # inside a folder made by demo.quantize
@@ -86,16 +84,10 @@ class LlamaCppVariant(LoadedVariant):
     def details(self) -> dict[str, Any]:
         return {"runtime": self.runtime, **self._facts}
 
-    @contextmanager
-    def track_memory(self) -> Iterator[MemoryTracker]:
+    def memory_kind(self) -> str | None:
         # llama.cpp allocates GPU memory itself, out of torch's sight: on a GPU the run's growth is
         # sampled from NVML, device-wide, and labelled so.
-        tracker = MemoryTracker(self.device, self.weights_bytes, kind="nvml-device" if self.device == "cuda" else None)
-        tracker.start()
-        try:
-            yield tracker
-        finally:
-            tracker.result = tracker.stop()
+        return "nvml-device" if self.device == "cuda" else None
 
     def _tokens(self, prompt_ids: list[int], settings: GenerationSettings):
         """llama.cpp's own generator from a cleared context: no KV-cache prefix reuse between runs, so
