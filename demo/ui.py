@@ -280,44 +280,54 @@ def build_demo(arena: Arena) -> gr.Blocks:
         timer = gr.Timer(SYSTEM_REFRESH_S)
 
         shown = gr.State([])  # variant ids in column order, for the Quantize now buttons
-        slot_outputs = [c for slot in slots for c in slot]
-        outputs = [*slot_outputs, fidelity_help, summary, table, *plots, chart_note, conditions, downloads, run,
-                   shown]
+        records = gr.State([])  # the finished comparison's records, from the streaming event to the summary
+        # A comparison is three events, as the page runs them: set the columns up, stream the columns
+        # (only their headings, answers and figures: every output of a streaming event is sent or rebuilt
+        # on each snapshot, so it carries nothing else), then the summary, once.
+        start_outputs = [*(c for slot in slots for c in (slot.column, slot.text, slot.figures, slot.diverged,
+                                                         slot.quantize_now, slot.quantize_note)),
+                         fidelity_help, summary, run, shown]
+        stream_outputs = [*(c for slot in slots for c in (slot.head, slot.text, slot.figures)), records]
+        final_outputs = [*(c for slot in slots for c in (slot.diverged, slot.quantize_now, slot.quantize_note)),
+                         fidelity_help, summary, table, *plots, chart_note, conditions, downloads, run]
 
-        def final_updates(view: _PageView, records: list[dict]) -> dict:
-            updates = view.final(records)
-            updates[fidelity_help] = gr.update(visible=bool(getattr(report, "FIDELITY_HELP", ""))
-                                               and any(r.get("fidelity") for r in records))
-            updates.update(_summary_updates(arena, records, table, plots, chart_note))
-            paths = card.write(records, Path(tempfile.mkdtemp(prefix="comparison-")))
-            updates.update({summary: gr.update(visible=True), conditions: _conditions_markdown(records),
-                            downloads: [str(paths[k]) for k in ("json", "csv", "markdown")],
-                            run: gr.update(interactive=True)})
-            return updates
-
-        def on_run(prompt_text, variant_ids, max_new_tokens, sample, temp, p, seed_value, request: gr.Request):
+        def checked(prompt_text, variant_ids, max_new_tokens, sample, temp, p, seed_value):
             try:
                 settings = arena.settings(_whole(max_new_tokens), bool(sample), temp, p,
                                           _whole(seed_value) if sample else None)
                 arena.validate(prompt_text, list(variant_ids or []))
             except ArenaError as exc:
                 raise gr.Error(str(exc)) from None
-            stop_event, view = threading.Event(), _PageView(arena, slots)
+            return settings
+
+        def on_start(prompt_text, variant_ids, max_new_tokens, sample, temp, p, seed_value):
+            checked(prompt_text, variant_ids, max_new_tokens, sample, temp, p, seed_value)
+            ids = list(variant_ids)
+            updates: dict = {summary: gr.update(visible=False), fidelity_help: gr.update(visible=False),
+                             run: gr.update(interactive=False), shown: ids}
+            for i, slot in enumerate(slots):
+                variant = config.variants[ids[i]] if i < len(ids) else None
+                updates[slot.column] = gr.update(visible=variant is not None)
+                if variant is not None:
+                    updates.update({slot.text: gr.update(value="", label=f"Answer from {variant.label or variant.id}"),
+                                    slot.figures: "", slot.diverged: "", slot.quantize_now: gr.update(visible=False),
+                                    slot.quantize_note: gr.update(visible=False)})
+            return updates
+
+        def on_run(prompt_text, variant_ids, max_new_tokens, sample, temp, p, seed_value, request: gr.Request):
+            settings = checked(prompt_text, variant_ids, max_new_tokens, sample, temp, p, seed_value)
+            stop_event, view = threading.Event(), _PageView(arena, len(slots))
             key = request.session_hash if request else None
             with stops_lock:
                 stops[key] = stop_event
             try:
                 results: list[VariantResult] = []
                 for index, results in enumerate(arena.compare(prompt_text, list(variant_ids), settings, stop_event)):
-                    if index == 0:
-                        yield {**view.start(results), summary: gr.update(visible=False),
-                               shown: [r.variant for r in results], run: gr.update(interactive=False),
-                               fidelity_help: gr.update(visible=False)}
-                        continue
-                    updates = view.step(results, time.perf_counter())
-                    if updates:  # nothing changed that the page shows: no update at all
-                        yield updates
-                yield final_updates(view, [r.to_record() for r in results])
+                    values = view.start(results) if index == 0 else view.step(results, time.perf_counter())
+                    if values is not None:  # nothing changed that the page shows: no update at all
+                        yield [*values, []]
+                final = [r.to_record() for r in results]
+                yield [*view.final(final), final]
             except ArenaError as exc:  # busy, or refused after validation: the same words as the API
                 raise gr.Error(str(exc)) from None
             finally:
@@ -325,6 +335,26 @@ def build_demo(arena: Arena) -> gr.Blocks:
                 with stops_lock:
                     if stops.get(key) is stop_event:
                         del stops[key]
+
+        def on_summary(final: list[dict]):
+            updates: dict = {run: gr.update(interactive=True)}
+            if not final:
+                return updates
+            baseline_texts = {r["variant"]: r["text"] for r in final}
+            for slot, rec in zip(slots, final):
+                baseline = config.base_of(rec["variant"]).baseline
+                updates[slot.diverged] = _divergence_html(arena, rec, baseline_texts.get(baseline))
+                updates[slot.quantize_now] = gr.update(visible=_offers_quantize(rec))
+                updates[slot.quantize_note] = gr.update(
+                    value=QUANTIZE_NOTE_GGUF if rec["method"] == "gguf" else QUANTIZE_NOTE,
+                    visible=_offers_quantize(rec))
+            updates[fidelity_help] = gr.update(visible=bool(getattr(report, "FIDELITY_HELP", ""))
+                                               and any(r.get("fidelity") for r in final))
+            updates.update(_summary_updates(arena, final, table, plots, chart_note))
+            paths = card.write(final, Path(tempfile.mkdtemp(prefix="comparison-")))
+            updates.update({summary: gr.update(visible=True), conditions: _conditions_markdown(final),
+                            downloads: [str(paths[k]) for k in ("json", "csv", "markdown")]})
+            return updates
 
         def on_quantize(index: int, ids: list[str], progress=gr.Progress(track_tqdm=True)):
             variant_id = ids[index] if index < len(ids) else None
@@ -370,9 +400,13 @@ def build_demo(arena: Arena) -> gr.Blocks:
         # The arena admits limits.max_pending comparisons and runs them on one device thread, so Gradio
         # need not hold them back; a full arena answers "busy, try again" instead of a silent wait.
         run_inputs = [prompt, variants, max_new, do_sample, temperature, top_p, seed]
-        run.click(on_run, run_inputs, outputs, concurrency_id=DEVICE_QUEUE, concurrency_limit=None,
-                  api_name="run", api_visibility="undocumented").then(
-            lambda: gr.update(interactive=True), None, run, queue=False, api_visibility="undocumented")  # errors too
+        started = run.click(on_start, run_inputs, start_outputs, concurrency_limit=None, api_name="run_start",
+                            api_visibility="undocumented", show_progress="hidden")
+        streamed = started.success(on_run, run_inputs, stream_outputs, concurrency_id=DEVICE_QUEUE,
+                                   concurrency_limit=None, api_name="run", api_visibility="undocumented")
+        streamed.success(on_summary, [records], final_outputs, api_name="run_summary", api_visibility="undocumented")
+        streamed.failure(lambda: gr.update(interactive=True), None, run, queue=False,
+                         api_visibility="undocumented")  # busy or refused: Run works again
         stop.click(on_stop, None, None, queue=False, api_visibility="undocumented")
         prompt.change(None, [prompt], [prompt_count], js=COUNT_JS % limits.max_prompt_chars)
         do_sample.change(on_sample, [do_sample], [temperature, top_p, seed], queue=False,
@@ -388,77 +422,58 @@ def build_demo(arena: Arena) -> gr.Blocks:
 
 
 class _PageView:
-    """What the columns last showed, so that each snapshot sends only what changed: the streaming column's
-    status and, at most every TEXT_INTERVAL_S, its text; a column's figures once, when it finishes."""
+    """What the streaming columns show, as the streaming event's values: each slot's heading, answer and
+    figures. A snapshot changes the streaming column's status and, at most every TEXT_INTERVAL_S, its text;
+    a column's figures are set once, when it ends. Every update carries all the values as plain strings:
+    Gradio sends the browser only what differs from the last update, whereas an "unchanged" marker would
+    make it rebuild that component on every update (about 0.7 ms each, on the CPU the model runs on)."""
 
-    def __init__(self, arena: Arena, slots: list[_Slot]):
-        self.arena, self.slots = arena, slots
-        self.heads: dict[int, str] = {}
-        self.texts: dict[int, tuple[str, float]] = {}  # index -> (text shown, when)
+    def __init__(self, arena: Arena, n_slots: int):
+        self.arena = arena
+        self.values = [["", "", ""] for _ in range(n_slots)]  # per slot: heading, answer, figures
+        self.text_at_s: dict[int, float] = {}  # when each column's text was last sent
         self.finished: set[int] = set()
 
-    def start(self, results: list[VariantResult]) -> dict:
-        """The first snapshot: show the chosen columns, empty, and hide the rest."""
-        self.heads, self.texts, self.finished = {}, {}, set()
-        updates: dict = {}
-        for i, slot in enumerate(self.slots):
-            if i >= len(results):
-                updates[slot.column] = gr.update(visible=False)
-                continue
-            rec = results[i].to_record()
-            variant = self.arena.config.variants[rec["variant"]]
-            self.heads[i] = _head_markdown(self.arena, rec)
-            updates.update({slot.column: gr.update(visible=True), slot.head: self.heads[i],
-                            slot.text: gr.update(value="", label=f"Answer from {variant.label or variant.id}"),
-                            slot.figures: "", slot.diverged: "", slot.quantize_now: gr.update(visible=False),
-                            slot.quantize_note: gr.update(visible=False)})
-        return updates
+    def start(self, results: list[VariantResult]) -> list[str]:
+        """The first snapshot: the chosen columns' headings, empty answers."""
+        for i, result in enumerate(results[:len(self.values)]):
+            self.values[i] = [_head_markdown(self.arena, _status_fields(result)), "", ""]
+        return self.flat()
 
-    def step(self, results: list[VariantResult], now_s: float) -> dict:
-        updates: dict = {}
-        for i, result in enumerate(results[:len(self.slots)]):
-            slot, rec = self.slots[i], None
-            if i in self.finished and result.status in FINISHED:
+    def step(self, results: list[VariantResult], now_s: float) -> list[str] | None:
+        """The values after this snapshot, or None when the page would show nothing new."""
+        changed = False
+        for i, result in enumerate(results[:len(self.values)]):
+            if i in self.finished:
                 continue
+            slot = self.values[i]
             if result.status in FINISHED:
                 rec = result.to_record()
                 self.finished.add(i)
-                updates.update(self._column_end(i, rec))
-            elif self._text_due(i, result, now_s):
-                updates[slot.text] = result.text
-                self.texts[i] = (result.text, now_s)
-            head = _head_markdown(self.arena, rec or _status_fields(result))
-            if head != self.heads.get(i):
-                updates[slot.head] = self.heads[i] = head
-        return updates
+                slot[1:] = [_answer_text(rec), report.figures_markdown(rec)]
+                head, changed = _head_markdown(self.arena, rec), True
+            else:
+                if self._text_due(i, result, now_s):
+                    slot[1], self.text_at_s[i], changed = result.text, now_s, True
+                head = _head_markdown(self.arena, _status_fields(result))
+            if head != slot[0]:
+                slot[0], changed = head, True
+        return self.flat() if changed else None
 
     def _text_due(self, i: int, result: VariantResult, now_s: float) -> bool:
-        shown, at_s = self.texts.get(i, ("", 0.0))
-        if result.text == shown:
+        if result.text == self.values[i][1]:
             return False
-        return result.status != "generating" or now_s - at_s >= TEXT_INTERVAL_S  # the last tokens: at once
+        # the last tokens, and a column's first text, at once
+        return result.status != "generating" or now_s - self.text_at_s.get(i, 0.0) >= TEXT_INTERVAL_S
 
-    def _column_end(self, i: int, rec: dict) -> dict:
-        slot = self.slots[i]
-        self.texts[i] = (rec["text"], float("inf"))
-        return {slot.text: _answer_text(rec), slot.figures: report.figures_markdown(rec),
-                slot.quantize_now: gr.update(visible=_offers_quantize(rec)),
-                slot.quantize_note: gr.update(value=QUANTIZE_NOTE_GGUF if rec["method"] == "gguf" else QUANTIZE_NOTE,
-                                              visible=_offers_quantize(rec))}
+    def final(self, records: list[dict]) -> list[str]:
+        """Fidelity arrives after the last column: every column's heading and figures, once more."""
+        for i, rec in enumerate(records[:len(self.values)]):
+            self.values[i] = [_head_markdown(self.arena, rec), _answer_text(rec), report.figures_markdown(rec)]
+        return self.flat()
 
-    def final(self, records: list[dict]) -> dict:
-        """Fidelity arrives after the last column: each column's figures and divergence view, once more."""
-        baseline_texts = {r["variant"]: r["text"] for r in records}
-        updates: dict = {}
-        for i, rec in enumerate(records[:len(self.slots)]):
-            slot = self.slots[i]
-            if i not in self.finished:
-                updates.update(self._column_end(i, rec))
-            updates[slot.head] = _head_markdown(self.arena, rec)
-            updates[slot.figures] = report.figures_markdown(rec)
-            baseline = self.arena.config.base_of(rec["variant"]).baseline
-            updates[slot.diverged] = _divergence_html(self.arena, rec, baseline_texts.get(baseline))
-        return updates
+    def flat(self) -> list[str]:
+        return [value for slot in self.values for value in slot]
 
 
 def _status_fields(result: VariantResult) -> dict:

@@ -141,19 +141,19 @@ def test_broken_models_file_stops_start_up(tmp_path):
                                  "(allowed: fp32, fp16, bf16, bnb-int8, bnb-4bit, gptq, gguf)"
 
 
-# The page's own Run event (api_name "run", undocumented), as the browser calls it.
+# The page's own Run button: three undocumented events, chained as the browser chains them.
 RUN_ARGS = (False, 0.7, 0.9, 0)  # do_sample, temperature, top_p, seed
 
 
-def page_outputs(client, values) -> dict:
-    """The Run event's output values by what they are: {"head": [...], "figures": [...], "table": ..., ...}."""
-    fn = next(i for i, e in client.endpoints.items() if e.api_name == "/run")
+def named_outputs(client, api_name: str, values) -> dict:
+    """One event's output values by what they are: {"head": [...], "figures": [...], "summary-table": ...}."""
+    fn = next(i for i, e in client.endpoints.items() if e.api_name == api_name)
     endpoint = client.endpoints[fn]
     ids = [cid for cid, kind in zip(endpoint.dependency["outputs"], endpoint.output_component_types)
            if not kind.skip]
     components = {c["id"]: c for c in client.config["components"]}
     named: dict = {}
-    for cid, value in zip(ids, values):
+    for cid, value in zip(ids, values if isinstance(values, (list, tuple)) else [values]):
         props = components[cid]["props"]
         classes = props.get("elem_classes") or []
         name = next((c.removeprefix("variant-") for c in classes if c.startswith("variant-")), None) \
@@ -162,30 +162,39 @@ def page_outputs(client, values) -> dict:
     return named
 
 
-def shown(value) -> bool:
-    """A value the page renders (not an 'unchanged' marker)."""
-    return not (isinstance(value, dict) and value.get("__type__") == "update" and "value" not in value)
+def run_page(client, *args) -> dict:
+    """Press Run: set the columns up, stream them, then the summary; what the page ends up showing."""
+    client.predict(*args, api_name="/run_start")
+    named = named_outputs(client, "/run", client.predict(*args, api_name="/run"))
+    named.update(named_outputs(client, "/run_summary", client.predict(api_name="/run_summary")))
+    return named
 
 
-def test_page_streams_only_what_changed(client):
-    """Each column's figures reach the page when it ends (and once more with fidelity), not on every snapshot."""
+def test_page_streams_only_the_columns(client):
+    """The streaming event carries the columns' headings, answers and figures as plain text (Gradio sends
+    only what changed), nothing that would be rebuilt on every update; each column's figures are set when it
+    ends and once more with fidelity; the summary comes once, from its own event."""
     job = client.submit("Write a short story about a lighthouse keeper.", ["smollm2/fp32", "smollm2/bf16"], 48,
                         *RUN_ARGS, api_name="/run")
     job.result(timeout=600)
-    messages = [page_outputs(client, values) for values in job.outputs()]
+    messages = [named_outputs(client, "/run", values) for values in job.outputs()]
+    assert set(messages[0]) == {"head", "text", "figures"}
+    for message in messages:
+        assert all(isinstance(v, str) for values in message.values() for v in values)
     for column in (0, 1):
-        carried = [m for m in messages if shown(m["figures"][column]) and m["figures"][column]]
-        assert len(carried) <= 2, f"column {column}'s figures were sent {len(carried)} times"
-    assert [shown(m["summary-table"][0]) for m in messages].count(True) == 1  # the summary, once, at the end
-    assert shown(messages[-1]["summary-table"][0])
+        figures = [m["figures"][column] for m in messages]
+        changes = sum(1 for a, b in zip(figures, figures[1:]) if a != b)
+        assert changes <= 2, f"column {column}'s figures changed {changes} times"
+        assert "tokens/s" in figures[-1]
+    summary = named_outputs(client, "/run_summary", client.predict(api_name="/run_summary"))
+    assert summary["summary-table"][0]["data"]
 
 
 def test_status_words_match_between_column_and_summary(client):
     from demo.ui import STATUS_TEXT
 
     ids = ["smollm2/bf16", "smollm2/gptq-4bit"]  # no GPTQ checkpoint in a fresh cache: "not available"
-    values = client.predict("What is the capital of France?", ids, 8, *RUN_ARGS, api_name="/run")
-    named = page_outputs(client, values)
+    named = run_page(client, "What is the capital of France?", ids, 8, *RUN_ARGS)
     table = named["summary-table"][0]
     statuses = [row[table["headers"].index("status")] for row in table["data"]]
     for head, status in zip(named["head"], statuses):
@@ -210,7 +219,7 @@ def test_over_limit_prompt_is_refused_with_the_api_message(client):
 
     long_prompt = "word " * 5000  # 25,000 characters
     messages = []
-    for api_name, args in (("/run", (long_prompt, ["smollm2/bf16"], 8, *RUN_ARGS)),
+    for api_name, args in (("/run_start", (long_prompt, ["smollm2/bf16"], 8, *RUN_ARGS)),
                            ("/compare", (long_prompt, ["smollm2/bf16"], 8))):
         with pytest.raises(AppError) as info:
             client.predict(*args, api_name=api_name)
@@ -220,9 +229,7 @@ def test_over_limit_prompt_is_refused_with_the_api_message(client):
 
 
 def test_one_token_answer_has_no_decode_bar(client):
-    values = client.predict("What is the capital of France?", ["smollm2/bf16", "smollm2/fp32"], 1, *RUN_ARGS,
-                            api_name="/run")
-    named = page_outputs(client, values)
+    named = run_page(client, "What is the capital of France?", ["smollm2/bf16", "smollm2/fp32"], 1, *RUN_ARGS)
     assert named["chart-decode"][0]["visible"] is False  # no bar and no "undefined" axis
     assert "No decode rate for bf16, fp32" in named["chart-note"][0]
 
