@@ -20,6 +20,10 @@ BUDGET_ENV = "ARENA_MEMORY_BUDGET_MIB"
 DTYPES = ("float32", "float16", "bfloat16")
 SOURCE_KINDS = ("bundled-gguf", "hub", "local")
 DEVICES = ("auto", "cuda", "cpu")
+# Engines a remote variant may name: each speaks OpenAI's /v1/completions, with its own extras (README,
+# "When the model outgrows one machine"). llamacpp is llama.cpp's llama-server; llamacpp-python is
+# llama-cpp-python's server (python -m llama_cpp.server); openai is any other compatible endpoint.
+ENGINES = ("vllm", "sglang", "tgi", "llamacpp", "llamacpp-python", "openai")
 
 
 @dataclass(frozen=True)
@@ -90,8 +94,28 @@ METHODS: dict[str, Method] = {
             checkpoint_kinds=("hub", "local"),
             file_settings=("type",),
         ),
+        # A model served by an engine elsewhere (vLLM, SGLang, TGI, llama.cpp's server): the variant gives
+        # its `endpoint:` and declares its `quantization:`; nothing is loaded here but the base's tokenizer.
+        Method("remote", None, {}, runtime="remote"),
     )
 }
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a remote variant is served, and how long the arena waits for it (seconds)."""
+
+    url: str  # the API root, e.g. http://gpu-node:8000/v1
+    model: str  # the model name the engine serves it under
+    engine: str  # one of ENGINES
+    api_key_env: str | None = None  # the environment variable holding the key, never the key itself
+    connect_timeout_s: float = 5.0
+    first_token_timeout_s: float = 60.0  # request sent -> first byte of the answer (prompt processing)
+    total_timeout_s: float = 300.0  # request sent -> answer complete
+
+
+# What a remote variant declares about itself (shown on the card, never checked against the engine).
+DECLARED_QUANTIZATION = {"scheme": str, "bits": int, "served_by": str, "note": str}
 
 
 @dataclass(frozen=True)
@@ -127,11 +151,15 @@ class Variant:
     device: str = "auto"  # auto | cuda | cpu
     dtype: str | None = None  # dtype of the modules that stay unquantized
     checkpoint: Source | None = None  # a pre-quantized checkpoint (gptq); None: made by demo.quantize
+    endpoint: Endpoint | None = None  # remote variants only
+    declared: dict[str, Any] | None = None  # remote variants: the models file's `quantization:` block
 
     @property
     def bits(self) -> int | None:
         if self.method == "gguf":
             return GGUF_TYPES[self.settings["type"]]
+        if self.method == "remote":
+            return (self.declared or {}).get("bits")
         return METHODS[self.method].bits or self.settings.get("bits")
 
     @property
@@ -278,7 +306,8 @@ def _parse_variants(path: Path, raw: list, bases: dict[str, BaseModel]) -> dict[
         vid = entry.get("id")
         _expect(isinstance(vid, str) and vid.strip(), path, "is required", field=f"variants[{index}].id")
         _expect(vid not in variants, path, "duplicate variant id", variant=vid, field="id")
-        _only(path, entry, {"id", "base", "method", "settings", "label", "device", "dtype", "checkpoint"}, vid)
+        _only(path, entry, {"id", "base", "method", "settings", "label", "device", "dtype", "checkpoint", "endpoint",
+                            "quantization"}, vid)
         base = _required(path, entry, "base", str, variant=vid)
         _expect(base in bases, path, f"unknown base '{base}' (bases: {', '.join(bases)})", variant=vid, field="base")
         method = _required(path, entry, "method", str, variant=vid)
@@ -303,10 +332,63 @@ def _parse_variants(path: Path, raw: list, bases: dict[str, BaseModel]) -> dict[
             if method == "gguf" and checkpoint.kind == "hub":
                 _expect(bool(checkpoint.file), path, "is required: the .gguf file's name in the repo", variant=vid,
                         field="checkpoint.file")
+        endpoint, declared = _parse_remote(path, vid, method, entry)
         variants[vid] = Variant(vid, base, method, _check_settings(path, vid, METHODS[method], settings),
-                                str(entry.get("label", "")), device, dtype, checkpoint)
+                                str(entry.get("label", "")), device, dtype, checkpoint, endpoint, declared)
     _expect(bool(variants), path, "must list at least one variant", field="variants")
     return variants
+
+
+def _parse_remote(path: Path, vid: str, method: str, entry: dict) -> tuple[Endpoint | None, dict | None]:
+    """The `endpoint:` and `quantization:` blocks: required / allowed for method remote only."""
+    if method != "remote":
+        for key in ("endpoint", "quantization"):
+            _expect(key not in entry, path, "only remote variants take this block", variant=vid, field=key)
+        return None, None
+    raw = _required(path, entry, "endpoint", dict, variant=vid)
+    _only(path, raw, {"url", "model", "engine", "api_key_env", "timeouts"}, vid, "endpoint")
+    url = _required(path, raw, "url", str, "endpoint", vid)
+    _check_url(path, vid, url)
+    model = _required(path, raw, "model", str, "endpoint", vid)
+    _expect(bool(model.strip()), path, "must not be empty", variant=vid, field="endpoint.model")
+    engine = _required(path, raw, "engine", str, "endpoint", vid)
+    _expect(engine in ENGINES, path, f"unknown engine {engine!r} (allowed: {', '.join(ENGINES)})", variant=vid,
+            field="endpoint.engine")
+    key_env = raw.get("api_key_env")
+    _expect(key_env is None or (isinstance(key_env, str) and key_env.isidentifier()), path,
+            "must be the name of an environment variable (the key itself never goes in this file)", variant=vid,
+            field="endpoint.api_key_env")
+    timeouts = raw.get("timeouts") or {}
+    _expect(isinstance(timeouts, dict), path, "must be a mapping", variant=vid, field="endpoint.timeouts")
+    _only(path, timeouts, {"connect", "first_token", "total"}, vid, "endpoint.timeouts")
+    seconds = {}
+    for key, value in timeouts.items():
+        seconds[f"{key}_timeout_s"] = _typed(path, value, float, f"endpoint.timeouts.{key}", vid)
+        _expect(seconds[f"{key}_timeout_s"] > 0, path, f"must be a positive number of seconds, got {value!r}",
+                variant=vid, field=f"endpoint.timeouts.{key}")
+    declared = entry.get("quantization") or {}
+    _expect(isinstance(declared, dict), path, "must be a mapping", variant=vid, field="quantization")
+    _only(path, declared, set(DECLARED_QUANTIZATION), vid, "quantization")
+    for key, value in declared.items():
+        _typed(path, value, DECLARED_QUANTIZATION[key], f"quantization.{key}", vid)
+    return Endpoint(url.rstrip("/"), model, engine, key_env, **seconds), dict(declared)
+
+
+def _check_url(path: Path, vid: str, url: str) -> None:
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError as exc:
+        raise ConfigError(path, f"not a URL ({exc})", variant=vid, field="endpoint.url") from None
+    _expect(parts.scheme in ("http", "https") and bool(parts.hostname), path,
+            "must be an http:// or https:// URL with a host, e.g. http://gpu-node:8000/v1", variant=vid,
+            field="endpoint.url")
+    # A key written into the URL would travel into logs and records: keys come only from api_key_env.
+    _expect(parts.username is None and parts.password is None and not parts.query, path,
+            "must not carry credentials or a query; name the key's environment variable in endpoint.api_key_env",
+            variant=vid, field="endpoint.url")
 
 
 def _check_settings(path: Path, vid: str, method: Method, settings: dict) -> dict:

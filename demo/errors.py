@@ -48,3 +48,8 @@ class DiskFull(CacheError):
 
 class DamagedCheckpoint(NotQuantized, CacheError):
     """A quantized checkpoint on disk differs from what was written; the message names the rebuild."""
+
+
+class EndpointError(VariantUnavailable):
+    """A remote variant's endpoint is down, refused, answered with an error, stalled or broke its stream;
+    the message is one line for its column and never carries the endpoint's key."""

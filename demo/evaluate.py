@@ -55,6 +55,8 @@ class VariantEvaluation:
     disk_mib: float | None = None
     scored_tokens: int = 0
     error: str | None = None
+    kl_lower_bound_top_k: int | None = None  # remote: KL from the engine's top k only, a lower bound
+    quality_note: str | None = None  # why perplexity / KL are missing (an engine without prompt log-probabilities)
 
 
 def windows(n_tokens: int, window: int = WINDOW, stride: int = STRIDE):
@@ -122,12 +124,19 @@ def _quality(arena: Arena, result: VariantEvaluation, text: str, baselines: dict
             base_loaded = arena.manager.get(result.baseline).loaded
             baselines[result.baseline] = scored_log_probs(base_loaded, _ids(base_loaded, text))
         loaded = arena.manager.get(result.variant).loaded
-        return _totals(loaded, _ids(loaded, text), baselines.get(result.baseline) if result.baseline else None)
+        reference = baselines.get(result.baseline) if result.baseline else None
+        if not loaded.full_distributions:
+            return _top_k_totals(loaded, _ids(loaded, text), reference, result)
+        return _totals(loaded, _ids(loaded, text), reference)
 
     with arena.exclusive():
         totals = arena.device.call(job)
+    if totals is None:  # the engine gives no prompt log-probabilities: quality_note says so
+        return
     reference = result.baseline is not None
     result.perplexity, result.scored_tokens = round(totals.perplexity, 4), totals.positions
+    if result.quality_note:  # a remote engine that left some targets' log-probabilities out
+        result.perplexity = None
     if reference:
         result.kl_divergence = round(totals.kl_divergence, 6)
         result.top1_agreement = round(totals.top1_agreement, 4)
@@ -141,6 +150,35 @@ def _totals(loaded: LoadedVariant, ids: torch.Tensor, reference: list | None) ->
     totals = metrics.QualityTotals()
     for i, (lp, targets) in enumerate(scored_log_probs(loaded, ids)):
         totals += metrics.window_totals(lp, targets, reference[i][0] if reference else None)
+    return totals
+
+
+def _top_k_totals(loaded: LoadedVariant, ids: torch.Tensor, reference: list | None,
+                  result: VariantEvaluation) -> metrics.QualityTotals | None:
+    """A remote variant's windows from its engine's prompt log-probabilities: exact perplexity and top-1, the
+    KL's lower bound over the top k (demo.fidelity_topk); None, with the reason noted, where it has none."""
+    from demo.fidelity_topk import Unavailable, position_kl, top1_matches
+
+    totals = metrics.QualityTotals()
+    for i, (begin, end, first) in enumerate(windows(len(ids))):
+        # Echo answers null their first entry (OpenAI's convention): without a leading BOS that is the
+        # prediction of the text's second token, so a remote variant scores from the third (one fewer).
+        skip = 1 if first - begin == 1 else 0
+        top = loaded.top_log_probs(ids[begin:end].tolist(), first - begin + skip)
+        if isinstance(top, Unavailable):
+            result.quality_note = top.reason
+            return None
+        if any(lp is None for lp in top.forced):
+            # llama-cpp-python without a leading BOS: its rows sit one token late, so a target's own
+            # log-probability is known only when it is in the top k; KL and top-1 stand, perplexity does not.
+            result.quality_note = "perplexity not available: the engine gave no log-probability for some scored tokens"
+        kl = matches = 0
+        if reference:
+            rows = reference[i][0][skip:]
+            kl = sum(position_kl(rows[j], known) for j, known in enumerate(top.known))
+            matches = sum(top1_matches(int(rows[j].argmax()), top, j) for j in range(len(top.known)))
+        totals += metrics.QualityTotals(len(top.forced), -sum(lp or 0.0 for lp in top.forced), kl, matches)
+        result.kl_lower_bound_top_k = top.k if reference else None
     return totals
 
 
@@ -158,8 +196,9 @@ def _speed(arena: Arena, result: VariantEvaluation, settings, runs: int) -> None
     result.ttft_ms_p50 = round(metrics.percentile(ttft, 50), 1) if ttft else None
     result.decode_tokens_per_s_p50 = round(metrics.percentile(decode, 50), 2) if decode else None
     result.decode_tokens_per_s_p90 = round(metrics.percentile(decode, 90), 2) if decode else None
-    result.weights_mib = round(records[-1]["weights_mib"], 1)
-    result.peak_memory_mib = round(max(r["peak_memory_mib"] for r in records), 1)
+    weights, peaks = records[-1]["weights_mib"], [r["peak_memory_mib"] for r in records if r["peak_memory_mib"] is not None]
+    result.weights_mib = None if weights is None else round(weights, 1)  # remote: what the engine reports, or none
+    result.peak_memory_mib = round(max(peaks), 1) if peaks else None
 
 
 def _disk_mib(arena: Arena, variant_id: str) -> float | None:
@@ -186,7 +225,7 @@ def write_outputs(results: list[VariantEvaluation], arena: Arena, out: Path, con
     paths["json"].write_text(json.dumps({"environment": arena.environment(), "conditions": conditions,
                                          "variants": rows}, indent=2))
     with paths["csv"].open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=[*FIELDS, "scored_tokens", "error"])
+        writer = csv.DictWriter(f, fieldnames=[*FIELDS, "scored_tokens", "error", "kl_lower_bound_top_k", "quality_note"])
         writer.writeheader()
         writer.writerows(rows)
     paths["markdown"].write_text(markdown_table(rows, arena.environment(), conditions))
@@ -207,7 +246,11 @@ def markdown_table(rows: list[dict], env: dict, conditions: dict) -> str:
             lines.append(f"| {r['variant']} | {r['error']} | | | | | | | |")
             continue
         agreement = "–" if r["top1_agreement"] is None else f"{100 * r['top1_agreement']:.1f}%"
-        lines.append(f"| {r['variant']} | {num(r['perplexity'], 2)} | {num(r['kl_divergence'], 4)} | {agreement} | "
+        kl = num(r["kl_divergence"], 4)
+        if r.get("kl_lower_bound_top_k") and r["kl_divergence"] is not None:
+            kl = f"≥ {kl} (top-{r['kl_lower_bound_top_k']})"
+        perplexity = r["quality_note"] if r.get("quality_note") and r["perplexity"] is None else num(r["perplexity"], 2)
+        lines.append(f"| {r['variant']} | {perplexity} | {kl} | {agreement} | "
                      f"{num(r['ttft_ms_p50'], 0)} | {num(r['decode_tokens_per_s_p50'], 1)} / "
                      f"{num(r['decode_tokens_per_s_p90'], 1)} | {num(r['weights_mib'], 0)} | "
                      f"{num(r['peak_memory_mib'], 0)} | {num(r['disk_mib'], 0)} |")

@@ -8,6 +8,9 @@
     likely token equals the baseline's most likely token, never the sampled answer token), the first
     position where those two differ (0-based; None exactly when agreement is 100%), and the margin
     there: both tokens with their probabilities under both models, so a near tie reads as one.
+    A remote engine gives at most its top-k log-probabilities (demo.fidelity_topk): then top-1 figures
+    stay exact, the KL is a lower bound (kl_lower_bound_top_k names k), and an engine that gives none
+    leaves the figures null with the reason in `unavailable`.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import torch
 
 from demo import metrics
 from demo.backends import LoadedVariant
+from demo.fidelity_topk import TopLogProbs, Unavailable, position_kl, top1_matches
 from demo.generation import prompt_ids
 
 # Under the variant, its top-1 token beats the baseline's top-1 token by less than this probability:
@@ -52,6 +56,8 @@ class Fidelity:
     first_top1_disagreement: int | None
     margin_at_disagreement: Margin | None
     scored_tokens: int
+    kl_lower_bound_top_k: int | None = None  # set: kl_divergence is a lower bound from the top k only
+    unavailable: str | None = None  # set: the engine gives no teacher-forced log-probabilities (figures null)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -62,20 +68,31 @@ def of_baseline(baseline_id: str, scored_tokens: int) -> Fidelity:
     return Fidelity(baseline_id, 0.0, 1.0, None, None, scored_tokens)
 
 
-def answer_log_probs(loaded: LoadedVariant, prompt: str, answer_ids: list[int]) -> torch.Tensor:
-    """[len(answer), vocab] float32 log-probabilities of each answer position, teacher-forced."""
+AnswerLogProbs = torch.Tensor | TopLogProbs | Unavailable
+
+
+def answer_log_probs(loaded: LoadedVariant, prompt: str, answer_ids: list[int]) -> AnswerLogProbs:
+    """[len(answer), vocab] float32 log-probabilities of each answer position, teacher-forced; from a
+    runtime without full distributions (remote), its top-k per position or the reason it has none."""
     ids = prompt_ids(loaded.tokenizer, prompt)
+    if not loaded.full_distributions:
+        return loaded.top_log_probs(ids + list(answer_ids), len(ids))
     logits = loaded.logits(ids + list(answer_ids))  # row i predicts token i + 1
     start = len(ids) - 1
     return metrics.log_probs(logits[start:start + len(answer_ids)])
 
 
-def compare(baseline_id: str, baseline_lp: torch.Tensor, variant_lp: torch.Tensor,
+def compare(baseline_id: str, baseline_lp: AnswerLogProbs, variant_lp: AnswerLogProbs,
             token_text: Callable[[list[int]], str]) -> Fidelity:
     """Teacher-forced agreement from both models' [positions, vocab] log-probabilities over the same answer.
 
     token_text decodes a list of token ids (a tokenizer's decode), for the margin's tokens.
     """
+    for side in (variant_lp, baseline_lp):
+        if isinstance(side, Unavailable):
+            return Fidelity(baseline_id, None, None, None, None, 0, unavailable=side.reason)
+    if isinstance(baseline_lp, TopLogProbs) or isinstance(variant_lp, TopLogProbs):
+        return _compare_top_k(baseline_id, baseline_lp, variant_lp)
     positions = baseline_lp.shape[0]
     baseline_top, variant_top = baseline_lp.argmax(-1), variant_lp.argmax(-1)
     agree = baseline_top == variant_top  # one comparison feeds both the share and the first miss
@@ -85,6 +102,47 @@ def compare(baseline_id: str, baseline_lp: torch.Tensor, variant_lp: torch.Tenso
                                                 int(variant_top[first]), token_text)
     kl = max(0.0, metrics.kl_divergence(baseline_lp, variant_lp))
     return Fidelity(baseline_id, round(kl, 6), _share(matches, positions), first, margin, positions)
+
+
+def _compare_top_k(baseline_id: str, baseline_lp: torch.Tensor | TopLogProbs,
+                   variant_lp: torch.Tensor | TopLogProbs) -> Fidelity:
+    """Exact top-1 agreement and first disagreement, and the KL's lower bound over the top k (no margin:
+    a token outside the top k has no probability to show)."""
+    positions = len(baseline_lp.known) if isinstance(baseline_lp, TopLogProbs) else baseline_lp.shape[0]
+    positions = min(positions, len(variant_lp.known) if isinstance(variant_lp, TopLogProbs) else variant_lp.shape[0])
+    matches, first, kl_sum = 0, None, 0.0
+    for i in range(positions):
+        agree = _top1_agree(baseline_lp, variant_lp, i)
+        matches += agree
+        if not agree and first is None:
+            first = i
+        if isinstance(variant_lp, TopLogProbs):
+            kl_sum += position_kl(baseline_lp.known[i] if isinstance(baseline_lp, TopLogProbs) else baseline_lp[i],
+                                  variant_lp.known[i])
+        else:  # a remote baseline against a full variant: the same buckets, the baseline's top k known
+            kl_sum += position_kl_reversed(baseline_lp.known[i], variant_lp[i])
+    k = min(side.k for side in (baseline_lp, variant_lp) if isinstance(side, TopLogProbs))
+    kl = round(kl_sum / positions, 6) if positions else 0.0
+    return Fidelity(baseline_id, kl, _share(matches, positions) if positions else 1.0, first, None, positions,
+                    kl_lower_bound_top_k=k)
+
+
+def _top1_agree(baseline_lp, variant_lp, i: int) -> bool:
+    if isinstance(variant_lp, TopLogProbs) and not isinstance(baseline_lp, TopLogProbs):
+        return top1_matches(int(baseline_lp[i].argmax()), variant_lp, i)
+    if isinstance(baseline_lp, TopLogProbs) and not isinstance(variant_lp, TopLogProbs):
+        return top1_matches(int(variant_lp[i].argmax()), baseline_lp, i)
+    if baseline_lp.top1_id[i] is not None and variant_lp.top1_id[i] is not None:
+        return baseline_lp.top1_id[i] == variant_lp.top1_id[i]
+    return baseline_lp.top1_text[i] == variant_lp.top1_text[i]
+
+
+def position_kl_reversed(baseline: dict[int, float], variant_row: torch.Tensor) -> float:
+    """KL(baseline || variant) bound where the baseline gives its top k and the variant its full row."""
+    from demo.fidelity_topk import bucket_kl
+
+    shared = [t for t in baseline if t < variant_row.shape[0]]
+    return bucket_kl(torch.tensor([baseline[t] for t in shared], dtype=torch.float64), variant_row[shared].double())
 
 
 def _share(matches: int, positions: int) -> float:

@@ -10,6 +10,8 @@ MEMORY_KINDS = {
     "cuda-allocated": "weights + peak CUDA memory allocated during the run (torch.cuda.max_memory_allocated)",
     "nvml-device": "weights + growth of the VRAM used on the whole GPU during the run (NVML, device-wide: "
                    "llama.cpp allocates outside torch)",
+    "engine-reported": "as the remote engine reports it (source named with each variant); not this process's memory",
+    "not-reported": "not reported by this engine (a remote variant's memory is the engine's, not this process's)",
 }
 
 SUMMARY_HEADERS = ["variant", "method", "bits", "status", "new tokens", "TTFT (ms)", "decode (tok/s)",
@@ -80,11 +82,26 @@ def figures(record: dict[str, Any]) -> list[tuple[str, str]]:
         ("tokens", f"{_num(record.get('prompt_tokens'))} prompt → {record.get('new_tokens', 0)} new"),
         ("weights", _num(record.get("weights_mib"), 0, "MiB")),
         *([("stored", stored_text(record["stored"]))] if (record.get("stored") or {}).get("tensor_types") else []),
-        ("peak memory", _num(record.get("peak_memory_mib"), 0, "MiB")
-         + (" (approx.)" if record.get("memory_kind") == "cpu-rss" else "")),
+        ("peak memory", "not reported by this engine" if record.get("memory_kind") == "not-reported" else
+         _num(record.get("peak_memory_mib"), 0, "MiB") + (" (approx.)" if record.get("memory_kind") == "cpu-rss" else "")),
+        *remote_figures(record),
         ("own answer", own_answer_text(record)),
         ("teacher-forced", teacher_forced_text(record)),
     ]
+
+
+def remote_figures(record: dict[str, Any]) -> list[tuple[str, str]]:
+    """A remote variant's extra lines: where its timings and counts come from, the round trip, its memory."""
+    stored = record.get("stored") or {}
+    if stored.get("runtime") != "remote":
+        return []
+    memory = {"not-reported": "not reported by this engine"}.get(record.get("memory_kind") or "",
+                                                                  stored.get("memory_source") or "–")
+    return [("timings", f"{stored.get('timings', 'measured at the client')}, {stored.get('engine')} at "
+                        f"{stored.get('endpoint')}"),
+            ("network round trip", _num(stored.get("network_round_trip_ms"), 1, "ms") + " (measured separately)"),
+            ("tokens counted by", str(stored.get("tokens_counted_by", "–"))),
+            ("engine memory", memory)]
 
 
 def stored_text(stored: dict[str, Any]) -> str:
@@ -123,11 +140,22 @@ def teacher_forced_text(record: dict[str, Any]) -> str:
         return "–"
     if _is_baseline(record):
         return "baseline (the reference for KL and top-1)"
-    head = f"KL {fid['kl_divergence']:.3g} nats · top-1 {percent(fid['top1_agreement'])}"
+    if fid.get("unavailable"):
+        return fid["unavailable"]
+    head = f"KL {kl_text(fid)} nats · top-1 {percent(fid['top1_agreement'])}"
     margin = fid.get("margin_at_disagreement")
-    if fid["first_top1_disagreement"] is None or not margin:
+    if fid["first_top1_disagreement"] is None:
         return f"{head} · no top-1 disagreement"
+    if not margin:  # top-k only: a token outside the top k has no probability to show
+        return f"{head} · first top-1 disagreement at token {fid['first_top1_disagreement']}"
     return f"{head} · first top-1 disagreement at token {fid['first_top1_disagreement']}: {margin_text(margin)}"
+
+
+def kl_text(fid: dict[str, Any]) -> str:
+    """The KL figure; from a remote engine's top k only, the lower bound it is: "≥ 0.012 (top-20)"."""
+    if fid.get("kl_lower_bound_top_k"):
+        return f"≥ {fid['kl_divergence']:.3g} (top-{fid['kl_lower_bound_top_k']})"
+    return f"{fid['kl_divergence']:.3g}"
 
 
 def margin_text(margin: dict[str, Any]) -> str:
@@ -233,6 +261,10 @@ def _fidelity_cells(record: dict[str, Any]) -> list[Any]:
         departs = "never (same answer)"
     else:
         departs = str(record["answer_departs_at_token"])
+    if fid.get("unavailable"):
+        return ["not available", None, departs]
+    if fid.get("kl_lower_bound_top_k"):
+        return [kl_text(fid), percent_value(fid["top1_agreement"]), departs]
     kl = float(f"{fid['kl_divergence']:.3g}")  # significant figures: a small KL must not read as 0
     return [kl, percent_value(fid["top1_agreement"]), departs]
 
@@ -243,7 +275,8 @@ def text_report(records: list[dict[str, Any]]) -> str:
     for rec in records:
         head = f"== {rec['variant']} ({rec['method']}, {rec['bits']}-bit, {rec.get('device') or '?'}) [{rec['status']}]"
         if rec.get("error"):
-            blocks.append(f"{head}\n{rec['error']}")
+            partial = f"\n[partial answer] {rec['text'].strip()}" if (rec.get("text") or "").strip() else ""
+            blocks.append(f"{head}\n{rec['error']}{partial}")
             continue
         lines = "\n".join(f"  {label:<20} {value}" for label, value in figures(rec))
         blocks.append(f"{head}\n{rec['text'].strip()}\n{lines}")

@@ -303,10 +303,11 @@ class Arena:
                 tracker.finish()
             finally:
                 generation.close()  # reached also when the consumer goes away: the generation stops
-        _fill_latency(result, tracker, loaded.tokenizer, token_ids)
+                _fill_latency(result, tracker, loaded.tokenizer, token_ids)  # a failed run keeps its partial text
         _fill_memory(result, memory.result)
         generated[result.variant] = token_ids
         result.truncated = len(token_ids) >= settings.max_new_tokens and token_ids[-1] not in loaded.stop_token_ids
+        _fill_run_facts(result, loaded.run_facts())
         result.status = "stopped" if stop.is_set() else "done"
 
 
@@ -321,6 +322,18 @@ def _fill_memory(result: VariantResult, memory) -> None:
     result.memory_kind, result.weights_mib = memory.memory_kind, memory.weights_mib
     result.peak_memory_mib, result.run_peak_mib = memory.peak_memory_mib, memory.run_peak_mib
     result.peak_reserved_mib, result.process_rss_mib = memory.peak_reserved_mib, memory.process_rss_mib
+
+
+def _fill_run_facts(result: VariantResult, facts: dict[str, Any]) -> None:
+    """What the runtime alone knows about the run (a remote engine's own token count, its finish reason, the
+    network round trip) goes into `stored`; the engine's count replaces the client's where it gave one."""
+    if not facts:
+        return
+    result.stored = {**(result.stored or {}), **facts}
+    if facts.get("new_tokens") is not None:
+        result.new_tokens, result.decode_tokens_per_s = facts["new_tokens"], facts["decode_tokens_per_s"]
+    if facts.get("truncated") is not None:
+        result.truncated = facts["truncated"]
 
 
 def _is_oom(exc: BaseException) -> bool:

@@ -118,7 +118,8 @@ def test_models_env_picks_the_file(tmp_path, monkeypatch):
 
 def test_every_method_has_bits_or_a_bits_setting():
     for method in METHODS.values():
-        assert method.bits or "bits" in method.allowed or method.name == "gguf"
+        # gguf: from its type; remote: from the declared `quantization: {bits: ...}` block (may be absent)
+        assert method.bits or "bits" in method.allowed or method.name in ("gguf", "remote")
 
 
 def test_gguf_variants_take_a_type_and_a_file(tmp_path):

@@ -12,7 +12,8 @@ import importlib
 from demo.backends.base import LoadedVariant
 from demo.config import BaseModel, Variant
 
-RUNTIMES = {"transformers": "demo.backends.transformers", "llama.cpp": "demo.backends.llamacpp"}
+RUNTIMES = {"transformers": "demo.backends.transformers", "llama.cpp": "demo.backends.llamacpp",
+            "remote": "demo.backends.remote"}
 
 __all__ = ["LoadedVariant", "RUNTIMES", "load", "release_memory"]
 

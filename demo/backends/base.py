@@ -24,7 +24,9 @@ OnToken = Callable[[int, float], None]  # (token id, perf_counter seconds when t
 class LoadedVariant(ABC):
     """One variant, loaded and warmed up, ready to generate and score."""
 
-    runtime: str = ""  # "transformers", "llama.cpp", ...
+    runtime: str = ""  # "transformers", "llama.cpp", "remote"
+    # logits() gives every position's full distribution; False (remote engines): top_log_probs() instead
+    full_distributions: bool = True
 
     def __init__(self, variant: Variant, tokenizer: Any, device: str, weights_bytes: int,
                  stop_token_ids: frozenset[int], context_tokens: int | None):
@@ -45,6 +47,17 @@ class LoadedVariant(ABC):
     def logits(self, ids: list[int]) -> torch.Tensor:
         """Next-token logits for every position of ids in one forward pass: float32 [len(ids), vocab] on
         the CPU, row i predicting token i + 1 (teacher forcing)."""
+
+    def top_log_probs(self, ids: list[int], first: int):
+        """Teacher forcing without full distributions: the engine's top-k log-probabilities at positions
+        first..len(ids)-1 (each given ids[:position]), a demo.fidelity_topk.TopLogProbs, or an Unavailable
+        saying why it has none. Only runtimes with full_distributions False implement it."""
+        raise NotImplementedError(f"the {self.runtime} runtime gives full distributions: use logits()")
+
+    def run_facts(self) -> dict[str, Any]:
+        """What only the runtime knows about the last generate() (a remote engine's own token count and
+        finish reason, the network round trip), merged into the record; {} where on_token tells it all."""
+        return {}
 
     @abstractmethod
     def bare_token_times(self, prompt_ids: list[int], settings: GenerationSettings) -> list[float]:
