@@ -92,7 +92,7 @@ QUANTIZE_NOTE_GGUF = ("**Quantize now** makes this variant's GGUF file with llam
                       "afterwards to compare it.")
 # How the variant picker groups variants: by family, the baseline first (models.yaml order within a family).
 FAMILIES = {"fp32": "transformers", "fp16": "transformers", "bf16": "transformers", "bnb-int8": "bitsandbytes",
-            "bnb-4bit": "bitsandbytes", "gptq": "GPTQ", "gguf": "llama.cpp"}
+            "bnb-4bit": "bitsandbytes", "gptq": "GPTQ", "gguf": "llama.cpp", "remote": "remote"}
 
 
 def variant_choices(config) -> list[tuple[str, str]]:

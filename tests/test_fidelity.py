@@ -15,7 +15,7 @@ from demo import fidelity, report
 
 PROMPT = "What is the capital of France?"
 FIDELITY_FIELDS = {"baseline", "kl_divergence", "top1_agreement", "first_top1_disagreement",
-                   "margin_at_disagreement", "scored_tokens"}
+                   "margin_at_disagreement", "scored_tokens", "kl_lower_bound_top_k", "unavailable"}
 MARGIN_FIELDS = {"position", "baseline_token", "baseline_token_id", "baseline_token_p_baseline",
                  "baseline_token_p_variant", "variant_token", "variant_token_id", "variant_token_p_baseline",
                  "variant_token_p_variant", "near_tie"}
@@ -112,7 +112,8 @@ def test_records_carry_fidelity_when_the_baseline_runs(arena):
     baseline = records["smollm2/fp32"]
     assert baseline["fidelity"] == {"baseline": "smollm2/fp32", "kl_divergence": 0.0, "top1_agreement": 1.0,
                                     "first_top1_disagreement": None, "margin_at_disagreement": None,
-                                    "scored_tokens": baseline["new_tokens"]}
+                                    "scored_tokens": baseline["new_tokens"], "kl_lower_bound_top_k": None,
+                                    "unavailable": None}
     assert baseline["answer_departs_at_token"] is None and baseline["answer_departs_at_char"] is None
     for variant in ("smollm2/bnb-fp4", "smollm2/bf16"):
         rec = records[variant]
