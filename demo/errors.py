@@ -48,3 +48,15 @@ class DiskFull(CacheError):
 
 class DamagedCheckpoint(NotQuantized, CacheError):
     """A quantized checkpoint on disk differs from what was written; the message names the rebuild."""
+
+
+class VoteRefused(InvalidRequest):
+    """A vote for a battle this server never issued, issued to another session, or already voted on."""
+
+
+class RateLimited(Busy):
+    """A session asked for more battles or votes per minute than models.yaml's `blind:` block allows."""
+
+
+class VoteStoreError(ArenaError):
+    """The votes database cannot be opened, read or written (names the file)."""
