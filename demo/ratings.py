@@ -156,4 +156,4 @@ def _percentiles(values: np.ndarray) -> tuple[float, float]:
 
 
 def _round(value: float) -> float:
-    return round(value, 1) if math.isfinite(value) else value
+    return round(value, 1) + 0.0 if math.isfinite(value) else value  # + 0.0: never "-0"
