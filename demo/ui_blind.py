@@ -195,8 +195,8 @@ def summary_markdown(shown: dict, counts: tuple[int, int]) -> str:
     battles, votes = counts
     if not shown["variants"]:
         return f"**No votes yet.** {battles} battle{'s' if battles != 1 else ''} issued so far."
-    return (f"**{votes} vote{'s' if votes != 1 else ''}** in {battles} battles issued "
-            f"(battles never voted on are not counted).")
+    return (f"**{votes} vote{'s' if votes != 1 else ''}** in {battles} battle{'s' if battles != 1 else ''} issued "
+            "(battles never voted on are not counted).")
 
 
 def _pct(rate: float, interval: list[float]) -> str:

@@ -22,7 +22,7 @@ def write_chart(summary: dict, path: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     names = [f"{r['label'] or r['variant']}\n{r['votes']} vote{'s' if r['votes'] != 1 else ''}" for r in rows]
-    fig, ax = plt.subplots(figsize=(7.0, 1.2 + 0.75 * len(rows)), dpi=110)
+    fig, ax = plt.subplots(figsize=(7.0, 1.9 + 0.6 * len(rows)), dpi=110, layout="constrained")
     left = [0.0] * len(rows)
     for key, label, colour in SEGMENTS:
         widths = [100 * r["rates"][key] for r in rows]
@@ -37,9 +37,7 @@ def write_chart(summary: dict, path: Path) -> Path | None:
     ax.invert_yaxis()  # the summary's order, top to bottom
     ax.set_xlabel("share of votes against the baseline (%)")
     ax.set_title("Could people tell it from the baseline?")
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.35 if len(rows) < 3 else -0.2), ncol=2, fontsize=9,
-              frameon=False)
-    fig.tight_layout()
-    fig.savefig(path, bbox_inches="tight")
+    fig.legend(loc="outside lower center", ncol=2, fontsize=9, frameon=False)  # below the axis: never over a bar
+    fig.savefig(path)
     plt.close(fig)
     return path
