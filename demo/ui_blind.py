@@ -60,7 +60,7 @@ def build_tab(arena: Arena, queue: str, blind: BlindTest | None = None) -> Blind
         with gr.Tab("Vote", id="blind-vote-tab", elem_id="blind-vote"):
             gr.Markdown(INTRO)
             with gr.Row():
-                prompt = gr.Textbox(label="Prompt", lines=2, placeholder="Ask something…", elem_id="blind-prompt",
+                prompt = gr.Textbox(label="Your question", lines=2, placeholder="Ask something…", elem_id="blind-prompt",
                                     scale=4)
                 base = gr.Dropdown(bases, value=bases[0][1] if bases else None, label="Model", visible=len(bases) > 1,
                                    scale=1)

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import yaml
 
 from demo.config import load_config
 from demo.errors import ConfigError, InvalidRequest, RateLimited, VariantUnavailable, VoteRefused, VoteStoreError
@@ -22,12 +23,17 @@ from demo.ratings import bradley_terry, rate_intervals, rates, side_outcome, sum
 from demo.votes import SCHEMA_VERSION, Battle, Outcome, VoteStore, now_iso, session_digest
 from tests.conftest import REPO, free_port
 
-BLIND = "blind: {max_new_tokens: 4, variants: [smollm2/bf16], battles_per_minute: 100, votes_per_minute: 100}\n"
+BLIND = {"max_new_tokens": 4, "variants": ["smollm2/bf16"], "battles_per_minute": 100, "votes_per_minute": 100}
+BROKEN = {"id": "smollm2/bf16-cuda", "base": "smollm2", "method": "bf16", "device": "cuda"}  # fails on a CPU
 
 
-def models_file(tmp_path, blind=BLIND, variants="") -> Path:
+def models_file(tmp_path, blind: dict | str = BLIND, variants: tuple[dict, ...] = ()) -> Path:
+    """The shipped models file with another blind block (a dict, or raw YAML text) and extra variants."""
+    data = yaml.safe_load((REPO / "models.yaml").read_text())
+    data["blind"] = yaml.safe_load(blind) if isinstance(blind, str) else blind
+    data["variants"] += list(variants)
     path = tmp_path / "models.yaml"
-    path.write_text((REPO / "models.yaml").read_text() + variants + blind)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
 
 
@@ -194,11 +200,11 @@ def test_rate_limit_per_session_over_a_sliding_minute():
 # ---- configuration ----
 
 @pytest.mark.parametrize("blind, field, message", [
-    ("blind: {colour: red}\n", "blind.colour", "unknown field"),
-    ("blind: {max_new_tokens: 0}\n", "blind.max_new_tokens", "must be positive"),
-    ("blind: {max_new_tokens: 600}\n", "blind.max_new_tokens", "at most limits.max_new_tokens (512)"),
-    ("blind: {variants: [smollm2/fp64]}\n", "blind.variants", "unknown variant id(s): smollm2/fp64"),
-    ("blind: {votes_per_minute: many}\n", "blind.votes_per_minute", "must be int"),
+    ("{colour: red}", "blind.colour", "unknown field"),
+    ("{max_new_tokens: 0}", "blind.max_new_tokens", "must be positive"),
+    ("{max_new_tokens: 600}", "blind.max_new_tokens", "at most limits.max_new_tokens (512)"),
+    ("{variants: [smollm2/fp64]}", "blind.variants", "unknown variant id(s): smollm2/fp64"),
+    ("{votes_per_minute: many}", "blind.votes_per_minute", "must be int"),
 ])
 def test_bad_blind_block(tmp_path, blind, field, message):
     with pytest.raises(ConfigError) as info:
@@ -212,7 +218,7 @@ def test_votes_database_path(tmp_path, monkeypatch):
     monkeypatch.delenv("ARENA_VOTES_DB", raising=False)
     monkeypatch.setenv("ARENA_CACHE_DIR", str(tmp_path / "cache"))
     assert votes_path(load_config(REPO / "models.yaml")) == tmp_path / "cache" / "votes.sqlite3"
-    config = load_config(models_file(tmp_path, "blind: {votes_db: data/votes.sqlite3}\n"))
+    config = load_config(models_file(tmp_path, {"votes_db": "data/votes.sqlite3"}))
     assert votes_path(config) == (tmp_path / "data" / "votes.sqlite3").resolve()  # beside the models file
     monkeypatch.setenv("ARENA_VOTES_DB", str(tmp_path / "env.sqlite3"))
     assert votes_path(config) == tmp_path / "env.sqlite3"
@@ -287,7 +293,7 @@ def test_battles_and_votes_are_rate_limited(arena, tmp_path):
     from demo.battle import BlindTest
     from demo.runner import Arena
 
-    config = load_config(models_file(tmp_path, BLIND.replace("100, votes_per_minute: 100", "1, votes_per_minute: 2")))
+    config = load_config(models_file(tmp_path, {**BLIND, "battles_per_minute": 1, "votes_per_minute": 2}))
     blind = BlindTest(Arena(config, manager=arena.manager, device=arena.device), VoteStore(tmp_path / "v.sqlite3"))
     issued = blind.battle("Name a colour.", None, "s1")
     with pytest.raises(RateLimited, match="too many battles: at most 1 a minute per session"):
@@ -308,14 +314,12 @@ def test_a_variant_that_cannot_answer_is_left_out_of_the_draw(arena, tmp_path):
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    broken = "  - {id: smollm2/bf16-cuda, base: smollm2, method: bf16, device: cuda}\n"
-    config = load_config(models_file(tmp_path, BLIND.replace("[smollm2/bf16]", "[smollm2/bf16-cuda]"), broken))
+    config = load_config(models_file(tmp_path, {**BLIND, "variants": [BROKEN["id"]]}, (BROKEN,)))
     blind = BlindTest(Arena(config, device=arena.device), VoteStore(tmp_path / "v.sqlite3"))
     with pytest.raises(VariantUnavailable, match="could answer beside its baseline"):
         blind.battle("Name a colour.", None, "s1")
     assert blind.store.counts() == (0, 0)  # nothing issued
-    both = load_config(models_file(tmp_path, BLIND.replace("[smollm2/bf16]", "[smollm2/bf16-cuda, smollm2/bf16]"),
-                                   broken))
+    both = load_config(models_file(tmp_path, {**BLIND, "variants": [BROKEN["id"], "smollm2/bf16"]}, (BROKEN,)))
     blind.arena.config = both  # the same arena, now with a variant that can answer beside the failed one
     assert {blind.draw("smollm2") for _ in range(50)} == {"smollm2/bf16"}  # the failed one waits its turn out
 
@@ -324,7 +328,7 @@ def test_draw_favours_the_variants_with_fewest_votes(arena, tmp_path):
     from demo.battle import BlindTest
     from demo.runner import Arena
 
-    config = load_config(models_file(tmp_path, BLIND.replace("[smollm2/bf16]", "[smollm2/bf16, smollm2/bnb-nf4]")))
+    config = load_config(models_file(tmp_path, {**BLIND, "variants": ["smollm2/bf16", "smollm2/bnb-nf4"]}))
     store = VoteStore(tmp_path / "v.sqlite3")
     for i in range(30):  # bf16 has 30 votes, NF4 none: weights 1/31 against 1, so NF4 is drawn 31/32 = 97%
         store.add_battle(battle(f"b{i}", a="smollm2/fp32", b="smollm2/bf16", base="smollm2"))

@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import pytest
+import yaml
 
 from demo.config import load_config
 from tests.conftest import REPO
@@ -12,7 +13,7 @@ from tests.test_browser import browser, start_app  # noqa: F401  (browser is a f
 
 pytestmark = pytest.mark.browser
 SHOTS = Path(os.environ["BLIND_SHOTS"]) if os.environ.get("BLIND_SHOTS") else None  # pictures, when asked
-BLIND = "blind: {max_new_tokens: 6, variants: [smollm2/bf16]}\n"
+BLIND = {"max_new_tokens": 6, "variants": ["smollm2/bf16"]}
 
 
 def shot(page, name: str) -> None:
@@ -24,7 +25,9 @@ def shot(page, name: str) -> None:
 def blind_app(tmp_path_factory):
     folder = tmp_path_factory.mktemp("blind-browser")
     models = folder / "models.yaml"
-    models.write_text((REPO / "models.yaml").read_text() + BLIND)
+    data = yaml.safe_load((REPO / "models.yaml").read_text())
+    data["blind"] = BLIND
+    models.write_text(yaml.safe_dump(data, sort_keys=False))
     yield from start_app(folder, ARENA_MODELS=str(models), ARENA_VOTES_DB=str(folder / "votes.sqlite3"))
 
 
