@@ -6,6 +6,8 @@ from __future__ import annotations
 import csv
 import html
 import json
+import logging
+import os
 import random
 import tempfile
 from pathlib import Path
@@ -19,8 +21,9 @@ from demo.battle import BlindTest
 from demo.config import REPO_ROOT
 from demo.errors import ArenaError
 from demo.runner import Arena
-from demo.votes import VoteStore, votes_path
+from demo.votes import SPACE_DATA, VoteStore, space_storage, votes_path
 
+log = logging.getLogger(__name__)
 PROMPTS_FILE = REPO_ROOT / "assets" / "blind_prompts.json"
 VOTES_QUEUE = "votes"  # votes touch only the database: they never wait behind a generation
 CHOICES = (("a", "A is better"), ("b", "B is better"), ("tie", "Tie"), ("both_bad", "Both are bad"))
@@ -53,7 +56,12 @@ def session_of(request: gr.Request | None) -> str:
 
 def build_tab(arena: Arena, queue: str, blind: BlindTest | None = None) -> BlindTest:
     """The tab's components, its events and the two endpoints; model-running events share the device queue."""
-    blind = blind or BlindTest(arena, VoteStore(votes_path(arena.config)))
+    if blind is None:
+        path = votes_path(arena.config)
+        if os.environ.get("SPACE_ID") and space_storage() is None and not path.is_relative_to(SPACE_DATA):
+            log.warning("blind test: votes are kept in %s, on this Space's own disk, which is lost when the Space "
+                        "restarts; add persistent storage (/data) to keep them", path)
+        blind = BlindTest(arena, VoteStore(path))
     prompts = load_prompts()
     bases = [(arena.config.bases[b].label, b) for b in blind.bases()]
     with gr.Tabs(elem_id="blind-tabs"):

@@ -23,6 +23,7 @@ from demo.errors import VoteRefused, VoteStoreError
 
 VOTES_ENV = "ARENA_VOTES_DB"
 DEFAULT_FILE = "votes.sqlite3"
+SPACE_DATA = Path("/data")  # where Hugging Face mounts a Space's persistent storage
 SCHEMA_VERSION = 1
 CHOICES = ("a", "b", "tie", "both_bad")
 BUSY_TIMEOUT_MS = 10_000  # another process (the CLI, a second worker) holding the write lock: wait, then fail
@@ -64,12 +65,21 @@ _JSON_COLUMNS = ("settings", "record_a", "record_b", "environment")
 
 
 def votes_path(config=None) -> Path:
-    """The votes database: $ARENA_VOTES_DB, else models.yaml's blind.votes_db, else votes.sqlite3 in the cache."""
+    """The votes database: $ARENA_VOTES_DB, else models.yaml's blind.votes_db, else on a Hugging Face Space with
+    persistent storage /data/votes.sqlite3, else votes.sqlite3 in the cache folder."""
     if os.environ.get(VOTES_ENV):
         return Path(os.environ[VOTES_ENV])
     if config is not None and config.blind.votes_db is not None:
         return config.blind.votes_db
+    if space_storage() is not None:
+        return space_storage() / DEFAULT_FILE
     return cache_dir() / DEFAULT_FILE
+
+
+def space_storage() -> Path | None:
+    """A Space's persistent disk (/data, a paid upgrade); None elsewhere, where a Space's disk is lost at restart."""
+    on_space = bool(os.environ.get("SPACE_ID"))
+    return SPACE_DATA if on_space and SPACE_DATA.is_dir() and os.access(SPACE_DATA, os.W_OK) else None
 
 
 def session_digest(session: str) -> str:

@@ -222,6 +222,12 @@ def test_votes_database_path(tmp_path, monkeypatch):
     assert votes_path(config) == (tmp_path / "data" / "votes.sqlite3").resolve()  # beside the models file
     monkeypatch.setenv("ARENA_VOTES_DB", str(tmp_path / "env.sqlite3"))
     assert votes_path(config) == tmp_path / "env.sqlite3"
+    monkeypatch.delenv("ARENA_VOTES_DB")
+    monkeypatch.setattr("demo.votes.SPACE_DATA", tmp_path / "data")  # a Space with persistent storage
+    monkeypatch.setenv("SPACE_ID", "org/arena")
+    assert votes_path(load_config(REPO / "models.yaml")) == tmp_path / "cache" / "votes.sqlite3"  # none mounted
+    (tmp_path / "data").mkdir(exist_ok=True)
+    assert votes_path(load_config(REPO / "models.yaml")) == tmp_path / "data" / "votes.sqlite3"
 
 
 # ---- the CLI ----
