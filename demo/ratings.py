@@ -63,44 +63,53 @@ def bradley_terry(games: Iterable[tuple[str, str, float]], anchor: str, virtual_
     Maximum likelihood by Hunter's MM iteration: p_i <- W_i / sum_j n_ij / (p_i + p_j), with W_i the
     points of i and n_ij the games between i and j. Each player other than the anchor also gets
     `virtual_ties` games against the anchor scored half each."""
-    wins: dict[str, float] = defaultdict(float)
-    pairs: dict[tuple[str, str], float] = defaultdict(float)  # (i, j) with i < j -> games
-    for i, j, score in games:
-        wins[i] += score
-        wins[j] += 1.0 - score
-        pairs[min(i, j), max(i, j)] += 1.0
-    players = sorted({anchor, *wins})
-    if virtual_ties:
-        for player in players:
-            if player != anchor:
-                wins[player] += virtual_ties / 2
-                wins[anchor] += virtual_ties / 2
-                pairs[min(player, anchor), max(player, anchor)] += virtual_ties
-    strength = {p: 1.0 for p in players}
+    players, first, second, scores = _indexed(list(games), anchor)
+    strength = _fit(first, second, scores, len(players), 0, virtual_ties, tolerance, max_iterations)
+    with np.errstate(divide="ignore"):  # a player with no points at all (no virtual ties): -inf
+        return {p: float(ELO_SCALE * np.log(strength[k])) for k, p in enumerate(players)}
+
+
+def _indexed(games: list[tuple[str, str, float]], anchor: str):
+    """Players (the anchor first) and the games as index and score arrays."""
+    players = [anchor, *sorted({p for i, j, _ in games for p in (i, j)} - {anchor})]
+    index = {p: k for k, p in enumerate(players)}
+    first = np.array([index[i] for i, _, _ in games], dtype=int)
+    second = np.array([index[j] for _, j, _ in games], dtype=int)
+    return players, first, second, np.array([s for _, _, s in games], dtype=float)
+
+
+def _fit(first: np.ndarray, second: np.ndarray, scores: np.ndarray, n: int, anchor: int, virtual_ties: float,
+         tolerance: float = 1e-10, max_iterations: int = 100_000) -> np.ndarray:
+    """Strengths (anchor = 1) by MM; the games' tallies are summed with bincount, so a bootstrap refit is fast."""
+    wins = np.bincount(first, scores, n) + np.bincount(second, 1.0 - scores, n)  # W_i
+    pairs = np.bincount(first * n + second, minlength=n * n).reshape(n, n).astype(float)
+    pairs += pairs.T  # n_ij, symmetric
+    others = np.arange(n) != anchor
+    wins[others] += virtual_ties / 2
+    wins[anchor] += virtual_ties / 2 * others.sum()
+    pairs[others, anchor] += virtual_ties
+    pairs[anchor, others] += virtual_ties
+    strength = np.ones(n)
     for _ in range(max_iterations):
-        new = {}
-        for p in players:
-            denominator = sum(n / (strength[i] + strength[j]) for (i, j), n in pairs.items() if p in (i, j))
-            new[p] = wins[p] / denominator if denominator else strength[p]
-        scale = new[anchor] or 1.0
-        new = {p: s / scale for p, s in new.items()}
-        # a player with no points goes to 0 at once and stays there (rating -inf): judge the others
-        change = max((abs(math.log(new[p] / strength[p])) for p in players if new[p] > 0 and strength[p] > 0),
-                     default=0.0)
+        denominator = (pairs / (strength[:, None] + strength[None, :])).sum(axis=1)
+        new = np.where(denominator > 0, wins / np.where(denominator > 0, denominator, 1.0), strength)
+        new = new / (new[anchor] or 1.0)
+        alive = (new > 0) & (strength > 0)  # a player with no points drops to 0 at once and stays: judge the rest
+        change = np.abs(np.log(new[alive] / strength[alive])).max(initial=0.0)
         strength = new
         if change < tolerance:
             break
-    return {p: ELO_SCALE * math.log(s) if s > 0 else -math.inf for p, s in strength.items()}
+    return strength
 
 
 def summarize(outcomes: Sequence[Outcome], rounds: int = ROUNDS, rating_rounds: int = RATING_ROUNDS,
               seed: int = SEED) -> dict:
     """{"votes": N, "variants": [...]}: per base, its baseline (rating 0) then each variant voted against it."""
-    by_base: dict[str, list[Outcome]] = defaultdict(list)
+    by_base: dict[tuple[str, str], list[Outcome]] = defaultdict(list)  # a base whose baseline changed: apart
     for outcome in outcomes:
-        by_base[outcome.base].append(outcome)
+        by_base[outcome.base, outcome.baseline].append(outcome)
     variants = []
-    for base, group in by_base.items():
+    for (base, _), group in by_base.items():
         variants += _base_rows(base, group, rounds, rating_rounds, seed)
     return {"votes": len(outcomes), "confidence": CONFIDENCE, "bootstrap_rounds": rounds,
             "rating_bootstrap_rounds": rating_rounds, "seed": seed, "variants": variants}
@@ -139,14 +148,13 @@ def _games(group: Sequence[Outcome]) -> list[tuple[str, str, float]]:
 def _ratings_with_intervals(group: list[Outcome], baseline: str, rounds: int, seed: int):
     games = _games(group)
     ratings = bradley_terry(games, baseline)
+    players, first, second, scores = _indexed(games, baseline)
     rng = np.random.default_rng(seed + 1)  # not the rates' stream: the two bootstraps stay independent
-    samples = defaultdict(list)
-    for _ in range(rounds):
-        picked = [games[k] for k in rng.integers(0, len(games), size=len(games))]
-        fitted = bradley_terry(picked, baseline)
-        for player in ratings:
-            samples[player].append(fitted.get(player, 0.0))  # absent from a resample: only its virtual tie
-    return ratings, {p: _percentiles(np.array(v)) for p, v in samples.items()}
+    samples = np.empty((rounds, len(players)))
+    for r in range(rounds):
+        k = rng.integers(0, len(games), size=len(games))  # a player absent from a resample: its virtual tie, 0
+        samples[r] = ELO_SCALE * np.log(_fit(first[k], second[k], scores[k], len(players), 0, VIRTUAL_TIES))
+    return ratings, {p: _percentiles(samples[:, c]) for c, p in enumerate(players)}
 
 
 def _percentiles(values: np.ndarray) -> tuple[float, float]:

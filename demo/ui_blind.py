@@ -34,6 +34,7 @@ prompt), read the two answers and vote. The server picks the pair: the baseline 
 variants, in random order, both with the same settings. Both answers appear together once both are complete,
 with no names, timings or sizes until you have voted."""
 WAITING = "Generating both answers… they appear together when both are complete."
+VOTED = "**Vote recorded.** Ask again for a new pair."
 READY = "Read both answers, then vote. Which is which is revealed after your vote."
 RESULTS_NOTE = """**How to read this.** Each row is one quantized variant against its baseline. *Tie* counts
 "tie" and "both are bad" votes. *Indistinguishable* = quantized answer preferred + tie: how often the quantized
@@ -68,8 +69,8 @@ def build_tab(arena: Arena, queue: str, blind: BlindTest | None = None) -> Blind
         with gr.Tab("Vote", id="blind-vote-tab", elem_id="blind-vote"):
             gr.Markdown(INTRO)
             with gr.Row():
-                prompt = gr.Textbox(label="Your question", lines=2, placeholder="Ask something…", elem_id="blind-prompt",
-                                    scale=4)
+                prompt = gr.Textbox(label="Your question", lines=2, placeholder="Ask something…",
+                                    elem_id="blind-prompt", scale=4)
                 base = gr.Dropdown(bases, value=bases[0][1] if bases else None, label="Model", visible=len(bases) > 1,
                                    scale=1)
             with gr.Row():
@@ -114,7 +115,7 @@ def build_tab(arena: Arena, queue: str, blind: BlindTest | None = None) -> Blind
             shown = blind.vote(current, choice, session_of(request))
         except ArenaError as exc:
             raise gr.Error(str(exc)) from None
-        return {battle_id: None, revealed: reveal_markdown(shown), status: "**Vote recorded.** Ask again for a new pair.",
+        return {battle_id: None, revealed: reveal_markdown(shown), status: VOTED,
                 **{button: gr.update(interactive=False) for button in buttons}, **results_updates()}
 
     def results_updates() -> dict:
@@ -134,7 +135,8 @@ def build_tab(arena: Arena, queue: str, blind: BlindTest | None = None) -> Blind
     start.click(lambda: idle, None, [revealed, answers, status, *buttons], queue=False,
                 api_visibility="undocumented").then(
         on_start, [prompt, base], [battle_id, answer_a, answer_b, answers, status, *buttons],
-        concurrency_id=queue, concurrency_limit=None, api_visibility="undocumented", show_progress_on=[status])
+        concurrency_id=queue, concurrency_limit=None, api_visibility="undocumented", show_progress_on=[status],
+    ).failure(lambda: "", None, status, queue=False, api_visibility="undocumented")  # the error says why
     for button, (choice, _) in zip(buttons, CHOICES):
         button.click(on_vote, [gr.State(choice), battle_id],
                      [battle_id, revealed, status, *buttons, *result_outputs], concurrency_id=VOTES_QUEUE,
@@ -179,9 +181,11 @@ def reveal_markdown(shown: dict[str, Any]) -> str:
         role = " — the baseline" if shown["baseline"] == side else ""
         return f"{html.escape(record['label'])} (`{record['variant']}`){role}"
 
-    rows = [("variant", name("a", a), name("b", b)),
-            ("method", f"{a['method']} · {a['bits']}-bit · {a['runtime']}",
-             f"{b['method']} · {b['bits']}-bit · {b['runtime']}")]
+    def method(record: dict) -> str:
+        bits = f" · {record['bits']}-bit" if record.get("bits") else ""
+        return f"{record['method']}{bits} · {record['runtime']}"
+
+    rows = [("variant", name("a", a), name("b", b)), ("method", method(a), method(b))]
     figures_a, figures_b = dict(report.figures(a)), dict(report.figures(b))
     rows += [(label, _cell(figures_a[label]), _cell(figures_b.get(label, "–"))) for label in figures_a
              if label != "load"]

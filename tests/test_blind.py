@@ -2,7 +2,6 @@
 /battle and /vote under concurrent users and across a restart."""
 
 import json
-import math
 import os
 import signal
 import sqlite3

@@ -40,6 +40,10 @@ def test_blind_vote_reveal_and_results(browser, blind_app):  # noqa: F811
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.goto(blind_app)
     page.get_by_role("tab", name="Blind test").click()
+    page.locator("#blind-start").click()  # no question yet: refused, and the page does not claim to be working
+    page.get_by_text("the prompt is empty").first.wait_for(timeout=30_000)
+    page.wait_for_function("() => !document.querySelector('#blind-status').innerText.includes('Generating')",
+                           timeout=10_000)
     page.locator("#blind-draw").click()
     page.wait_for_function("() => document.querySelector('#blind-prompt textarea').value.length > 0",
                            timeout=10_000)
@@ -75,4 +79,4 @@ def test_blind_vote_reveal_and_results(browser, blind_app):  # noqa: F811
     files = page.locator("#blind-files").inner_text().replace("\n", "")  # Gradio splits name and extension
     assert "blind_results.json" in files and "blind_results.csv" in files
     shot(page, "blind_results")
-    assert errors == []
+    assert [e for e in errors if "the prompt is empty" not in e] == []  # Gradio logs a refused event
