@@ -1,4 +1,5 @@
-"""python -m demo compare ...: the headless CLI over the same runner the page uses; `cache ...`: its derived files."""
+"""python -m demo compare ...: the headless CLI over the same runner the page uses; `cache ...`: its derived files;
+`votes`: the blind test's results."""
 
 from __future__ import annotations
 
@@ -36,6 +37,14 @@ def build_parser() -> argparse.ArgumentParser:
     cached.add_argument("path", nargs="?", help="clear only this entry (a path from `cache list`)")
     cached.add_argument("--models", help="models file, to name the command that rebuilds each entry")
     cached.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    voted = sub.add_parser("votes", help="the blind test's results, or every battle and vote with --export",
+                           description="The votes database: --db, else $ARENA_VOTES_DB, else the models file's "
+                                       "blind.votes_db, else votes.sqlite3 in the cache folder.")
+    voted.add_argument("--db", type=Path, help="the votes database (SQLite)")
+    voted.add_argument("--models", help="models file, for blind.votes_db (default: $ARENA_MODELS, else models.yaml)")
+    voted.add_argument("--json", action="store_true", help='print {"votes": N, "variants": [...]} as JSON')
+    voted.add_argument("--export", type=Path, metavar="FILE.jsonl",
+                       help="write every battle with its vote (or null) as JSON Lines")
     return parser
 
 
@@ -43,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "cache":
         return cache_command(args)
+    if args.command == "votes":
+        from demo import votes_cli  # numpy, no torch
+
+        return votes_cli.main(args)
     try:
         config = load_config(args.models)
         if args.list:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -189,6 +189,17 @@ class GenerationDefaults:
 
 
 @dataclass(frozen=True)
+class BlindSettings:
+    """The blind test (models.yaml `blind:`): where votes are kept, how long answers are, flood limits."""
+
+    votes_db: Path | None = None  # None: $ARENA_VOTES_DB, else votes.sqlite3 in the cache folder (demo.votes)
+    max_new_tokens: int = 96
+    battles_per_minute: int = 6  # per session
+    votes_per_minute: int = 12  # per session; refused votes (forged, replayed) count too
+    variants: tuple[str, ...] = ()  # variants that may face their base's baseline; () for all of them
+
+
+@dataclass(frozen=True)
 class ArenaConfig:
     path: Path
     bases: dict[str, BaseModel]
@@ -197,6 +208,7 @@ class ArenaConfig:
     generation: GenerationDefaults
     memory_budget_mib: float
     examples: tuple[str, ...] = ()
+    blind: BlindSettings = field(default_factory=BlindSettings)
 
     def base_of(self, variant_id: str) -> BaseModel:
         return self.bases[self.variants[variant_id].base]
@@ -238,7 +250,7 @@ def load_config(path: str | os.PathLike | None = None) -> ArenaConfig:
 
 def _parse(path: Path, data: Any) -> ArenaConfig:
     _expect(isinstance(data, dict), path, "top level must be a mapping with 'bases' and 'variants'")
-    _only(path, data, {"bases", "variants", "limits", "generation", "memory_budget_mib", "examples"}, None)
+    _only(path, data, {"bases", "variants", "limits", "generation", "memory_budget_mib", "examples", "blind"}, None)
     bases = _parse_bases(path, _required(path, data, "bases", dict))
     variants = _parse_variants(path, _required(path, data, "variants", list), bases)
     for base in bases.values():
@@ -251,7 +263,27 @@ def _parse(path: Path, data: Any) -> ArenaConfig:
     examples = data.get("examples") or []
     _expect(isinstance(examples, list) and all(isinstance(e, str) for e in examples), path,
             "must be a list of strings", field="examples")
-    return ArenaConfig(path, bases, variants, limits, generation, _budget(path, data), tuple(examples))
+    blind = _parse_blind(path, data.get("blind") or {}, variants, limits)
+    return ArenaConfig(path, bases, variants, limits, generation, _budget(path, data), tuple(examples), blind)
+
+
+def _parse_blind(path: Path, raw: Any, variants: dict[str, Variant], limits: Limits) -> BlindSettings:
+    _expect(isinstance(raw, dict), path, "must be a mapping", field="blind")
+    _only(path, raw, {"votes_db", "max_new_tokens", "battles_per_minute", "votes_per_minute", "variants"}, None,
+          "blind")
+    numbers = {k: raw[k] for k in ("max_new_tokens", "battles_per_minute", "votes_per_minute") if k in raw}
+    blind = _dataclass_from(path, BlindSettings, numbers, "blind")
+    _expect(blind.max_new_tokens <= limits.max_new_tokens, path,
+            f"must be at most limits.max_new_tokens ({limits.max_new_tokens})", field="blind.max_new_tokens")
+    db = raw.get("votes_db")
+    _expect(db is None or (isinstance(db, str) and db.strip()), path, "must be a file path", field="blind.votes_db")
+    chosen = raw.get("variants") or []
+    _expect(isinstance(chosen, list) and all(isinstance(v, str) for v in chosen), path,
+            "must be a list of variant ids", field="blind.variants")
+    unknown = [v for v in chosen if v not in variants]
+    _expect(not unknown, path, f"unknown variant id(s): {', '.join(unknown)}", field="blind.variants")
+    votes_db = (path.parent / db).resolve() if db else None  # relative to the models file, as local sources are
+    return replace(blind, votes_db=votes_db, variants=tuple(chosen))
 
 
 def _budget(path: Path, data: dict) -> float:

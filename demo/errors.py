@@ -53,3 +53,15 @@ class DamagedCheckpoint(NotQuantized, CacheError):
 class EndpointError(VariantUnavailable):
     """A remote variant's endpoint is down, refused, answered with an error, stalled or broke its stream;
     the message is one line for its column and never carries the endpoint's key."""
+
+
+class VoteRefused(InvalidRequest):
+    """A vote for a battle this server never issued, issued to another session, or already voted on."""
+
+
+class RateLimited(Busy):
+    """A session asked for more battles or votes per minute than models.yaml's `blind:` block allows."""
+
+
+class VoteStoreError(ArenaError):
+    """The votes database cannot be opened, read or written (names the file)."""

@@ -14,7 +14,7 @@ from typing import Any, Iterator, NamedTuple
 import gradio as gr
 import pandas as pd
 
-from demo import card, charts, report, system, ui_evaluate
+from demo import card, charts, report, system, ui_blind, ui_evaluate
 from demo.errors import ArenaError
 from demo.quantize import quantize_variant
 from demo.runner import Arena, VariantResult
@@ -274,6 +274,8 @@ def build_demo(arena: Arena) -> gr.Blocks:
                                     file_count="multiple", interactive=False, elem_id="downloads")
         with gr.Tab("Evaluate", id="evaluate"):
             ui_evaluate.build_tab(arena, choices, DEVICE_QUEUE)
+        with gr.Tab("Blind test", id="blind", elem_id="blind"):
+            ui_blind.build_tab(arena, DEVICE_QUEUE)
         with gr.Accordion("System", open=True):
             system_md = gr.Markdown(elem_id="system")
         gr.Markdown(HOW_TO_READ)

@@ -1,0 +1,136 @@
+"""Blind battles: the server pairs a base's baseline with another of its variants, answers the prompt with both
+under the same settings, hides which is which until the one vote its session may cast, then reveals them.
+
+A session is what Gradio calls one: `gr.Request.session_hash`, a random id the browser makes for each page
+load and gradio_client for each Client. It is not a login: a client can start a new session at will (the
+rate limits are per session), but it cannot vote on a battle issued to a session it does not know, nor on a
+battle id it did not receive (ids are 128-bit random strings).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from typing import Any
+
+from demo import ratings
+from demo.errors import InvalidRequest, VariantUnavailable
+from demo.ratelimit import SessionRateLimit
+from demo.runner import Arena
+from demo.votes import Battle, VoteStore, now_iso, session_digest
+
+log = logging.getLogger(__name__)
+
+FAILED_RETRY_S = 600.0  # a variant that could not answer is left out of the draw this long (not made yet, ...)
+MAX_ATTEMPTS = 3  # variants tried for one battle before giving up
+BATTLE_ID_BYTES = 16
+_RANDOM = secrets.SystemRandom()  # sides and pairs nobody can predict from earlier battles
+
+
+class BlindTest:
+    """Issues battles, takes votes, summarizes them; one per app, shared by every session."""
+
+    def __init__(self, arena: Arena, store: VoteStore, clock=time.monotonic):
+        self.arena, self.store, self.clock = arena, store, clock
+        blind = arena.config.blind
+        self.battle_limit = SessionRateLimit(blind.battles_per_minute, "battles", clock)
+        self.vote_limit = SessionRateLimit(blind.votes_per_minute, "votes", clock)
+        self._failed_at: dict[str, float] = {}  # variant id -> clock() when it last failed to answer
+
+    # --- pairing --------------------------------------------------------------------------------------
+
+    def bases(self) -> list[str]:
+        """Base ids that can hold a battle: a baseline and at least one other variant to face it."""
+        return [b for b in self.arena.config.bases if self._base_ready(b)]
+
+    def _base_ready(self, base_id: str) -> bool:
+        return bool(self.arena.config.bases[base_id].baseline) and bool(self.candidates(base_id))
+
+    def candidates(self, base_id: str) -> list[str]:
+        """Variants that may face the base's baseline (models.yaml blind.variants, else all of the base's)."""
+        config = self.arena.config
+        chosen = config.blind.variants or tuple(config.variants)
+        baseline = config.bases[base_id].baseline
+        return [v for v in chosen if config.variants[v].base == base_id and v != baseline]
+
+    def resolve_base(self, base: str | None) -> str:
+        ready = self.bases()
+        if base in (None, ""):
+            if not ready:
+                raise InvalidRequest("no base model here has a baseline and another variant to face it")
+            return ready[0]
+        if not isinstance(base, str) or base not in self.arena.config.bases:
+            raise InvalidRequest(f"unknown base {str(base)[:60]!r}; known: {', '.join(self.arena.config.bases)}")
+        if base not in ready:
+            raise InvalidRequest(f"base '{base}' has no baseline and another variant for a blind test")
+        return base
+
+    def draw(self, base_id: str, exclude: set[str] = frozenset()) -> str | None:
+        """A challenger, weighted 1 / (1 + its votes) so the least-voted variants catch up."""
+        now = self.clock()
+        pool = [v for v in self.candidates(base_id) if v not in exclude]
+        fresh = [v for v in pool if now - self._failed_at.get(v, -FAILED_RETRY_S) >= FAILED_RETRY_S]
+        pool = fresh or pool  # every one failed lately: try them again rather than refuse
+        if not pool:
+            return None
+        votes = self.store.vote_counts(base_id)
+        return _RANDOM.choices(pool, weights=[1 / (1 + votes.get(v, 0)) for v in pool])[0]
+
+    # --- battles and votes ----------------------------------------------------------------------------
+
+    def battle(self, prompt: str, base: str | None, session: str) -> dict[str, str]:
+        """Answer `prompt` with the baseline and a drawn variant; {"battle": id, "a": text, "b": text} only."""
+        base_id = self.resolve_base(base)
+        baseline = self.arena.config.bases[base_id].baseline
+        self.arena.validate(prompt, [baseline])  # a bad prompt is refused before it costs the session a battle
+        self.battle_limit.take(session)
+        settings = self.arena.settings(max_new_tokens=self.arena.config.blind.max_new_tokens)
+        tried: set[str] = set()
+        while len(tried) < MAX_ATTEMPTS and (challenger := self.draw(base_id, tried)) is not None:
+            tried.add(challenger)
+            records = {r["variant"]: r for r in self.arena.compare_records(prompt, [baseline, challenger], settings)}
+            if records[baseline]["status"] != "done":
+                raise VariantUnavailable(f"the baseline could not answer: {records[baseline]['error']}")
+            if records[challenger]["status"] == "done":
+                return self._issue(base_id, baseline, records[baseline], records[challenger], session)
+            log.warning("blind test: %s could not answer (%s); drawing another", challenger,
+                        records[challenger]["error"])
+            self._failed_at[challenger] = self.clock()
+        raise VariantUnavailable(f"no variant of '{base_id}' could answer beside its baseline just now "
+                                 f"(tried {', '.join(sorted(tried)) or 'none'}); see the Compare tab for why")
+
+    def _issue(self, base_id: str, baseline: str, base_record: dict, other: dict, session: str) -> dict[str, str]:
+        a, b = (base_record, other) if _RANDOM.random() < 0.5 else (other, base_record)
+        battle = Battle(
+            id=secrets.token_urlsafe(BATTLE_ID_BYTES), issued_at=now_iso(), session=session_digest(session),
+            base=base_id, baseline=baseline, variant_a=a["variant"], variant_b=b["variant"], prompt=a["prompt"],
+            settings=a["settings"], answer_a=a["text"], answer_b=b["text"], record_a=self._shown(a),
+            record_b=self._shown(b), environment=a["environment"])
+        self.store.add_battle(battle)
+        return {"battle": battle.id, "a": battle.answer_a, "b": battle.answer_b}
+
+    def _shown(self, record: dict) -> dict[str, Any]:
+        """A record as the reveal shows it: its label added, what the battle holds once left out."""
+        variant = self.arena.config.variants[record["variant"]]
+        kept = {k: v for k, v in record.items() if k not in ("prompt", "settings", "environment")}
+        return {**kept, "label": variant.label or variant.id}
+
+    def vote(self, battle_id: str, choice: str, session: str) -> dict[str, Any]:
+        """Record the vote of the session the battle was issued to, once; then reveal both sides."""
+        self.vote_limit.take(session)  # forged and replayed votes count too: guessing costs the guesser
+        if not isinstance(battle_id, str) or not isinstance(choice, str):
+            raise InvalidRequest("battle and choice must be text")
+        battle = self.store.vote(battle_id, choice, session)
+        return reveal(battle, choice)
+
+    def results(self) -> dict:
+        return ratings.summarize(self.store.outcomes())
+
+
+def reveal(battle: Battle, choice: str) -> dict[str, Any]:
+    """What the voter sees after voting: both sides named, with their figures and fidelity."""
+    preferred = {"a": battle.variant_a, "b": battle.variant_b}.get(choice)
+    return {"battle": battle.id, "choice": choice, "preferred": preferred, "prompt": battle.prompt,
+            "settings": battle.settings, "baseline": "a" if battle.variant_a == battle.baseline else "b",
+            "a": battle.record_a, "b": battle.record_b}

@@ -1,0 +1,292 @@
+"""Blind-test battles and their votes in SQLite: each battle stored when issued, its one vote attached later.
+
+The app only ever inserts: triggers in the database refuse any UPDATE or DELETE of a battle or a vote, and
+a vote's primary key is its battle's id, so a second vote for one battle cannot be written. WAL mode lets
+`python -m demo votes` read while the app writes. Sessions are stored as a SHA-256 digest: enough to check
+that a vote comes from the session its battle was issued to, without keeping the session id itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import threading
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+from demo.cache import cache_dir
+from demo.errors import VoteRefused, VoteStoreError
+
+VOTES_ENV = "ARENA_VOTES_DB"
+DEFAULT_FILE = "votes.sqlite3"
+SPACE_DATA = Path("/data")  # where Hugging Face mounts a Space's persistent storage
+SCHEMA_VERSION = 1
+CHOICES = ("a", "b", "tie", "both_bad")
+BUSY_TIMEOUT_MS = 10_000  # another process (the CLI, a second worker) holding the write lock: wait, then fail
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS battles (
+    id TEXT PRIMARY KEY,
+    issued_at TEXT NOT NULL,        -- ISO 8601, UTC
+    session TEXT NOT NULL,          -- SHA-256 of the session it was issued to
+    base TEXT NOT NULL,
+    baseline TEXT NOT NULL,         -- variant id of the base's baseline (one of a, b)
+    variant_a TEXT NOT NULL,
+    variant_b TEXT NOT NULL,
+    prompt TEXT NOT NULL,
+    settings TEXT NOT NULL,         -- JSON: decoding settings, the same for both answers
+    answer_a TEXT NOT NULL,
+    answer_b TEXT NOT NULL,
+    record_a TEXT NOT NULL,         -- JSON: the full comparison record (figures, fidelity) shown at the reveal
+    record_b TEXT NOT NULL,
+    environment TEXT NOT NULL       -- JSON: device and library versions
+);
+CREATE TABLE IF NOT EXISTS votes (
+    battle_id TEXT PRIMARY KEY REFERENCES battles(id),
+    voted_at TEXT NOT NULL,
+    session TEXT NOT NULL,
+    choice TEXT NOT NULL CHECK (choice IN ('a', 'b', 'tie', 'both_bad'))
+);
+CREATE TRIGGER IF NOT EXISTS battles_no_update BEFORE UPDATE ON battles
+    BEGIN SELECT RAISE(ABORT, 'battles are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS battles_no_delete BEFORE DELETE ON battles
+    BEGIN SELECT RAISE(ABORT, 'battles are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS votes_no_update BEFORE UPDATE ON votes
+    BEGIN SELECT RAISE(ABORT, 'votes are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS votes_no_delete BEFORE DELETE ON votes
+    BEGIN SELECT RAISE(ABORT, 'votes are append-only'); END;
+"""
+_JSON_COLUMNS = ("settings", "record_a", "record_b", "environment")
+
+
+def votes_path(config=None) -> Path:
+    """The votes database: $ARENA_VOTES_DB, else models.yaml's blind.votes_db, else on a Hugging Face Space with
+    persistent storage /data/votes.sqlite3, else votes.sqlite3 in the cache folder."""
+    if os.environ.get(VOTES_ENV):
+        return Path(os.environ[VOTES_ENV])
+    if config is not None and config.blind.votes_db is not None:
+        return config.blind.votes_db
+    if space_storage() is not None:
+        return space_storage() / DEFAULT_FILE
+    return cache_dir() / DEFAULT_FILE
+
+
+def space_storage() -> Path | None:
+    """A Space's persistent disk (/data, a paid upgrade); None elsewhere, where a Space's disk is lost at restart."""
+    on_space = bool(os.environ.get("SPACE_ID"))
+    return SPACE_DATA if on_space and SPACE_DATA.is_dir() and os.access(SPACE_DATA, os.W_OK) else None
+
+
+def session_digest(session: str) -> str:
+    return hashlib.sha256(session.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+@dataclass(frozen=True)
+class Battle:
+    """One issued pair: what was asked, which variant answered on which side, and both answers."""
+
+    id: str
+    issued_at: str
+    session: str  # digest (session_digest)
+    base: str
+    baseline: str
+    variant_a: str
+    variant_b: str
+    prompt: str
+    settings: dict[str, Any]
+    answer_a: str
+    answer_b: str
+    record_a: dict[str, Any]
+    record_b: dict[str, Any]
+    environment: dict[str, Any]
+
+    @property
+    def challenger(self) -> str:
+        return self.variant_b if self.variant_a == self.baseline else self.variant_a
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A voted battle as the statistics need it."""
+
+    base: str
+    baseline: str
+    variant_a: str
+    variant_b: str
+    choice: str
+    label_a: str = ""
+    label_b: str = ""
+
+
+class VoteStore:
+    """The database, shared by every request: one connection, one lock, short transactions."""
+
+    def __init__(self, path: str | os.PathLike, *, read_only: bool = False):
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        try:
+            self._db = self._connect(read_only)
+            if not read_only:
+                self._create()
+            self._check_version()
+        except sqlite3.Error as exc:
+            raise VoteStoreError(f"cannot open the votes database {self.path}: {exc}") from None
+
+    def _connect(self, read_only: bool) -> sqlite3.Connection:
+        if read_only:
+            if not self.path.is_file():
+                raise VoteStoreError(f"no votes database at {self.path}")
+            db = sqlite3.connect(f"{self.path.absolute().as_uri()}?mode=ro", uri=True, check_same_thread=False,
+                                 isolation_level=None)
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")  # a vote that was answered "recorded" survives a power cut
+        db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        db.row_factory = sqlite3.Row
+        return db
+
+    def _create(self) -> None:
+        """Tables, triggers and the version row in one transaction: two processes starting at once agree."""
+        with self._lock:
+            self._db.executescript(
+                f"BEGIN IMMEDIATE; {_SCHEMA} INSERT INTO schema_version SELECT {SCHEMA_VERSION} "
+                "WHERE NOT EXISTS (SELECT 1 FROM schema_version); COMMIT;")
+
+    def _check_version(self) -> None:
+        row = self._db.execute("SELECT MAX(version) FROM schema_version").fetchone()
+        if row[0] is None or row[0] > SCHEMA_VERSION:
+            raise VoteStoreError(f"the votes database {self.path} has schema version {row[0]}; this version of the "
+                                 f"app reads version {SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # --- writing ------------------------------------------------------------------------------------
+
+    def add_battle(self, battle: Battle) -> None:
+        row = asdict(battle)
+        for key in _JSON_COLUMNS:
+            row[key] = json.dumps(row[key], ensure_ascii=False, allow_nan=False)
+        columns = ", ".join(row)
+        with self._transaction():
+            self._db.execute(f"INSERT INTO battles ({columns}) VALUES ({', '.join('?' * len(row))})",
+                             tuple(row.values()))
+
+    def vote(self, battle_id: str, choice: str, session: str) -> Battle:
+        """Attach a vote to a battle issued to this session, once; returns the battle for the reveal."""
+        if choice not in CHOICES:
+            raise VoteRefused(f"choice must be one of {', '.join(CHOICES)}, got {str(choice)[:40]!r}")
+        with self._transaction():
+            row = self._db.execute("SELECT * FROM battles WHERE id = ?", (battle_id,)).fetchone()
+            if row is None:
+                raise VoteRefused("unknown battle id: this server issued no battle with that id "
+                                  "(ask /battle for one, then vote on it)")
+            if row["session"] != session_digest(session):
+                raise VoteRefused("this battle was issued to another session: only the page or client that asked "
+                                  "for it may vote on it")
+            if self._db.execute("SELECT 1 FROM votes WHERE battle_id = ?", (battle_id,)).fetchone():
+                raise VoteRefused("this battle already has a vote: each battle takes one vote, never changed")
+            self._db.execute("INSERT INTO votes VALUES (?, ?, ?, ?)",
+                             (battle_id, now_iso(), session_digest(session), choice))
+        return _battle(row)
+
+    def _transaction(self):
+        return _Transaction(self)
+
+    # --- reading ------------------------------------------------------------------------------------
+
+    def battle(self, battle_id: str) -> Battle | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM battles WHERE id = ?", (battle_id,)).fetchone()
+        return _battle(row) if row else None
+
+    def outcomes(self) -> list[Outcome]:
+        """Every voted battle, in voting order."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT b.base, b.baseline, b.variant_a, b.variant_b, v.choice, b.record_a, b.record_b "
+                "FROM votes v JOIN battles b ON b.id = v.battle_id ORDER BY v.rowid").fetchall()
+        return [Outcome(r["base"], r["baseline"], r["variant_a"], r["variant_b"], r["choice"],
+                        json.loads(r["record_a"]).get("label", ""), json.loads(r["record_b"]).get("label", ""))
+                for r in rows]
+
+    def vote_counts(self, base: str) -> dict[str, int]:
+        """Votes so far per variant of one base (both sides counted)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT variant, COUNT(*) FROM (SELECT b.variant_a AS variant FROM votes v JOIN battles b "
+                "ON b.id = v.battle_id WHERE b.base = ? UNION ALL SELECT b.variant_b FROM votes v JOIN battles b "
+                "ON b.id = v.battle_id WHERE b.base = ?) GROUP BY variant", (base, base)).fetchall()
+        return {r[0]: r[1] for r in rows}
+
+    def counts(self) -> tuple[int, int]:
+        """(battles issued, votes)."""
+        with self._lock:
+            battles = self._db.execute("SELECT COUNT(*) FROM battles").fetchone()[0]
+            votes = self._db.execute("SELECT COUNT(*) FROM votes").fetchone()[0]
+        return battles, votes
+
+    def export_rows(self) -> Iterator[dict[str, Any]]:
+        """Every battle with its vote (None until voted), for analysis elsewhere."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT b.*, v.choice, v.voted_at, v.session AS vote_session FROM battles b "
+                "LEFT JOIN votes v ON v.battle_id = b.id ORDER BY b.rowid").fetchall()
+        for row in rows:
+            record = asdict(_battle(row))
+            vote = None if row["choice"] is None else {"choice": row["choice"], "voted_at": row["voted_at"],
+                                                        "same_session": row["vote_session"] == row["session"]}
+            yield {"schema": SCHEMA_VERSION, **record, "vote": vote}
+
+    def export(self, out: str | os.PathLike) -> int:
+        """Write export_rows() as JSON Lines; returns the number of battles written."""
+        count = 0
+        with open(out, "w", encoding="utf-8") as handle:
+            for row in self.export_rows():
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+                count += 1
+        return count
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE under the store's lock: a check and its insert see no other writer in between."""
+
+    def __init__(self, store: VoteStore):
+        self.store = store
+
+    def __enter__(self):
+        self.store._lock.acquire()
+        try:
+            self.store._db.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            self.store._lock.release()
+            raise
+        return self.store._db
+
+    def __exit__(self, kind, exc, trace):
+        try:
+            self.store._db.execute("COMMIT" if kind is None else "ROLLBACK")
+        finally:
+            self.store._lock.release()
+        if isinstance(exc, sqlite3.Error):
+            raise VoteStoreError(f"the votes database {self.store.path} refused a write: {exc}") from None
+        return False
+
+
+def _battle(row: sqlite3.Row) -> Battle:
+    values = {key: row[key] for key in Battle.__dataclass_fields__}
+    for key in _JSON_COLUMNS:
+        values[key] = json.loads(values[key])
+    return Battle(**values)
