@@ -20,6 +20,11 @@ BUDGET_ENV = "ARENA_MEMORY_BUDGET_MIB"
 DTYPES = ("float32", "float16", "bfloat16")
 SOURCE_KINDS = ("bundled-gguf", "hub", "local")
 DEVICES = ("auto", "cuda", "cpu")
+# transformers' attention implementations a variant may ask for (flash attention needs a GPU and the
+# flash-attn package; the loader refuses it elsewhere, in the variant's column).
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flex_attention", "flash_attention_2", "flash_attention_3")
+# torchao schemes (demo.backends.torchao_quant) and the bits each stores per quantized weight.
+TORCHAO_SCHEMES = {"int8_weight_only": 8, "int4_weight_only": 4, "int8_dynamic": 8}
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,24 @@ METHODS: dict[str, Method] = {
             checkpoint_kinds=("hub", "local"),
             file_settings=("type",),
         ),
+        # torchao, quantized at load time (nothing is saved: its CPU int4 tensors cannot be). group_size and
+        # the qparams algorithm ("hqq": HQQ-style scales and zero points) belong to int4_weight_only only.
+        Method(
+            "torchao",
+            None,
+            {"scheme": tuple(TORCHAO_SCHEMES), "group_size": (32, 64, 128, 256),
+             "int4_choose_qparams_algorithm": ("tinygemm", "hqq")},
+            required=("scheme",),
+        ),
+        # AWQ through gptqmodel: a checkpoint made by `python -m demo.quantize` with the calibration text,
+        # or a pre-made one; transformers loads it through gptqmodel's kernels (a CPU one included).
+        Method(
+            "awq",
+            4,
+            {"bits": (4,), "group_size": int, "zero_point": bool},
+            defaults={"bits": 4, "group_size": 128, "zero_point": True},
+            checkpoint_kinds=("hub", "local"),
+        ),
     )
 }
 
@@ -127,11 +150,14 @@ class Variant:
     device: str = "auto"  # auto | cuda | cpu
     dtype: str | None = None  # dtype of the modules that stay unquantized
     checkpoint: Source | None = None  # a pre-quantized checkpoint (gptq); None: made by demo.quantize
+    attn_implementation: str | None = None  # one of ATTN_IMPLEMENTATIONS; None: transformers' default
 
     @property
     def bits(self) -> int | None:
         if self.method == "gguf":
             return GGUF_TYPES[self.settings["type"]]
+        if self.method == "torchao":
+            return TORCHAO_SCHEMES[self.settings["scheme"]]
         return METHODS[self.method].bits or self.settings.get("bits")
 
     @property
@@ -278,7 +304,8 @@ def _parse_variants(path: Path, raw: list, bases: dict[str, BaseModel]) -> dict[
         vid = entry.get("id")
         _expect(isinstance(vid, str) and vid.strip(), path, "is required", field=f"variants[{index}].id")
         _expect(vid not in variants, path, "duplicate variant id", variant=vid, field="id")
-        _only(path, entry, {"id", "base", "method", "settings", "label", "device", "dtype", "checkpoint"}, vid)
+        _only(path, entry, {"id", "base", "method", "settings", "label", "device", "dtype", "checkpoint",
+                            "attn_implementation"}, vid)
         base = _required(path, entry, "base", str, variant=vid)
         _expect(base in bases, path, f"unknown base '{base}' (bases: {', '.join(bases)})", variant=vid, field="base")
         method = _required(path, entry, "method", str, variant=vid)
@@ -303,8 +330,17 @@ def _parse_variants(path: Path, raw: list, bases: dict[str, BaseModel]) -> dict[
             if method == "gguf" and checkpoint.kind == "hub":
                 _expect(bool(checkpoint.file), path, "is required: the .gguf file's name in the repo", variant=vid,
                         field="checkpoint.file")
-        variants[vid] = Variant(vid, base, method, _check_settings(path, vid, METHODS[method], settings),
-                                str(entry.get("label", "")), device, dtype, checkpoint)
+        attn = entry.get("attn_implementation")
+        _expect(attn is None or attn in ATTN_IMPLEMENTATIONS, path,
+                f"must be one of {', '.join(ATTN_IMPLEMENTATIONS)}, got {attn!r}", variant=vid, field="attn_implementation")
+        _expect(attn is None or METHODS[method].runtime == "transformers", path,
+                f"applies to transformers variants only, not to method '{method}'", variant=vid,
+                field="attn_implementation")
+        settings = _check_settings(path, vid, METHODS[method], settings)
+        if method == "torchao":
+            _check_torchao(path, vid, settings)
+        variants[vid] = Variant(vid, base, method, settings, str(entry.get("label", "")), device, dtype, checkpoint,
+                                attn)
     _expect(bool(variants), path, "must list at least one variant", field="variants")
     return variants
 
@@ -324,6 +360,17 @@ def _check_settings(path: Path, vid: str, method: Method, settings: dict) -> dic
         else:
             _typed(path, value, allowed, where, vid)
     return {**method.defaults, **settings}
+
+
+def _check_torchao(path: Path, vid: str, settings: dict) -> None:
+    """int4 needs an explicit group size; the int4-only settings are refused on the int8 schemes."""
+    if settings["scheme"] == "int4_weight_only":
+        _expect("group_size" in settings, path, "is required for scheme int4_weight_only (32, 64, 128 or 256; it "
+                "must divide every layer's input width)", variant=vid, field="settings.group_size")
+        return
+    for key in ("group_size", "int4_choose_qparams_algorithm"):
+        _expect(key not in settings, path, f"applies to scheme int4_weight_only only, not {settings['scheme']}",
+                variant=vid, field=f"settings.{key}")
 
 
 def _dataclass_from(path: Path, cls, raw: Any, name: str):

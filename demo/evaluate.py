@@ -163,9 +163,9 @@ def _speed(arena: Arena, result: VariantEvaluation, settings, runs: int) -> None
 
 
 def _disk_mib(arena: Arena, variant_id: str) -> float | None:
-    """Size of the variant's own file(s) on disk (GPTQ, GGUF), None where it is quantized at load time."""
+    """Size of the variant's own file(s) on disk (GPTQ, AWQ, GGUF), None where it is quantized at load time."""
     variant = arena.config.variants[variant_id]
-    if variant.method not in ("gptq", "gguf"):
+    if variant.method not in ("gptq", "gguf", "awq"):
         return None
     from demo.quantize import folder_mib
 
