@@ -171,6 +171,8 @@ def _disk_mib(arena: Arena, variant_id: str) -> float | None:
 
     if variant.checkpoint is not None:
         path = variant.checkpoint.path
+        if path is not None and path.is_dir():  # a pre-made checkpoint folder (GPTQ, AWQ)
+            return round(folder_mib(path), 1)
         return round(path.stat().st_size / 2**20, 1) if path is not None and path.is_file() else None
     folder = sources.quantized_dir(arena.config.bases[variant.base], variant.method, variant.file_settings)
     return round(folder_mib(folder), 1) if folder.is_dir() else None

@@ -202,6 +202,10 @@ def load(variant: Variant, base: BaseModel) -> TransformersVariant:
     for package in PACKAGES.get(variant.method, ()):
         if not package_available(package):
             raise VariantUnavailable(f"not available: the '{package}' package is not installed")
+    if "gptqmodel" in PACKAGES.get(variant.method, ()):
+        from demo.awq import ensure_cpu_workers
+
+        ensure_cpu_workers()
     device = pick_device(variant)
     check_attention(variant, device)
     weights = weights_for(variant, base)
@@ -222,6 +226,8 @@ def load(variant: Variant, base: BaseModel) -> TransformersVariant:
             model = AutoModelForCausalLM.from_pretrained(weights.location, **common, **kwargs)
         if variant.method == "torchao":
             facts = torchao_quant.quantized_layers(model)
+        elif variant.method in CHECKPOINT_METHODS:
+            facts = {"kernels": quantized_kernels(model)}
     except OSError as exc:  # offline, gated without token, missing files: the Hub client raises OSError kinds
         log.warning("loading %s failed", variant.id, exc_info=True)
         raise VariantUnavailable(f"not available: weights for '{base.label}' could not be reached "
@@ -232,6 +238,11 @@ def load(variant: Variant, base: BaseModel) -> TransformersVariant:
     loaded = TransformersVariant(variant, model, tokenizer, device, facts)
     warm_up(loaded)
     return loaded
+
+
+def quantized_kernels(model: torch.nn.Module) -> list[str]:
+    """The gptqmodel layer classes the weights run through (which kernel was picked for this device)."""
+    return sorted({type(m).__name__ for m in model.modules() if type(m).__module__.startswith("gptqmodel.")})
 
 
 def check_attention(variant: Variant, device: str) -> None:
