@@ -119,7 +119,10 @@ def test_models_env_picks_the_file(tmp_path, monkeypatch):
 
 def test_every_method_has_bits_or_a_bits_setting():
     for method in METHODS.values():
-        assert method.bits or "bits" in method.allowed or method.name == "gguf"
+        assert method.bits or "bits" in method.allowed or method.name in ("gguf", "torchao")
+    from demo.config import TORCHAO_SCHEMES
+
+    assert set(METHODS["torchao"].allowed["scheme"]) == set(TORCHAO_SCHEMES)  # each scheme names its bits
 
 
 def test_gguf_variants_take_a_type_and_a_file(tmp_path):
