@@ -56,7 +56,7 @@ def app_decode_tokens_per_s(arena: Arena, variant_id: str, settings) -> tuple[fl
 def long_prompt(tokenizer, tokens: int = LONG_PROMPT_TOKENS) -> str:
     """A request to summarize evaluation text cut so that the templated prompt is about `tokens` long."""
     text = (REPO / "assets" / "evaluation.txt").read_text(encoding="utf-8")
-    words = text.split()
+    words = text.split() * 2  # the shipped text alone is about 1,000 tokens
     head = "Summarize this text in one sentence.\n\n"
     low, high = 1, len(words)
     while low < high:  # the most words that keep the templated prompt within `tokens`
