@@ -16,6 +16,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from demo import sources
+from demo.backends import torchao_quant
 from demo.backends.base import LoadedVariant, OnToken
 from demo.backends.common import first_line, package_available, pick_device
 from demo.config import BaseModel, Variant
@@ -166,8 +167,6 @@ def from_pretrained_kwargs(variant: Variant, device: str) -> dict[str, Any]:
     if variant.method in CHECKPOINT_METHODS:  # settings travel in the checkpoint's own config
         return kwargs
     if variant.method == "torchao":
-        from demo.backends import torchao_quant
-
         kwargs.setdefault("dtype", getattr(torch, torchao_quant.DEFAULT_DTYPE))
         kwargs["quantization_config"] = torchao_quant.quantization_config(variant, device)
         return kwargs
@@ -213,21 +212,15 @@ def load(variant: Variant, base: BaseModel) -> TransformersVariant:
     common = {"revision": weights.revision, "trust_remote_code": base.trust_remote_code}
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    facts: dict[str, Any] = {}
     try:
         tokenizer = AutoTokenizer.from_pretrained(weights.location, **common)
         if variant.method == "gptq":
             kwargs["config"] = gptq_model_config(weights, common)
-        if variant.method == "torchao":
-            from demo.backends import torchao_quant
-
+        if variant.method == "torchao":  # refused before quantizing layers it would skip
             torchao_quant.check_group_size(variant, AutoConfig.from_pretrained(weights.location, **common))
-        with contextlib.redirect_stdout(sys.stderr), _global_state_kept(variant):  # gptqmodel logs to stdout
+        # gptqmodel logs to stdout (kept for results); some torchao versions change process-wide settings
+        with contextlib.redirect_stdout(sys.stderr), torchao_quant.global_state_kept():
             model = AutoModelForCausalLM.from_pretrained(weights.location, **common, **kwargs)
-        if variant.method == "torchao":
-            facts = torchao_quant.quantized_layers(model)
-        elif variant.method in CHECKPOINT_METHODS:
-            facts = {"kernels": quantized_kernels(model)}
     except OSError as exc:  # offline, gated without token, missing files: the Hub client raises OSError kinds
         log.warning("loading %s failed", variant.id, exc_info=True)
         raise VariantUnavailable(f"not available: weights for '{base.label}' could not be reached "
@@ -235,7 +228,7 @@ def load(variant: Variant, base: BaseModel) -> TransformersVariant:
     model.eval()
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    loaded = TransformersVariant(variant, model, tokenizer, device, facts)
+    loaded = TransformersVariant(variant, model, tokenizer, device, _method_facts(variant, model))
     warm_up(loaded)
     return loaded
 
@@ -257,12 +250,14 @@ def check_attention(variant: Variant, device: str) -> None:
         raise VariantUnavailable(f"not available: {name} needs the flash-attn package, which is not installed")
 
 
-def _global_state_kept(variant: Variant):
-    if variant.method != "torchao":
-        return contextlib.nullcontext()
-    from demo.backends import torchao_quant
-
-    return torchao_quant.global_state_kept()
+def _method_facts(variant: Variant, model: Any) -> dict[str, Any]:
+    """What the quantization really did, read off the loaded model: torchao's quantized layers, or the
+    gptqmodel kernels a GPTQ / AWQ checkpoint runs through on this device."""
+    if variant.method == "torchao":
+        return torchao_quant.quantized_layers(model)
+    if variant.method in CHECKPOINT_METHODS:
+        return {"kernels": quantized_kernels(model)}
+    return {}
 
 
 def gptq_model_config(weights: sources.Weights, common: dict):
