@@ -332,7 +332,8 @@ def _parse_variants(path: Path, raw: list, bases: dict[str, BaseModel]) -> dict[
                         field="checkpoint.file")
         attn = entry.get("attn_implementation")
         _expect(attn is None or attn in ATTN_IMPLEMENTATIONS, path,
-                f"must be one of {', '.join(ATTN_IMPLEMENTATIONS)}, got {attn!r}", variant=vid, field="attn_implementation")
+                f"must be one of {', '.join(ATTN_IMPLEMENTATIONS)}, got {attn!r}", variant=vid,
+                field="attn_implementation")
         _expect(attn is None or METHODS[method].runtime == "transformers", path,
                 f"applies to transformers variants only, not to method '{method}'", variant=vid,
                 field="attn_implementation")

@@ -1,8 +1,8 @@
 """python -m demo.quantize: quantize a base model from models.yaml and save a checkpoint transformers loads.
 
 GPTQ goes through transformers' GPTQConfig (optimum + gptqmodel), calibrated on assets/calibration.txt;
-AWQ through gptqmodel itself (demo.awq), on the same text; bitsandbytes methods are saved with bitsandbytes serialization. The checkpoint is written to a staging
-folder and renamed into place only once complete, with quantize.json (settings, calibration, wall
+AWQ through gptqmodel itself (demo.awq), on the same text; bitsandbytes methods are saved with
+bitsandbytes serialization. The checkpoint is written to a staging folder and renamed into place only once complete, with quantize.json (settings, calibration, wall
 time, size on disk, library versions) written next, and the cache manifest (sizes and hashes) last.
 """
 

@@ -86,8 +86,8 @@ an 8B model at the same number of bits.
 
 QUANTIZE_NOTE = ("**Quantize now** makes this variant's quantized checkpoint from the base model's weights "
                  "(GPTQ and AWQ: calibrated on a short text shipped with the app, then saved to the cache). It takes "
-                 "about 1.5 minutes (GPTQ) or several minutes (AWQ) on a 2-core CPU and runs once; press Run again "
-                 "afterwards to compare it.")
+                 "about 1.5 minutes (GPTQ) or up to about 20 minutes (AWQ) on a 2-core CPU and runs once; press Run "
+                 "again afterwards to compare it.")
 QUANTIZE_NOTE_GGUF = ("**Quantize now** makes this variant's GGUF file with llama.cpp's own quantizer from the base "
                       "model's weights and caches it. It takes seconds for this model and runs once; press Run again "
                       "afterwards to compare it.")
