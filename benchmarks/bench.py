@@ -5,13 +5,16 @@ loaded model and settings (app path, then bare, alternating which goes first). T
 Arena.compare: streaming, tracking, decoding and snapshots included. "Bare" is model.generate with
 a streamer that only appends a perf_counter timestamp per token (needed to separate the first token
 from the decode phase), run on the same device thread as the app's generation (see demo.device for
-why that matters on CPU). Writes results/bench.json.
+why that matters on CPU). Then a long-prompt row: time to first token for a prompt of about
+LONG_PROMPT_TOKENS tokens with the same weights under eager and sdpa attention (--attention-only runs just
+that row). Writes results/bench.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import socket
@@ -31,6 +34,8 @@ from demo.quantize import quantize_variant  # noqa: E402
 from demo.runner import Arena  # noqa: E402
 
 PROMPT = "Write a long story about a dragon who learns to cook."
+LONG_PROMPT_TOKENS = 1500  # prompt ids, chat template included
+ATTENTION = ("eager", "sdpa")
 BARE = {"transformers": "model.generate with a streamer that only timestamps tokens",
         "llama.cpp": "llama-cpp-python's Llama.generate loop that only timestamps tokens"}
 
@@ -46,6 +51,46 @@ def app_decode_tokens_per_s(arena: Arena, variant_id: str, settings) -> tuple[fl
     if record["error"]:
         raise RuntimeError(f"{variant_id}: {record['error']}")
     return record["decode_tokens_per_s"], record["new_tokens"]
+
+
+def long_prompt(tokenizer, tokens: int = LONG_PROMPT_TOKENS) -> str:
+    """A request to summarize evaluation text cut so that the templated prompt is about `tokens` long."""
+    text = (REPO / "assets" / "evaluation.txt").read_text(encoding="utf-8")
+    words = text.split() * 2  # the shipped text alone is about 1,000 tokens
+    head = "Summarize this text in one sentence.\n\n"
+    low, high = 1, len(words)
+    while low < high:  # the most words that keep the templated prompt within `tokens`
+        mid = (low + high + 1) // 2
+        if len(prompt_ids(tokenizer, head + " ".join(words[:mid]))) <= tokens:
+            low = mid
+        else:
+            high = mid - 1
+    return head + " ".join(words[:low])
+
+
+def attention_rows(config, variant_id: str, runs: int) -> list[dict]:
+    """Time to first token on a long prompt for the same weights under each attention implementation,
+    interleaved (eager, sdpa, sdpa, eager, ...), each variant loaded once through the app's own path."""
+    base = config.variants[variant_id]
+    ids = {name: f"{variant_id}@{name}" for name in ATTENTION}
+    extra = {ids[name]: dataclasses.replace(base, id=ids[name], attn_implementation=name) for name in ATTENTION}
+    arena = Arena(dataclasses.replace(config, variants={**config.variants, **extra}))
+    settings = arena.settings(max_new_tokens=2)
+    loaded = arena.device.call(arena.manager.get, ids[ATTENTION[0]]).loaded
+    prompt = long_prompt(loaded.tokenizer)
+    ttft: dict[str, list[float]] = {name: [] for name in ATTENTION}
+    used, prompt_tokens = {}, None
+    for run in range(runs + 1):  # the first round warms each variant up and is not counted
+        for name in ATTENTION if run % 2 == 0 else reversed(ATTENTION):
+            [record] = arena.compare_records(prompt, [ids[name]], settings)
+            if record["error"]:
+                raise RuntimeError(f"{ids[name]}: {record['error']}")
+            used[name], prompt_tokens = record["stored"]["attn_implementation"], record["prompt_tokens"]
+            if run:
+                ttft[name].append(record["ttft_ms"])
+    return [{"variant": variant_id, "attn_implementation": used[name], "prompt_tokens": prompt_tokens,
+             "ttft_ms_p50": round(statistics.median(ttft[name]), 1), "runs": runs,
+             "ttft_ms_runs": [round(x, 1) for x in ttft[name]]} for name in ATTENTION]
 
 
 def free_port() -> int:
@@ -103,9 +148,19 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5, help="interleaved app/bare pairs per variant")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--out", default=str(REPO / "results" / "bench.json"))
+    parser.add_argument("--attention-variant", help="weights for the long-prompt eager/sdpa row (default: the "
+                        "first base model's baseline)")
+    parser.add_argument("--attention-runs", type=int, default=3, help="interleaved runs per attention implementation")
+    parser.add_argument("--attention-only", action="store_true", help="run only the long-prompt attention row")
     args = parser.parse_args()
 
     config = load_config(args.models)
+    attention_variant = args.attention_variant or next(iter(config.bases.values())).baseline
+    if args.attention_only:
+        rows = attention_rows(config, attention_variant, args.attention_runs)
+        _print_attention(rows)
+        write_json({"long_prompt_attention": rows}, args.out)
+        return 0
     arena = Arena(config)
     settings = arena.settings(max_new_tokens=args.max_new_tokens)
     ready_s = start_to_ready_s(args.models)
@@ -114,7 +169,7 @@ def main() -> int:
     rows = []
     for variant_id in variant_ids:
         variant = config.variants[variant_id]
-        if variant.method in ("gptq", "gguf") and variant.checkpoint is None:
+        if variant.method in ("gptq", "awq", "gguf") and variant.checkpoint is None:
             print(f"{variant_id}: making its {variant.method.upper()} file first (once)", flush=True)
             arena.device.call(quantize_variant, config, variant_id)
         acquired = arena.device.call(arena.manager.get, variant_id)
@@ -144,15 +199,24 @@ def main() -> int:
               f"{row['bare_decode_tokens_per_s']:7.2f} tok/s  ratio {row['ratio']:.3f}  cold load "
               f"{row['cold_load_ms'] / 1e3:.1f} s", flush=True)
         arena.manager.evict(variant_id)  # one variant resident at a time: no cross-talk
+    attention = attention_rows(config, attention_variant, args.attention_runs)
+    _print_attention(attention)
     result = {
         "environment": arena.environment(),
         "conditions": {"prompt": PROMPT, "settings": settings.describe(), "statistic": "median",
                        "bare": "each runtime's own generation loop on the same loaded variant, timestamps only"},
         "start_to_ready_s": round(ready_s, 2),
         "variants": rows,
+        "long_prompt_attention": attention,
     }
     write_json(result, args.out)
     return 0
+
+
+def _print_attention(rows: list[dict]) -> None:
+    for row in rows:
+        print(f"{row['variant']} attention {row['attn_implementation']:<6} {row['prompt_tokens']} prompt tokens: "
+              f"time to first token {row['ttft_ms_p50']:8.1f} ms (median of {row['runs']})", flush=True)
 
 
 if __name__ == "__main__":

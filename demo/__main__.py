@@ -157,7 +157,7 @@ def _rebuild_commands(models: str | None) -> dict[str, str]:
     commands = {}
     for variant in config.variants.values():
         base = config.bases[variant.base]
-        if variant.method == "gptq" and variant.checkpoint is None:
+        if variant.method in ("gptq", "awq") and variant.checkpoint is None:
             folder = sources.quantized_dir(base, variant.method, variant.settings)
             commands[folder.relative_to(root).as_posix()] = sources.quantize_command(variant.id) + option
         if base.source.kind == "bundled-gguf" and variant.id == base.baseline:

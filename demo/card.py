@@ -29,6 +29,8 @@ METHOD_NAMES = {
     "bnb-4bit": "bitsandbytes 4-bit",
     "gptq": "GPTQ",
     "gguf": "llama.cpp GGUF",
+    "torchao": "torchao",
+    "awq": "AWQ",
 }
 
 # Settings (transformers' argument names, as in models.yaml) in words; any other setting reads "name=value".
@@ -49,6 +51,9 @@ _SETTING_WORDS = {
     "n_ctx": lambda v: f"context {v} tokens",
     "use_mmap": lambda v: "memory-mapped" if v else "loaded into RAM",
     "n_gpu_layers": lambda v: f"{v} layers on the GPU",
+    "scheme": lambda v: {"int8_dynamic": "int8 dynamic activations + int8 weights"}.get(v, v.replace("_", " ")),
+    "int4_choose_qparams_algorithm": lambda v: "HQQ scales and zero points" if v == "hqq" else f"{v} scales",
+    "zero_point": lambda v: "zero point" if v else "no zero point",
 }
 
 # Inline text (table cells, the header lines) is escaped character by character: every character that can
@@ -116,7 +121,20 @@ def markdown_card(records: list[dict[str, Any]], created_utc: str | None = None)
     versions += "".join(f", llama-cpp-python {v}" for v in sorted(llama))
     lines += [f"**Conditions.** {inline(_machine(env))}" + (f"; {inline(versions)}." if versions else ".")]
     lines += [f"Peak memory = {inline(report.MEMORY_KINDS[k])}." for k in kinds]
+    lines += _attention_lines(records)
     return "\n".join(lines) + "\n"
+
+
+def _attention_lines(records: list[dict[str, Any]]) -> list[str]:
+    """The attention implementation each transformers variant really ran with (read back after loading)."""
+    used: dict[str, list[str]] = {}
+    for r in records:
+        if name := (r.get("stored") or {}).get("attn_implementation"):
+            used.setdefault(name, []).append(r["variant"])
+    if not used:
+        return []
+    parts = "; ".join(f"{name}: {', '.join(ids)}" for name, ids in used.items())
+    return [f"Attention implementation, as loaded: {inline(parts)}."]
 
 
 def write(records: list[dict[str, Any]], out: Path, created_utc: str | None = None) -> dict[str, Path]:

@@ -24,6 +24,11 @@ DEVICES = ("auto", "cuda", "cpu")
 # "When the model outgrows one machine"). llamacpp is llama.cpp's llama-server; llamacpp-python is
 # llama-cpp-python's server (python -m llama_cpp.server); openai is any other compatible endpoint.
 ENGINES = ("vllm", "sglang", "tgi", "llamacpp", "llamacpp-python", "openai")
+# transformers' attention implementations a variant may ask for (flash attention needs a GPU and the
+# flash-attn package; the loader refuses it elsewhere, in the variant's column).
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flex_attention", "flash_attention_2", "flash_attention_3")
+# torchao schemes (demo.backends.torchao_quant) and the bits each stores per quantized weight.
+TORCHAO_SCHEMES = {"int8_weight_only": 8, "int4_weight_only": 4, "int8_dynamic": 8}
 
 
 @dataclass(frozen=True)
@@ -97,6 +102,24 @@ METHODS: dict[str, Method] = {
         # A model served by an engine elsewhere (vLLM, SGLang, TGI, llama.cpp's server): the variant gives
         # its `endpoint:` and declares its `quantization:`; nothing is loaded here but the base's tokenizer.
         Method("remote", None, {}, runtime="remote"),
+        # torchao, quantized at load time (nothing is saved: its CPU int4 tensors cannot be). group_size and
+        # the qparams algorithm ("hqq": HQQ-style scales and zero points) belong to int4_weight_only only.
+        Method(
+            "torchao",
+            None,
+            {"scheme": tuple(TORCHAO_SCHEMES), "group_size": (32, 64, 128, 256),
+             "int4_choose_qparams_algorithm": ("tinygemm", "hqq")},
+            required=("scheme",),
+        ),
+        # AWQ through gptqmodel: a checkpoint made by `python -m demo.quantize` with the calibration text,
+        # or a pre-made one; transformers loads it through gptqmodel's kernels (a CPU one included).
+        Method(
+            "awq",
+            4,
+            {"bits": (4,), "group_size": int, "zero_point": bool},
+            defaults={"bits": 4, "group_size": 128, "zero_point": True},
+            checkpoint_kinds=("hub", "local"),
+        ),
     )
 }
 
@@ -153,6 +176,7 @@ class Variant:
     checkpoint: Source | None = None  # a pre-quantized checkpoint (gptq); None: made by demo.quantize
     endpoint: Endpoint | None = None  # remote variants only
     declared: dict[str, Any] | None = None  # remote variants: the models file's `quantization:` block
+    attn_implementation: str | None = None  # one of ATTN_IMPLEMENTATIONS; None: transformers' default
 
     @property
     def bits(self) -> int | None:
@@ -160,6 +184,8 @@ class Variant:
             return GGUF_TYPES[self.settings["type"]]
         if self.method == "remote":
             return (self.declared or {}).get("bits")
+        if self.method == "torchao":
+            return TORCHAO_SCHEMES[self.settings["scheme"]]
         return METHODS[self.method].bits or self.settings.get("bits")
 
     @property
@@ -339,7 +365,7 @@ def _parse_variants(path: Path, raw: list, bases: dict[str, BaseModel]) -> dict[
         _expect(isinstance(vid, str) and vid.strip(), path, "is required", field=f"variants[{index}].id")
         _expect(vid not in variants, path, "duplicate variant id", variant=vid, field="id")
         _only(path, entry, {"id", "base", "method", "settings", "label", "device", "dtype", "checkpoint", "endpoint",
-                            "quantization"}, vid)
+                            "quantization", "attn_implementation"}, vid)
         base = _required(path, entry, "base", str, variant=vid)
         _expect(base in bases, path, f"unknown base '{base}' (bases: {', '.join(bases)})", variant=vid, field="base")
         method = _required(path, entry, "method", str, variant=vid)
@@ -367,6 +393,18 @@ def _parse_variants(path: Path, raw: list, bases: dict[str, BaseModel]) -> dict[
         endpoint, declared = _parse_remote(path, vid, method, entry)
         variants[vid] = Variant(vid, base, method, _check_settings(path, vid, METHODS[method], settings),
                                 str(entry.get("label", "")), device, dtype, checkpoint, endpoint, declared)
+        attn = entry.get("attn_implementation")
+        _expect(attn is None or attn in ATTN_IMPLEMENTATIONS, path,
+                f"must be one of {', '.join(ATTN_IMPLEMENTATIONS)}, got {attn!r}", variant=vid,
+                field="attn_implementation")
+        _expect(attn is None or METHODS[method].runtime == "transformers", path,
+                f"applies to transformers variants only, not to method '{method}'", variant=vid,
+                field="attn_implementation")
+        settings = _check_settings(path, vid, METHODS[method], settings)
+        if method == "torchao":
+            _check_torchao(path, vid, settings)
+        variants[vid] = Variant(vid, base, method, settings, str(entry.get("label", "")), device, dtype, checkpoint,
+                                attn)
     _expect(bool(variants), path, "must list at least one variant", field="variants")
     return variants
 
@@ -438,6 +476,17 @@ def _check_settings(path: Path, vid: str, method: Method, settings: dict) -> dic
         else:
             _typed(path, value, allowed, where, vid)
     return {**method.defaults, **settings}
+
+
+def _check_torchao(path: Path, vid: str, settings: dict) -> None:
+    """int4 needs an explicit group size; the int4-only settings are refused on the int8 schemes."""
+    if settings["scheme"] == "int4_weight_only":
+        _expect("group_size" in settings, path, "is required for scheme int4_weight_only (32, 64, 128 or 256; it "
+                "must divide every layer's input width)", variant=vid, field="settings.group_size")
+        return
+    for key in ("group_size", "int4_choose_qparams_algorithm"):
+        _expect(key not in settings, path, f"applies to scheme int4_weight_only only, not {settings['scheme']}",
+                variant=vid, field=f"settings.{key}")
 
 
 def _dataclass_from(path: Path, cls, raw: Any, name: str):

@@ -202,14 +202,16 @@ def _speed(arena: Arena, result: VariantEvaluation, settings, runs: int) -> None
 
 
 def _disk_mib(arena: Arena, variant_id: str) -> float | None:
-    """Size of the variant's own file(s) on disk (GPTQ, GGUF), None where it is quantized at load time."""
+    """Size of the variant's own file(s) on disk (GPTQ, AWQ, GGUF), None where it is quantized at load time."""
     variant = arena.config.variants[variant_id]
-    if variant.method not in ("gptq", "gguf"):
+    if variant.method not in ("gptq", "gguf", "awq"):
         return None
     from demo.quantize import folder_mib
 
     if variant.checkpoint is not None:
         path = variant.checkpoint.path
+        if path is not None and path.is_dir():  # a pre-made checkpoint folder (GPTQ, AWQ)
+            return round(folder_mib(path), 1)
         return round(path.stat().st_size / 2**20, 1) if path is not None and path.is_file() else None
     folder = sources.quantized_dir(arena.config.bases[variant.base], variant.method, variant.file_settings)
     return round(folder_mib(folder), 1) if folder.is_dir() else None

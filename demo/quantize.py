@@ -1,8 +1,8 @@
 """python -m demo.quantize: quantize a base model from models.yaml and save a checkpoint transformers loads.
 
 GPTQ goes through transformers' GPTQConfig (optimum + gptqmodel), calibrated on assets/calibration.txt;
-bitsandbytes methods are saved with bitsandbytes serialization. The checkpoint is written to a staging
-folder and renamed into place only once complete, with quantize.json (settings, calibration, wall
+AWQ through gptqmodel itself (demo.awq), on the same text; bitsandbytes methods are saved with
+bitsandbytes serialization. The checkpoint is written to a staging folder and renamed into place only once complete, with quantize.json (settings, calibration, wall
 time, size on disk, library versions) written next, and the cache manifest (sizes and hashes) last.
 """
 
@@ -29,6 +29,7 @@ LINES_PER_SAMPLE = 4  # calibration samples of a few sentences each: ~40 samples
 GPTQ_BITS = (2, 3, 4, 8)
 CLI_METHODS = {  # CLI name -> (models.yaml method, fixed settings)
     "gptq": ("gptq", {}),
+    "awq": ("awq", {}),
     "bnb-nf4": ("bnb-4bit", {"bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True,
                              "bnb_4bit_compute_dtype": "bfloat16"}),
     "bnb-fp4": ("bnb-4bit", {"bnb_4bit_quant_type": "fp4", "bnb_4bit_compute_dtype": "bfloat16"}),
@@ -93,13 +94,13 @@ def quantize(base: BaseModel, method: str, settings: dict, out: Path, calibratio
 
 
 def quantize_variant(config: ArenaConfig, variant_id: str) -> Path:
-    """Make the cached checkpoint a models.yaml GPTQ or GGUF variant loads; never twice for the same settings."""
+    """Make the cached checkpoint a models.yaml GPTQ, AWQ or GGUF variant loads; never twice for the same settings."""
     variant = config.variants.get(variant_id)
     if variant is None:
         raise QuantizeError(f"unknown variant '{variant_id}'; known: {', '.join(config.variants)}")
     if variant.method == "gguf" and variant.checkpoint is None:
         return quantize_gguf_variant(variant_id, config.bases[variant.base], variant.file_settings)
-    if variant.method != "gptq" or variant.checkpoint is not None:
+    if variant.method not in ("gptq", "awq") or variant.checkpoint is not None:
         raise QuantizeError(f"variant '{variant_id}' needs no quantizing here (method {variant.method}"
                             f"{', pre-quantized checkpoint' if variant.checkpoint else ''})")
     base = config.bases[variant.base]
@@ -163,8 +164,8 @@ def quantize_gguf_file(base: BaseModel, gguf_type: str, out: Path) -> dict:
             "size_on_disk_mib": round(out.stat().st_size / 2**20, 1)}
 
 
-def check_group_size(model_config, group_size: int) -> None:
-    """GPTQ kernels (the CPU int4 one included) need each layer's input size divisible by the group size."""
+def check_group_size(model_config, group_size: int, method: str = "GPTQ") -> None:
+    """GPTQ and AWQ kernels (the CPU int4 ones included) need each layer's input size divisible by the group size."""
     if group_size == -1:
         return
     sizes = {getattr(model_config, name, None) for name in ("hidden_size", "intermediate_size")} - {None}
@@ -172,7 +173,7 @@ def check_group_size(model_config, group_size: int) -> None:
     if bad:
         fits = [g for g in (32, 64, 128, 256) if all(size % g == 0 for size in sizes)]
         raise QuantizeError(f"group size {group_size} does not divide this model's layer sizes ({', '.join(map(str, bad))}),"
-                            f" which the GPTQ kernels need; use {' or '.join(map(str, fits)) or '-1'}")
+                            f" which the {method} kernels need; use {' or '.join(map(str, fits)) or '-1'}")
 
 
 def folder_mib(folder: Path) -> float:
@@ -187,6 +188,8 @@ def _write_checkpoint(base: BaseModel, method: str, settings: dict, out: Path, c
     common = {"revision": weights.revision, "trust_remote_code": base.trust_remote_code}
     tokenizer = AutoTokenizer.from_pretrained(weights.location, **common)
     samples: list[str] = []
+    if method == "awq":
+        return _write_awq_checkpoint(weights, common, settings, out, calibration, tokenizer)
     if method == "gptq":
         samples = calibration_samples(calibration)
         quantization = GPTQConfig(dataset=samples, tokenizer=tokenizer, **settings)
@@ -203,6 +206,19 @@ def _write_checkpoint(base: BaseModel, method: str, settings: dict, out: Path, c
         model = AutoModelForCausalLM.from_pretrained(weights.location, quantization_config=quantization,
                                                      device_map=device, **common)
     model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return samples
+
+
+def _write_awq_checkpoint(weights, common: dict, settings: dict, out: Path, calibration: Path, tokenizer) -> list[str]:
+    import torch
+    from transformers import AutoConfig
+
+    from demo import awq
+
+    check_group_size(AutoConfig.from_pretrained(weights.location, **common), settings["group_size"], "AWQ")
+    samples = calibration_samples(calibration)
+    awq.make(weights.location, settings, samples, out, "cuda" if torch.cuda.is_available() else "cpu")
     tokenizer.save_pretrained(out)
     return samples
 
@@ -230,13 +246,13 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", help="models file (default: $ARENA_MODELS, else models.yaml)")
     parser.add_argument("--variant", action="append",
-                        help="make the cached checkpoint of this models.yaml GPTQ or GGUF variant (repeatable)")
+                        help="make the cached checkpoint of this models.yaml GPTQ, AWQ or GGUF variant (repeatable)")
     parser.add_argument("--base", help="base model id from the models file, e.g. smollm2")
     parser.add_argument("--method", choices=sorted([*CLI_METHODS, "gguf"]), help="quantization method")
     parser.add_argument("--type", dest="gguf_type", help="GGUF type for --method gguf, e.g. Q8_0, Q4_K_M, Q2_K")
     parser.add_argument("--bits", type=int, help=f"GPTQ bits: {', '.join(map(str, GPTQ_BITS))} (default 4)")
-    parser.add_argument("--group-size", type=int, default=128, help="GPTQ group size (default 128)")
-    parser.add_argument("--calibration", type=Path, default=CALIBRATION_FILE, help="GPTQ calibration text file")
+    parser.add_argument("--group-size", type=int, default=128, help="GPTQ / AWQ group size (default 128)")
+    parser.add_argument("--calibration", type=Path, default=CALIBRATION_FILE, help="GPTQ / AWQ calibration text file")
     parser.add_argument("--out", type=Path, help="output folder (must not exist, or be empty)")
     return parser
 
@@ -251,6 +267,12 @@ def settings_for(method: str, bits: int | None, group_size: int) -> tuple[str, d
         if group_size != -1 and group_size < 1:
             raise QuantizeError(f"group size must be positive (or -1 for one group per row), not {group_size}")
         return config_method, {"bits": bits, "group_size": group_size, "desc_act": False, "sym": True}
+    if method == "awq":
+        if bits not in (None, 4):
+            raise QuantizeError(f"AWQ here is 4-bit (gptqmodel's GEMM format); --bits {bits} does not apply")
+        if group_size < 1:
+            raise QuantizeError(f"AWQ group size must be positive, not {group_size}")
+        return config_method, {"bits": 4, "group_size": group_size, "zero_point": True}
     expected = 8 if method == "bnb-int8" else 4
     if bits is not None and bits != expected:
         raise QuantizeError(f"{method} is {expected}-bit; --bits {bits} does not apply")

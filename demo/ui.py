@@ -85,14 +85,16 @@ an 8B model at the same number of bits.
 """
 
 QUANTIZE_NOTE = ("**Quantize now** makes this variant's quantized checkpoint from the base model's weights "
-                 "(GPTQ: calibrated on a short text shipped with the app, then saved to the cache). It takes about "
-                 "1.5 minutes on a 2-core CPU and runs once; press Run again afterwards to compare it.")
+                 "(GPTQ and AWQ: calibrated on a short text shipped with the app, then saved to the cache). It takes "
+                 "about 1.5 minutes (GPTQ) or up to about 20 minutes (AWQ) on a 2-core CPU and runs once; press Run "
+                 "again afterwards to compare it.")
 QUANTIZE_NOTE_GGUF = ("**Quantize now** makes this variant's GGUF file with llama.cpp's own quantizer from the base "
                       "model's weights and caches it. It takes seconds for this model and runs once; press Run again "
                       "afterwards to compare it.")
 # How the variant picker groups variants: by family, the baseline first (models.yaml order within a family).
 FAMILIES = {"fp32": "transformers", "fp16": "transformers", "bf16": "transformers", "bnb-int8": "bitsandbytes",
-            "bnb-4bit": "bitsandbytes", "gptq": "GPTQ", "gguf": "llama.cpp", "remote": "remote"}
+            "bnb-4bit": "bitsandbytes", "gptq": "GPTQ", "awq": "AWQ", "torchao": "torchao", "gguf": "llama.cpp",
+            "remote": "remote"}
 
 
 def variant_choices(config) -> list[tuple[str, str]]:

@@ -110,7 +110,12 @@ def test_quantization_reads_from_method_and_settings(real_records):
     # The method, not the id, decides; an unknown method or setting still reads as name and value.
     assert card.quantization_text({**nf4, "variant": "x/fp32"}).startswith("bitsandbytes 4-bit")
     assert card.quantization_text({"method": "awq", "quantization": {"bits": 4, "zero_point": True}}) == \
-        "awq: 4-bit, zero_point=True"
+        "AWQ: 4-bit, zero point"
+    assert card.quantization_text({"method": "rtn", "quantization": {"bits": 4, "damping": True}}) == \
+        "rtn: 4-bit, damping=True"
+    assert card.quantization_text({"method": "torchao", "quantization": {
+        "scheme": "int4_weight_only", "group_size": 64, "int4_choose_qparams_algorithm": "hqq"}}) == \
+        "torchao: int4 weight only, group size 64, HQQ scales and zero points"
     assert card.quantization_text({"method": "gptq", "quantization": {"bits": 4, "group_size": 64, "desc_act": False,
                                                                       "sym": True}}) == \
         "GPTQ: 4-bit, group size 64, no act-order, symmetric"

@@ -31,8 +31,9 @@ def test_shipped_files_are_valid(default_config):
     from tests.conftest import REPO
 
     assert list(default_config.variants) == ["smollm2/fp32", "smollm2/bf16", "smollm2/bnb-int8", "smollm2/bnb-nf4",
-                                             "smollm2/bnb-fp4", "smollm2/gptq-4bit", "smollm2/gguf-q8_0",
-                                             "smollm2/gguf-q4_k_m", "smollm2/gguf-f32"]
+                                             "smollm2/bnb-fp4", "smollm2/gptq-4bit", "smollm2/awq-4bit",
+                                             "smollm2/gguf-q8_0", "smollm2/gguf-q4_k_m", "smollm2/gguf-f32",
+                                             "smollm2/torchao-int8", "smollm2/torchao-int4"]
     assert default_config.variants["smollm2/gptq-4bit"].settings["bits"] == 4
     nf4 = default_config.variants["smollm2/bnb-nf4"]
     assert nf4.settings == {"bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True,
@@ -118,8 +119,11 @@ def test_models_env_picks_the_file(tmp_path, monkeypatch):
 
 def test_every_method_has_bits_or_a_bits_setting():
     for method in METHODS.values():
-        # gguf: from its type; remote: from the declared `quantization: {bits: ...}` block (may be absent)
-        assert method.bits or "bits" in method.allowed or method.name in ("gguf", "remote")
+        # gguf: from its type; torchao: from its scheme; remote: from the declared `quantization:` block
+        assert method.bits or "bits" in method.allowed or method.name in ("gguf", "torchao", "remote")
+    from demo.config import TORCHAO_SCHEMES
+
+    assert set(METHODS["torchao"].allowed["scheme"]) == set(TORCHAO_SCHEMES)  # each scheme names its bits
 
 
 def test_gguf_variants_take_a_type_and_a_file(tmp_path):

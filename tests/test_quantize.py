@@ -135,6 +135,9 @@ def run_cli(*args):
     (["--base", "smollm2", "--method", "gptq", "--out", "{tmp}/file.txt/sub"], "is not writable"),
     (["--base", "smollm2", "--method", "gptq", "--group-size", "128", "--out", "{tmp}/a"],
      "group size 128 does not divide this model's layer sizes (576)"),
+    (["--base", "smollm2", "--method", "awq", "--group-size", "128", "--out", "{tmp}/a"],
+     "group size 128 does not divide this model's layer sizes (576), which the AWQ kernels need; use 32 or 64"),
+    (["--base", "smollm2", "--method", "awq", "--bits", "8", "--out", "{tmp}/a"], "AWQ here is 4-bit"),
     (["--variant", "smollm2/fp32"], "needs no quantizing"),
     (["--base", "smollm2"], "give --variant ID, or --base, --method and --out"),
 ])

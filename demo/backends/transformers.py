@@ -1,4 +1,5 @@
-"""The transformers runtime: plain dtypes, bitsandbytes LLM.int8 / 4-bit and GPTQ, through from_pretrained."""
+"""The transformers runtime: plain dtypes, bitsandbytes LLM.int8 / 4-bit, GPTQ, AWQ and torchao, through
+from_pretrained, with the attention implementation a variant asks for."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from demo import sources
+from demo.backends import torchao_quant
 from demo.backends.base import LoadedVariant, OnToken
 from demo.backends.common import first_line, package_available, pick_device
 from demo.config import BaseModel, Variant
@@ -28,7 +30,9 @@ log = logging.getLogger(__name__)
 logging.getLogger("bitsandbytes.autograd._functions").addFilter(
     lambda record: "inputs will be cast" not in record.getMessage())
 
-PACKAGES = {"bnb-int8": ("bitsandbytes",), "bnb-4bit": ("bitsandbytes",), "gptq": ("gptqmodel", "optimum")}
+PACKAGES = {"bnb-int8": ("bitsandbytes",), "bnb-4bit": ("bitsandbytes",), "gptq": ("gptqmodel", "optimum"),
+            "torchao": ("torchao",), "awq": ("gptqmodel",)}
+CHECKPOINT_METHODS = ("gptq", "awq")  # methods whose weights are a quantized checkpoint of their own
 AUTOGPTQ_CONFIG = "quantize_config.json"
 _AUTOGPTQ_KEYS = ("bits", "group_size", "desc_act", "sym", "true_sequential", "damp_percent", "checkpoint_format")
 _PLAIN_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
@@ -37,12 +41,12 @@ _PLAIN_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 class TransformersVariant(LoadedVariant):
     runtime = "transformers"
 
-    def __init__(self, variant: Variant, model: Any, tokenizer: Any, device: str):
+    def __init__(self, variant: Variant, model: Any, tokenizer: Any, device: str, facts: dict[str, Any] | None = None):
         eos = model.generation_config.eos_token_id
         eos_ids = frozenset(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
-        super().__init__(variant, tokenizer, device, int(model.get_memory_footprint()), eos_ids,
+        super().__init__(variant, tokenizer, device, stored_bytes(model), eos_ids,
                          getattr(model.config, "max_position_embeddings", None))
-        self.model = model
+        self.model, self._facts = model, facts or {}
 
     def generate(self, prompt_ids: list[int], settings: GenerationSettings, stop: threading.Event,
                  on_token: OnToken) -> None:
@@ -71,7 +75,10 @@ class TransformersVariant(LoadedVariant):
         self.model = None
 
     def details(self) -> dict[str, Any]:
-        return {"runtime": self.runtime, "dtype": str(self.model.dtype).removeprefix("torch.")}
+        # the attention implementation actually in use, read back from the model (transformers may have
+        # fallen back from the one asked for)
+        return {"runtime": self.runtime, "dtype": str(self.model.dtype).removeprefix("torch."),
+                "attn_implementation": getattr(self.model.config, "_attn_implementation", None), **self._facts}
 
     def sync(self) -> None:
         if self.device == "cuda":
@@ -121,15 +128,47 @@ class _StopOn(StoppingCriteria):
         return torch.full((input_ids.shape[0],), self._stop.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
+def stored_bytes(model: torch.nn.Module) -> int:
+    """The bytes the weights really occupy: parameters and buffers, each tensor counted once.
+
+    get_memory_footprint() counts a tensor subclass at its nominal shape and dtype, so torchao's int8 and
+    int4 weights read as bf16 (257 MiB for SmolLM2-135M either way); a subclass that wraps inner tensors
+    (torchao's qdata, scales, zero points) is counted by those instead. Plain tensors, bitsandbytes' and
+    gptqmodel's included, count as get_memory_footprint() counts them.
+    """
+    seen: set[int] = set()
+    total = 0
+    for tensor in [*model.parameters(), *model.buffers()]:
+        if id(tensor) not in seen:
+            seen.add(id(tensor))
+            total += _tensor_bytes(tensor)
+    return total
+
+
+def _tensor_bytes(tensor: torch.Tensor) -> int:
+    from torch.utils._python_dispatch import is_traceable_wrapper_subclass
+
+    if is_traceable_wrapper_subclass(tensor):
+        names, _ = tensor.__tensor_flatten__()
+        return sum(_tensor_bytes(getattr(tensor, name)) for name in names)
+    return tensor.numel() * tensor.element_size()
+
+
 def from_pretrained_kwargs(variant: Variant, device: str) -> dict[str, Any]:
-    """The dtype / quantization_config / device_map arguments that define this variant."""
+    """The dtype / quantization_config / device_map / attention arguments that define this variant."""
     kwargs: dict[str, Any] = {"device_map": device}
+    if variant.attn_implementation:
+        kwargs["attn_implementation"] = variant.attn_implementation
     if variant.method in _PLAIN_DTYPES:
         kwargs["dtype"] = getattr(torch, _PLAIN_DTYPES[variant.method])
         return kwargs
     if variant.dtype:
         kwargs["dtype"] = getattr(torch, variant.dtype)
-    if variant.method == "gptq":  # settings travel in the checkpoint's own config
+    if variant.method in CHECKPOINT_METHODS:  # settings travel in the checkpoint's own config
+        return kwargs
+    if variant.method == "torchao":
+        kwargs.setdefault("dtype", getattr(torch, torchao_quant.DEFAULT_DTYPE))
+        kwargs["quantization_config"] = torchao_quant.quantization_config(variant, device)
         return kwargs
     from transformers import BitsAndBytesConfig
 
@@ -145,7 +184,7 @@ def from_pretrained_kwargs(variant: Variant, device: str) -> dict[str, Any]:
 
 def weights_for(variant: Variant, base: BaseModel) -> sources.Weights:
     """The checkpoint a variant loads: the base model's, or its own quantized one."""
-    if variant.method != "gptq":
+    if variant.method not in CHECKPOINT_METHODS:
         return sources.resolve(base)
     if variant.checkpoint is not None:
         return sources.resolve_source(variant.checkpoint)
@@ -162,17 +201,25 @@ def load(variant: Variant, base: BaseModel) -> TransformersVariant:
     for package in PACKAGES.get(variant.method, ()):
         if not package_available(package):
             raise VariantUnavailable(f"not available: the '{package}' package is not installed")
+    if "gptqmodel" in PACKAGES.get(variant.method, ()):
+        from demo.awq import ensure_cpu_workers
+
+        ensure_cpu_workers()
     device = pick_device(variant)
+    check_attention(variant, device)
     weights = weights_for(variant, base)
     kwargs = from_pretrained_kwargs(variant, device)
     common = {"revision": weights.revision, "trust_remote_code": base.trust_remote_code}
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(weights.location, **common)
         if variant.method == "gptq":
             kwargs["config"] = gptq_model_config(weights, common)
-        with contextlib.redirect_stdout(sys.stderr):  # gptqmodel logs to stdout; keep stdout for results
+        if variant.method == "torchao":  # refused before quantizing layers it would skip
+            torchao_quant.check_group_size(variant, AutoConfig.from_pretrained(weights.location, **common))
+        # gptqmodel logs to stdout (kept for results); some torchao versions change process-wide settings
+        with contextlib.redirect_stdout(sys.stderr), torchao_quant.global_state_kept():
             model = AutoModelForCausalLM.from_pretrained(weights.location, **common, **kwargs)
     except OSError as exc:  # offline, gated without token, missing files: the Hub client raises OSError kinds
         log.warning("loading %s failed", variant.id, exc_info=True)
@@ -181,9 +228,36 @@ def load(variant: Variant, base: BaseModel) -> TransformersVariant:
     model.eval()
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    loaded = TransformersVariant(variant, model, tokenizer, device)
+    loaded = TransformersVariant(variant, model, tokenizer, device, _method_facts(variant, model))
     warm_up(loaded)
     return loaded
+
+
+def quantized_kernels(model: torch.nn.Module) -> list[str]:
+    """The gptqmodel layer classes the weights run through (which kernel was picked for this device)."""
+    return sorted({type(m).__name__ for m in model.modules() if type(m).__module__.startswith("gptqmodel.")})
+
+
+def check_attention(variant: Variant, device: str) -> None:
+    """Refuse flash attention where it cannot run, with the reason, before any weights load."""
+    name = variant.attn_implementation or ""
+    if not name.startswith("flash_attention"):
+        return
+    if device != "cuda":
+        raise VariantUnavailable(f"not available: {name} needs an NVIDIA GPU (this variant runs on the CPU here)")
+    package = "flash_attn_interface" if name == "flash_attention_3" else "flash_attn"
+    if not package_available(package):
+        raise VariantUnavailable(f"not available: {name} needs the flash-attn package, which is not installed")
+
+
+def _method_facts(variant: Variant, model: Any) -> dict[str, Any]:
+    """What the quantization really did, read off the loaded model: torchao's quantized layers, or the
+    gptqmodel kernels a GPTQ / AWQ checkpoint runs through on this device."""
+    if variant.method == "torchao":
+        return torchao_quant.quantized_layers(model)
+    if variant.method in CHECKPOINT_METHODS:
+        return {"kernels": quantized_kernels(model)}
+    return {}
 
 
 def gptq_model_config(weights: sources.Weights, common: dict):
