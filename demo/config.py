@@ -391,8 +391,6 @@ def _parse_variants(path: Path, raw: list, bases: dict[str, BaseModel]) -> dict[
                 _expect(bool(checkpoint.file), path, "is required: the .gguf file's name in the repo", variant=vid,
                         field="checkpoint.file")
         endpoint, declared = _parse_remote(path, vid, method, entry)
-        variants[vid] = Variant(vid, base, method, _check_settings(path, vid, METHODS[method], settings),
-                                str(entry.get("label", "")), device, dtype, checkpoint, endpoint, declared)
         attn = entry.get("attn_implementation")
         _expect(attn is None or attn in ATTN_IMPLEMENTATIONS, path,
                 f"must be one of {', '.join(ATTN_IMPLEMENTATIONS)}, got {attn!r}", variant=vid,
@@ -404,7 +402,7 @@ def _parse_variants(path: Path, raw: list, bases: dict[str, BaseModel]) -> dict[
         if method == "torchao":
             _check_torchao(path, vid, settings)
         variants[vid] = Variant(vid, base, method, settings, str(entry.get("label", "")), device, dtype, checkpoint,
-                                attn)
+                                endpoint=endpoint, declared=declared, attn_implementation=attn)
     _expect(bool(variants), path, "must list at least one variant", field="variants")
     return variants
 
