@@ -14,6 +14,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Iterator
 
 from demo import sources
@@ -98,7 +99,7 @@ class RemoteVariant(LoadedVariant):
         except EndpointError as exc:
             self.client.reset()
             raise EndpointError(self._scrub(str(exc))) from None
-        holder = type("EngineMemoryReading", (), {"result": None})()
+        holder = SimpleNamespace(result=None)  # read like a MemoryTracker: .result once the block ends
         try:
             yield holder
         finally:
