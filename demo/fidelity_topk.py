@@ -4,6 +4,13 @@ Top-1 agreement and the first disagreement are exact: the top-1 token is always 
 divergence is a lower bound: the vocabulary is grouped into the tokens known under both distributions
 plus one bucket for the rest (1 - sum p, 1 - sum q); by the log-sum inequality the KL over these buckets
 never exceeds the true KL. Renormalizing over the top k would give neither bound, so it is never done.
+
+Engines key their top-k by token *text*, and texts collide: special tokens are all written as "", and
+byte-level tokens that end inside a UTF-8 character lose their broken bytes. Such a table holds one value
+per text (whichever colliding token was written last), so a text several ids read as is no single
+token's log-probability: `known_by_id` leaves every such text out, which puts the colliding tokens' mass
+into the rest bucket on both sides. That bucket merges them; the partition stays exact and the KL stays a
+lower bound. Crediting the text to one of its ids, or to each of them, would not.
 """
 
 from __future__ import annotations
@@ -33,6 +40,17 @@ class Unavailable:
     """The engine cannot give teacher-forced log-probabilities; the reason is shown instead of a number."""
 
     reason: str
+
+
+def known_by_id(table: dict[str, float], ids_by_text: dict[str, int | None]) -> dict[int, float]:
+    """An engine's {token text: log-probability} as {token id: log-probability}, for texts exactly one id
+    reads as (`ids_by_text` maps a text several ids share to None); the others fall into the rest bucket."""
+    known = {}
+    for text, logprob in table.items():
+        token_id = ids_by_text.get(text)
+        if token_id is not None:
+            known[token_id] = logprob
+    return known
 
 
 def bucket_kl(p_known: torch.Tensor, q_known: torch.Tensor) -> float:

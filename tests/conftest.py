@@ -1,7 +1,12 @@
-"""Shared fixtures: offline environment, the real default config, and a tiny model built in-process."""
+"""Shared fixtures: an offline environment kept inside the run's own temporary folder, the real default
+config, a tiny model built in-process, and a guard that the run left the machine as it found it."""
 
+import atexit
 import os
+import shutil
 import socket
+import stat
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -9,14 +14,48 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-# One materialized copy of the bundled model for every test run on this machine.
-os.environ.setdefault("ARENA_CACHE_DIR", str(REPO / ".cache"))
 os.environ.pop("ARENA_MODELS", None)
 os.environ.pop("ARENA_MEMORY_BUDGET_MIB", None)
+
+# Everything the run writes lives in one temporary folder, removed at exit: the arena's cache (the
+# materialized bundled model, quantized test checkpoints) and every library cache that would otherwise
+# land under $HOME. Subprocesses inherit it. ARENA_TEST_CACHE_DIR keeps the arena's cache between runs
+# on a developer's machine (the suite never needs it: a fresh run makes everything it uses).
+RUN_DIR = Path(tempfile.mkdtemp(prefix="arena-tests-"))
+atexit.register(shutil.rmtree, RUN_DIR, ignore_errors=True)
+os.environ["ARENA_CACHE_DIR"] = os.environ.get("ARENA_TEST_CACHE_DIR") or str(RUN_DIR / "arena-cache")
+for variable, folder in {"HF_HOME": "huggingface", "XDG_CACHE_HOME": "xdg-cache", "MPLCONFIGDIR": "matplotlib",
+                         "TORCHINDUCTOR_CACHE_DIR": "inductor", "TRITON_CACHE_DIR": "triton",
+                         "GRADIO_TEMP_DIR": "gradio"}.items():
+    os.environ[variable] = str(RUN_DIR / folder)
 
 import torch  # noqa: E402
 
 from demo.config import load_config  # noqa: E402
+
+# Device nodes a careless test could replace with a regular file (a library that writes by rename onto
+# /dev/full does exactly that): checked at the end of every run.
+GUARDED_DEVICES = ("/dev/null", "/dev/full", "/dev/zero")
+
+
+def _is_character_device(path: str) -> bool:
+    try:
+        return stat.S_ISCHR(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+_DEVICES_AT_START = {path: _is_character_device(path) for path in GUARDED_DEVICES}
+
+
+def pytest_sessionfinish(session, exitstatus):
+    damaged = [p for p, was in _DEVICES_AT_START.items() if was and not _is_character_device(p)]
+    if damaged:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        message = f"the test run damaged the machine: {', '.join(damaged)} is no longer a character device"
+        if reporter is not None:
+            reporter.write_line(f"ERROR: {message}", red=True, bold=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_collection_modifyitems(config, items):
@@ -56,3 +95,47 @@ def tiny_causal_lm(hidden: int = 64, layers: int = 2, vocab: int = 512):
                          num_attention_heads=4, num_key_value_heads=4, vocab_size=vocab,
                          tie_word_embeddings=False)
     return LlamaForCausalLM(config).eval()
+
+
+# --- answers that do not tip on a near tie ---------------------------------------------------------------
+# Tests that assert on generated text use this prompt: under the baseline every token of its answer ("The
+# capital of France is Paris.") wins by at least 1 nat on AVX2 and AVX-512 CPUs (the greedy margins are
+# measured, not assumed: require_clear_answer), where "What is the capital of France?" opens on a 0.08-nat
+# tie that llama.cpp's Q8_0 tips to "L'Étoile..." on some CPUs.
+CLEAR_PROMPT = "Name the capital of France."
+CLEAR_MARGIN_NATS = 0.5
+
+
+def greedy_margins(arena, variant_id: str, prompt: str, through: str | None, max_tokens: int = 12):
+    """The variant's greedy answer, token by token, with each token's lead over the runner-up (nats)."""
+    from demo.generation import prompt_ids
+
+    loaded = arena.device.call(arena.manager.get, variant_id).loaded
+    ids = arena.device.call(prompt_ids, loaded.tokenizer, prompt)
+    answer, margins = [], []
+    for _ in range(max_tokens):
+        row = torch.log_softmax(arena.device.call(loaded.logits, ids + answer)[-1].float(), -1)
+        best = row.topk(2)
+        answer.append(int(best.indices[0]))
+        margins.append(round(float(best.values[0] - best.values[1]), 2))
+        text = loaded.tokenizer.decode(answer, skip_special_tokens=True)
+        if answer[-1] in loaded.stop_token_ids or (through is not None and through in text):
+            break
+    return text, margins
+
+
+def require_clear_answer(arena, variant_id: str = "smollm2/fp32", prompt: str = CLEAR_PROMPT,
+                         through: str | None = "Paris") -> None:
+    """Precondition of a test that asserts on generated text: every token up to `through` (None: the whole
+    answer) wins clearly on this machine, so the assertion is about the arena, not a CPU's rounding."""
+    text, margins = greedy_margins(arena, variant_id, prompt, through)
+    if (through is not None and through not in text) or min(margins) < CLEAR_MARGIN_NATS:
+        pytest.fail(f"precondition: no clear first token on this machine: {variant_id} answers {prompt!r} with "
+                    f"{text!r}, leads {margins} nats (each needs >= {CLEAR_MARGIN_NATS})", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def clear_prompt(arena):
+    """CLEAR_PROMPT, once its baseline answer is checked to be clear on this machine."""
+    require_clear_answer(arena, through=None)
+    return CLEAR_PROMPT

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO, free_port
+from tests.conftest import CLEAR_PROMPT, REPO, free_port, require_clear_answer
 
 VARIANTS = ["smollm2/fp32", "smollm2/bnb-int8", "smollm2/bnb-nf4"]
 
@@ -37,8 +37,10 @@ def client(app_url):
     return Client(app_url, verbose=False)
 
 
-def test_compare_endpoint_then_cache(client):
-    first = client.predict(prompt="What is the capital of France?", variants=VARIANTS, max_new_tokens=16,
+def test_compare_endpoint_then_cache(client, arena, clear_prompt):
+    for variant_id in VARIANTS:
+        require_clear_answer(arena, variant_id)
+    first = client.predict(prompt=clear_prompt, variants=VARIANTS, max_new_tokens=16,
                            api_name="/compare")
     assert [r["variant"] for r in first] == VARIANTS
     for record in first:
@@ -50,7 +52,7 @@ def test_compare_endpoint_then_cache(client):
         assert record["memory_kind"] == "cpu-rss" and record["bits"] in (32, 8, 4)
         assert record["prompt_tokens"] > 0 and record["new_tokens"] > 0
         assert record["environment"]["gradio"]
-    second = client.predict(prompt="What is the capital of France?", variants=VARIANTS, max_new_tokens=16,
+    second = client.predict(prompt=clear_prompt, variants=VARIANTS, max_new_tokens=16,
                             api_name="/compare")
     for before, after in zip(first, second):
         assert after["cache_hit"] is True and after["load_ms"] < 50
@@ -76,7 +78,7 @@ def sendable_as_json(value) -> bool:
         return False
 
 
-def test_every_bad_request_gets_its_message_then_the_app_still_answers(client):
+def test_every_bad_request_gets_its_message_then_the_app_still_answers(client, arena):
     from gradio_client.exceptions import AppError
 
     for kwargs, message in api_cases():
@@ -86,8 +88,8 @@ def test_every_bad_request_gets_its_message_then_the_app_still_answers(client):
             client.predict(**kwargs, api_name="/compare")
         assert message in str(info.value), kwargs
         assert "Traceback" not in str(info.value)
-    [record] = client.predict(prompt="What is the capital of France?", variants=["smollm2/bf16"], max_new_tokens=8,
-                              api_name="/compare")
+    require_clear_answer(arena, "smollm2/bf16")
+    [record] = client.predict(prompt=CLEAR_PROMPT, variants=["smollm2/bf16"], max_new_tokens=8, api_name="/compare")
     assert record["status"] == "done" and "Paris" in record["text"]
 
 

@@ -10,9 +10,9 @@ from demo import card
 from demo.config import load_config
 from demo.errors import ConfigError
 from demo.runner import Arena
-from tests.conftest import REPO
+from tests.conftest import CLEAR_PROMPT, REPO, require_clear_answer
 
-PROMPT = "Name the capital city of France."
+PROMPT = CLEAR_PROMPT
 
 
 def config_with(tmp_path, extra: list[dict]):
@@ -40,6 +40,7 @@ def test_the_record_and_card_state_the_implementation_used_and_flash_fails_in_it
         {"id": "smollm2/fp32-flash", "base": "smollm2", "method": "fp32", "attn_implementation": "flash_attention_2",
          "device": "cpu"}])
     arena = Arena(config)
+    require_clear_answer(arena, "smollm2/fp32-eager")
     ids = ["smollm2/fp32", "smollm2/fp32-eager", "smollm2/fp32-flash"]
     records = {r["variant"]: r for r in arena.compare_records(PROMPT, ids, arena.settings(max_new_tokens=10))}
     baseline, eager, flash = (records[i] for i in ids)

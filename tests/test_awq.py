@@ -17,11 +17,11 @@ from demo.backends import load as load_variant
 from demo.config import load_config
 from demo.errors import NotQuantized
 from demo.runner import Arena
-from tests.conftest import REPO
+from tests.conftest import CLEAR_PROMPT, REPO, require_clear_answer
 
 pytest.importorskip("gptqmodel", reason="AWQ variants need gptqmodel")
 
-PROMPT = "Name the capital city of France."
+PROMPT = CLEAR_PROMPT
 AWQ = "smollm2/awq-test"
 SAMPLES = 8
 SETTINGS = {"bits": 4, "group_size": 64, "zero_point": True}
@@ -68,6 +68,7 @@ def _nbytes(f, name: str) -> int:
 
 
 def test_awq_answers_on_the_cpu_kernel_with_its_true_size_and_fidelity(awq_arena, awq_checkpoint):
+    require_clear_answer(awq_arena, AWQ)
     records = {r["variant"]: r for r in awq_arena.compare_records(PROMPT, ["smollm2/fp32", AWQ],
                                                                    awq_arena.settings(max_new_tokens=8))}
     record = records[AWQ]

@@ -9,7 +9,7 @@ import urllib.request
 
 import pytest
 
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO, free_port, require_clear_answer
 
 pytestmark = pytest.mark.browser
 CHROMIUM = "/usr/bin/chromium"
@@ -77,9 +77,11 @@ def choose(page, variant_ids):
             box.click()
 
 
-def test_comparison_in_the_browser(browser, app_url):
+def test_comparison_in_the_browser(browser, app_url, arena, clear_prompt):
+    for variant_id in VARIANTS:
+        require_clear_answer(arena, variant_id)
     page, errors = open_page(browser, app_url)
-    page.get_by_label("Prompt").fill("What is the capital of France?")
+    page.get_by_label("Prompt").fill(clear_prompt)
     choose(page, VARIANTS)
     page.locator("#run").click()
     page.locator("#summary").wait_for(state="visible", timeout=360_000)  # three cold loads on 2 shared cores

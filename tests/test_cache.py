@@ -6,7 +6,6 @@ import json
 import logging
 import os
 import shutil
-import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +15,7 @@ import pytest
 from demo import __main__ as cli
 from demo import cache, quantize, sources
 from demo.errors import DamagedCheckpoint, DiskFull, NotQuantized
-from tests.conftest import REPO
+from tests.conftest import CLEAR_PROMPT, REPO
 
 GPTQ = "smollm2/gptq-4bit"
 
@@ -149,7 +148,7 @@ def test_single_file_sealed_beside_itself(tmp_path):
 
 # --- the materialized bundled checkpoint heals at load ---------------------------------------------
 
-def test_truncated_materialized_checkpoint_is_rebuilt_and_answers(bundled_copy, default_config, caplog):
+def test_truncated_materialized_checkpoint_is_rebuilt_and_answers(clear_prompt, bundled_copy, default_config, caplog):
     """Before: every variant failed with "SafetensorError: ... incomplete metadata, file not fully covered"."""
     from demo.runner import Arena
 
@@ -157,7 +156,7 @@ def test_truncated_materialized_checkpoint_is_rebuilt_and_answers(bundled_copy, 
     _truncate(weights, weights.stat().st_size // 2)
     arena = Arena(default_config)
     with caplog.at_level(logging.WARNING, logger="demo.sources"):
-        record = arena.compare_records("What is the capital of France?", ["smollm2/fp32"],
+        record = arena.compare_records(CLEAR_PROMPT, ["smollm2/fp32"],
                                        arena.settings(max_new_tokens=8))[0]
     assert record["status"] == "done", record["error"]
     assert "Paris" in record["text"]
@@ -286,19 +285,29 @@ def test_staged_file_is_sealed_or_leaves_nothing(empty_cache):
     assert cache.verify(target).ok  # the sound copy is untouched
 
 
-def _is_device(path: str) -> bool:
-    return os.path.exists(path) and stat.S_ISCHR(os.stat(path).st_mode)
+# What safetensors' Rust writer raises when the disk fills (read off a full tmpfs): its own type, the OS
+# error only in the text.
+SAFETENSORS_DISK_FULL = "Error while serializing: I/O error: No space left on device (os error 28)"
 
 
-@pytest.mark.skipif(not _is_device("/dev/full"), reason="needs the /dev/full device (writes fail with ENOSPC)")
-def test_disk_full_is_recognised_through_a_library_error():
-    """safetensors wraps the OS error in its own SafetensorError: the text still says so."""
-    import torch
-    from safetensors.torch import save_file
+def _library_disk_full(tensors, filename, metadata=None):
+    from safetensors import SafetensorError
 
-    with pytest.raises(Exception) as caught:
-        save_file({"w": torch.zeros(2**20)}, "/dev/full")
-    assert cache.is_disk_full(caught.value)
+    Path(filename).write_bytes(b"partial")  # a writer that dies half-way
+    raise SafetensorError(SAFETENSORS_DISK_FULL)
+
+
+def test_disk_full_is_recognised_through_a_library_error(empty_cache, default_config, monkeypatch):
+    """The library's writer fails with its own error type (no OSError to find): one clear line, nothing left."""
+    import safetensors.torch
+
+    monkeypatch.setattr(safetensors.torch, "save_file", _library_disk_full)
+    with pytest.raises(DiskFull) as caught:
+        sources.materialize_gguf(default_config.bases["smollm2"].source)
+    message = str(caught.value)
+    assert message.startswith(f"not enough disk space in {empty_cache} to write the dequantized checkpoint of ")
+    assert message.endswith(" MiB free") and len(message.splitlines()) == 1
+    assert cache.entries() == [] and [p for p in empty_cache.rglob("*") if p.is_file()] == []
 
 
 def test_disk_full_is_recognised_when_wrapped():
@@ -310,6 +319,7 @@ def test_disk_full_is_recognised_when_wrapped():
     except RuntimeError as wrapped:
         assert cache.is_disk_full(wrapped)
     assert cache.is_disk_full(RuntimeError("IoError(Os { code: 28, kind: StorageFull, message: \"No space left on device\" })"))
+    assert cache.is_disk_full(RuntimeError(SAFETENSORS_DISK_FULL))
     assert not cache.is_disk_full(ValueError("Error while deserializing header: incomplete metadata"))
 
 

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, require_clear_answer
 
 
 def run(*args, env_extra=None):
@@ -50,8 +50,10 @@ def test_broken_models_file_is_one_line(tmp_path):
     assert len(out.stderr.strip().splitlines()) == 1
 
 
-def test_json_records():
-    out = run("compare", "--prompt", "What is the capital of France?", "--variants", "smollm2/bf16,smollm2/bnb-nf4",
+def test_json_records(arena, clear_prompt):
+    for variant_id in ("smollm2/bf16", "smollm2/bnb-nf4"):
+        require_clear_answer(arena, variant_id)
+    out = run("compare", "--prompt", clear_prompt, "--variants", "smollm2/bf16,smollm2/bnb-nf4",
               "--max-new-tokens", "12", "--json")
     assert out.returncode == 0, out.stderr
     records = json.loads(out.stdout)

@@ -15,13 +15,13 @@ from demo.config import load_config
 from demo.generation import GenerationSettings, StreamingGeneration, prompt_ids
 from demo.quantize import quantize_variant
 from demo.runner import Arena
-from tests.conftest import REPO
+from tests.conftest import CLEAR_PROMPT, REPO, require_clear_answer
 
 pytest.importorskip("llama_cpp", reason="GGUF variants need llama-cpp-python (built by make install)")
 
 # llama.cpp's quantized matmuls also quantize the activations (to 8 bits), so even Q8_0 flips the
-# near-tie first token of "What is the capital of France?" ("The" vs "L"); this wording has no near tie.
-PROMPT = "Name the capital city of France."
+# near-tie first token of "What is the capital of France?" ("The" vs "L"): the tests use CLEAR_PROMPT.
+PROMPT = CLEAR_PROMPT
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +46,7 @@ def test_quantizing_records_what_the_file_stores(gguf_files):
 def test_both_runtimes_stream_score_and_free_through_one_interface(arena, gguf_files):
     settings = GenerationSettings(max_new_tokens=12)
     for variant_id in ("smollm2/bf16", "smollm2/gguf-q8_0"):
+        require_clear_answer(arena, variant_id)
         loaded = arena.device.call(arena.manager.get, variant_id).loaded
         ids = arena.device.call(prompt_ids, loaded.tokenizer, PROMPT)
         events = list(StreamingGeneration(arena.device, loaded, ids, settings, threading.Event()))
@@ -61,6 +62,8 @@ def test_both_runtimes_stream_score_and_free_through_one_interface(arena, gguf_f
 
 def test_gguf_answers_and_sits_closer_to_the_baseline_at_q8_than_q4(arena, gguf_files):
     ids = ["smollm2/fp32", "smollm2/gguf-q8_0", "smollm2/gguf-q4_k_m"]
+    for variant_id in ids:
+        require_clear_answer(arena, variant_id)
     records = {r["variant"]: r for r in arena.compare_records(PROMPT, ids, arena.settings(max_new_tokens=16))}
     for variant_id in ids[1:]:
         record = records[variant_id]
@@ -123,11 +126,12 @@ def test_a_gguf_with_another_vocabulary_is_refused(arena, gguf_files, tmp_path):
         gguf.check_vocabulary(path, tokenizer, len(tokenizer) + 1)
 
 
-def test_without_llama_cpp_only_the_gguf_column_fails(gguf_files):
+def test_without_llama_cpp_only_the_gguf_column_fails(gguf_files, arena, clear_prompt):
     """llama_cpp made unimportable in a fresh process (as on a Space without a compiler)."""
     code = ("import sys; sys.modules['llama_cpp'] = None; from demo.__main__ import main; "
-            "sys.exit(main(['compare', '--prompt', 'What is the capital of France?', '--variants', "
+            f"sys.exit(main(['compare', '--prompt', {clear_prompt!r}, '--variants', "
             "'smollm2/bf16,smollm2/gguf-q8_0', '--max-new-tokens', '8', '--json']))")
+    require_clear_answer(arena, "smollm2/bf16")
     run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     bf16, q8 = json.loads(run.stdout)

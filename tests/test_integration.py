@@ -5,8 +5,9 @@ import threading
 import pytest
 
 from demo.runner import Arena
+from tests.conftest import CLEAR_PROMPT, require_clear_answer
 
-PROMPT = "What is the capital of France?"
+PROMPT = CLEAR_PROMPT
 RECORD_FIELDS = {"variant", "method", "bits", "device", "text", "prompt_tokens", "new_tokens", "ttft_ms",
                  "decode_tokens_per_s", "total_ms", "load_ms", "cache_hit", "weights_mib", "peak_memory_mib",
                  "memory_kind", "error", "environment"}
@@ -14,6 +15,7 @@ RECORD_FIELDS = {"variant", "method", "bits", "device", "text", "prompt_tokens",
 
 @pytest.mark.parametrize("variant", ["smollm2/fp32", "smollm2/bnb-int8", "smollm2/bnb-nf4", "smollm2/bnb-fp4"])
 def test_variant_answers_coherently(arena, variant):
+    require_clear_answer(arena, variant)
     [record] = arena.compare_records(PROMPT, [variant], arena.settings(max_new_tokens=16))
     assert RECORD_FIELDS <= set(record)
     assert record["error"] is None and record["status"] == "done"
@@ -81,6 +83,7 @@ def test_gpu_only_variant_fails_alone(tmp_path):
 """
     (tmp_path / "models.yaml").write_text(text)
     local = Arena(load_config(tmp_path / "models.yaml"))
+    require_clear_answer(local, "smollm2/bf16")
     records = local.compare_records(PROMPT, ["smollm2/bf16-cuda", "smollm2/bf16"], local.settings(max_new_tokens=8))
     assert records[0]["status"] == "error" and "needs an NVIDIA GPU" in records[0]["error"]
     assert records[1]["status"] == "done" and "Paris" in records[1]["text"]

@@ -14,9 +14,9 @@ from demo.errors import Busy, InvalidRequest
 from demo.backends import load as load_variant
 from demo.manager import ModelManager
 from demo.runner import Arena
-from tests.conftest import REPO
+from tests.conftest import CLEAR_PROMPT, REPO, require_clear_answer
 
-PROMPT = "What is the capital of France?"
+PROMPT = CLEAR_PROMPT
 
 
 def make_config(tmp_path, extra=""):
@@ -111,6 +111,7 @@ def test_cli_rejects_control_characters_and_huge_prompts():
 
 def test_missing_backend_fails_alone(arena, monkeypatch):
     monkeypatch.setattr(transformers_backend, "package_available", lambda package: package != "bitsandbytes")
+    require_clear_answer(arena, "smollm2/bf16")
     local = Arena(arena.config)  # fresh cache, so the bitsandbytes variant really goes through loading
     records = local.compare_records(PROMPT, ["smollm2/bnb-nf4", "smollm2/bf16"], local.settings(max_new_tokens=8))
     assert records[0]["status"] == "error"
@@ -144,7 +145,9 @@ class FlakyLoader:
 @pytest.mark.parametrize("when", ["loading", "generating"])
 @pytest.mark.parametrize("exc", [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"),
                                  MemoryError()], ids=["cuda-oom", "cpu-oom"])
-def test_out_of_memory_fails_alone_and_frees(default_config, when, exc):
+def test_out_of_memory_fails_alone_and_frees(arena, default_config, when, exc):
+    for variant_id in ("smollm2/bf16", "smollm2/bnb-nf4"):
+        require_clear_answer(arena, variant_id)
     loader = FlakyLoader("smollm2/bf16", when, exc)
     manager = ModelManager(default_config, loader)
     local = Arena(default_config, manager)

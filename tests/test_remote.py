@@ -20,11 +20,11 @@ from demo.config import load_config
 from demo.errors import ConfigError
 from demo.generation import prompt_ids
 from demo.runner import Arena
-from tests.conftest import REPO, free_port
+from tests.conftest import CLEAR_PROMPT, REPO, free_port, require_clear_answer
 
 pytest.importorskip("llama_cpp.server.app", reason="needs llama-cpp-python's server deps (requirements-gguf.txt)")
 
-PROMPT = "Name the capital city of France."  # no near tie at the first token (see tests/test_gguf.py)
+PROMPT = CLEAR_PROMPT
 MODEL = "smollm2-q8_0"
 KEY_ENV = "ARENA_TEST_REMOTE_KEY"
 KEY = "sk-planted-7f3a9c1e5b2d4680-arena"  # must never show up in any output
@@ -200,6 +200,8 @@ def test_remote_blocks_belong_to_remote_variants_only(tmp_path):
 
 def test_remote_and_local_side_by_side_with_client_figures_and_top_k_fidelity(remote_arena):
     ids = ["smollm2/fp32", "smollm2/gguf-q8_0", "smollm2/remote-q8_0"]
+    for variant_id in ids[:2]:  # the remote variant serves the same file as gguf-q8_0
+        require_clear_answer(remote_arena, variant_id, through=None)
     records = {r["variant"]: r for r in remote_arena.compare_records(PROMPT, ids, remote_arena.settings(max_new_tokens=16))}
     local, remote = records["smollm2/gguf-q8_0"], records["smollm2/remote-q8_0"]
     assert remote["status"] == "done" and "Paris" in remote["text"], remote["error"]
@@ -227,7 +229,11 @@ def test_remote_and_local_side_by_side_with_client_figures_and_top_k_fidelity(re
 
 
 def test_echo_log_probs_line_up_with_the_same_file_run_locally(remote_arena):
-    """The engine's top-k, mapped from token texts back to ids, matches llama.cpp's own full distribution."""
+    """The engine's top-k, mapped from token texts back to ids, matches llama.cpp's own full distribution.
+
+    Which tokens fill the top 20, and whether two of them share a text, depends on the CPU's kernels: so
+    the test asserts what holds on any CPU, within the 0.05 nats two runs of one file may differ by.
+    """
     device, manager = remote_arena.device, remote_arena.manager
     local = device.call(manager.get, "smollm2/gguf-q8_0").loaded
     remote = device.call(manager.get, "smollm2/remote-q8_0").loaded
@@ -236,16 +242,24 @@ def test_echo_log_probs_line_up_with_the_same_file_run_locally(remote_arena):
     exact = torch.log_softmax(device.call(local.logits, ids), -1)
     top = device.call(remote.top_log_probs, ids, first)
     assert len(top.known) == len(ids) - first
+    ids_by_text = remote._engine_texts.ids
     for offset, known in enumerate(top.known):
         row = exact[first + offset - 1]  # row i predicts token i + 1
-        assert top.top1_id[offset] == int(row.argmax())
-        assert len(known) >= 15
-        for token_id, logprob in known.items():
+        for token_id, logprob in known.items():  # every mapped id is the right token, with its log-probability
             assert abs(logprob - float(row[token_id])) < 0.05
-        assert top.forced[offset] == pytest.approx(float(row[ids[first + offset]]), abs=0.05)
+        # every token clearly inside the local top 20 is there, unless its text names several ids
+        twentieth = float(row.topk(20).values[-1])
+        clearly_in = [int(t) for t in (row > twentieth + 0.1).nonzero().flatten()]
+        assert {t for t in clearly_in if ids_by_text.get(top.text_of(t)) is not None} <= set(known)
+        # the engine's best token is the local best, or within the two runs' difference of it
+        best = [t for t, text in enumerate(remote._engine_texts.texts) if text == top.top1_text[offset]]
+        assert max(float(row[t]) for t in best) >= float(row.max()) - 0.05
+        if top.forced[offset] is not None:
+            assert top.forced[offset] == pytest.approx(float(row[ids[first + offset]]), abs=0.05)
 
 
-def test_cli_runs_local_and_remote_side_by_side_and_never_prints_the_key(remote_config, tmp_path):
+def test_cli_runs_local_and_remote_side_by_side_and_never_prints_the_key(remote_config, remote_arena, tmp_path):
+    require_clear_answer(remote_arena, "smollm2/gguf-q8_0")
     env = {**os.environ, KEY_ENV: KEY, "PYTHONPATH": str(REPO)}
     out = tmp_path / "card"
     done = subprocess.run([sys.executable, "-m", "demo", "compare", "--models", str(remote_config.path), "--json",
@@ -290,6 +304,7 @@ def test_a_failing_endpoint_fails_in_its_own_column_and_the_next_request_works(r
     assert records["smollm2/gguf-q8_0"]["status"] == "done"
     if variant == "smollm2/remote-cut":  # the part that arrived is kept, and the message says so
         assert failed["text"] == "The capital" and "partial" in failed["error"]
+    require_clear_answer(remote_arena, "smollm2/gguf-q8_0")  # the file the engine serves
     [again] = remote_arena.compare_records(PROMPT, ["smollm2/remote-q8_0"], settings)
     assert again["status"] == "done" and "Paris" in again["text"], again["error"]
 
@@ -323,6 +338,7 @@ def test_stop_cancels_the_http_stream(remote_arena):
             stop.set()
     assert final[0].status == "stopped" and final[0].new_tokens < 300
     # the engine is free again at once: a cancelled stream does not hold it for the remaining tokens
+    require_clear_answer(remote_arena, "smollm2/gguf-q8_0")  # the file the engine serves
     [again] = remote_arena.compare_records(PROMPT, ["smollm2/remote-q8_0"], remote_arena.settings(max_new_tokens=8))
     assert again["status"] == "done" and "Paris" in again["text"], again["error"]
 

@@ -15,10 +15,11 @@ from demo.backends import torchao_quant
 from demo.config import load_config
 from demo.errors import ConfigError, VariantUnavailable
 from demo.generation import prompt_ids
+from tests.conftest import CLEAR_PROMPT, require_clear_answer
 
 pytest.importorskip("torchao", reason="torchao variants need the torchao package")
 
-PROMPT = "Name the capital city of France."  # no near tie on the first token (see tests/test_gguf.py)
+PROMPT = CLEAR_PROMPT
 INT8, INT4 = "smollm2/torchao-int8", "smollm2/torchao-int4"
 GROUP_SIZE = 64
 
@@ -43,6 +44,8 @@ def expected_bytes(checkpoint: str, scheme: str) -> int:
 
 def test_each_scheme_answers_with_its_true_weights_size_and_fidelity(arena, default_config):
     ids = ["smollm2/fp32", INT8, INT4]
+    for variant_id in ids:
+        require_clear_answer(arena, variant_id)
     records = {r["variant"]: r for r in arena.compare_records(PROMPT, ids, arena.settings(max_new_tokens=12))}
     checkpoint = sources.resolve(default_config.bases["smollm2"]).location
     for variant_id, scheme in ((INT8, "int8"), (INT4, "int4")):

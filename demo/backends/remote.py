@@ -23,7 +23,7 @@ from demo.backends.common import first_line
 from demo.backends.remote_http import TOKEN_ID_PROMPTS, EndpointClient
 from demo.config import BaseModel, Variant
 from demo.errors import EndpointError, VariantUnavailable
-from demo.fidelity_topk import TopLogProbs, Unavailable
+from demo.fidelity_topk import TopLogProbs, Unavailable, known_by_id
 from demo.generation import GenerationSettings
 from demo.trackers import Memory
 
@@ -209,7 +209,7 @@ class _EngineTexts:
             entry = by_position[position]
             table = top[entry]
             best = max(table, key=table.get)
-            known.append({self.ids[text]: lp for text, lp in table.items() if self.ids.get(text) is not None})
+            known.append(known_by_id(table, self.ids))
             top1_text.append(best)
             top1_id.append(self.ids.get(best))
             same = entries[entry][0] == ids[position]  # the entry describes the token it predicts
