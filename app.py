@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     from demo import ui  # torch and gradio are imported only once the config is known to be good
-    from demo.runner import Arena
+    from demo.running.runner import Arena
 
     arena = Arena(config)
     demo = ui.build_demo(arena)

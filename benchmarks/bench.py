@@ -4,7 +4,7 @@ For each variant: one cold load through the ModelManager, then RUNS interleaved 
 loaded model and settings (app path, then bare, alternating which goes first). The app path is
 Arena.compare: streaming, tracking, decoding and snapshots included. "Bare" is model.generate with
 a streamer that only appends a perf_counter timestamp per token (needed to separate the first token
-from the decode phase), run on the same device thread as the app's generation (see demo.device for
+from the decode phase), run on the same device thread as the app's generation (see demo.running.device for
 why that matters on CPU). Then a long-prompt row: time to first token for a prompt of about
 LONG_PROMPT_TOKENS tokens with the same weights under eager and sdpa attention (--attention-only runs just
 that row). Writes results/bench.json.
@@ -29,9 +29,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from demo.config import load_config  # noqa: E402
-from demo.generation import prompt_ids  # noqa: E402
-from demo.quantize import quantize_variant  # noqa: E402
-from demo.runner import Arena  # noqa: E402
+from demo.settings import prompt_ids  # noqa: E402
+from demo.artifacts.quantize import quantize_variant  # noqa: E402
+from demo.running.runner import Arena  # noqa: E402
 
 PROMPT = "Write a long story about a dragon who learns to cook."
 LONG_PROMPT_TOKENS = 1500  # prompt ids, chat template included

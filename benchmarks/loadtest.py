@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from demo.config import load_config  # noqa: E402
-from demo.system import environment  # noqa: E402
+from demo.measuring.system import environment  # noqa: E402
 
 VARIANTS = ["smollm2/bf16", "smollm2/bnb-nf4"]
 OVERHEAD_MIB = 2048  # Python, torch, transformers, gradio and allocator slack on top of the weights budget

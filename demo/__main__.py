@@ -9,7 +9,8 @@ import json
 import sys
 from pathlib import Path
 
-from demo import cache, card, report, sources
+from demo.artifacts import cache, sources
+from demo.reports import card, report
 from demo.config import ArenaConfig, load_config
 from demo.errors import ArenaError
 
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "cache":
         return cache_command(args)
     if args.command == "votes":
-        from demo import votes_cli  # numpy, no torch
+        from demo.blind import votes_cli  # numpy, no torch
 
         return votes_cli.main(args)
     try:
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             for variant in config.variants.values():
                 print(f"{variant.id}\t{variant.method}\t{variant.label}")
             return 0
-        from demo.runner import Arena  # imports torch: not needed for `cache`
+        from demo.running.runner import Arena  # imports torch: not needed for `cache`
 
         arena = Arena(config)
         if args.prompt is None or args.variants is None:

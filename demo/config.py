@@ -46,7 +46,7 @@ class Method:
 
 
 # llama.cpp quantization types a gguf variant may name, with their nominal bits per weight (the
-# effective figure, read back from the file, is recorded with every result: see demo.gguf).
+# effective figure, read back from the file, is recorded with every result: see demo.artifacts.gguf).
 GGUF_TYPES: dict[str, int] = {
     "F32": 32, "F16": 16, "BF16": 16, "Q8_0": 8, "Q6_K": 6, "Q5_K_M": 5, "Q5_K_S": 5, "Q5_1": 5, "Q5_0": 5,
     "Q4_K_M": 4, "Q4_K_S": 4, "Q4_1": 4, "Q4_0": 4, "IQ4_XS": 4, "IQ4_NL": 4, "Q3_K_L": 3, "Q3_K_M": 3,
@@ -218,7 +218,7 @@ class GenerationDefaults:
 class BlindSettings:
     """The blind test (models.yaml `blind:`): where votes are kept, how long answers are, flood limits."""
 
-    votes_db: Path | None = None  # None: $ARENA_VOTES_DB, else votes.sqlite3 in the cache folder (demo.votes)
+    votes_db: Path | None = None  # None: $ARENA_VOTES_DB, else votes.sqlite3 in the cache folder (demo.blind.votes)
     max_new_tokens: int = 96
     battles_per_minute: int = 6  # per session
     votes_per_minute: int = 12  # per session; refused votes (forged, replayed) count too
@@ -251,7 +251,7 @@ def models_path(explicit: str | os.PathLike | None = None) -> Path:
 
 
 def _has_nvidia_gpu() -> bool:
-    from demo.system import gpu_figures  # NVML only: no torch import before the config is validated
+    from demo.measuring.system import gpu_figures  # NVML only: no torch import before the config is validated
 
     return gpu_figures() is not None
 

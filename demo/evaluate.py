@@ -24,11 +24,12 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from demo import metrics, sources
+from demo.artifacts import sources
+from demo.measuring import metrics
 from demo.config import REPO_ROOT, load_config
 from demo.errors import ArenaError, InvalidRequest
 from demo.backends import LoadedVariant
-from demo.runner import Arena
+from demo.running.runner import Arena
 
 EVALUATION_FILE = REPO_ROOT / "assets" / "evaluation.txt"
 SPEED_PROMPT = "Write a short story about a lighthouse keeper."
@@ -116,7 +117,7 @@ def evaluate(arena: Arena, variant_ids: list[str], text: str, runs: int = 5, max
 
 def _quality(arena: Arena, result: VariantEvaluation, text: str, baselines: dict) -> None:
     # All model work runs as one job on the device thread, in the arena's turn: torch ops on a second
-    # thread start a second OpenMP team (see demo.device), and acquiring each variant inside the job
+    # thread start a second OpenMP team (see demo.running.device), and acquiring each variant inside the job
     # means an eviction in between (the baseline pushing the variant out of the budget) cannot leave
     # this code holding a freed model.
     def job() -> metrics.QualityTotals:
@@ -156,8 +157,8 @@ def _totals(loaded: LoadedVariant, ids: torch.Tensor, reference: list | None) ->
 def _top_k_totals(loaded: LoadedVariant, ids: torch.Tensor, reference: list | None,
                   result: VariantEvaluation) -> metrics.QualityTotals | None:
     """A remote variant's windows from its engine's prompt log-probabilities: exact perplexity and top-1, the
-    KL's lower bound over the top k (demo.fidelity_topk); None, with the reason noted, where it has none."""
-    from demo.fidelity_topk import Unavailable, position_kl, top1_matches
+    KL's lower bound over the top k (demo.measuring.fidelity_topk); None, with the reason noted, where it has none."""
+    from demo.measuring.fidelity_topk import Unavailable, position_kl, top1_matches
 
     totals = metrics.QualityTotals()
     for i, (begin, end, first) in enumerate(windows(len(ids))):
@@ -206,7 +207,7 @@ def _disk_mib(arena: Arena, variant_id: str) -> float | None:
     variant = arena.config.variants[variant_id]
     if variant.method not in ("gptq", "gguf", "awq"):
         return None
-    from demo.quantize import folder_mib
+    from demo.artifacts.quantize import folder_mib
 
     if variant.checkpoint is not None:
         path = variant.checkpoint.path
@@ -219,7 +220,7 @@ def _disk_mib(arena: Arena, variant_id: str) -> float | None:
 
 def write_outputs(results: list[VariantEvaluation], arena: Arena, out: Path, conditions: dict) -> dict[str, Path]:
     """results.json, results.csv, results.md and the charts; returns their paths by name."""
-    from demo import charts
+    from demo.reports import charts
 
     out.mkdir(parents=True, exist_ok=True)
     rows = [asdict(r) for r in results]

@@ -75,7 +75,7 @@ def default_config():
 @pytest.fixture(scope="session")
 def arena(default_config):
     """One real Arena over the bundled model, shared so each variant loads once per session."""
-    from demo.runner import Arena
+    from demo.running.runner import Arena
 
     return Arena(default_config)
 
@@ -108,7 +108,7 @@ CLEAR_MARGIN_NATS = 0.5
 
 def greedy_margins(arena, variant_id: str, prompt: str, through: str | None, max_tokens: int = 12):
     """The variant's greedy answer, token by token, with each token's lead over the runner-up (nats)."""
-    from demo.generation import prompt_ids
+    from demo.settings import prompt_ids
 
     loaded = arena.device.call(arena.manager.get, variant_id).loaded
     ids = arena.device.call(prompt_ids, loaded.tokenizer, prompt)

@@ -13,7 +13,7 @@ VARIANTS = ["smollm2/fp32", "smollm2/bnb-int8", "smollm2/bnb-nf4"]
 @pytest.fixture(scope="module")
 def app(default_config):
     from demo import ui
-    from demo.runner import Arena
+    from demo.running.runner import Arena
 
     port = free_port()
     arena = Arena(default_config)  # a fresh cache: the first call loads cold
@@ -194,7 +194,7 @@ def test_page_streams_only_the_columns(client):
 
 
 def test_status_words_match_between_column_and_summary(client):
-    from demo.ui import STATUS_TEXT
+    from demo.ui.page import STATUS_TEXT
 
     ids = ["smollm2/bf16", "smollm2/gptq-4bit"]  # no GPTQ checkpoint in a fresh cache: "not available"
     named = run_page(client, "What is the capital of France?", ids, 8, *RUN_ARGS)
@@ -207,7 +207,7 @@ def test_status_words_match_between_column_and_summary(client):
 
 
 def test_status_text_for_every_stage():
-    from demo.ui import status_text
+    from demo.ui.page import status_text
 
     assert status_text({"status": "waiting", "queue_ahead": 2}) == \
         "waiting for the device: another comparison is running (2 comparisons ahead of this one)"
@@ -246,8 +246,8 @@ def test_sampling_controls_follow_the_sample_box(client):
 
 
 def test_system_panel_adds_up(arena):
-    from demo import system
-    from demo.ui import _system_markdown
+    from demo.measuring import system
+    from demo.ui.page import _system_markdown
 
     snap = system.snapshot("cpu")
     assert snap.process_uss_mib is not None and 0 < snap.process_uss_mib <= snap.ram_used_mib
@@ -257,7 +257,7 @@ def test_system_panel_adds_up(arena):
 
 def test_evaluate_table_in_words_and_percentages():
     from demo.evaluate import VariantEvaluation
-    from demo.ui_evaluate import HEADERS, table_rows
+    from demo.ui.evaluate import HEADERS, table_rows
 
     row = table_rows([VariantEvaluation("smollm2/bnb-nf4", "smollm2/fp32", perplexity=12.3456, kl_divergence=0.04321,
                                         top1_agreement=0.9123, runs=3, weights_mib=101.2)])[0]
@@ -278,7 +278,7 @@ def test_a_stopped_evaluation_starts_no_further_variant(arena):
 
 
 def test_charts_keep_one_colour_per_variant_and_say_what_is_missing(tmp_path):
-    from demo import charts
+    from demo.reports import charts
 
     order = ["b/fp32", "b/bf16", "b/nf4"]
     assert charts.variant_colours(order)["b/nf4"] == charts.variant_colours(order + ["b/x"])["b/nf4"]
@@ -291,7 +291,7 @@ def test_charts_keep_one_colour_per_variant_and_say_what_is_missing(tmp_path):
 
 
 def test_variant_picker_puts_the_baseline_first_and_groups_by_family(default_config):
-    from demo.ui import variant_choices
+    from demo.ui.page import variant_choices
 
     labels, ids = zip(*variant_choices(default_config))
     assert ids[0] == "smollm2/fp32" and set(ids) == set(default_config.variants)

@@ -6,10 +6,10 @@ import json
 import pytest
 import yaml
 
-from demo import card
+from demo.reports import card
 from demo.config import load_config
 from demo.errors import ConfigError
-from demo.runner import Arena
+from demo.running.runner import Arena
 from tests.conftest import CLEAR_PROMPT, REPO, require_clear_answer
 
 PROMPT = CLEAR_PROMPT

@@ -12,11 +12,12 @@ import pytest
 import yaml
 from safetensors import safe_open
 
-from demo import evaluate, quantize, sources
+from demo import evaluate
+from demo.artifacts import quantize, sources
 from demo.backends import load as load_variant
 from demo.config import load_config
 from demo.errors import NotQuantized
-from demo.runner import Arena
+from demo.running.runner import Arena
 from tests.conftest import CLEAR_PROMPT, REPO, require_clear_answer
 
 pytest.importorskip("gptqmodel", reason="AWQ variants need gptqmodel")

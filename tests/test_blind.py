@@ -17,9 +17,9 @@ import yaml
 
 from demo.config import load_config
 from demo.errors import ConfigError, InvalidRequest, RateLimited, VariantUnavailable, VoteRefused, VoteStoreError
-from demo.ratelimit import SessionRateLimit
-from demo.ratings import bradley_terry, rate_intervals, rates, side_outcome, summarize
-from demo.votes import SCHEMA_VERSION, Battle, Outcome, VoteStore, now_iso, session_digest
+from demo.blind.ratelimit import SessionRateLimit
+from demo.blind.ratings import bradley_terry, rate_intervals, rates, side_outcome, summarize
+from demo.blind.votes import SCHEMA_VERSION, Battle, Outcome, VoteStore, now_iso, session_digest
 from tests.conftest import REPO, free_port
 
 BLIND = {"max_new_tokens": 4, "variants": ["smollm2/bf16"], "battles_per_minute": 100, "votes_per_minute": 100}
@@ -212,7 +212,7 @@ def test_bad_blind_block(tmp_path, blind, field, message):
 
 
 def test_votes_database_path(tmp_path, monkeypatch):
-    from demo.votes import votes_path
+    from demo.blind.votes import votes_path
 
     monkeypatch.delenv("ARENA_VOTES_DB", raising=False)
     monkeypatch.setenv("ARENA_CACHE_DIR", str(tmp_path / "cache"))
@@ -222,7 +222,7 @@ def test_votes_database_path(tmp_path, monkeypatch):
     monkeypatch.setenv("ARENA_VOTES_DB", str(tmp_path / "env.sqlite3"))
     assert votes_path(config) == tmp_path / "env.sqlite3"
     monkeypatch.delenv("ARENA_VOTES_DB")
-    monkeypatch.setattr("demo.votes.SPACE_DATA", tmp_path / "data")  # a Space with persistent storage
+    monkeypatch.setattr("demo.blind.votes.SPACE_DATA", tmp_path / "data")  # a Space with persistent storage
     monkeypatch.setenv("SPACE_ID", "org/arena")
     assert votes_path(load_config(REPO / "models.yaml")) == tmp_path / "cache" / "votes.sqlite3"  # none mounted
     (tmp_path / "data").mkdir(exist_ok=True)
@@ -268,13 +268,13 @@ def test_cli_prints_results_as_json_and_exports(tmp_path):
 @pytest.fixture
 def blind_arena(arena, tmp_path):
     """The shared arena's models and device, with a blind block: 4 new tokens, bf16 against the fp32 baseline."""
-    from demo.runner import Arena
+    from demo.running.runner import Arena
 
     return Arena(load_config(models_file(tmp_path)), manager=arena.manager, device=arena.device)
 
 
 def test_battle_hides_then_reveals(blind_arena, tmp_path):
-    from demo.battle import BlindTest
+    from demo.blind.battle import BlindTest
 
     blind = BlindTest(blind_arena, VoteStore(tmp_path / "votes.sqlite3"))
     issued = blind.battle("What is the capital of France?", None, "s1")
@@ -295,8 +295,8 @@ def test_battle_hides_then_reveals(blind_arena, tmp_path):
 
 
 def test_battles_and_votes_are_rate_limited(arena, tmp_path):
-    from demo.battle import BlindTest
-    from demo.runner import Arena
+    from demo.blind.battle import BlindTest
+    from demo.running.runner import Arena
 
     config = load_config(models_file(tmp_path, {**BLIND, "battles_per_minute": 1, "votes_per_minute": 2}))
     blind = BlindTest(Arena(config, manager=arena.manager, device=arena.device), VoteStore(tmp_path / "v.sqlite3"))
@@ -314,8 +314,8 @@ def test_battles_and_votes_are_rate_limited(arena, tmp_path):
 def test_a_variant_that_cannot_answer_is_left_out_of_the_draw(arena, tmp_path):
     import torch
 
-    from demo.battle import BlindTest
-    from demo.runner import Arena
+    from demo.blind.battle import BlindTest
+    from demo.running.runner import Arena
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
@@ -330,8 +330,8 @@ def test_a_variant_that_cannot_answer_is_left_out_of_the_draw(arena, tmp_path):
 
 
 def test_draw_favours_the_variants_with_fewest_votes(arena, tmp_path):
-    from demo.battle import BlindTest
-    from demo.runner import Arena
+    from demo.blind.battle import BlindTest
+    from demo.running.runner import Arena
 
     config = load_config(models_file(tmp_path, {**BLIND, "variants": ["smollm2/bf16", "smollm2/bnb-nf4"]}))
     store = VoteStore(tmp_path / "v.sqlite3")
@@ -348,7 +348,7 @@ def test_draw_favours_the_variants_with_fewest_votes(arena, tmp_path):
 @pytest.fixture(scope="module")
 def app(arena, tmp_path_factory):
     from demo import ui
-    from demo.runner import Arena
+    from demo.running.runner import Arena
 
     folder = tmp_path_factory.mktemp("blind-app")
     previous = os.environ.get("ARENA_VOTES_DB")

@@ -189,7 +189,7 @@ def test_over_limit_prompt_is_refused_not_cut(browser, app_url):
 def runner_reports_waiting() -> bool:
     from dataclasses import fields
 
-    from demo.runner import VariantResult
+    from demo.running.runner import VariantResult
 
     return "queue_ahead" in {f.name for f in fields(VariantResult)}
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from demo import sources
+from demo.artifacts import sources
 from tests.conftest import tiny_causal_lm
 from tests.test_browser import browser, choose, open_page, start_app  # noqa: F401 (fixtures)
 

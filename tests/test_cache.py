@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from demo import __main__ as cli
-from demo import cache, quantize, sources
+from demo.artifacts import cache, quantize, sources
 from demo.errors import DamagedCheckpoint, DiskFull, NotQuantized
 from tests.conftest import CLEAR_PROMPT, REPO
 
@@ -150,12 +150,12 @@ def test_single_file_sealed_beside_itself(tmp_path):
 
 def test_truncated_materialized_checkpoint_is_rebuilt_and_answers(clear_prompt, bundled_copy, default_config, caplog):
     """Before: every variant failed with "SafetensorError: ... incomplete metadata, file not fully covered"."""
-    from demo.runner import Arena
+    from demo.running.runner import Arena
 
     weights = bundled_copy / "model.safetensors"
     _truncate(weights, weights.stat().st_size // 2)
     arena = Arena(default_config)
-    with caplog.at_level(logging.WARNING, logger="demo.sources"):
+    with caplog.at_level(logging.WARNING, logger="demo.artifacts.sources"):
         record = arena.compare_records(CLEAR_PROMPT, ["smollm2/fp32"],
                                        arena.settings(max_new_tokens=8))[0]
     assert record["status"] == "done", record["error"]
@@ -187,7 +187,7 @@ def test_unsealed_truncated_checkpoint_is_judged_by_opening_it(bundled_copy):
 # --- a damaged GPTQ checkpoint names its rebuild ---------------------------------------------------
 
 def test_damaged_gptq_checkpoint_names_the_rebuild_command(empty_cache, default_config):
-    from demo.runner import Arena
+    from demo.running.runner import Arena
 
     folder = _gptq_like(default_config)
     _truncate(folder / "model.safetensors", 100)

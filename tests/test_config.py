@@ -160,7 +160,7 @@ def test_space_profile_follows_the_hardware(monkeypatch):
 
 
 def test_bundled_model_falls_back_to_the_hub_where_the_package_is_absent():
-    from demo import sources
+    from demo.artifacts import sources
     from demo.config import Source
 
     missing = Source("bundled-gguf", package="no_such_package_here", file="x.gguf", fallback_repo="org/model")

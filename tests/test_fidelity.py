@@ -11,7 +11,8 @@ import re
 import pytest
 import torch
 
-from demo import fidelity, report
+from demo.measuring import fidelity
+from demo.reports import report
 
 PROMPT = "What is the capital of France?"
 FIDELITY_FIELDS = {"baseline", "kl_divergence", "top1_agreement", "first_top1_disagreement",
@@ -295,7 +296,7 @@ def test_divergence_view_of_a_long_answer_is_a_window():
 
 
 def test_the_card_carries_both_figures_under_their_names():
-    from demo import card
+    from demo.reports import card
 
     row = card.csv_rows([{**record(), "quantization": {}}])[0]
     assert set(row) == set(card.CSV_FIELDS)

@@ -3,7 +3,7 @@
 import torch
 
 from demo.backends.remote import _EngineTexts
-from demo.fidelity_topk import known_by_id, position_kl
+from demo.measuring.fidelity_topk import known_by_id, position_kl
 
 # ids 0 and 2 read "a"; 3 and 4 are special tokens, which engines write as ""; the rest are unique.
 TEXTS = ["a", "b", "a", "", "", "c", "d", "e", "f", "g"]

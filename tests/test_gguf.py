@@ -10,11 +10,13 @@ import threading
 import pytest
 import torch
 
-from demo import evaluate, gguf, sources
+from demo import evaluate
+from demo.artifacts import gguf, sources
 from demo.config import load_config
-from demo.generation import GenerationSettings, StreamingGeneration, prompt_ids
-from demo.quantize import quantize_variant
-from demo.runner import Arena
+from demo.running.streaming import StreamingGeneration
+from demo.settings import GenerationSettings, prompt_ids
+from demo.artifacts.quantize import quantize_variant
+from demo.running.runner import Arena
 from tests.conftest import CLEAR_PROMPT, REPO, require_clear_answer
 
 pytest.importorskip("llama_cpp", reason="GGUF variants need llama-cpp-python (built by make install)")

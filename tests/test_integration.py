@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-from demo.runner import Arena
+from demo.running.runner import Arena
 from tests.conftest import CLEAR_PROMPT, require_clear_answer
 
 PROMPT = CLEAR_PROMPT

@@ -11,7 +11,7 @@ import torch
 from demo.config import load_config
 from demo.errors import MemoryBudgetExceeded
 from demo.backends.transformers import TransformersVariant
-from demo.manager import ModelManager
+from demo.running.manager import ModelManager
 from tests.conftest import tiny_causal_lm
 
 MIB = 2**20

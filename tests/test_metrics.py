@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from demo import metrics
+from demo.measuring import metrics
 
 
 def test_variant_against_itself():

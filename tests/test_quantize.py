@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from demo import quantize, sources
+from demo.artifacts import quantize, sources
 from demo.config import load_config
-from demo.runner import Arena
+from demo.running.runner import Arena
 from tests.conftest import REPO, tiny_causal_lm
 
 pytest.importorskip("gptqmodel", reason="GPTQ needs gptqmodel (installed by make install)")

@@ -12,8 +12,8 @@ from demo.backends import transformers as transformers_backend
 from demo.config import load_config
 from demo.errors import Busy, InvalidRequest
 from demo.backends import load as load_variant
-from demo.manager import ModelManager
-from demo.runner import Arena
+from demo.running.manager import ModelManager
+from demo.running.runner import Arena
 from tests.conftest import CLEAR_PROMPT, REPO, require_clear_answer
 
 PROMPT = CLEAR_PROMPT

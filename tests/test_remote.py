@@ -18,8 +18,8 @@ import yaml
 
 from demo.config import load_config
 from demo.errors import ConfigError
-from demo.generation import prompt_ids
-from demo.runner import Arena
+from demo.settings import prompt_ids
+from demo.running.runner import Arena
 from tests.conftest import CLEAR_PROMPT, REPO, free_port, require_clear_answer
 
 pytest.importorskip("llama_cpp.server.app", reason="needs llama-cpp-python's server deps (requirements-gguf.txt)")
@@ -63,7 +63,7 @@ def _stop_server(process: subprocess.Popen) -> None:
 
 @pytest.fixture(scope="module")
 def gguf_file(default_config):
-    from demo.quantize import quantize_variant
+    from demo.artifacts.quantize import quantize_variant
 
     return quantize_variant(default_config, "smollm2/gguf-q8_0") / "model.gguf"
 
@@ -222,7 +222,7 @@ def test_remote_and_local_side_by_side_with_client_figures_and_top_k_fidelity(re
     assert 0 <= fid["kl_divergence"] <= local["fidelity"]["kl_divergence"] * 1.5 + 1e-4
     assert remote["answer_departs_at_token"] is None  # the same greedy answer, token for token
 
-    from demo import report
+    from demo.reports import report
 
     text = report.text_report(list(records.values()))
     assert "measured at the client" in text and "not reported by this engine" in text and "≥" in text
@@ -282,7 +282,7 @@ def test_a_wrong_key_fails_with_http_401_in_its_own_column_and_the_key_never_lea
     records = {r["variant"]: r for r in remote_arena.compare_records(PROMPT, ids, remote_arena.settings(max_new_tokens=8))}
     assert "HTTP 401" in records["smollm2/remote-wrong-key"]["error"]
     assert records["smollm2/remote-q8_0"]["status"] == "done"
-    from demo import card, report
+    from demo.reports import card, report
 
     dumped = json.dumps(list(records.values())) + report.text_report(list(records.values()))
     dumped += card.markdown_card(list(records.values())) + caplog.text

@@ -9,12 +9,13 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from demo import evaluate, sources
+from demo import evaluate
+from demo.artifacts import sources
 from demo.backends import load as load_variant
 from demo.backends import torchao_quant
 from demo.config import load_config
 from demo.errors import ConfigError, VariantUnavailable
-from demo.generation import prompt_ids
+from demo.settings import prompt_ids
 from tests.conftest import CLEAR_PROMPT, require_clear_answer
 
 pytest.importorskip("torchao", reason="torchao variants need the torchao package")

@@ -5,7 +5,7 @@ import time
 import pytest
 import torch
 
-from demo.trackers import LatencyTracker, track_latency, track_memory
+from demo.measuring.trackers import LatencyTracker, track_latency, track_memory
 
 MIB = 2**20
 

@@ -2,7 +2,7 @@
 
 Nothing outside demo/backends/ touches a model object; runner, fidelity, evaluate, manager, bench and
 the UI hold a LoadedVariant and call these methods. Every method that computes runs on the device
-thread (demo.device): the caller is responsible for that, the backend never starts threads of its own.
+thread (demo.running.device): the caller is responsible for that, the backend never starts threads of its own.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any, Callable, Iterator
 import torch
 
 from demo.config import Variant
-from demo.generation import GenerationSettings
-from demo.trackers import MemoryTracker
+from demo.settings import GenerationSettings
+from demo.measuring.trackers import MemoryTracker
 
 OnToken = Callable[[int, float], None]  # (token id, perf_counter seconds when the runtime handed it over)
 
@@ -50,7 +50,7 @@ class LoadedVariant(ABC):
 
     def top_log_probs(self, ids: list[int], first: int):
         """Teacher forcing without full distributions: the engine's top-k log-probabilities at positions
-        first..len(ids)-1 (each given ids[:position]), a demo.fidelity_topk.TopLogProbs, or an Unavailable
+        first..len(ids)-1 (each given ids[:position]), a demo.measuring.fidelity_topk.TopLogProbs, or an Unavailable
         saying why it has none. Only runtimes with full_distributions False implement it."""
         raise NotImplementedError(f"the {self.runtime} runtime gives full distributions: use logits()")
 

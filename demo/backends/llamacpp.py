@@ -2,7 +2,7 @@
 
 Prompts are the base model's own token ids (never llama.cpp's tokenizer or chat renderer), so a GGUF
 variant gets exactly what the transformers variants get, and the baseline's answer can be teacher-forced
-through it. llama.cpp uses as many threads as torch and never runs beside a torch job (demo.device).
+through it. llama.cpp uses as many threads as torch and never runs beside a torch job (demo.running.device).
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from demo import cache, gguf, sources
+from demo.artifacts import cache, gguf, sources
 from demo.backends.base import LoadedVariant, OnToken
 from demo.backends.common import cuda_available, first_line
 from demo.config import BaseModel, Variant
 from demo.errors import DamagedCheckpoint, NotQuantized, VariantUnavailable
-from demo.generation import GenerationSettings
+from demo.settings import GenerationSettings
 
 log = logging.getLogger(__name__)
 GGUF_FILE = "model.gguf"  # inside a folder made by demo.quantize

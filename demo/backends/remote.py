@@ -5,7 +5,7 @@ Only the base model's tokenizer is loaded here: it applies the chat template to 
 variant gets (sent as ids where the engine takes them, else as their text), and reads the answer's text
 back into ids for fidelity. Timings are taken at the client, as `vllm bench serve` takes them; memory is
 what the engine publishes, with its source, or nothing. Teacher forcing uses the engine's top-k prompt
-log-probabilities (completions echo), so the KL divergence is a lower bound (demo.fidelity_topk).
+log-probabilities (completions echo), so the KL divergence is a lower bound (demo.measuring.fidelity_topk).
 """
 
 from __future__ import annotations
@@ -17,15 +17,15 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Iterator
 
-from demo import sources
+from demo.artifacts import sources
 from demo.backends.base import LoadedVariant, OnToken
 from demo.backends.common import first_line
 from demo.backends.remote_http import TOKEN_ID_PROMPTS, EndpointClient
 from demo.config import BaseModel, Variant
 from demo.errors import EndpointError, VariantUnavailable
-from demo.fidelity_topk import TopLogProbs, Unavailable, known_by_id
-from demo.generation import GenerationSettings
-from demo.trackers import Memory
+from demo.measuring.fidelity_topk import TopLogProbs, Unavailable, known_by_id
+from demo.settings import GenerationSettings
+from demo.measuring.trackers import Memory
 
 TOP_K = 20  # prompt log-probabilities asked for per position (vLLM's default --max-logprobs is 20)
 # Engines whose /v1/completions returns prompt log-probabilities with echo; TGI's and llama-server's do not.

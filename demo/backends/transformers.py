@@ -15,13 +15,13 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from demo import sources
+from demo.artifacts import sources
 from demo.backends import torchao_quant
 from demo.backends.base import LoadedVariant, OnToken
 from demo.backends.common import first_line, package_available, pick_device
 from demo.config import BaseModel, Variant
 from demo.errors import NotQuantized, VariantUnavailable
-from demo.generation import GenerationSettings
+from demo.settings import GenerationSettings
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +202,7 @@ def load(variant: Variant, base: BaseModel) -> TransformersVariant:
         if not package_available(package):
             raise VariantUnavailable(f"not available: the '{package}' package is not installed")
     if "gptqmodel" in PACKAGES.get(variant.method, ()):
-        from demo.awq import ensure_cpu_workers
+        from demo.artifacts.awq import ensure_cpu_workers
 
         ensure_cpu_workers()
     device = pick_device(variant)

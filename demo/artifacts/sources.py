@@ -12,8 +12,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from demo import cache
-from demo.cache import CACHE_ENV, cache_dir  # noqa: F401  (where the cache is: callers ask sources)
+from demo.artifacts import cache
+from demo.artifacts.cache import CACHE_ENV, cache_dir  # noqa: F401  (where the cache is: callers ask sources)
 from demo.config import BaseModel, Source
 from demo.errors import DamagedCheckpoint, VariantUnavailable
 

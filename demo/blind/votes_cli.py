@@ -6,10 +6,10 @@ import json
 import sys
 from pathlib import Path
 
-from demo import ratings
+from demo.blind import ratings
 from demo.config import load_config
 from demo.errors import ArenaError
-from demo.votes import VOTES_ENV, VoteStore, votes_path
+from demo.blind.votes import VOTES_ENV, VoteStore, votes_path
 
 
 def main(args) -> int:

@@ -14,11 +14,11 @@ import secrets
 import time
 from typing import Any
 
-from demo import ratings
+from demo.blind import ratings
 from demo.errors import InvalidRequest, VariantUnavailable
-from demo.ratelimit import SessionRateLimit
-from demo.runner import Arena
-from demo.votes import Battle, VoteStore, now_iso, session_digest
+from demo.blind.ratelimit import SessionRateLimit
+from demo.running.runner import Arena
+from demo.blind.votes import Battle, VoteStore, now_iso, session_digest
 
 log = logging.getLogger(__name__)
 

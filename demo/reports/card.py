@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from demo import report
+from demo.reports import report
 
 CSV_FIELDS = ["model", "base", "created_utc", "variant", "method", "bits", "device", "status", "prompt_tokens",
               "new_tokens", "ttft_ms", "decode_tokens_per_s", "total_ms", "load_ms", "cache_hit", "weights_mib",

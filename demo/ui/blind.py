@@ -16,12 +16,13 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from demo import report, vote_chart
-from demo.battle import BlindTest
+from demo.blind import vote_chart
+from demo.reports import report
+from demo.blind.battle import BlindTest
 from demo.config import REPO_ROOT
 from demo.errors import ArenaError
-from demo.runner import Arena
-from demo.votes import SPACE_DATA, VoteStore, space_storage, votes_path
+from demo.running.runner import Arena
+from demo.blind.votes import SPACE_DATA, VoteStore, space_storage, votes_path
 
 log = logging.getLogger(__name__)
 PROMPTS_FILE = REPO_ROOT / "assets" / "blind_prompts.json"

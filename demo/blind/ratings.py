@@ -15,7 +15,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from demo.votes import Outcome
+from demo.blind.votes import Outcome
 
 OUTCOMES = ("preferred", "tie", "both_bad", "baseline_preferred")  # from the quantized variant's side
 RATES = ("preferred", "tied", "baseline_preferred", "indistinguishable")

@@ -182,7 +182,7 @@ def source_file(base) -> tuple[Path, str]:
     For a bundled GGUF base, the shipped file itself (requantizing); for a transformers base (local
     folder or Hub), an F32 GGUF converted once with llama.cpp's converter and cached.
     """
-    from demo import sources
+    from demo.artifacts import sources
 
     source = base.source
     if source.kind == "bundled-gguf" and sources.bundled_file_usable(source):
@@ -191,7 +191,7 @@ def source_file(base) -> tuple[Path, str]:
                       "equals quantizing the dequantized baseline)")
     weights = sources.resolve(base)
     folder = Path(weights.location) if not weights.is_hub else _download(weights)
-    from demo import cache
+    from demo.artifacts import cache
 
     target = sources.quantized_dir(base, "gguf-convert", {"outtype": "f32"}) / "model-f32.gguf"
     if not cache.check(target).ok:  # missing, or damaged since: converted (again)

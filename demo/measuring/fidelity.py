@@ -8,7 +8,7 @@
     likely token equals the baseline's most likely token, never the sampled answer token), the first
     position where those two differ (0-based; None exactly when agreement is 100%), and the margin
     there: both tokens with their probabilities under both models, so a near tie reads as one.
-    A remote engine gives at most its top-k log-probabilities (demo.fidelity_topk): then top-1 figures
+    A remote engine gives at most its top-k log-probabilities (demo.measuring.fidelity_topk): then top-1 figures
     stay exact, the KL is a lower bound (kl_lower_bound_top_k names k), and an engine that gives none
     leaves the figures null with the reason in `unavailable`.
 """
@@ -16,14 +16,16 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
-from demo import metrics
-from demo.backends import LoadedVariant
-from demo.fidelity_topk import TopLogProbs, Unavailable, position_kl, top1_matches
-from demo.generation import prompt_ids
+from demo.measuring import metrics
+from demo.measuring.fidelity_topk import TopLogProbs, Unavailable, position_kl, top1_matches
+from demo.settings import prompt_ids
+
+if TYPE_CHECKING:  # a loaded variant is passed in; measuring imports nothing above it
+    from demo.backends import LoadedVariant
 
 # Under the variant, its top-1 token beats the baseline's top-1 token by less than this probability:
 # the disagreement is a near tie, a rounding-sized difference can flip it either way.
@@ -139,7 +141,7 @@ def _top1_agree(baseline_lp, variant_lp, i: int) -> bool:
 
 def position_kl_reversed(baseline: dict[int, float], variant_row: torch.Tensor) -> float:
     """KL(baseline || variant) bound where the baseline gives its top k and the variant its full row."""
-    from demo.fidelity_topk import bucket_kl
+    from demo.measuring.fidelity_topk import bucket_kl
 
     shared = [t for t in baseline if t < variant_row.shape[0]]
     return bucket_kl(torch.tensor([baseline[t] for t in shared], dtype=torch.float64), variant_row[shared].double())

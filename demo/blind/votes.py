@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-from demo.cache import cache_dir
+from demo.artifacts.cache import cache_dir
 from demo.errors import VoteRefused, VoteStoreError
 
 VOTES_ENV = "ARENA_VOTES_DB"

@@ -11,15 +11,16 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Iterator
 
-from demo import fidelity
+from demo.measuring import fidelity
 from demo.backends import LoadedVariant
 from demo.config import ArenaConfig
-from demo.device import DeviceThread, Turns, shared_device
+from demo.running.device import DeviceThread, Turns, shared_device
 from demo.errors import ArenaError, Busy, InvalidRequest
-from demo.generation import GenerationSettings, StreamingGeneration, decode_whole, prompt_ids
-from demo.manager import ModelManager
-from demo.system import environment
-from demo.trackers import LatencyTracker
+from demo.running.streaming import StreamingGeneration
+from demo.settings import GenerationSettings, decode_whole, prompt_ids
+from demo.running.manager import ModelManager
+from demo.measuring.system import environment
+from demo.measuring.trackers import LatencyTracker
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ class VariantResult:
     stored: dict[str, Any] | None = None  # facts read back from the loaded weights (runtime, types, bits/weight)
     error: str | None = None
     fidelity: dict[str, Any] | None = None  # vs the base model's baseline on this prompt; None without one
-    # Where this variant's own answer departs from the baseline's own answer (see demo.fidelity): the first
+    # Where this variant's own answer departs from the baseline's own answer (see demo.measuring.fidelity): the first
     # differing token (the shorter length when one is a prefix of the other) and that point's character
     # offset in `text`; None when the answers are identical or there is no baseline (then fidelity is None).
     answer_departs_at_token: int | None = None
@@ -89,7 +90,7 @@ class Arena:
     def __init__(self, config: ArenaConfig, manager: ModelManager | None = None, device: DeviceThread | None = None):
         self.config = config
         self.manager = manager or ModelManager(config)
-        self.device = device or shared_device()  # every torch call runs there (see demo.device)
+        self.device = device or shared_device()  # every torch call runs there (see demo.running.device)
         # Held for a comparison's whole load + run + scoring, first come first served (see Turns).
         self.turns = Turns()
         self._admission = threading.BoundedSemaphore(config.limits.max_pending)
@@ -185,7 +186,7 @@ class Arena:
     def _add_fidelity(self, results: list[VariantResult], prompt: str, generated: dict[str, list[int]],
                       stop: threading.Event) -> Iterator[list[VariantResult]]:
         """Per base model: where each variant's own answer departs from the baseline's, then the baseline's
-        answer teacher-forced through each variant (see demo.fidelity)."""
+        answer teacher-forced through each variant (see demo.measuring.fidelity)."""
         bases = {base.id: base for base in (self.config.base_of(r.variant) for r in results)}
         for base in bases.values():
             group = [r for r in results if self.config.variants[r.variant].base == base.id]

@@ -10,9 +10,10 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from demo import charts, evaluate
+from demo import evaluate
+from demo.reports import charts
 from demo.errors import ArenaError
-from demo.runner import Arena
+from demo.running.runner import Arena
 
 # evaluate.FIELDS in words, with units; the files keep the field names.
 HEADERS = {

@@ -1,4 +1,4 @@
-"""The Gradio page: thin handlers over Arena; with demo.ui_evaluate, the only modules besides app.py that
+"""The Gradio page: thin handlers over Arena; with demo.ui.evaluate, the only modules besides app.py that
 import gradio."""
 
 from __future__ import annotations
@@ -14,10 +14,12 @@ from typing import Any, Iterator, NamedTuple
 import gradio as gr
 import pandas as pd
 
-from demo import card, charts, report, system, ui_blind, ui_evaluate
+from demo.measuring import system
+from demo.reports import card, charts, report
+from demo.ui import blind as ui_blind, evaluate as ui_evaluate
 from demo.errors import ArenaError
-from demo.quantize import quantize_variant
-from demo.runner import Arena, VariantResult
+from demo.artifacts.quantize import quantize_variant
+from demo.running.runner import Arena, VariantResult
 
 DEVICE_QUEUE = "device"  # every model-running event shares this queue: runs never overlap on a device
 SYSTEM_REFRESH_S = 2.0
