@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
-import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from demo.reports import report
+from demo.reports.escaping import fenced, markdown_inline as inline
 
 CSV_FIELDS = ["model", "base", "created_utc", "variant", "method", "bits", "device", "status", "prompt_tokens",
               "new_tokens", "ttft_ms", "decode_tokens_per_s", "total_ms", "load_ms", "cache_hit", "weights_mib",
@@ -56,14 +56,6 @@ _SETTING_WORDS = {
     "zero_point": lambda v: "zero point" if v else "no zero point",
 }
 
-# Inline text (table cells, the header lines) is escaped character by character: every character that can
-# start an inline construct in CommonMark or GitHub's Markdown (backslash escapes, code spans, emphasis,
-# strikethrough, links and images, GitHub math, table cells) gets a backslash, which CommonMark defines for
-# any ASCII punctuation; the HTML specials become entities, so no tag or entity survives. Block syntax
-# (#, >, lists) cannot start inside a table cell or after "**Model:**", so it needs nothing.
-_INLINE_SPECIAL = re.compile(r"[\\`*_~\[\]|$!]")
-_HTML_SPECIAL = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
-_LINE_BREAK = re.compile(r"\r\n|\r|\n")
 REPLACEMENT_CHAR = "\ufffd"
 
 
@@ -183,26 +175,6 @@ def settings_text(settings: dict[str, Any]) -> str:
     if settings.get("max_new_tokens") is not None:
         parts.append(f"up to {settings['max_new_tokens']} new tokens")
     return ", ".join(parts)
-
-
-def inline(text: str) -> str:
-    """`text` as Markdown inline content that renders exactly as typed, on one line (see _INLINE_SPECIAL)."""
-    text = _LINE_BREAK.sub(" ⏎ ", text)
-    text = "".join(_HTML_SPECIAL.get(c, c) for c in text)
-    return _INLINE_SPECIAL.sub(lambda m: "\\" + m.group(0), text)
-
-
-def fenced(text: str) -> str:
-    """`text` as a fenced code block that renders exactly as typed, line breaks included.
-
-    Fenced rather than escaped: inside a fence CommonMark interprets nothing (no HTML, no Markdown, no
-    entities, no GitHub emoji or math), so the text stays readable when the card is read raw too. A fence
-    closes only on a line of at least as many backticks as it opened with, so one backtick longer than the
-    longest run in the text (and at least three) cannot be closed by the text; it opens at column 0, so
-    no indentation is stripped from the text's lines."""
-    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
-    fence = "`" * max(3, longest + 1)
-    return f"{fence}text\n{text}\n{fence}"
 
 
 def _answer_heading(record: dict[str, Any]) -> str:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import html
 from typing import Any
+
+from demo.reports.escaping import html_text, markdown_inline
 
 MEMORY_KINDS = {
     "cpu-rss": "weights + process RSS growth during the run (approximate: mmap and allocator caching)",
@@ -191,9 +192,9 @@ def divergence_html(record: dict[str, Any], baseline_text: str) -> str:
     parts = []
     if start:
         parts.append(_skipped(f"… ({start:,} characters before) "))
-    parts.append(_esc(text[start:cut]))
+    parts.append(html_text(text[start:cut]))
     if cut < len(text):
-        parts.append(f"<mark>{_esc(text[cut:end])}</mark>")
+        parts.append(f"<mark>{html_text(text[cut:end])}</mark>")
     if end < len(text):
         parts.append(_skipped(f" … ({len(text) - end:,} more characters)"))
     # An HTML parser drops one newline right after <pre>: this one, so a leading blank line of the text survives.
@@ -214,28 +215,16 @@ def _departure_note(text: str, baseline_text: str, cut: int) -> str:
     preview = ""
     if rest:
         more = " …" if len(rest) > PREVIEW_CHARS else ""
-        preview = f"; the baseline's goes on: <code>{_esc(rest[:PREVIEW_CHARS])}</code>{more}"
-    return f'<p class="divergence-note">{_esc(what)}{preview}</p>'
-
-
-def _esc(text: str) -> str:
-    return html.escape(text, quote=True)
+        preview = f"; the baseline's goes on: <code>{html_text(rest[:PREVIEW_CHARS])}</code>{more}"
+    return f'<p class="divergence-note">{html_text(what)}{preview}</p>'
 
 
 def _skipped(note: str) -> str:
-    return f'<span class="divergence-skipped">{_esc(note)}</span>'
-
-
-_MARKDOWN_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*_[]|~#"})
-
-
-def _md_cell(value: str) -> str:
-    """A table cell shown literally: HTML escaped, Markdown's punctuation backslash-escaped."""
-    return html.escape(value, quote=False).translate(_MARKDOWN_SPECIAL)
+    return f'<span class="divergence-skipped">{html_text(note)}</span>'
 
 
 def figures_markdown(record: dict[str, Any]) -> str:
-    rows = "\n".join(f"| {label} | {_md_cell(value)} |" for label, value in figures(record))
+    rows = "\n".join(f"| {label} | {markdown_inline(value)} |" for label, value in figures(record))
     return f"| figure | value |\n|---|---|\n{rows}"
 
 
