@@ -18,9 +18,11 @@ from demo.errors import ArenaError
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m demo", description=__doc__)
     parser.add_argument("--models", help="models file (default: $ARENA_MODELS, else models.yaml)")
+    # Each subcommand takes --models too; left out there, it must not overwrite the one given before it.
+    after = {"default": argparse.SUPPRESS}
     sub = parser.add_subparsers(dest="command", required=True)
     compare = sub.add_parser("compare", help="run one prompt on several variants, one after another")
-    compare.add_argument("--models", help="models file (default: $ARENA_MODELS, else models.yaml)")
+    compare.add_argument("--models", help="models file (default: $ARENA_MODELS, else models.yaml)", **after)
     compare.add_argument("--list", action="store_true", help="list the variant ids and exit")
     compare.add_argument("--prompt", help="the prompt (the chat template is applied when the model has one)")
     compare.add_argument("--variants", help="comma-separated variant ids, e.g. smollm2/fp32,smollm2/bnb-nf4")
@@ -36,13 +38,14 @@ def build_parser() -> argparse.ArgumentParser:
     cached.add_argument("action", choices=("list", "verify", "clear"),
                         help="list: what is cached (sizes checked); verify: hash every file; clear: remove")
     cached.add_argument("path", nargs="?", help="clear only this entry (a path from `cache list`)")
-    cached.add_argument("--models", help="models file, to name the command that rebuilds each entry")
+    cached.add_argument("--models", help="models file, to name the command that rebuilds each entry", **after)
     cached.add_argument("--json", action="store_true", help="print JSON instead of a table")
     voted = sub.add_parser("votes", help="the blind test's results, or every battle and vote with --export",
                            description="The votes database: --db, else $ARENA_VOTES_DB, else the models file's "
                                        "blind.votes_db, else votes.sqlite3 in the cache folder.")
     voted.add_argument("--db", type=Path, help="the votes database (SQLite)")
-    voted.add_argument("--models", help="models file, for blind.votes_db (default: $ARENA_MODELS, else models.yaml)")
+    voted.add_argument("--models", help="models file, for blind.votes_db (default: $ARENA_MODELS, else models.yaml)",
+                       **after)
     voted.add_argument("--json", action="store_true", help='print {"votes": N, "variants": [...]} as JSON')
     voted.add_argument("--export", type=Path, metavar="FILE.jsonl",
                        help="write every battle with its vote (or null) as JSON Lines")

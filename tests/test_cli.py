@@ -50,6 +50,16 @@ def test_broken_models_file_is_one_line(tmp_path):
     assert len(out.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("before", [True, False], ids=["before-the-subcommand", "after-it"])
+def test_models_option_is_honoured_before_or_after_the_subcommand(tmp_path, capsys, before):
+    from demo.__main__ import main
+
+    bad = tmp_path / "models.yaml"
+    bad.write_text("variants: [{id: x, base: nowhere, method: fp32}]\nbases: {}\n")
+    argv = ["--models", str(bad), "compare", "--list"] if before else ["compare", "--models", str(bad), "--list"]
+    assert main(argv) == 1 and str(bad) in capsys.readouterr().err
+
+
 def test_json_records(arena, clear_prompt):
     for variant_id in ("smollm2/bf16", "smollm2/bnb-nf4"):
         require_clear_answer(arena, variant_id)
