@@ -5,7 +5,7 @@ import time
 import pytest
 import torch
 
-from demo.measuring.trackers import LatencyTracker, track_latency, track_memory
+from demo.measuring.trackers import LatencyTracker, track_memory
 
 MIB = 2**20
 
@@ -32,13 +32,14 @@ def test_latency_with_one_or_no_token_has_no_decode_rate():
 
 
 def test_latency_against_real_sleeps():
-    with track_latency() as tracker:
-        time.sleep(0.05)
+    tracker = LatencyTracker()
+    tracker.start()
+    time.sleep(0.05)
+    tracker.token()
+    for _ in range(4):
+        time.sleep(0.02)
         tracker.token()
-        for _ in range(4):
-            time.sleep(0.02)
-            tracker.token()
-    latency = tracker.latency
+    latency = tracker.finish()
     assert 50 <= latency.ttft_ms < 50 + 200
     assert 1000 / 20 * 0.4 < latency.decode_tokens_per_s <= 1000 / 20  # sleeps only ever run long
     assert latency.total_ms >= 130

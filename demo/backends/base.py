@@ -16,7 +16,7 @@ import torch
 
 from demo.config import Variant
 from demo.settings import GenerationSettings
-from demo.measuring.trackers import MemoryTracker
+from demo.measuring.trackers import MemoryTracker, track_memory
 
 OnToken = Callable[[int, float], None]  # (token id, perf_counter seconds when the runtime handed it over)
 
@@ -82,9 +82,5 @@ class LoadedVariant(ABC):
     @contextmanager
     def track_memory(self) -> Iterator[MemoryTracker]:
         """Measure one run's peak memory the way that fits this runtime; read tracker.result after."""
-        tracker = MemoryTracker(self.device, self.weights_bytes, kind=self.memory_kind())
-        tracker.start()
-        try:
+        with track_memory(self.device, self.weights_bytes, self.memory_kind()) as tracker:
             yield tracker
-        finally:
-            tracker.result = tracker.stop()

@@ -1,4 +1,5 @@
-"""Pure quality metrics over next-token distributions: perplexity, KL divergence, top-1 agreement.
+"""Pure quality metrics over next-token distributions: perplexity, KL divergence, top-1 agreement, summed
+over windows (QualityTotals) so a long text is scored in pieces and averaged once.
 
 Shapes: logits and log-probabilities are [positions, vocab]; targets are [positions] token ids.
 Position i holds the distribution over the token at i + 1 (the usual causal-LM shift is done by
@@ -48,11 +49,6 @@ def nll_sum(logprobs: torch.Tensor, targets: torch.Tensor) -> float:
     return float(-logprobs.gather(-1, targets.long().unsqueeze(-1)).sum())
 
 
-def perplexity(logprobs: torch.Tensor, targets: torch.Tensor) -> float:
-    """exp(mean negative log-likelihood): equals the vocabulary size for a uniform distribution."""
-    return math.exp(nll_sum(logprobs, targets) / targets.numel())
-
-
 def kl_sum(baseline_logprobs: torch.Tensor, variant_logprobs: torch.Tensor) -> float:
     """Sum over positions of KL(baseline || variant) in nats: how much the variant's distribution loses."""
     p = baseline_logprobs.float()
@@ -66,11 +62,6 @@ def kl_divergence(baseline_logprobs: torch.Tensor, variant_logprobs: torch.Tenso
 
 def top1_matches(baseline_logprobs: torch.Tensor, variant_logprobs: torch.Tensor) -> int:
     return int((baseline_logprobs.argmax(-1) == variant_logprobs.argmax(-1)).sum())
-
-
-def top1_agreement(baseline_logprobs: torch.Tensor, variant_logprobs: torch.Tensor) -> float:
-    """Share of positions where both pick the same most likely token."""
-    return top1_matches(baseline_logprobs, variant_logprobs) / baseline_logprobs.shape[0]
 
 
 def window_totals(variant_logprobs: torch.Tensor, targets: torch.Tensor,

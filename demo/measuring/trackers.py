@@ -29,7 +29,6 @@ class LatencyTracker:
         self.start_s: float | None = None
         self.token_s: list[float] = []
         self.end_s: float | None = None
-        self.latency: Latency | None = None  # set by track_latency() on exit
 
     def start(self, at_s: float | None = None) -> None:
         self._sync()
@@ -60,7 +59,7 @@ class Memory:
     # "cuda-allocated" (exact, torch's allocator), "cpu-rss" (approximate: mmap, allocator caching) or
     # "nvml-device" (VRAM used on the whole GPU, sampled: for runtimes that allocate outside torch)
     memory_kind: str
-    weights_mib: float  # model.get_memory_footprint()
+    weights_mib: float  # the weights as the runtime stores them (LoadedVariant.weights_bytes), in MiB
     run_peak_mib: float  # peak growth over the pre-run baseline: allocated bytes (CUDA) or sampled RSS (CPU)
     peak_memory_mib: float  # weights_mib + run_peak_mib: this variant's own peak
     peak_reserved_mib: float | None  # CUDA caching allocator's peak reserved growth; None on CPU
@@ -132,22 +131,11 @@ def _nvml_used_bytes() -> int:
 
 
 @contextmanager
-def track_memory(device: str, weights_bytes: int) -> Iterator[MemoryTracker]:
+def track_memory(device: str, weights_bytes: int, kind: str | None = None) -> Iterator[MemoryTracker]:
     """Measure one run's peak memory; read tracker.result after the block."""
-    tracker = MemoryTracker(device, weights_bytes)
+    tracker = MemoryTracker(device, weights_bytes, kind=kind)
     tracker.start()
     try:
         yield tracker
     finally:
         tracker.result = tracker.stop()
-
-
-@contextmanager
-def track_latency(sync: Callable[[], None] | None = None) -> Iterator[LatencyTracker]:
-    """Time one generation; call tracker.token() per new token; read tracker.latency after the block."""
-    tracker = LatencyTracker(sync)
-    tracker.start()
-    try:
-        yield tracker
-    finally:
-        tracker.latency = tracker.finish()
