@@ -1,0 +1,192 @@
+"""One variant's turn in a comparison: load it, stream its answer off the device thread, and fill its record
+(VariantResult) with the answer, latency and memory as they come."""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Iterator
+
+from demo.backends import LoadedVariant
+from demo.errors import ArenaError, InvalidRequest
+from demo.measuring.trackers import LatencyTracker
+from demo.running.device import DeviceThread
+from demo.running.manager import ModelManager
+from demo.running.streaming import StreamingGeneration
+from demo.settings import GenerationSettings, decode_whole, prompt_ids
+
+log = logging.getLogger(__name__)
+
+# Columns refresh at most this often while tokens stream; the generation thread never waits for them.
+STREAM_INTERVAL_S = 0.1
+_PATH = re.compile(r"(?:[A-Za-z]:)?[/\\][^\s'\"]*[/\\][^\s'\"]*")  # local paths never reach a user
+
+
+@dataclass
+class VariantResult:
+    """One variant's record: the CLI's --json output and the /compare API return these (as dicts)."""
+
+    variant: str
+    method: str
+    bits: int | None
+    quantization: dict[str, Any]
+    base: str = ""  # base model id
+    model: str = ""  # base model label, e.g. SmolLM2-135M-Instruct
+    runtime: str = ""  # transformers | llama.cpp
+    # queued | waiting (another comparison holds the device) | loading | reading (prompt, no token yet)
+    # | generating | scoring (fidelity, after every variant's answer) | done | stopped | error
+    status: str = "queued"
+    queue_ahead: int | None = None  # while waiting: comparisons ahead of this one (the running one included)
+    device: str | None = None
+    text: str = ""
+    prompt_tokens: int | None = None
+    new_tokens: int = 0
+    truncated: bool = False  # the answer was cut at max_new_tokens, not ended by the model
+    ttft_ms: float | None = None
+    decode_tokens_per_s: float | None = None
+    total_ms: float | None = None
+    load_ms: float | None = None
+    cache_hit: bool | None = None
+    weights_mib: float | None = None
+    peak_memory_mib: float | None = None
+    run_peak_mib: float | None = None
+    peak_reserved_mib: float | None = None
+    process_rss_mib: float | None = None
+    memory_kind: str | None = None
+    stored: dict[str, Any] | None = None  # facts read back from the loaded weights (runtime, types, bits/weight)
+    error: str | None = None
+    fidelity: dict[str, Any] | None = None  # vs the base model's baseline on this prompt; None without one
+    # Where this variant's own answer departs from the baseline's own answer (see demo.measuring.fidelity): the first
+    # differing token (the shorter length when one is a prefix of the other) and that point's character
+    # offset in `text`; None when the answers are identical or there is no baseline (then fidelity is None).
+    answer_departs_at_token: int | None = None
+    answer_departs_at_char: int | None = None
+    prompt: str = ""
+    settings: dict[str, Any] = field(default_factory=dict)
+    environment: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def finished(self) -> bool:
+        return self.status in ("done", "stopped", "error")
+
+    def to_record(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def snapshot(results: list[VariantResult]) -> list[VariantResult]:
+    """Copies of the records as they are now: what a comparison yields, so later changes never leak into it."""
+    return [replace(r) for r in results]
+
+
+class VariantRunner:
+    """Runs one variant at a time on the device thread; a failure belongs to that variant alone."""
+
+    def __init__(self, device: DeviceThread, manager: ModelManager):
+        self.device, self.manager = device, manager
+
+    def run(self, result: VariantResult, prompt: str, settings: GenerationSettings,
+                 stop: threading.Event, generated: dict[str, list[int]]) -> Iterator[None]:
+        result.status = "loading"
+        yield
+        try:
+            acquired = self.device.call(self.manager.get, result.variant)
+        except ArenaError as exc:
+            result.status, result.error = "error", str(exc)
+            return
+        except Exception as exc:  # anything else from a loader belongs to this variant alone
+            log.exception("loading %s failed", result.variant)
+            result.status, result.error = "error", _describe_failure("loading", exc)
+            self.device.call(self.manager.evict, result.variant)
+            return
+        loaded = acquired.loaded
+        result.load_ms, result.cache_hit, result.device = acquired.load_ms, acquired.cache_hit, loaded.device
+        result.weights_mib, result.stored = loaded.weights_bytes / 2**20, loaded.details()
+        try:
+            yield from self._generate(result, loaded, prompt, settings, stop, generated)
+        except ArenaError as exc:
+            result.status, result.error = "error", str(exc)
+        except Exception as exc:
+            log.exception("generating with %s failed", result.variant)
+            result.status, result.error = "error", _describe_failure("generating", exc)
+            if _is_oom(exc):
+                self.device.call(self.manager.evict, result.variant)
+
+    def _generate(self, result: VariantResult, loaded: LoadedVariant, prompt: str, settings: GenerationSettings,
+                  stop: threading.Event, generated: dict[str, list[int]]) -> Iterator[None]:
+        ids = self.device.call(prompt_ids, loaded.tokenizer, prompt)
+        result.prompt_tokens = len(ids)
+        context = loaded.context_tokens
+        if context and result.prompt_tokens + settings.max_new_tokens > context:
+            raise InvalidRequest(f"the prompt is {result.prompt_tokens:,} tokens; with {settings.max_new_tokens} new "
+                                 f"tokens that exceeds this variant's context of {context:,} tokens: shorten it")
+        token_ids: list[int] = []
+        with loaded.track_memory() as memory:
+            tracker = LatencyTracker(loaded.sync)
+            generation = StreamingGeneration(self.device, loaded, ids, settings)
+            tracker.start(generation.started_s)
+            try:
+                result.status = "reading"
+                yield  # a consumer that goes away here still reaches close() below
+                last_yield = 0.0
+                for event in generation:
+                    tracker.token(event.at_s)
+                    token_ids.append(event.token_id)
+                    if stop.is_set():
+                        generation.stop.set()
+                    if time.perf_counter() - last_yield >= STREAM_INTERVAL_S:
+                        result.status = "generating"
+                        _fill_latency(result, tracker, loaded.tokenizer, token_ids)
+                        last_yield = time.perf_counter()
+                        yield
+                tracker.finish()
+            finally:
+                generation.close()  # reached also when the consumer goes away: the generation stops
+                _fill_latency(result, tracker, loaded.tokenizer, token_ids)  # a failed run keeps its partial text
+        _fill_memory(result, memory.result)
+        generated[result.variant] = token_ids
+        result.truncated = len(token_ids) >= settings.max_new_tokens and token_ids[-1] not in loaded.stop_token_ids
+        _fill_run_facts(result, loaded.run_facts())
+        result.status = "stopped" if stop.is_set() else "done"
+
+
+def _fill_latency(result: VariantResult, tracker: LatencyTracker, tokenizer, token_ids: list[int]) -> None:
+    latency = tracker.result()
+    result.text = decode_whole(tokenizer, token_ids)
+    result.new_tokens, result.ttft_ms = latency.new_tokens, latency.ttft_ms
+    result.decode_tokens_per_s, result.total_ms = latency.decode_tokens_per_s, latency.total_ms
+
+
+def _fill_memory(result: VariantResult, memory) -> None:
+    result.memory_kind, result.weights_mib = memory.memory_kind, memory.weights_mib
+    result.peak_memory_mib, result.run_peak_mib = memory.peak_memory_mib, memory.run_peak_mib
+    result.peak_reserved_mib, result.process_rss_mib = memory.peak_reserved_mib, memory.process_rss_mib
+
+
+def _fill_run_facts(result: VariantResult, facts: dict[str, Any]) -> None:
+    """What the runtime alone knows about the run (a remote engine's own token count, its finish reason, the
+    network round trip) goes into `stored`; the engine's count replaces the client's where it gave one."""
+    if not facts:
+        return
+    result.stored = {**(result.stored or {}), **facts}
+    if facts.get("new_tokens") is not None:
+        result.new_tokens, result.decode_tokens_per_s = facts["new_tokens"], facts["decode_tokens_per_s"]
+    if facts.get("truncated") is not None:
+        result.truncated = facts["truncated"]
+
+
+def _is_oom(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, (MemoryError, torch.OutOfMemoryError))
+
+
+def _describe_failure(stage: str, exc: BaseException) -> str:
+    """A one-line message for the variant's column: no trace, no local paths (the log has those)."""
+    if _is_oom(exc):
+        return f"out of memory while {stage}; this variant was unloaded, the others are unaffected"
+    lines = str(exc).strip().splitlines()
+    detail = _PATH.sub("<path>", lines[0])[:200] if lines else ""
+    return f"failed while {stage}: {exc.__class__.__name__}" + (f": {detail}" if detail else "")
