@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
 
     arena = Arena(config)
     demo = ui.build_demo(arena)
-    demo.queue(max_size=ui.queue_max_size(arena)).launch(**ui.launch_kwargs())
+    demo.queue().launch(**ui.launch_kwargs())
     return 0
 
 

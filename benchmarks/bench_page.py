@@ -22,7 +22,7 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from benchmarks.bench import app_server, write_json  # noqa: E402
-from demo import ui  # noqa: E402
+from demo.ui import columns  # noqa: E402
 
 PROMPT = "Write a short story about a lighthouse keeper."
 TARGET_RATIO = 0.95
@@ -90,7 +90,7 @@ def main() -> int:
         "conditions": {"prompt": PROMPT, "settings": settings, "server": "python app.py, its own process",
                        "runs": args.runs, "statistic": "median", "order": "interleaved, alternating which goes first",
                        "page": "the Run button's three events through gradio_client, decode rate from the summary table (1 decimal)",
-                       "api": "/compare through gradio_client", "text_update_interval_s": ui.TEXT_INTERVAL_S,
+                       "api": "/compare through gradio_client", "text_update_interval_s": columns.TEXT_INTERVAL_S,
                        "target_ratio": TARGET_RATIO,
                        # Other work on the machine moves both paths' rates; above the core count, the ratio is noise.
                        "load_average_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],

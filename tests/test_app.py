@@ -18,7 +18,7 @@ def app(default_config):
     port = free_port()
     arena = Arena(default_config)  # a fresh cache: the first call loads cold
     demo = ui.build_demo(arena)
-    demo.queue(max_size=ui.queue_max_size(arena))
+    demo.queue()
     _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True,
                             **ui.launch_kwargs())
     yield url, arena
@@ -194,7 +194,7 @@ def test_page_streams_only_the_columns(client):
 
 
 def test_status_words_match_between_column_and_summary(client):
-    from demo.ui.page import STATUS_TEXT
+    from demo.ui.columns import STATUS_TEXT
 
     ids = ["smollm2/bf16", "smollm2/gptq-4bit"]  # no GPTQ checkpoint in a fresh cache: "not available"
     named = run_page(client, "What is the capital of France?", ids, 8, *RUN_ARGS)
@@ -207,7 +207,7 @@ def test_status_words_match_between_column_and_summary(client):
 
 
 def test_status_text_for_every_stage():
-    from demo.ui.page import status_text
+    from demo.ui.columns import status_text
 
     assert status_text({"status": "waiting", "queue_ahead": 2}) == \
         "waiting for the device: another comparison is running (2 comparisons ahead of this one)"
@@ -247,7 +247,7 @@ def test_sampling_controls_follow_the_sample_box(client):
 
 def test_system_panel_adds_up(arena):
     from demo.measuring import system
-    from demo.ui.page import _system_markdown
+    from demo.ui.system_panel import system_markdown as _system_markdown
 
     snap = system.snapshot("cpu")
     assert snap.process_uss_mib is not None and 0 < snap.process_uss_mib <= snap.ram_used_mib

@@ -361,7 +361,7 @@ def app(arena, tmp_path_factory):
             os.environ.pop("ARENA_VOTES_DB")
         else:
             os.environ["ARENA_VOTES_DB"] = previous
-    demo.queue(max_size=ui.queue_max_size(local))
+    demo.queue()
     _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True,
                             **ui.launch_kwargs())
     yield url, folder / "votes.sqlite3"

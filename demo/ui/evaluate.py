@@ -59,68 +59,100 @@ def table_rows(results: list[evaluate.VariantEvaluation]) -> list[list[str]]:
     return rows
 
 
-def build_tab(arena: Arena, choices: list[tuple[str, str]], queue: str) -> None:
-    """The tab's components and events; model-running events share the page's device queue."""
-    config = arena.config
-    stops: dict[Any, threading.Event] = {}
-    gr.Markdown("Perplexity on a held-out text, KL divergence and top-1 agreement against the base model's "
-                "baseline, decode speed and memory: the same measurement as `python -m demo.evaluate`. "
-                "About a minute per variant on a 2-core CPU.")
-    baselines = {b.baseline for b in config.bases.values()}
-    picked = [c[1] for c in choices if c[1] in baselines] + [c[1] for c in choices if "nf4" in c[1]][:1]
-    with gr.Row():
-        ids = gr.CheckboxGroup(choices, value=picked, label="Variants to evaluate", scale=3)
-        with gr.Column(scale=1):
-            runs = gr.Slider(1, 10, value=3, step=1, label="Timed runs per variant (after one warm-up)")
-            new_tokens = gr.Slider(8, 128, value=32, step=8, label="New tokens per timed run")
-    with gr.Row():
-        start = gr.Button("Evaluate", variant="primary", elem_id="evaluate")
-        stop = gr.Button("Stop", variant="stop", interactive=False, elem_id="evaluate-stop")
-    status = gr.Markdown(elem_id="evaluate-status")
-    table = gr.Dataframe(headers=list(HEADERS.values()), interactive=False, wrap=True, elem_id="evaluate-table")
-    gr.Markdown(TABLE_NOTE, elem_classes=["small-print"])
-    with gr.Row():
-        quality_chart = gr.Image(label="Quality against memory", type="filepath", interactive=False)
-        speed_chart = gr.Image(label="Speed against memory", type="filepath", interactive=False)
-    files = gr.File(label="results.json, results.csv, results.md", file_count="multiple", interactive=False)
+def build_tab(arena: Arena, choices: list[tuple[str, str]]) -> None:
+    """The tab's components and events (inside a gr.Tab)."""
+    tab = EvaluateTab(arena, choices)
+    tab.wire()
 
-    def on_evaluate(variant_ids, run_count, max_new_tokens, request: gr.Request, progress=gr.Progress()):
+
+class EvaluateTab:
+    """The Evaluate tab's components and its handlers: Evaluate runs the chosen variants one after another,
+    Stop asks the session's run to end after the variant it is on."""
+
+    def __init__(self, arena: Arena, choices: list[tuple[str, str]]):
+        self.arena, self.config = arena, arena.config
+        self.stops: dict[Any, threading.Event] = {}  # session -> stop event of its running evaluation
+        gr.Markdown("Perplexity on a held-out text, KL divergence and top-1 agreement against the base model's "
+                    "baseline, decode speed and memory: the same measurement as `python -m demo.evaluate`. "
+                    "About a minute per variant on a 2-core CPU.")
+        self._build_inputs(choices)
+        self._build_outputs()
+
+    def _build_inputs(self, choices: list[tuple[str, str]]) -> None:
+        """The variants (the baselines and the first NF4 variant ticked), the run settings and the buttons."""
+        baselines = {b.baseline for b in self.config.bases.values()}
+        picked = [c[1] for c in choices if c[1] in baselines] + [c[1] for c in choices if "nf4" in c[1]][:1]
+        with gr.Row():
+            self.ids = gr.CheckboxGroup(choices, value=picked, label="Variants to evaluate", scale=3)
+            with gr.Column(scale=1):
+                self.runs = gr.Slider(1, 10, value=3, step=1, label="Timed runs per variant (after one warm-up)")
+                self.new_tokens = gr.Slider(8, 128, value=32, step=8, label="New tokens per timed run")
+        with gr.Row():
+            self.start = gr.Button("Evaluate", variant="primary", elem_id="evaluate")
+            self.stop = gr.Button("Stop", variant="stop", interactive=False, elem_id="evaluate-stop")
+
+    def _build_outputs(self) -> None:
+        """The status line, the table and its note, the two charts and the result files."""
+        self.status = gr.Markdown(elem_id="evaluate-status")
+        self.table = gr.Dataframe(headers=list(HEADERS.values()), interactive=False, wrap=True,
+                                  elem_id="evaluate-table")
+        gr.Markdown(TABLE_NOTE, elem_classes=["small-print"])
+        with gr.Row():
+            self.quality_chart = gr.Image(label="Quality against memory", type="filepath", interactive=False)
+            self.speed_chart = gr.Image(label="Speed against memory", type="filepath", interactive=False)
+        self.files = gr.File(label="results.json, results.csv, results.md", file_count="multiple",
+                             interactive=False)
+
+    def wire(self) -> None:
+        """The events. The evaluation is not held back by Gradio (concurrency_limit=None): the arena admits
+        and orders the model runs. One progress bar, on the status line: Gradio otherwise draws one over
+        every output."""
+        start, stop = self.start, self.stop
+        running = {start: gr.update(interactive=False), stop: gr.update(interactive=True, value="Stop")}
+        idle = {start: gr.update(interactive=True), stop: gr.update(interactive=False, value="Stop")}
+        start.click(lambda: running, None, [start, stop], queue=False, api_visibility="undocumented").then(
+            self.on_evaluate, [self.ids, self.runs, self.new_tokens],
+            [self.status, self.table, self.quality_chart, self.speed_chart, self.files],
+            concurrency_limit=None, api_visibility="undocumented", show_progress_on=[self.status],
+        ).then(lambda: idle, None, [start, stop], queue=False, api_visibility="undocumented")
+        stop.click(self.on_stop, None, stop, queue=False, api_visibility="undocumented")
+
+    def on_evaluate(self, variant_ids, run_count, max_new_tokens, request: gr.Request, progress=gr.Progress()):
+        """Evaluate the ticked variants (in the models file's order) until done or stopped, and show the results."""
         key = request.session_hash if request else None
-        stops[key] = stop_event = threading.Event()
-        order = [v for v in config.variants if v in (variant_ids or [])]  # rows in the models file's order
+        self.stops[key] = stop_event = threading.Event()
+        order = [v for v in self.config.variants if v in (variant_ids or [])]  # rows in the models file's order
         text = evaluate.EVALUATION_FILE.read_text(encoding="utf-8")
         try:
-            results = evaluate.evaluate(arena, order or list(variant_ids or []), text, int(run_count),
+            results = evaluate.evaluate(self.arena, order or list(variant_ids or []), text, int(run_count),
                                         int(max_new_tokens), progress=lambda f, m: progress(f, desc=m),
                                         stop=stop_event)
         except ArenaError as exc:
             raise gr.Error(str(exc)) from None
         finally:
-            stops.pop(key, None)
+            self.stops.pop(key, None)
         if not results:
-            return {status: "**Stopped** before the first variant finished."}
-        out = Path(tempfile.mkdtemp(prefix="evaluate-"))
-        paths = evaluate.write_outputs(results, arena, out, evaluate.conditions(evaluate.EVALUATION_FILE,
-                                                                                 int(run_count), int(max_new_tokens)))
-        paths.update(charts.write_charts([vars(r) for r in results], out, order=list(config.variants)))
-        note = paths["markdown"].read_text().split("\n\n", 1)[-1].strip()
+            return {self.status: "**Stopped** before the first variant finished."}
         head = (f"**Stopped** after {len(results)} of {len(order)} variants." if stop_event.is_set()
                 and len(results) < len(order) else "**Done.**")
-        return {status: f"{head} {note}", table: pd.DataFrame(table_rows(results), columns=list(HEADERS.values())),
-                quality_chart: str(paths["quality_chart"]), speed_chart: str(paths["speed_chart"]),
-                files: [str(paths[k]) for k in ("json", "csv", "markdown")]}
+        return self._results(results, head, int(run_count), int(max_new_tokens))
 
-    def on_stop(request: gr.Request):
-        event = stops.get(request.session_hash if request else None)
+    def _results(self, results: list[evaluate.VariantEvaluation], head: str, run_count: int,
+                 max_new_tokens: int) -> dict:
+        """Write the result files and charts to a fresh folder, and the updates that show them."""
+        out = Path(tempfile.mkdtemp(prefix="evaluate-"))
+        paths = evaluate.write_outputs(results, self.arena, out,
+                                       evaluate.conditions(evaluate.EVALUATION_FILE, run_count, max_new_tokens))
+        paths.update(charts.write_charts([vars(r) for r in results], out, order=list(self.config.variants)))
+        note = paths["markdown"].read_text().split("\n\n", 1)[-1].strip()
+        return {self.status: f"{head} {note}",
+                self.table: pd.DataFrame(table_rows(results), columns=list(HEADERS.values())),
+                self.quality_chart: str(paths["quality_chart"]), self.speed_chart: str(paths["speed_chart"]),
+                self.files: [str(paths[k]) for k in ("json", "csv", "markdown")]}
+
+    def on_stop(self, request: gr.Request):
+        """Ask this session's evaluation to stop after the variant it is on."""
+        event = self.stops.get(request.session_hash if request else None)
         if event is not None:
             event.set()
         return gr.update(interactive=False, value="Stopping after this variant…")
-
-    running = {start: gr.update(interactive=False), stop: gr.update(interactive=True, value="Stop")}
-    idle = {start: gr.update(interactive=True), stop: gr.update(interactive=False, value="Stop")}
-    # One progress bar, on the status line: Gradio otherwise draws one over every output.
-    start.click(lambda: running, None, [start, stop], queue=False, api_visibility="undocumented").then(
-        on_evaluate, [ids, runs, new_tokens], [status, table, quality_chart, speed_chart, files],
-        concurrency_id=queue, concurrency_limit=None, api_visibility="undocumented", show_progress_on=[status],
-    ).then(lambda: idle, None, [start, stop], queue=False, api_visibility="undocumented")
-    stop.click(on_stop, None, stop, queue=False, api_visibility="undocumented")

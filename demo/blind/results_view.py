@@ -1,0 +1,67 @@
+"""The blind test's results as the page shows and offers them: the summary line, the table's rows, and the
+JSON and CSV files. Plain text and files: no gradio, nothing from ui."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+HEADERS = ["variant", "votes", "quantized preferred", "tie", "baseline preferred", "indistinguishable",
+           "rating (Elo, baseline 0)"]
+CSV_FIELDS = ["variant", "label", "base", "baseline", "role", "votes", "preferred", "tie", "both_bad",
+              "baseline_preferred"] + [f"{k}{end}" for k in ("rate_preferred", "rate_tied", "rate_baseline_preferred",
+                                                              "rate_indistinguishable")
+                                       for end in ("", "_low", "_high")] + ["rating", "rating_low", "rating_high"]
+
+
+def summary_markdown(shown: dict, counts: tuple[int, int]) -> str:
+    battles, votes = counts
+    if not shown["variants"]:
+        return f"**No votes yet.** {battles} battle{'s' if battles != 1 else ''} issued so far."
+    return (f"**{votes} vote{'s' if votes != 1 else ''}** in {battles} battle{'s' if battles != 1 else ''} issued "
+            "(battles never voted on are not counted).")
+
+
+def _pct(rate: float, interval: list[float]) -> str:
+    return f"{100 * rate:.0f}% ({100 * interval[0]:.0f}–{100 * interval[1]:.0f}%)"
+
+
+def table_rows(shown: dict) -> list[list[Any]]:
+    """One row a variant, in HEADERS' order."""
+    rows = []
+    for r in shown["variants"]:
+        name = f"{r['label']} ({r['variant']})" if r["label"] else r["variant"]
+        rating = f"{r['rating']:+.0f} ({r['rating_interval'][0]:+.0f} to {r['rating_interval'][1]:+.0f})"
+        if r["role"] == "baseline":
+            rows.append([f"{name}, baseline", r["votes"], "–", "–", "–", "–", "0 (anchor)"])
+            continue
+        rates, intervals = r["rates"], r["intervals"]
+        rows.append([name, r["votes"], *(_pct(rates[k], intervals[k]) for k in
+                                         ("preferred", "tied", "baseline_preferred", "indistinguishable")), rating])
+    return rows
+
+
+def csv_row(r: dict) -> dict:
+    row = {k: r[k] for k in ("variant", "label", "base", "baseline", "role", "votes")}
+    row.update(r["counts"] or {})
+    for key in ("preferred", "tied", "baseline_preferred", "indistinguishable"):
+        if r["rates"]:
+            row[f"rate_{key}"] = r["rates"][key]
+            row[f"rate_{key}_low"], row[f"rate_{key}_high"] = r["intervals"][key]
+    row["rating"], (row["rating_low"], row["rating_high"]) = r["rating"], r["rating_interval"]
+    return row
+
+
+def write_results(shown: dict, out: Path) -> dict[str, Path]:
+    """blind_results.json (the summary as `python -m demo votes --json` prints it) and blind_results.csv (one row a
+    variant)."""
+    paths = {"json": out / "blind_results.json", "csv": out / "blind_results.csv"}
+    paths["json"].write_text(json.dumps(shown, indent=2), encoding="utf-8")
+    with paths["csv"].open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, CSV_FIELDS)
+        writer.writeheader()
+        for r in shown["variants"]:
+            writer.writerow(csv_row(r))
+    return paths

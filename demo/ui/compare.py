@@ -1,0 +1,298 @@
+"""The Compare tab: one prompt to the chosen variants, their columns streaming side by side, then the summary;
+Stop, Quantize now, and the /compare endpoint over the same Arena."""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator, NamedTuple
+
+import gradio as gr
+
+from demo.artifacts.quantize import quantize_variant
+from demo.errors import ArenaError
+from demo.reports import card, report
+from demo.running.runner import Arena, VariantResult
+from demo.ui import summary as summary_view
+from demo.ui.columns import ColumnsView, divergence_html, offers_quantize
+
+FIDELITY_GUIDE = """
+**How close is a variant to the baseline?** Both figures compare what the variant and the baseline predict
+at each position of the baseline's own answer.
+
+- **KL divergence (nats)**: how far the variant's next-token probabilities are from the baseline's,
+  averaged over the answer. 0 means identical; lower is closer.
+- **Top-1 agreement**: the share of positions where both pick the same most likely next token.
+  100% means the variant would choose exactly what the baseline chooses.
+- **Departs from the baseline**: where the variant's own answer first differs from the baseline's answer.
+  After one different token the two answers go separate ways, so a late departure matters little and an
+  early one can change the whole answer.
+
+For scale, llama.cpp's quantizations of Llama-3-8B against FP16 (wikitext-2):
+Q8_0 KL 0.0014, top-1 97.7% (hard to tell apart) · Q4_K_M KL 0.031, top-1 91.9% (small, noticeable drift) ·
+Q2_K KL 0.445, top-1 71.1% (clearly degraded). Small models such as this one usually drift more than
+an 8B model at the same number of bits.
+"""
+QUANTIZE_NOTE = ("**Quantize now** makes this variant's quantized checkpoint from the base model's weights "
+                 "(GPTQ and AWQ: calibrated on a short text shipped with the app, then saved to the cache). It takes "
+                 "about 1.5 minutes (GPTQ) or up to about 20 minutes (AWQ) on a 2-core CPU and runs once; press Run "
+                 "again afterwards to compare it.")
+QUANTIZE_NOTE_GGUF = ("**Quantize now** makes this variant's GGUF file with llama.cpp's own quantizer from the base "
+                      "model's weights and caches it. It takes seconds for this model and runs once; press Run again "
+                      "afterwards to compare it.")
+# The live count, in the browser: no server round trip per keystroke. Counts code points, as the server does.
+COUNT_JS = """
+(text) => {
+  const n = [...(text || '')].length, limit = %d;
+  const count = `${n.toLocaleString('en-US')} / ${limit.toLocaleString('en-US')} characters`;
+  return n > limit ? `**${count}: over the limit, shorten the prompt to run it**` : count;
+}
+"""
+
+
+class Slot(NamedTuple):
+    """One variant's column: its components, shown or hidden as the chosen variants change."""
+
+    column: gr.Column
+    head: gr.Markdown
+    text: gr.Textbox
+    figures: gr.Markdown
+    quantize_now: gr.Button
+    quantize_note: gr.Markdown
+    diverged: gr.HTML
+
+
+def build_tab(arena: Arena, choices: list[tuple[str, str]]) -> None:
+    """The tab's components and events (inside a gr.Tab), and the /compare endpoint."""
+    tab = CompareTab(arena, choices)
+    tab.wire()
+
+
+class CompareTab:
+    """The Compare tab's components and its handlers. A comparison is three events, as the page runs them:
+    set the columns up, stream the columns (only their headings, answers and figures: every output of a
+    streaming event is sent or rebuilt on each snapshot, so it carries nothing else), then the summary, once."""
+
+    def __init__(self, arena: Arena, choices: list[tuple[str, str]]):
+        self.arena, self.config = arena, arena.config
+        self.stops: dict[str | None, threading.Event] = {}  # session -> stop event of its running comparison
+        self.stops_lock = threading.Lock()
+        self._build_inputs(choices)
+        with gr.Row():
+            self.run = gr.Button("Run", variant="primary", elem_id="run")
+            self.stop = gr.Button("Stop", variant="stop", elem_id="stop")
+        self.slots = self._build_columns()
+        self.fidelity_help = gr.Markdown(report.FIDELITY_HELP, visible=False, elem_classes=["small-print"],
+                                         elem_id="fidelity-help")
+        with gr.Accordion("What the fidelity figures mean", open=False, elem_id="fidelity-guide"):
+            gr.Markdown(FIDELITY_GUIDE)
+        self._build_summary()
+        self.shown = gr.State([])  # variant ids in column order, for the Quantize now buttons
+        self.records = gr.State([])  # the finished comparison's records, from the streaming event to the summary
+
+    def _build_inputs(self, choices: list[tuple[str, str]]) -> None:
+        limits, defaults = self.config.limits, self.config.generation
+        with gr.Row():
+            with gr.Column(scale=3):
+                self.prompt = gr.Textbox(label="Prompt", lines=3, placeholder="Ask something…", elem_id="prompt",
+                                         info=f"Up to {limits.max_prompt_chars:,} characters · Ctrl+Enter runs")
+                self.prompt_count = gr.Markdown(f"0 / {limits.max_prompt_chars:,} characters",
+                                                elem_id="prompt-count", elem_classes=["small-print"])
+                if self.config.examples:
+                    gr.Examples([[e] for e in self.config.examples], inputs=[self.prompt], label="Examples")
+            with gr.Column(scale=2):
+                self.variants = gr.CheckboxGroup(choices, value=[c[1] for c in choices[:3]],
+                                                 label="Variants to compare", info=f"up to {limits.max_variants}")
+                with gr.Accordion("Generation settings", open=False):
+                    self.max_new = gr.Slider(1, limits.max_new_tokens, value=defaults.max_new_tokens, step=1,
+                                             label="Max new tokens")
+                    self.do_sample = gr.Checkbox(False, label="Sample (default: greedy)",
+                                                 info="Greedy always picks the most likely token; sampling draws "
+                                                      "with the seed below, the same for every variant")
+                    self.temperature = gr.Slider(0.05, 2.0, value=defaults.temperature, step=0.05,
+                                                 label="Temperature", interactive=False)
+                    self.top_p = gr.Slider(0.05, 1.0, value=defaults.top_p, step=0.05, label="Top-p",
+                                           interactive=False)
+                    self.seed = gr.Number(0, precision=0, minimum=0, label="Seed", interactive=False)
+
+    def _build_columns(self) -> list[Slot]:
+        slots = []
+        with gr.Row(equal_height=False):
+            for i in range(self.config.limits.max_variants):
+                with gr.Column(visible=False, min_width=280, elem_classes=["variant-col"],
+                               elem_id=f"variant-{i}") as col:
+                    head = gr.Markdown(elem_classes=["variant-head"])
+                    # The label is the answer box's accessible name; screen readers read it, the page hides it.
+                    text = gr.Textbox(label=f"Answer {i + 1}", show_label=False, lines=8, max_lines=20,
+                                      interactive=False, elem_classes=["variant-text"])
+                    diverged = gr.HTML(elem_classes=["variant-divergence"])
+                    figures = gr.Markdown(elem_classes=["variant-figures"])
+                    quantize_now = gr.Button("Quantize now", visible=False, size="sm", elem_classes=["quantize"])
+                    quantize_note = gr.Markdown(visible=False, elem_classes=["small-print", "quantize-note"])
+                slots.append(Slot(col, head, text, figures, quantize_now, quantize_note, diverged))
+        return slots
+
+    def _build_summary(self) -> None:
+        with gr.Column(visible=False, elem_id="summary") as self.summary:
+            gr.Markdown("## Summary")
+            self.table = gr.Dataframe(headers=report.SUMMARY_HEADERS, interactive=False, wrap=True,
+                                      elem_id="summary-table")
+            with gr.Row():
+                self.plots = summary_view.build_plots()
+            self.chart_note = gr.Markdown(elem_classes=["small-print"], elem_id="chart-note")
+            self.conditions = gr.Markdown()
+            self.downloads = gr.File(label="Download this comparison: JSON, CSV, Markdown card",
+                                     file_count="multiple", interactive=False, elem_id="downloads")
+
+    def wire(self) -> None:
+        """The events. The arena admits limits.max_pending comparisons and its turns run them one at a time
+        on the device thread, so Gradio holds nothing back (concurrency_limit=None); a full arena answers
+        "busy, try again" instead of a silent wait."""
+        slots = self.slots
+        run_inputs = [self.prompt, self.variants, self.max_new, self.do_sample, self.temperature, self.top_p,
+                      self.seed]
+        start_outputs = [*(c for s in slots for c in (s.column, s.text, s.figures, s.diverged, s.quantize_now,
+                                                      s.quantize_note)), self.fidelity_help, self.summary, self.run,
+                         self.shown]
+        stream_outputs = [*(c for s in slots for c in (s.head, s.text, s.figures)), self.records]
+        final_outputs = [*(c for s in slots for c in (s.diverged, s.quantize_now, s.quantize_note)),
+                         self.fidelity_help, self.summary, self.table, *self.plots, self.chart_note, self.conditions,
+                         self.downloads, self.run]
+        started = self.run.click(self.on_start, run_inputs, start_outputs, concurrency_limit=None,
+                                 api_name="run_start", api_visibility="undocumented", show_progress="hidden")
+        streamed = started.success(self.on_run, run_inputs, stream_outputs, concurrency_limit=None, api_name="run",
+                                   api_visibility="undocumented")
+        streamed.success(self.on_summary, [self.records], final_outputs, api_name="run_summary",
+                         api_visibility="undocumented")
+        streamed.failure(lambda: gr.update(interactive=True), None, self.run, queue=False,
+                         api_visibility="undocumented")  # busy or refused: Run works again
+        self.stop.click(self.on_stop, None, None, queue=False, api_visibility="undocumented")
+        self.prompt.change(None, [self.prompt], [self.prompt_count],
+                           js=COUNT_JS % self.config.limits.max_prompt_chars)
+        self.do_sample.change(self.on_sample, [self.do_sample], [self.temperature, self.top_p, self.seed],
+                              queue=False, api_visibility="undocumented", show_progress="hidden")
+        for index, slot in enumerate(slots):
+            slot.quantize_now.click(self.on_quantize, [gr.State(index), self.shown],
+                                    [slot.quantize_note, slot.quantize_now], concurrency_limit=None,
+                                    api_visibility="undocumented")
+        gr.api(compare_endpoint(self.arena), api_name="compare", concurrency_limit=None)
+
+    def checked(self, prompt_text, variant_ids, max_new_tokens, sample, temp, p, seed_value):
+        """The request's settings, once the request is known to be runnable; gr.Error says why not."""
+        try:
+            settings = self.arena.settings(_whole(max_new_tokens), bool(sample), temp, p,
+                                           _whole(seed_value) if sample else None)
+            self.arena.validate(prompt_text, list(variant_ids or []))
+        except ArenaError as exc:
+            raise gr.Error(str(exc)) from None
+        return settings
+
+    def on_start(self, prompt_text, variant_ids, max_new_tokens, sample, temp, p, seed_value):
+        self.checked(prompt_text, variant_ids, max_new_tokens, sample, temp, p, seed_value)
+        ids = list(variant_ids)
+        updates: dict = {self.summary: gr.update(visible=False), self.fidelity_help: gr.update(visible=False),
+                         self.run: gr.update(interactive=False), self.shown: ids}
+        for i, slot in enumerate(self.slots):
+            variant = self.config.variants[ids[i]] if i < len(ids) else None
+            updates[slot.column] = gr.update(visible=variant is not None)
+            if variant is not None:
+                updates.update({slot.text: gr.update(value="", label=f"Answer from {variant.label or variant.id}"),
+                                slot.figures: "", slot.diverged: "", slot.quantize_now: gr.update(visible=False),
+                                slot.quantize_note: gr.update(visible=False)})
+        return updates
+
+    def on_run(self, prompt_text, variant_ids, max_new_tokens, sample, temp, p, seed_value, request: gr.Request):
+        settings = self.checked(prompt_text, variant_ids, max_new_tokens, sample, temp, p, seed_value)
+        stop_event, view = threading.Event(), ColumnsView(self.arena, len(self.slots))
+        key = request.session_hash if request else None
+        with self.stops_lock:
+            self.stops[key] = stop_event
+        try:
+            results: list[VariantResult] = []
+            for index, results in enumerate(self.arena.compare(prompt_text, list(variant_ids), settings, stop_event)):
+                values = view.start(results) if index == 0 else view.step(results, time.perf_counter())
+                if values is not None:  # nothing changed that the page shows: no update at all
+                    yield [*values, []]
+            final = [r.to_record() for r in results]
+            yield [*view.final(final), final]
+        except ArenaError as exc:  # busy, or refused after validation: the same words as the API
+            raise gr.Error(str(exc)) from None
+        finally:
+            stop_event.set()  # a closed stream (client gone) also ends the generation
+            with self.stops_lock:
+                if self.stops.get(key) is stop_event:
+                    del self.stops[key]
+
+    def on_summary(self, final: list[dict]):
+        updates: dict = {self.run: gr.update(interactive=True)}
+        if not final:
+            return updates
+        baseline_texts = {r["variant"]: r["text"] for r in final}
+        for slot, rec in zip(self.slots, final):
+            baseline = self.config.base_of(rec["variant"]).baseline
+            updates[slot.diverged] = divergence_html(self.arena, rec, baseline_texts.get(baseline))
+            updates[slot.quantize_now] = gr.update(visible=offers_quantize(rec))
+            updates[slot.quantize_note] = gr.update(
+                value=QUANTIZE_NOTE_GGUF if rec["method"] == "gguf" else QUANTIZE_NOTE, visible=offers_quantize(rec))
+        updates[self.fidelity_help] = gr.update(visible=any(r.get("fidelity") for r in final))
+        updates.update(summary_view.summary_updates(self.arena, final, self.table, self.plots, self.chart_note))
+        paths = card.write(final, Path(tempfile.mkdtemp(prefix="comparison-")))
+        updates.update({self.summary: gr.update(visible=True),
+                        self.conditions: summary_view.conditions_markdown(final),
+                        self.downloads: [str(paths[k]) for k in ("json", "csv", "markdown")]})
+        return updates
+
+    def on_quantize(self, index: int, ids: list[str], progress=gr.Progress(track_tqdm=True)):
+        variant_id = ids[index] if index < len(ids) else None
+        if variant_id is None:
+            raise gr.Error("run a comparison first")
+        gguf = self.config.variants[variant_id].method == "gguf"
+        progress(0, desc=f"Quantizing {variant_id} ({'seconds' if gguf else 'about 1.5 minutes on a CPU'})…")
+        started = time.perf_counter()
+        try:
+            with self.arena.exclusive():
+                self.arena.device.call(quantize_variant, self.config, variant_id)
+        except ArenaError as exc:
+            raise gr.Error(str(exc)) from None
+        done = f"**Quantized in {time.perf_counter() - started:.0f} s:** press Run again to compare it."
+        return {self.slots[index].quantize_note: gr.update(value=done, visible=True),
+                self.slots[index].quantize_now: gr.update(visible=False)}
+
+    def on_stop(self, request: gr.Request):
+        with self.stops_lock:
+            event = self.stops.get(request.session_hash if request else None)
+        if event is not None:
+            event.set()
+
+    @staticmethod
+    def on_sample(sample: bool):
+        return [gr.update(interactive=bool(sample))] * 3
+
+
+def compare_endpoint(arena: Arena):
+    """The /compare API function: gradio reads its name, signature and docstring, so it stays a plain function."""
+    defaults = arena.config.generation
+
+    def compare(prompt: str, variants: list[str], max_new_tokens: int = defaults.max_new_tokens,
+                do_sample: bool = False, temperature: float = defaults.temperature, top_p: float = defaults.top_p,
+                seed: int | None = None) -> Iterator[list[dict]]:
+        """Run one prompt on the given variant ids, one after another; the last output is one record per
+        variant. It streams every snapshot: Gradio can only close a generator between yields, and closing
+        it is what stops the generation when a client cancels or goes away."""
+        try:
+            settings = arena.settings(max_new_tokens, do_sample, temperature, top_p, seed)
+            for results in arena.compare(prompt, variants, settings):
+                yield [r.to_record() for r in results]
+        except ArenaError as exc:
+            raise gr.Error(str(exc)) from None
+
+    return compare
+
+
+def _whole(value: Any) -> Any:
+    """Gradio Number/Slider may send 64.0 for 64; anything else is left for validation to reject."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
