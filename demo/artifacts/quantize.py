@@ -2,8 +2,9 @@
 
 GPTQ goes through transformers' GPTQConfig (optimum + gptqmodel), calibrated on assets/calibration.txt;
 AWQ through gptqmodel itself (demo.artifacts.awq), on the same text; bitsandbytes methods are saved with
-bitsandbytes serialization. The checkpoint is written to a staging folder and renamed into place only once complete, with quantize.json (settings, calibration, wall
-time, size on disk, library versions) written next, and the cache manifest (sizes and hashes) last.
+bitsandbytes serialization. The checkpoint is written to a staging folder and renamed into place only
+once complete, with quantize.json (settings, calibration, wall time, size on disk, library versions)
+written next, and the cache manifest (sizes and hashes) last.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Iterator
 
 from demo.artifacts import cache, sources
 from demo.config import REPO_ROOT, ArenaConfig, BaseModel
@@ -179,6 +181,21 @@ def folder_mib(folder: Path) -> float:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 2**20
 
 
+@contextlib.contextmanager
+def gptqmodel_logs_aside() -> Iterator[None]:
+    """gptqmodel writes a log file per quantization under ./logs, in whatever folder the process runs from (a
+    user's checkout, say): point it at a temporary folder, removed afterwards."""
+    from gptqmodel.looper import loop_processor
+
+    saved = loop_processor._PROJECT_LOG_DIR
+    with tempfile.TemporaryDirectory(prefix="gptqmodel-logs-") as folder:
+        loop_processor._PROJECT_LOG_DIR = Path(folder)
+        try:
+            yield
+        finally:
+            loop_processor._PROJECT_LOG_DIR = saved
+
+
 def _write_checkpoint(base: BaseModel, method: str, settings: dict, out: Path, calibration: Path) -> list[str]:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, GPTQConfig
@@ -201,7 +218,8 @@ def _write_checkpoint(base: BaseModel, method: str, settings: dict, out: Path, c
     if method == "gptq":
         check_group_size(AutoConfig.from_pretrained(weights.location, **common), settings.get("group_size", 128))
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    with contextlib.redirect_stdout(sys.stderr):  # gptqmodel logs to stdout; keep stdout for results
+    logs_aside = gptqmodel_logs_aside() if method == "gptq" else contextlib.nullcontext()
+    with contextlib.redirect_stdout(sys.stderr), logs_aside:  # gptqmodel logs to stdout; keep stdout for results
         model = AutoModelForCausalLM.from_pretrained(weights.location, quantization_config=quantization,
                                                      device_map=device, **common)
     model.save_pretrained(out)
@@ -217,7 +235,8 @@ def _write_awq_checkpoint(weights, common: dict, settings: dict, out: Path, cali
 
     check_group_size(AutoConfig.from_pretrained(weights.location, **common), settings["group_size"], "AWQ")
     samples = calibration_samples(calibration)
-    awq.make(weights.location, settings, samples, out, "cuda" if torch.cuda.is_available() else "cpu")
+    with gptqmodel_logs_aside():
+        awq.make(weights.location, settings, samples, out, "cuda" if torch.cuda.is_available() else "cpu")
     tokenizer.save_pretrained(out)
     return samples
 
