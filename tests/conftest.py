@@ -18,16 +18,21 @@ os.environ.pop("ARENA_MODELS", None)
 os.environ.pop("ARENA_MEMORY_BUDGET_MIB", None)
 
 # Everything the run writes lives in one temporary folder, removed at exit: the arena's cache (the
-# materialized bundled model, quantized test checkpoints) and every library cache that would otherwise
-# land under $HOME. Subprocesses inherit it. ARENA_TEST_CACHE_DIR keeps the arena's cache between runs
-# on a developer's machine (the suite never needs it: a fresh run makes everything it uses).
+# materialized bundled model, quantized test checkpoints), the app's download folders, and every library
+# cache or browser profile that would otherwise land under $HOME or /tmp. Subprocesses inherit it.
+# ARENA_TEST_CACHE_DIR keeps the arena's cache between runs on a developer's machine (the suite never
+# needs it: a fresh run makes everything it uses).
 RUN_DIR = Path(tempfile.mkdtemp(prefix="arena-tests-"))
 atexit.register(shutil.rmtree, RUN_DIR, ignore_errors=True)
 os.environ["ARENA_CACHE_DIR"] = os.environ.get("ARENA_TEST_CACHE_DIR") or str(RUN_DIR / "arena-cache")
-for variable, folder in {"HF_HOME": "huggingface", "XDG_CACHE_HOME": "xdg-cache", "MPLCONFIGDIR": "matplotlib",
-                         "TORCHINDUCTOR_CACHE_DIR": "inductor", "TRITON_CACHE_DIR": "triton",
-                         "GRADIO_TEMP_DIR": "gradio"}.items():
+for variable, folder in {"HOME": "home", "TMPDIR": "tmp", "XDG_CACHE_HOME": "home/.cache",
+                         "XDG_CONFIG_HOME": "home/.config", "XDG_DATA_HOME": "home/.local/share",
+                         "HF_HOME": "huggingface", "MPLCONFIGDIR": "matplotlib", "TORCHINDUCTOR_CACHE_DIR": "inductor",
+                         "TRITON_CACHE_DIR": "triton", "GPTQMODEL_TORCH_EXTENSIONS_DIR": "gptqmodel-extensions",
+                         "GPTQMODEL_CACHE_DIR": "gptqmodel", "GRADIO_TEMP_DIR": "gradio"}.items():
+    (RUN_DIR / folder).mkdir(parents=True, exist_ok=True)
     os.environ[variable] = str(RUN_DIR / folder)
+tempfile.tempdir = os.environ["TMPDIR"]  # this process already read the old one
 
 import torch  # noqa: E402
 
@@ -101,41 +106,47 @@ def tiny_causal_lm(hidden: int = 64, layers: int = 2, vocab: int = 512):
 # Tests that assert on generated text use this prompt: under the baseline every token of its answer ("The
 # capital of France is Paris.") wins by at least 1 nat on AVX2 and AVX-512 CPUs (the greedy margins are
 # measured, not assumed: require_clear_answer), where "What is the capital of France?" opens on a 0.08-nat
-# tie that llama.cpp's Q8_0 tips to "L'Étoile..." on some CPUs.
+# tie that llama.cpp's Q8_0 tips to "L'Étoile..." on some CPUs. A quantized variant's first token is
+# checked too: a tip there changes the whole answer; a near tie later (4-bit AWQ leads by 0.38 nats at
+# " France") changes a word or two.
 CLEAR_PROMPT = "Name the capital of France."
 CLEAR_MARGIN_NATS = 0.5
 
 
-def greedy_margins(arena, variant_id: str, prompt: str, through: str | None, max_tokens: int = 12):
-    """The variant's greedy answer, token by token, with each token's lead over the runner-up (nats)."""
+def greedy_margins(arena, variant_id: str, prompt: str, tokens: int | None, max_tokens: int = 12):
+    """The variant's greedy answer, token by token, with each token's lead over the runner-up (nats): its first
+    `tokens` tokens, or (None) the whole answer up to a stop token or max_tokens."""
     from demo.settings import prompt_ids
 
     loaded = arena.device.call(arena.manager.get, variant_id).loaded
     ids = arena.device.call(prompt_ids, loaded.tokenizer, prompt)
     answer, margins = [], []
-    for _ in range(max_tokens):
+    while len(answer) < (tokens or max_tokens):
         row = torch.log_softmax(arena.device.call(loaded.logits, ids + answer)[-1].float(), -1)
         best = row.topk(2)
         answer.append(int(best.indices[0]))
         margins.append(round(float(best.values[0] - best.values[1]), 2))
-        text = loaded.tokenizer.decode(answer, skip_special_tokens=True)
-        if answer[-1] in loaded.stop_token_ids or (through is not None and through in text):
+        if answer[-1] in loaded.stop_token_ids:
             break
-    return text, margins
+    return loaded.tokenizer.decode(answer, skip_special_tokens=True), margins
 
 
 def require_clear_answer(arena, variant_id: str = "smollm2/fp32", prompt: str = CLEAR_PROMPT,
-                         through: str | None = "Paris") -> None:
-    """Precondition of a test that asserts on generated text: every token up to `through` (None: the whole
-    answer) wins clearly on this machine, so the assertion is about the arena, not a CPU's rounding."""
-    text, margins = greedy_margins(arena, variant_id, prompt, through)
-    if (through is not None and through not in text) or min(margins) < CLEAR_MARGIN_NATS:
+                         tokens: int | None = 1) -> None:
+    """Precondition of a test that asserts on generated text: every token of the baseline's answer, and the first
+    `tokens` tokens of the variant's (None: all), win clearly on this machine, so the assertion is about the
+    arena, not a CPU's rounding."""
+    baseline = arena.config.base_of(variant_id).baseline
+    if baseline not in (None, variant_id):
+        require_clear_answer(arena, baseline, prompt, tokens=None)
+    text, margins = greedy_margins(arena, variant_id, prompt, tokens)
+    if min(margins) < CLEAR_MARGIN_NATS:
         pytest.fail(f"precondition: no clear first token on this machine: {variant_id} answers {prompt!r} with "
                     f"{text!r}, leads {margins} nats (each needs >= {CLEAR_MARGIN_NATS})", pytrace=False)
 
 
 @pytest.fixture(scope="session")
 def clear_prompt(arena):
-    """CLEAR_PROMPT, once its baseline answer is checked to be clear on this machine."""
-    require_clear_answer(arena, through=None)
+    """CLEAR_PROMPT, once every token of its baseline answer is checked to win clearly on this machine."""
+    require_clear_answer(arena, tokens=None)
     return CLEAR_PROMPT

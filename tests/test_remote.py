@@ -201,7 +201,7 @@ def test_remote_blocks_belong_to_remote_variants_only(tmp_path):
 def test_remote_and_local_side_by_side_with_client_figures_and_top_k_fidelity(remote_arena):
     ids = ["smollm2/fp32", "smollm2/gguf-q8_0", "smollm2/remote-q8_0"]
     for variant_id in ids[:2]:  # the remote variant serves the same file as gguf-q8_0
-        require_clear_answer(remote_arena, variant_id, through=None)
+        require_clear_answer(remote_arena, variant_id, tokens=None)
     records = {r["variant"]: r for r in remote_arena.compare_records(PROMPT, ids, remote_arena.settings(max_new_tokens=16))}
     local, remote = records["smollm2/gguf-q8_0"], records["smollm2/remote-q8_0"]
     assert remote["status"] == "done" and "Paris" in remote["text"], remote["error"]
