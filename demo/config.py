@@ -20,7 +20,7 @@ BUDGET_ENV = "ARENA_MEMORY_BUDGET_MIB"
 DTYPES = ("float32", "float16", "bfloat16")
 SOURCE_KINDS = ("bundled-gguf", "hub", "local")
 DEVICES = ("auto", "cuda", "cpu")
-# Engines a remote variant may name: each speaks OpenAI's /v1/completions, with its own extras (README,
+# Engines a remote variant may name: each speaks OpenAI's /v1/completions, with its own extras (docs/remote.md,
 # "When the model outgrows one machine"). llamacpp is llama.cpp's llama-server; llamacpp-python is
 # llama-cpp-python's server (python -m llama_cpp.server); openai is any other compatible endpoint.
 ENGINES = ("vllm", "sglang", "tgi", "llamacpp", "llamacpp-python", "openai")

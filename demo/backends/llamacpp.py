@@ -167,7 +167,7 @@ def load(variant: Variant, base: BaseModel) -> LlamaCppVariant:
              "threads": threads, "n_ctx": llm.n_ctx(), "gpu_layers": gpu_layers, "memory_mapped": settings["use_mmap"],
              "llama_cpp_python": _version()}
     if device == "cpu" and cuda_available():
-        facts["note"] = ("runs on the CPU: GPU offload is opt-in (settings.n_gpu_layers), see the README"
+        facts["note"] = ("runs on the CPU: GPU offload is opt-in (settings.n_gpu_layers), see docs/runtimes.md (On a GPU)"
                          if llama_cpp.llama_supports_gpu_offload() else
                          "runs on the CPU: this llama-cpp-python build has no GPU offload")
     loaded = LlamaCppVariant(variant, llm, tokenizer, device, _stop_ids(generation, tokenizer, llm), facts)

@@ -11,7 +11,6 @@ log-probabilities (completions echo), so the KL divergence is a lower bound (dem
 from __future__ import annotations
 
 import threading
-import time
 from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
