@@ -298,3 +298,10 @@ def test_variant_picker_puts_the_baseline_first_and_groups_by_family(default_con
     families = [label.split(" ")[0] for label in labels]
     assert families == sorted(families, key=families.index)  # each family's variants stand together
     assert labels[ids.index("smollm2/gguf-q4_k_m")] == "llama.cpp Q4_K_M (smollm2/gguf-q4_k_m)"
+
+
+def test_summary_table_numbers_never_round_a_small_divergence_to_zero():
+    from demo.ui.summary import number_text
+
+    assert [number_text(v) for v in (0.00101, 0.016, 0.0, 4.93, 2154.2, 7)] == \
+        ["0.00101", "0.016", "0.0", "4.9", "2,154", "7"]

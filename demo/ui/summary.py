@@ -55,9 +55,12 @@ def summary_updates(arena: Arena, records: list[dict], table, plots, chart_note)
 
 
 def number_text(value) -> str:
-    """A table number as people read it: whole numbers plain, small ones with one decimal."""
+    """A table number as people read it: whole numbers plain, others with one decimal, and a fraction (a KL
+    divergence of 0.001 nats, say) to three significant digits rather than rounded to 0.0."""
     if isinstance(value, numbers.Integral) or abs(value) >= 100:
         return f"{value:,.0f}"
+    if 0 < abs(value) < 1:
+        return f"{value:.3g}"
     return f"{value:,.1f}"
 
 
