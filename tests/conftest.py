@@ -6,6 +6,7 @@ import os
 import shutil
 import socket
 import stat
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -39,7 +40,7 @@ import torch  # noqa: E402
 from demo.config import load_config  # noqa: E402
 
 # Device nodes a careless test could replace with a regular file (a library that writes by rename onto
-# /dev/full does exactly that): checked at the end of every run.
+# /dev/full does exactly that), and the checkout's own files: checked at the end of every run.
 GUARDED_DEVICES = ("/dev/null", "/dev/full", "/dev/zero")
 
 
@@ -50,16 +51,30 @@ def _is_character_device(path: str) -> bool:
         return False
 
 
+def _checkout_status() -> str | None:
+    """`git status` of the checkout (tracked and untracked files, ignored ones left out), where git is there."""
+    try:
+        return subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=REPO,
+                              capture_output=True, text=True, timeout=60, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 _DEVICES_AT_START = {path: _is_character_device(path) for path in GUARDED_DEVICES}
+_CHECKOUT_AT_START = _checkout_status()
 
 
 def pytest_sessionfinish(session, exitstatus):
-    damaged = [p for p, was in _DEVICES_AT_START.items() if was and not _is_character_device(p)]
-    if damaged:
+    problems = [f"{p} is no longer a character device" for p, was in _DEVICES_AT_START.items()
+                if was and not _is_character_device(p)]
+    checkout = _checkout_status()
+    if _CHECKOUT_AT_START is not None and checkout is not None and checkout != _CHECKOUT_AT_START:
+        changed = set(checkout.splitlines()) ^ set(_CHECKOUT_AT_START.splitlines())
+        problems.append(f"files of the checkout changed: {', '.join(sorted(changed))}")
+    if problems:
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-        message = f"the test run damaged the machine: {', '.join(damaged)} is no longer a character device"
         if reporter is not None:
-            reporter.write_line(f"ERROR: {message}", red=True, bold=True)
+            reporter.write_line(f"ERROR: the test run changed the machine: {'; '.join(problems)}", red=True, bold=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
