@@ -3,8 +3,9 @@
 The parts, one folder each, and the direction imports flow between them (a part imports only the parts
 to its right; tests/test_layout.py checks it):
 
-    ui -> blind -> running -> backends -> artifacts -> config
+    ui -> evaluate, blind -> running -> backends -> artifacts -> config
     ui        the Gradio page: one module per tab, the System panel
+    evaluate  the evaluation of variants on a text (python -m demo.evaluate; the Evaluate tab runs it)
     blind     the blind test: battles, the votes store, ratings, rate limits, its CLI and chart
     running   how work is executed: the device thread, streaming, turns and admission, the model
               manager, the runner that streams a comparison, fidelity scoring of its answers
@@ -14,7 +15,7 @@ to its right; tests/test_layout.py checks it):
 
 measuring (trackers, metrics, fidelity, the environment record), reports (text, card, charts, escaping),
 settings (generation settings and prompt ids) and errors are used from any part above and import
-nothing above them. The command lines (__main__, evaluate, quantize) sit on top of everything.
+nothing above them. The command lines (__main__, quantize) sit on top of everything.
 """
 
 __version__ = "0.1.0"

@@ -23,16 +23,38 @@ os.environ.pop("ARENA_MEMORY_BUDGET_MIB", None)
 # cache or browser profile that would otherwise land under $HOME or /tmp. Subprocesses inherit it.
 # ARENA_TEST_CACHE_DIR keeps the arena's cache between runs on a developer's machine (the suite never
 # needs it: a fresh run makes everything it uses).
-RUN_DIR = Path(tempfile.mkdtemp(prefix="arena-tests-"))
-atexit.register(shutil.rmtree, RUN_DIR, ignore_errors=True)
-os.environ["ARENA_CACHE_DIR"] = os.environ.get("ARENA_TEST_CACHE_DIR") or str(RUN_DIR / "arena-cache")
-for variable, folder in {"HOME": "home", "TMPDIR": "tmp", "XDG_CACHE_HOME": "home/.cache",
-                         "XDG_CONFIG_HOME": "home/.config", "XDG_DATA_HOME": "home/.local/share",
-                         "HF_HOME": "huggingface", "MPLCONFIGDIR": "matplotlib", "TORCHINDUCTOR_CACHE_DIR": "inductor",
-                         "TRITON_CACHE_DIR": "triton", "GPTQMODEL_TORCH_EXTENSIONS_DIR": "gptqmodel-extensions",
-                         "GPTQMODEL_CACHE_DIR": "gptqmodel", "GRADIO_TEMP_DIR": "gradio"}.items():
-    (RUN_DIR / folder).mkdir(parents=True, exist_ok=True)
-    os.environ[variable] = str(RUN_DIR / folder)
+RUN_ENV = "ARENA_TEST_RUN_DIR"
+
+
+def _checkout_status() -> str | None:
+    """`git status` of the checkout (tracked and untracked files, ignored ones left out), where git is there; run
+    with the user's own HOME, so git reads the same settings (safe.directory, say) at the start and the end."""
+    env = {**os.environ, "HOME": os.environ.get("ARENA_TEST_REAL_HOME", os.environ.get("HOME", ""))}
+    env.pop("XDG_CONFIG_HOME", None)
+    try:
+        return subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=60, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+if os.environ.get(RUN_ENV):  # imported again, as tests.conftest, by a test module: the same run, the same folder
+    RUN_DIR = Path(os.environ[RUN_ENV])
+else:
+    _CHECKOUT_AT_START = _checkout_status()
+    RUN_DIR = Path(tempfile.mkdtemp(prefix="arena-tests-"))
+    atexit.register(shutil.rmtree, RUN_DIR, ignore_errors=True)
+    os.environ[RUN_ENV] = str(RUN_DIR)
+    os.environ["ARENA_TEST_REAL_HOME"] = os.environ.get("HOME", "")
+    os.environ["ARENA_CACHE_DIR"] = os.environ.get("ARENA_TEST_CACHE_DIR") or str(RUN_DIR / "arena-cache")
+    for variable, folder in {"HOME": "home", "TMPDIR": "tmp", "XDG_CACHE_HOME": "home/.cache",
+                             "XDG_CONFIG_HOME": "home/.config", "XDG_DATA_HOME": "home/.local/share",
+                             "HF_HOME": "huggingface", "MPLCONFIGDIR": "matplotlib",
+                             "TORCHINDUCTOR_CACHE_DIR": "inductor", "TRITON_CACHE_DIR": "triton",
+                             "GPTQMODEL_TORCH_EXTENSIONS_DIR": "gptqmodel-extensions", "GPTQMODEL_CACHE_DIR": "gptqmodel",
+                             "GRADIO_TEMP_DIR": "gradio"}.items():
+        (RUN_DIR / folder).mkdir(parents=True, exist_ok=True)
+        os.environ[variable] = str(RUN_DIR / folder)
 tempfile.tempdir = os.environ["TMPDIR"]  # this process already read the old one
 
 import torch  # noqa: E402
@@ -51,31 +73,23 @@ def _is_character_device(path: str) -> bool:
         return False
 
 
-def _checkout_status() -> str | None:
-    """`git status` of the checkout (tracked and untracked files, ignored ones left out), where git is there."""
-    try:
-        return subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=REPO,
-                              capture_output=True, text=True, timeout=60, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 _DEVICES_AT_START = {path: _is_character_device(path) for path in GUARDED_DEVICES}
-_CHECKOUT_AT_START = _checkout_status()
 
 
 def pytest_sessionfinish(session, exitstatus):
     problems = [f"{p} is no longer a character device" for p, was in _DEVICES_AT_START.items()
                 if was and not _is_character_device(p)]
+    at_start = globals().get("_CHECKOUT_AT_START")
     checkout = _checkout_status()
-    if _CHECKOUT_AT_START is not None and checkout is not None and checkout != _CHECKOUT_AT_START:
-        changed = set(checkout.splitlines()) ^ set(_CHECKOUT_AT_START.splitlines())
+    if at_start is not None and checkout is not None and checkout != at_start:
+        changed = set(checkout.splitlines()) ^ set(at_start.splitlines())
         problems.append(f"files of the checkout changed: {', '.join(sorted(changed))}")
     if problems:
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
             reporter.write_line(f"ERROR: the test run changed the machine: {'; '.join(problems)}", red=True, bold=True)
-        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        if session.exitstatus == pytest.ExitCode.OK:  # an interrupted or empty run keeps its own code
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_collection_modifyitems(config, items):

@@ -4,7 +4,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "demo"
-COMMAND_LINES = {"demo.__main__", "demo.evaluate", "demo.quantize"}
+COMMAND_LINES = {"demo.__main__", "demo.quantize"}  # on top of everything: nothing imports them
 # Each part and the parts it may import (demo/__init__.py draws the same picture).
 MAY_IMPORT = {
     "errors": set(),
@@ -16,13 +16,20 @@ MAY_IMPORT = {
     "backends": {"artifacts", "config", "measuring", "settings", "errors"},
     "running": {"backends", "artifacts", "config", "measuring", "settings", "errors"},
     "blind": {"running", "artifacts", "config", "measuring", "reports", "settings", "errors"},
-    "ui": {"blind", "running", "backends", "artifacts", "config", "measuring", "reports", "settings", "errors"},
+    # demo/evaluate.py: the evaluation (python -m demo.evaluate), which the Evaluate tab runs too
+    "evaluate": {"running", "backends", "artifacts", "config", "measuring", "reports", "settings", "errors"},
+    "ui": {"evaluate", "blind", "running", "backends", "artifacts", "config", "measuring", "reports", "settings",
+           "errors"},
+    "cli": {"ui", "evaluate", "blind", "running", "backends", "artifacts", "config", "measuring", "reports",
+            "settings", "errors"},
 }
 
 
 def part_of(module: str) -> str | None:
-    """demo.running.runner -> running; the command lines and the package itself belong to no part."""
-    if module in COMMAND_LINES or module == "demo":
+    """demo.running.runner -> running, demo.evaluate -> evaluate, the command lines -> cli; the package: None."""
+    if module in COMMAND_LINES:
+        return "cli"
+    if module == "demo":
         return None
     return module.split(".")[1]
 

@@ -185,7 +185,11 @@ def folder_mib(folder: Path) -> float:
 def gptqmodel_logs_aside() -> Iterator[None]:
     """gptqmodel writes a log file per quantization under ./logs, in whatever folder the process runs from (a
     user's checkout, say): point it at a temporary folder, removed afterwards."""
-    from gptqmodel.looper import loop_processor
+    try:
+        from gptqmodel.looper import loop_processor
+    except ImportError:  # no gptqmodel: the quantizer says so itself
+        yield
+        return
 
     saved = loop_processor._PROJECT_LOG_DIR
     with tempfile.TemporaryDirectory(prefix="gptqmodel-logs-") as folder:

@@ -2,5 +2,5 @@
 ratings with intervals, per-session rate limits, the results as tables and files (results_view), the
 results chart and `python -m demo votes`.
 
-Imports running (to answer a battle), artifacts, config, reports, errors; never ui or gradio.
+Imports running (to answer a battle), artifacts (where the votes live), config and errors; never ui or gradio.
 """

@@ -1,6 +1,7 @@
 """The Gradio page: page.py builds the Blocks (tabs, System panel); one module per tab, thin handlers.
 
-The only part that imports gradio. Imports blind, running, artifacts, config, measuring, reports, errors.
+The only part that imports gradio. Imports evaluate, blind, running, artifacts, config, measuring, reports, settings
+and errors.
 """
 
 from demo.ui.page import build_demo, launch_kwargs

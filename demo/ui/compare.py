@@ -148,8 +148,8 @@ class CompareTab:
 
     def wire(self) -> None:
         """The events. The arena admits limits.max_pending comparisons and its turns run them one at a time
-        on the device thread, so Gradio holds nothing back (concurrency_limit=None); a full arena answers
-        "busy, try again" instead of a silent wait."""
+        on the device thread, so Gradio holds no model-running event back (concurrency_limit=None); a full
+        arena answers "busy, try again" instead of a silent wait."""
         slots = self.slots
         run_inputs = [self.prompt, self.variants, self.max_new, self.do_sample, self.temperature, self.top_p,
                       self.seed]
