@@ -1,11 +1,15 @@
 """Trackers against known answers: explicit timestamps, real sleeps, and tensors of known size."""
 
+import json
+import subprocess
+import sys
 import time
 
 import pytest
 import torch
 
-from demo.measuring.trackers import LatencyTracker, track_memory
+from demo.measuring.trackers import LatencyTracker, Memory, track_memory
+from tests.conftest import REPO
 
 MIB = 2**20
 
@@ -53,13 +57,25 @@ def test_latency_sync_runs_before_clock_reads():
     assert calls == ["sync", "sync"]
 
 
+# Run in a fresh process: by the end of the suite this one has held and freed gigabytes of models, and what
+# its allocator keeps or returns decides whether a new block grows the RSS at all.
+KNOWN_ALLOCATION = """
+import dataclasses, json, time, torch
+from demo.measuring.trackers import track_memory
+MIB = 2**20
+with track_memory("cpu", 100 * MIB) as memory:
+    block = torch.ones(256 * MIB // 4, dtype=torch.float32)  # 256 MiB, every page written
+    time.sleep(0.05)  # let the sampler see it
+    del block
+print(json.dumps(dataclasses.asdict(memory.result)))
+"""
+
+
 def test_cpu_memory_sees_a_known_allocation():
-    weights = 100 * MIB
-    with track_memory("cpu", weights) as memory:
-        block = torch.ones(256 * MIB // 4, dtype=torch.float32)  # 256 MiB, every page written
-        time.sleep(0.05)  # let the sampler see it
-        del block
-    result = memory.result
+    done = subprocess.run([sys.executable, "-c", KNOWN_ALLOCATION], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = Memory(**json.loads(done.stdout.strip().splitlines()[-1]))
     assert result.memory_kind == "cpu-rss" and result.peak_reserved_mib is None
     assert result.weights_mib == pytest.approx(100.0)
     assert 256 * 0.9 <= result.run_peak_mib <= 256 * 1.5
