@@ -15,6 +15,7 @@ import argparse
 import csv
 import datetime
 import json
+import logging
 import sys
 import threading
 from dataclasses import asdict, dataclass
@@ -30,7 +31,9 @@ from demo.config import REPO_ROOT, load_config
 from demo.errors import ArenaError, InvalidRequest
 from demo.backends import LoadedVariant
 from demo.running.runner import Arena
+from demo.running.variant_run import describe_failure, is_oom
 
+log = logging.getLogger(__name__)
 EVALUATION_FILE = REPO_ROOT / "assets" / "evaluation.txt"
 SPEED_PROMPT = "Write a short story about a lighthouse keeper."
 WINDOW, STRIDE = 512, 256
@@ -110,6 +113,11 @@ def evaluate(arena: Arena, variant_ids: list[str], text: str, runs: int = 5, max
             result.disk_mib = _disk_mib(arena, variant_id)
         except ArenaError as exc:
             result.error = str(exc)
+        except Exception as exc:  # out of memory, a kernel error: this variant's row says so, the others stand
+            log.exception("evaluating %s failed", variant_id)
+            result.error = describe_failure("evaluating", exc)
+            if is_oom(exc):
+                arena.device.call(arena.manager.evict, variant_id)
         results.append(result)
     report(1.0, "done")
     return results

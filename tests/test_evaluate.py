@@ -64,3 +64,23 @@ def test_bad_variant_is_one_line_and_exit_1():
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 1 and "unknown variant id(s): smollm2/fp64" in run.stderr
     assert len(run.stderr.strip().splitlines()) == 1
+
+
+def test_a_variant_that_raises_keeps_the_rows_around_it(arena, monkeypatch):
+    """Any error (a kernel error, out of memory) goes in its variant's row, in one line without paths; the
+    variants before and after it are evaluated and kept."""
+    real_quality = evaluate._quality
+
+    def failing(arena_, result, text, baselines):
+        if result.variant == "smollm2/bf16":
+            raise RuntimeError("kernel failed in /opt/secret/libkernel.so at block 3\nwith a second line")
+        return real_quality(arena_, result, text, baselines)
+
+    monkeypatch.setattr(evaluate, "_quality", failing)
+    text = "\n".join((REPO / "assets" / "evaluation.txt").read_text().splitlines()[:6])
+    rows = evaluate.evaluate(arena, ["smollm2/fp32", "smollm2/bf16", "smollm2/bnb-int8"], text, runs=1,
+                             max_new_tokens=2)
+    assert [r.variant for r in rows] == ["smollm2/fp32", "smollm2/bf16", "smollm2/bnb-int8"]
+    assert rows[0].error is None and rows[0].perplexity is not None
+    assert rows[1].error == "failed while evaluating: RuntimeError: kernel failed in <path> at block 3"
+    assert rows[2].error is None and rows[2].kl_divergence is not None and rows[2].decode_tokens_per_s_p50

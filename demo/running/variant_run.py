@@ -98,7 +98,7 @@ class VariantRunner:
             return
         except Exception as exc:  # anything else from a loader belongs to this variant alone
             log.exception("loading %s failed", result.variant)
-            result.status, result.error = "error", _describe_failure("loading", exc)
+            result.status, result.error = "error", describe_failure("loading", exc)
             self.device.call(self.manager.evict, result.variant)
             return
         loaded = acquired.loaded
@@ -110,8 +110,8 @@ class VariantRunner:
             result.status, result.error = "error", str(exc)
         except Exception as exc:
             log.exception("generating with %s failed", result.variant)
-            result.status, result.error = "error", _describe_failure("generating", exc)
-            if _is_oom(exc):
+            result.status, result.error = "error", describe_failure("generating", exc)
+            if is_oom(exc):
                 self.device.call(self.manager.evict, result.variant)
 
     def _generate(self, result: VariantResult, loaded: LoadedVariant, prompt: str, settings: GenerationSettings,
@@ -177,15 +177,15 @@ def _fill_run_facts(result: VariantResult, facts: dict[str, Any]) -> None:
         result.truncated = facts["truncated"]
 
 
-def _is_oom(exc: BaseException) -> bool:
+def is_oom(exc: BaseException) -> bool:
     import torch
 
     return isinstance(exc, (MemoryError, torch.OutOfMemoryError))
 
 
-def _describe_failure(stage: str, exc: BaseException) -> str:
-    """A one-line message for the variant's column: no trace, no local paths (the log has those)."""
-    if _is_oom(exc):
+def describe_failure(stage: str, exc: BaseException) -> str:
+    """A one-line message for the variant's column or row: no trace, no local paths (the log has those)."""
+    if is_oom(exc):
         return f"out of memory while {stage}; this variant was unloaded, the others are unaffected"
     lines = str(exc).strip().splitlines()
     detail = _PATH.sub("<path>", lines[0])[:200] if lines else ""
