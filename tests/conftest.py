@@ -38,6 +38,7 @@ def _checkout_status() -> str | None:
         return None
 
 
+_CHECKOUT_AT_START: str | None = None  # set where the run starts, below
 if os.environ.get(RUN_ENV):  # imported again, as tests.conftest, by a test module: the same run, the same folder
     RUN_DIR = Path(os.environ[RUN_ENV])
 else:
@@ -79,10 +80,9 @@ _DEVICES_AT_START = {path: _is_character_device(path) for path in GUARDED_DEVICE
 def pytest_sessionfinish(session, exitstatus):
     problems = [f"{p} is no longer a character device" for p, was in _DEVICES_AT_START.items()
                 if was and not _is_character_device(p)]
-    at_start = globals().get("_CHECKOUT_AT_START")
     checkout = _checkout_status()
-    if at_start is not None and checkout is not None and checkout != at_start:
-        changed = set(checkout.splitlines()) ^ set(at_start.splitlines())
+    if _CHECKOUT_AT_START is not None and checkout is not None and checkout != _CHECKOUT_AT_START:
+        changed = set(checkout.splitlines()) ^ set(_CHECKOUT_AT_START.splitlines())
         problems.append(f"files of the checkout changed: {', '.join(sorted(changed))}")
     if problems:
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")

@@ -97,7 +97,7 @@ class Arena:
                 for _ in self._runner.run(result, prompt, settings, stop, generated):
                     yield snapshot(results)
             if not stop.is_set():
-                yield from self._scorer.add(results, prompt, generated, stop)
+                yield from self._scorer.add_fidelity(results, prompt, generated, stop)
         finally:
             self.turns.leave(ticket)
         yield snapshot(results)

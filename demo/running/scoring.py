@@ -23,8 +23,8 @@ class FidelityScorer:
     def __init__(self, config: ArenaConfig, device: DeviceThread, manager: ModelManager):
         self.config, self.device, self.manager = config, device, manager
 
-    def add(self, results: list[VariantResult], prompt: str, generated: dict[str, list[int]],
-                      stop: threading.Event) -> Iterator[list[VariantResult]]:
+    def add_fidelity(self, results: list[VariantResult], prompt: str, generated: dict[str, list[int]],
+                     stop: threading.Event) -> Iterator[list[VariantResult]]:
         """Per base model: where each variant's own answer departs from the baseline's, then the baseline's
         answer teacher-forced through each variant (see demo.measuring.fidelity)."""
         bases = {base.id: base for base in (self.config.base_of(r.variant) for r in results)}

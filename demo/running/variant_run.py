@@ -88,7 +88,7 @@ class VariantRunner:
         self.device, self.manager = device, manager
 
     def run(self, result: VariantResult, prompt: str, settings: GenerationSettings,
-                 stop: threading.Event, generated: dict[str, list[int]]) -> Iterator[None]:
+            stop: threading.Event, generated: dict[str, list[int]]) -> Iterator[None]:
         result.status = "loading"
         yield
         try:
