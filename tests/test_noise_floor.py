@@ -121,7 +121,8 @@ def bundled(arena):
     scored = [(ids, slice(0, len(ids) - 1))]
     clean = arena.device.call(fp32.logits, ids)
     bf16 = arena.device.call(arena.manager.get, "smollm2/bf16").loaded
-    bf16_kl = metrics.kl_divergence(metrics.log_probs(clean[:-1]), metrics.log_probs(arena.device.call(bf16.logits, ids)[:-1]))
+    bf16_logits = arena.device.call(bf16.logits, ids)
+    bf16_kl = metrics.kl_divergence(metrics.log_probs(clean[:-1]), metrics.log_probs(bf16_logits[:-1]))
     return arena, fp32, ids, scored, clean, bf16_kl
 
 
