@@ -143,8 +143,8 @@ class Plan:
             return protocols.llamacpp(_ids(tokenizer, self.text), self.protocol.ctx, tokenizer.bos_token_id)
         if self.protocol.name == "trace":
             if baseline_id is None:
-                raise InvalidRequest("the trace protocol scores the baseline's answers, and this variant has no baseline")
-            return [protocols.answer(prompt_ids(tokenizer, prompt), tokenizer(answer, add_special_tokens=False)["input_ids"])
+                raise InvalidRequest("the trace protocol scores the baseline's answers; this variant has no baseline")
+            return [protocols.answer(prompt_ids(tokenizer, prompt), _answer_ids(tokenizer, answer))
                     for prompt, answer in self.answers[baseline_id] if answer]
         return protocols.sliding(_ids(tokenizer, self.text))
 
@@ -288,6 +288,11 @@ def _ids(tokenizer, text: str) -> list[int]:
     return [int(i) for i in tokenizer(text)["input_ids"]]
 
 
+def _answer_ids(tokenizer, answer: str) -> list[int]:
+    """An answer's text as tokens, as they follow the chat prompt: no special token added."""
+    return [int(i) for i in tokenizer(answer, add_special_tokens=False)["input_ids"]]
+
+
 def _top_k_totals(loaded: LoadedVariant, ids: list[int], reference: list[torch.Tensor] | None,
                   result: VariantEvaluation) -> metrics.QualityTotals | None:
     """A remote variant's windows from its engine's prompt log-probabilities: exact perplexity and top-1, the
@@ -388,7 +393,8 @@ def markdown_table(rows: list[dict], env: dict, conditions: dict) -> str:
              f"bitsandbytes {env.get('bitsandbytes')}. Quality on {conditions['text']} ({conditions['method']}). "
              f"Speed: {conditions['speed']}. Peak memory as in the app "
              f"({'approximate, process RSS' if 'CPU' in str(env.get('device_name')) else 'CUDA allocated'}).\n")
-    sections = [kl_report.variant_section(r) for r in rows if not r["error"] and r.get("kl")]
+    sections = [kl_report.variant_section(r) for r in rows  # the baseline against itself says nothing
+                if not r["error"] and r.get("kl") and r["variant"] != r["baseline"]]
     details = ("\n## Against the baseline, position by position\n\n" + "\n".join(sections)) if sections else ""
     return "\n".join(lines) + notes + details
 

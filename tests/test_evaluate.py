@@ -70,8 +70,8 @@ def check_statistics(row: dict) -> None:
     assert STATISTICS <= set(row)
     kl, dp = row["kl"], row["delta_p"]
     undefined = {"rms_uncertainty"} if dp["rms"] == 0 else set()  # the baseline: 0.5 / RMS × 0 has no value
-    for value in [*kl.values(), *(v for k, v in dp.items() if k not in undefined), row["ln_ppl_ratio"]["value"], row["ln_ppl_ratio"]["uncertainty"],
-                  row["top1_agreement_uncertainty"], row["ppl_baseline"]["value"]]:
+    for value in [*kl.values(), *(v for k, v in dp.items() if k not in undefined), row["ln_ppl_ratio"]["value"],
+                  row["ln_ppl_ratio"]["uncertainty"], row["top1_agreement_uncertainty"], row["ppl_baseline"]["value"]]:
         assert value is not None and math.isfinite(value)
     assert kl["mean"] == pytest.approx(row["kl_divergence"], abs=1e-6)
     assert kl["min"] <= kl["p0_1"] <= kl["median"] <= kl["p99_9"] <= kl["max"]

@@ -30,8 +30,9 @@ def llamacpp_block(row: dict) -> str:
     """The three sections llama.cpp prints after a --kl-divergence run, from one row's statistics."""
     kl, dp = row["kl"], row["delta_p"]
     correlation = row.get("log_prob_correlation")
+    ppl = {"value": row["perplexity"], "uncertainty": row.get("perplexity_uncertainty")}
     lines = ["====== Perplexity statistics ======",
-             f"Mean PPL(Q)                   : {plus_minus({'value': row['perplexity'], 'uncertainty': row.get('perplexity_uncertainty')}, 6)}",
+             f"Mean PPL(Q)                   : {plus_minus(ppl, 6)}",
              f"Mean PPL(base)                : {plus_minus(row.get('ppl_baseline'), 6)}",
              f"Cor(ln(PPL(Q)), ln(PPL(base))): {num(correlation, 6, 2, 100)}%",
              f"Mean ln(PPL(Q)/PPL(base))     : {plus_minus(row.get('ln_ppl_ratio'), 6)}",
