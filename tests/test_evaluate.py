@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 import subprocess
 import sys
 
@@ -56,7 +57,78 @@ def test_writes_every_file_with_the_documented_fields(evaluated):
     with (evaluated / "results.csv").open() as f:
         assert FIELDS <= set(csv.DictReader(f).fieldnames)
     table = (evaluated / "results.md").read_text()
-    assert "| smollm2/bnb-nf4 |" in table and "KL div." in table and "Conditions:" in table
+    assert "| smollm2/bnb-nf4 |" in table and "mean KL vs baseline" in table and "Conditions:" in table
+    assert "KL 99.9 %" in table and "====== KL divergence statistics ======" in table and "| [0.95, 1] |" in table
+
+
+STATISTICS = {"ppl_baseline", "ln_ppl_ratio", "ppl_ratio", "ppl_difference", "log_prob_correlation", "kl", "delta_p",
+              "top1_agreement_uncertainty", "kl_buckets", "nonfinite_positions", "kl_per_position", "protocol"}
+
+
+def check_statistics(row: dict) -> None:
+    """The nested statistics are present, finite and consistent with the flat figures."""
+    assert STATISTICS <= set(row)
+    kl, dp = row["kl"], row["delta_p"]
+    undefined = {"rms_uncertainty"} if dp["rms"] == 0 else set()  # the baseline: 0.5 / RMS × 0 has no value
+    for value in [*kl.values(), *(v for k, v in dp.items() if k not in undefined), row["ln_ppl_ratio"]["value"],
+                  row["ln_ppl_ratio"]["uncertainty"], row["top1_agreement_uncertainty"], row["ppl_baseline"]["value"]]:
+        assert value is not None and math.isfinite(value)
+    assert kl["mean"] == pytest.approx(row["kl_divergence"], abs=1e-6)
+    assert kl["min"] <= kl["p0_1"] <= kl["median"] <= kl["p99_9"] <= kl["max"]
+    assert dp["min"] <= dp["median"] <= dp["max"] and dp["rms"] >= abs(dp["mean"])
+    assert row["nonfinite_positions"] == 0 and len(row["kl_per_position"]) == row["scored_tokens"]
+    assert sum(b["positions"] for b in row["kl_buckets"]) == row["scored_tokens"]
+    assert row["perplexity"] == pytest.approx(math.exp(math.log(row["ppl_baseline"]["value"])
+                                                       + row["ln_ppl_ratio"]["value"]), rel=1e-4)
+
+
+def test_results_json_holds_the_distribution_statistics(evaluated):
+    data = json.loads((evaluated / "results.json").read_text())
+    assert data["conditions"]["protocol"] == "sliding"
+    rows = {row["variant"]: row for row in data["variants"]}
+    for row in rows.values():
+        check_statistics(row)
+        assert row["protocol"] == "sliding"
+    baseline, nf4 = rows["smollm2/fp32"], rows["smollm2/bnb-nf4"]
+    assert baseline["kl"]["max"] == 0 and baseline["ln_ppl_ratio"]["value"] == 0
+    assert nf4["kl"]["max"] > nf4["kl"]["mean"] > 0 and nf4["top1_agreement_uncertainty"] > 0
+    with (evaluated / "results.csv").open() as f:
+        header = csv.DictReader(f).fieldnames
+    assert "kl_p99_9" in header and "kl_per_position" not in header and "kl" not in header
+
+
+def test_llamacpp_protocol_scores_chunks_with_bos(arena, tmp_path):
+    text = "\n".join((REPO / "assets" / "evaluation.txt").read_text().splitlines()[:25])  # ~600 tokens
+    protocol = evaluate.Protocol("llamacpp", ctx=128)
+    rows = evaluate.evaluate(arena, ["smollm2/fp32", "smollm2/bf16"], text, runs=1, max_new_tokens=2,
+                             protocol=protocol)
+    n_chunks = len(arena.manager.get("smollm2/fp32").loaded.tokenizer(text)["input_ids"]) // 128
+    for row in rows:
+        assert row.error is None and row.protocol == "llamacpp"
+        assert row.scored_tokens == n_chunks * (128 - 1 - 64)
+        assert "BOS = the tokenizer's bos_token '<|im_start|>' (id 1)" in row.protocol_note
+        check_statistics(vars(row))
+    conditions = evaluate.conditions(REPO / "assets" / "evaluation.txt", 1, 2, protocol)
+    assert "beside llama.cpp's published tables" in conditions["method"]
+    table = evaluate.markdown_table([vars(r) for r in rows], arena.environment(), conditions)
+    assert "Protocol `llamacpp`" in table and "protocol llamacpp" in table
+    [short] = evaluate.evaluate(arena, ["smollm2/fp32"], text, runs=1, max_new_tokens=2,
+                                protocol=evaluate.Protocol("llamacpp"))  # llama.cpp's default context: 512
+    assert "needs at least 1024 tokens" in short.error and short.kl is None
+
+
+def test_trace_protocol_scores_the_baseline_s_answers(arena, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Name the capital of France.\nWhat is 2 + 2?\n")
+    protocol = evaluate.Protocol("trace", prompts_file=prompts)
+    rows = evaluate.evaluate(arena, ["smollm2/fp32", "smollm2/bf16"], "", runs=1, max_new_tokens=2,
+                             protocol=protocol)
+    for row in rows:
+        assert row.error is None and row.protocol == "trace" and "2 baseline answers" in row.protocol_note
+        assert 2 <= row.scored_tokens <= 2 * evaluate.TRACE_ANSWER_TOKENS
+        check_statistics(vars(row))
+    assert rows[0].kl["max"] == 0 and rows[0].top1_agreement == 1.0
+    assert evaluate.conditions(REPO / "x.txt", 1, 2, protocol)["text"] == "prompts.txt"
 
 
 def test_bad_variant_is_one_line_and_exit_1():

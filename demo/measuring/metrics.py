@@ -1,5 +1,6 @@
 """Pure quality metrics over next-token distributions: perplexity, KL divergence, top-1 agreement, summed
-over windows (QualityTotals) so a long text is scored in pieces and averaged once.
+over windows (QualityTotals) so a long text is scored in pieces and averaged once, or kept position by
+position (position_figures) for their distribution (demo.measuring.kl_stats).
 
 Shapes: logits and log-probabilities are [positions, vocab]; targets are [positions] token ids.
 Position i holds the distribution over the token at i + 1 (the usual causal-LM shift is done by
@@ -11,7 +12,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+
+from demo.measuring.kl_stats import Positions
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,26 @@ def window_totals(variant_logprobs: torch.Tensor, targets: torch.Tensor,
     return QualityTotals(targets.numel(), nll_sum(variant_logprobs, targets),
                          kl_sum(baseline_logprobs, variant_logprobs),
                          top1_matches(baseline_logprobs, variant_logprobs))
+
+
+def position_kl_nats(baseline_logprobs: torch.Tensor, variant_logprobs: torch.Tensor) -> torch.Tensor:
+    """[positions] KL(baseline || variant) in nats; a token the baseline gives probability 0 adds 0 (0 log 0 = 0),
+    so only a variant's own -inf or NaN makes a position non-finite."""
+    p = baseline_logprobs.float()
+    terms = p.exp() * (p - variant_logprobs.float())
+    return torch.where(p.exp() > 0, terms, torch.zeros_like(terms)).sum(-1)
+
+
+def position_figures(logprobs: torch.Tensor, targets: torch.Tensor,
+                     baseline_logprobs: torch.Tensor | None = None) -> Positions:
+    """This model's figures at each position, as float64 numpy arrays: log p(target), top token and its
+    probability, and KL(baseline || this model) (all zeros without a baseline: the model is its own)."""
+    lp = logprobs.float()
+    top_logprob, top_token = lp.max(-1)
+    target = lp.gather(-1, targets.long().unsqueeze(-1)).squeeze(-1)
+    kl = torch.zeros(lp.shape[0]) if baseline_logprobs is None else position_kl_nats(baseline_logprobs, lp)
+    as64 = lambda t: t.detach().cpu().double().numpy()  # noqa: E731
+    return Positions(as64(target), top_token.cpu().numpy().astype(np.int64), np.exp(as64(top_logprob)), as64(kl))
 
 
 def percentile(values: list[float], q: float) -> float:

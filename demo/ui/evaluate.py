@@ -20,8 +20,11 @@ HEADERS = {
     "variant": "variant",
     "baseline": "compared with",
     "perplexity": "perplexity (lower is better)",
-    "kl_divergence": "KL divergence from the baseline (nats, lower is closer)",
-    "top1_agreement": "top-1 agreement with the baseline (%)",
+    "protocol": "protocol (what is scored)",
+    "kl_divergence": "mean KL divergence from the baseline ± standard error (nats, lower is closer)",
+    "kl_p99_9": "KL 99.9 % point (nats)",
+    "kl_max": "KL max (nats)",
+    "top1_agreement": "top-1 agreement with the baseline ± standard error (%)",
     "ttft_ms_p50": "time to first token, median (ms)",
     "decode_tokens_per_s_p50": "decode, median (tokens/s)",
     "decode_tokens_per_s_p90": "decode, 90th percentile (tokens/s)",
@@ -30,33 +33,47 @@ HEADERS = {
     "peak_memory_mib": "peak memory (MiB)",
     "disk_mib": "checkpoint on disk (MiB)",
 }
-DIGITS = {"perplexity": 2, "kl_divergence": 4, "ttft_ms_p50": 0, "decode_tokens_per_s_p50": 1,
+DIGITS = {"perplexity": 2, "kl_divergence": 4, "kl_p99_9": 4, "kl_max": 4, "ttft_ms_p50": 0, "decode_tokens_per_s_p50": 1,
           "decode_tokens_per_s_p90": 1, "weights_mib": 0, "peak_memory_mib": 0, "disk_mib": 0}
 TABLE_NOTE = ("*Checkpoint on disk* is filled only for variants whose quantized checkpoint is made once and saved "
               "(GPTQ); the others are quantized from the base weights each time they load, so they add nothing on "
               "disk (–). *Compared with* is the baseline the KL divergence and top-1 agreement are measured against; "
-              "the baseline itself shows 0 and 100%.")
+              "the baseline itself shows 0 and 100%. The KL tail (99.9 % point, max) and the full statistics per variant, "
+              "as llama.cpp's `perplexity --kl-divergence` prints them, are under *Statistics against the baseline* "
+              "below and in the files.")
+PROTOCOL_CHOICES = [("sliding window over the held-out text", "sliding"),
+                    ("llama.cpp's protocol (512-token chunks, BOS first, second half scored)", "llamacpp"),
+                    ("in-domain trace: the baseline's answers to the blind-test prompts", "trace")]
+
+
+def _value(result: evaluate.VariantEvaluation, field: str):
+    """A field of the row, the KL tail's points read from its statistics."""
+    if field in ("kl_p99_9", "kl_max"):
+        return (result.kl or {}).get(field.removeprefix("kl_"))
+    return getattr(result, field)
+
+
+def _cell(result: evaluate.VariantEvaluation, field: str) -> str:
+    value = _value(result, field)
+    if field == "disk_mib" and value is None and not result.error:
+        return "– (quantized at load)"
+    if value is None:  # never 0: a figure that could not be computed
+        return result.error if field == "perplexity" and result.error else "–"
+    if field == "top1_agreement":
+        spread = result.top1_agreement_uncertainty
+        return f"{100 * value:.1f}%" + ("" if spread is None else f" ± {100 * spread:.1f}")
+    if field == "kl_divergence":
+        spread = (result.kl or {}).get("mean_uncertainty")
+        text = f"{value:,.4f}" + ("" if spread is None else f" ± {spread:.4f}")
+        return f"≥ {text} (top-{result.kl_lower_bound_top_k})" if result.kl_lower_bound_top_k else text
+    if field in DIGITS:
+        return f"{value:,.{DIGITS[field]}f}"
+    return str(value)
 
 
 def table_rows(results: list[evaluate.VariantEvaluation]) -> list[list[str]]:
-    """Display rows in HEADERS order: numbers with their precision, agreement as a percentage, gaps explained."""
-    rows = []
-    for result in results:
-        row = []
-        for field in HEADERS:
-            value = getattr(result, field)
-            if field == "disk_mib" and value is None and not result.error:
-                row.append("– (quantized at load)")
-            elif value is None:
-                row.append(result.error if field == "perplexity" and result.error else "–")
-            elif field == "top1_agreement":
-                row.append(f"{100 * value:.1f}%")
-            elif field in DIGITS:
-                row.append(f"{value:,.{DIGITS[field]}f}")
-            else:
-                row.append(str(value))
-        rows.append(row)
-    return rows
+    """Display rows in HEADERS order: numbers with their precision, ± their standard error, gaps explained."""
+    return [[_cell(result, field) for field in HEADERS] for result in results]
 
 
 def build_tab(arena: Arena, choices: list[tuple[str, str]]) -> None:
@@ -87,6 +104,8 @@ class EvaluateTab:
             with gr.Column(scale=1):
                 self.runs = gr.Slider(1, 10, value=3, step=1, label="Timed runs per variant (after one warm-up)")
                 self.new_tokens = gr.Slider(8, 128, value=32, step=8, label="New tokens per timed run")
+                self.protocol = gr.Radio(PROTOCOL_CHOICES, value="sliding", label="Quality protocol",
+                                         elem_id="evaluate-protocol")
         with gr.Row():
             self.start = gr.Button("Evaluate", variant="primary", elem_id="evaluate")
             self.stop = gr.Button("Stop", variant="stop", interactive=False, elem_id="evaluate-stop")
@@ -100,6 +119,8 @@ class EvaluateTab:
         with gr.Row():
             self.quality_chart = gr.Image(label="Quality against memory", type="filepath", interactive=False)
             self.speed_chart = gr.Image(label="Speed against memory", type="filepath", interactive=False)
+        with gr.Accordion("Statistics against the baseline (as llama.cpp prints them)", open=False):
+            self.statistics = gr.Markdown(elem_id="evaluate-statistics")
         self.files = gr.File(label="results.json, results.csv, results.md", file_count="multiple",
                              interactive=False)
 
@@ -111,22 +132,24 @@ class EvaluateTab:
         running = {start: gr.update(interactive=False), stop: gr.update(interactive=True, value="Stop")}
         idle = {start: gr.update(interactive=True), stop: gr.update(interactive=False, value="Stop")}
         start.click(lambda: running, None, [start, stop], queue=False, api_visibility="undocumented").then(
-            self.on_evaluate, [self.ids, self.runs, self.new_tokens],
-            [self.status, self.table, self.quality_chart, self.speed_chart, self.files],
+            self.on_evaluate, [self.ids, self.runs, self.new_tokens, self.protocol],
+            [self.status, self.table, self.quality_chart, self.speed_chart, self.statistics, self.files],
             concurrency_limit=None, api_visibility="undocumented", show_progress_on=[self.status],
         ).then(lambda: idle, None, [start, stop], queue=False, api_visibility="undocumented")
         stop.click(self.on_stop, None, stop, queue=False, api_visibility="undocumented")
 
-    def on_evaluate(self, variant_ids, run_count, max_new_tokens, request: gr.Request, progress=gr.Progress()):
+    def on_evaluate(self, variant_ids, run_count, max_new_tokens, protocol_name=None, request: gr.Request = None,
+                    progress=gr.Progress()):
         """Evaluate the ticked variants (in the models file's order) until done or stopped, and show the results."""
         key = request.session_hash if request else None
         self.stops[key] = stop_event = threading.Event()
         order = [v for v in self.config.variants if v in (variant_ids or [])]  # rows in the models file's order
         text = evaluate.EVALUATION_FILE.read_text(encoding="utf-8")
+        protocol = evaluate.Protocol(protocol_name or "sliding")
         try:
             results = evaluate.evaluate(self.arena, order or list(variant_ids or []), text, int(run_count),
                                         int(max_new_tokens), progress=lambda f, m: progress(f, desc=m),
-                                        stop=stop_event)
+                                        stop=stop_event, protocol=protocol)
         except ArenaError as exc:
             raise gr.Error(str(exc)) from None
         finally:
@@ -135,17 +158,19 @@ class EvaluateTab:
             return {self.status: "**Stopped** before the first variant finished."}
         head = (f"**Stopped** after {len(results)} of {len(order)} variants." if stop_event.is_set()
                 and len(results) < len(order) else "**Done.**")
-        return self._results(results, head, int(run_count), int(max_new_tokens))
+        return self._results(results, head, int(run_count), int(max_new_tokens), protocol)
 
     def _results(self, results: list[evaluate.VariantEvaluation], head: str, run_count: int,
-                 max_new_tokens: int) -> dict:
+                 max_new_tokens: int, protocol: evaluate.Protocol) -> dict:
         """Write the result files and charts to a fresh folder, and the updates that show them."""
         out = Path(tempfile.mkdtemp(prefix="evaluate-"))
-        paths = evaluate.write_outputs(results, self.arena, out,
-                                       evaluate.conditions(evaluate.EVALUATION_FILE, run_count, max_new_tokens))
+        paths = evaluate.write_outputs(results, self.arena, out, evaluate.conditions(
+            evaluate.EVALUATION_FILE, run_count, max_new_tokens, protocol))
         paths.update(charts.write_charts([vars(r) for r in results], out, order=list(self.config.variants)))
-        note = paths["markdown"].read_text().split("\n\n", 1)[-1].strip()
-        return {self.status: f"{head} {note}",
+        after_table = paths["markdown"].read_text().split("\n\n", 1)[-1]
+        note, _, statistics = after_table.partition("\n## ")
+        return {self.status: f"{head} {note.strip()}",
+                self.statistics: f"## {statistics}" if statistics else "No statistics: no variant has a baseline.",
                 self.table: pd.DataFrame(table_rows(results), columns=list(HEADERS.values())),
                 self.quality_chart: str(paths["quality_chart"]), self.speed_chart: str(paths["speed_chart"]),
                 self.files: [str(paths[k]) for k in ("json", "csv", "markdown")]}
