@@ -31,7 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from demo.artifacts import sources
-from demo.measuring import kl_stats, metrics, protocols
+from demo.measuring import kl_stats, metrics, noise_floor, protocols
 from demo.measuring.protocols import STRIDE, WINDOW, windows
 from demo.reports import kl_report
 from demo.settings import prompt_ids
@@ -91,6 +91,9 @@ class VariantEvaluation:
     kl_buckets: list | None = None  # [{range, positions, kl_mean}] by the baseline's top-token probability
     nonfinite_positions: int | None = None  # positions left out of every figure: NaN or infinite KL / log p
     kl_per_position: list | None = None  # finite KL per scored position, nats (results.json only: a histogram)
+    # The baseline's noise floor on the same positions (demo.measuring.noise_floor): KL(baseline || baseline with
+    # ε = 2^-9 multiplicative noise after every decoder layer), or {"unavailable": reason}; None without a baseline.
+    noise_floor: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -215,6 +218,7 @@ def _quality(arena: Arena, result: VariantEvaluation, plan: Plan, baselines: dic
             baselines[result.baseline] = _reference(arena.manager.get(result.baseline).loaded, plan, result.baseline)
         loaded = arena.manager.get(result.variant).loaded
         reference = baselines.get(result.baseline) if result.baseline else None
+        result.noise_floor = reference[2] if reference else None
         if not loaded.full_distributions:
             if plan.protocol.name != "sliding":
                 raise InvalidRequest(f"{result.variant} runs on a remote engine, which gives top-k log-probabilities "
@@ -234,12 +238,16 @@ def _quality(arena: Arena, result: VariantEvaluation, plan: Plan, baselines: dic
         _fill_statistics(result, *found)
 
 
-def _reference(loaded: LoadedVariant, plan: Plan, baseline_id: str) -> tuple[list[torch.Tensor], kl_stats.Positions]:
-    """The baseline's scored log-probabilities per piece (float32, so its own KL is exactly 0) and its figures."""
+def _reference(loaded: LoadedVariant, plan: Plan, baseline_id: str) -> tuple[list[torch.Tensor], kl_stats.Positions,
+                                                                          dict]:
+    """The baseline's scored log-probabilities per piece (float32, so its own KL is exactly 0), its figures, and
+    its noise floor over the same pieces (the line under which a variant's KL is noise)."""
     pieces = plan.pieces(loaded.tokenizer, baseline_id)
     log_probs = piece_log_probs(loaded, pieces)
-    return log_probs, kl_stats.Positions.concat(
+    figures = kl_stats.Positions.concat(
         [metrics.position_figures(lp, torch.tensor(p.targets)) for lp, p in zip(log_probs, pieces)])
+    floor = noise_floor.noise_floor(loaded, [(p.ids, p.rows) for p in pieces], clean_log_probs=log_probs)
+    return log_probs, figures, floor.as_dict()
 
 
 def _positions(loaded: LoadedVariant, pieces: list[protocols.Piece], reference: tuple | None):
@@ -357,8 +365,15 @@ def _disk_mib(arena: Arena, variant_id: str) -> float | None:
     return round(folder_mib(folder), 1) if folder.is_dir() else None
 
 
-def write_outputs(results: list[VariantEvaluation], arena: Arena, out: Path, conditions: dict) -> dict[str, Path]:
-    """results.json, results.csv, results.md and the charts; returns their paths by name."""
+def noise_floors(rows: list[dict]) -> dict[str, dict]:
+    """Each baseline's noise floor, by baseline id, as the rows carry it."""
+    return {r["baseline"]: r["noise_floor"] for r in rows if r.get("baseline") and r.get("noise_floor")}
+
+
+def write_outputs(results: list[VariantEvaluation], arena: Arena, out: Path, conditions: dict,
+                  order: list[str] | None = None) -> dict[str, Path]:
+    """results.json, results.csv, results.md and the charts; returns their paths by name. `order` fixes each
+    variant's colour in the charts (every variant id in the models file's order)."""
     from demo.reports import charts
 
     out.mkdir(parents=True, exist_ok=True)
@@ -371,7 +386,8 @@ def write_outputs(results: list[VariantEvaluation], arena: Arena, out: Path, con
         writer.writeheader()
         writer.writerows(csv_row(row) for row in rows)
     paths["markdown"].write_text(markdown_table(rows, arena.environment(), conditions))
-    paths.update(charts.write_charts(rows, out))
+    floors = list(noise_floors(rows).values())  # a chart draws one line: the floor of a single base model
+    paths.update(charts.write_charts(rows, out, order, noise_floor=floors[0] if len(floors) == 1 else None))
     return paths
 
 
@@ -393,10 +409,21 @@ def markdown_table(rows: list[dict], env: dict, conditions: dict) -> str:
              f"bitsandbytes {env.get('bitsandbytes')}. Quality on {conditions['text']} ({conditions['method']}). "
              f"Speed: {conditions['speed']}. Peak memory as in the app "
              f"({'approximate, process RSS' if 'CPU' in str(env.get('device_name')) else 'CUDA allocated'}).\n")
+    floors = "".join(f"\n{noise_floor_line(baseline, floor)}" for baseline, floor in noise_floors(rows).items())
     sections = [kl_report.variant_section(r) for r in rows  # the baseline against itself says nothing
                 if not r["error"] and r.get("kl") and r["variant"] != r["baseline"]]
     details = ("\n## Against the baseline, position by position\n\n" + "\n".join(sections)) if sections else ""
-    return "\n".join(lines) + notes + details
+    return "\n".join(lines) + notes + floors + details
+
+
+def noise_floor_line(baseline: str, floor: dict) -> str:
+    """One baseline's noise floor in words: the KL under which a variant's difference is noise."""
+    if "unavailable" in floor:
+        return f"Noise floor of {baseline}: {floor['unavailable']}.\n"
+    return (f"Noise floor of {baseline} (the baseline rerun with ×(1 + ε·z) after every decoder layer, ε = 2⁻⁹, seed "
+            f"{floor['seed']}, on the same positions): mean KL {floor['kl_mean']:.6f} nats, median "
+            f"{floor['kl_median']:.6f}, 99.9 % {floor['kl_p99_9']:.4f}, max {floor['kl_max']:.4f}. A variant whose KL "
+            f"is at or under these figures differs from the baseline no more than a different kernel would.\n")
 
 
 def _num(value, digits: int) -> str:

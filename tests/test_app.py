@@ -267,6 +267,22 @@ def test_evaluate_table_in_words_and_percentages():
     assert all("(" in h or h in ("variant", "compared with", "timed runs") for h in HEADERS.values())
 
 
+def test_evaluate_table_ends_with_each_baseline_s_noise_floor():
+    from demo.evaluate import VariantEvaluation
+    from demo.ui.evaluate import HEADERS, table_rows
+
+    floor = {"epsilon": 2 ** -9, "seed": 0, "positions": 9, "non_finite_positions": 0, "kl_mean": 0.000394,
+             "kl_median": 0.0002, "kl_p99_9": 0.0108, "kl_max": 0.0125}
+    rows = table_rows([VariantEvaluation("b/fp32", "b/fp32", noise_floor=floor),
+                       VariantEvaluation("b/nf4", "b/fp32", noise_floor=floor),
+                       VariantEvaluation("c/gguf", "c/gguf", noise_floor={"unavailable": "no noise floor: llama.cpp"})])
+    assert len(rows) == 5
+    b_floor, c_floor = (dict(zip(HEADERS, row)) for row in rows[3:])
+    assert b_floor["variant"] == "noise floor (ε = 2⁻⁹) of b/fp32" and b_floor["kl_divergence"] == "0.0004"
+    assert b_floor["kl_p99_9"] == "0.0108" and b_floor["top1_agreement"] == ""
+    assert c_floor["kl_divergence"] == "no noise floor: llama.cpp"
+
+
 def test_a_stopped_evaluation_starts_no_further_variant(arena):
     import threading
 

@@ -97,6 +97,19 @@ def test_results_json_holds_the_distribution_statistics(evaluated):
     assert "kl_p99_9" in header and "kl_per_position" not in header and "kl" not in header
 
 
+def test_the_noise_floor_is_under_nf4_and_in_every_output(evaluated):
+    rows = {row["variant"]: row for row in json.loads((evaluated / "results.json").read_text())["variants"]}
+    floor = rows["smollm2/fp32"]["noise_floor"]
+    assert rows["smollm2/bnb-nf4"]["noise_floor"] == floor  # one floor per baseline, carried by each of its rows
+    assert floor["epsilon"] == 2 ** -9 and floor["positions"] == rows["smollm2/fp32"]["scored_tokens"]
+    assert 0 < floor["kl_mean"] < rows["smollm2/bnb-nf4"]["kl"]["mean"]
+    assert floor["kl_median"] <= floor["kl_p99_9"] <= floor["kl_max"]
+    table = (evaluated / "results.md").read_text()
+    assert f"Noise floor of smollm2/fp32" in table and f"mean KL {floor['kl_mean']:.6f} nats" in table
+    for name in ("kl_vs_size.png", "kl_per_token.png"):  # drawn with the floor's line
+        assert (evaluated / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_llamacpp_protocol_scores_chunks_with_bos(arena, tmp_path):
     text = "\n".join((REPO / "assets" / "evaluation.txt").read_text().splitlines()[:25])  # ~600 tokens
     protocol = evaluate.Protocol("llamacpp", ctx=128)

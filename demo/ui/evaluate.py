@@ -11,7 +11,6 @@ import gradio as gr
 import pandas as pd
 
 from demo import evaluate
-from demo.reports import charts
 from demo.errors import ArenaError
 from demo.running.runner import Arena
 
@@ -71,9 +70,26 @@ def _cell(result: evaluate.VariantEvaluation, field: str) -> str:
     return str(value)
 
 
+def _path(paths: dict[str, Path], name: str) -> str | None:
+    return str(paths[name]) if name in paths else None
+
+
 def table_rows(results: list[evaluate.VariantEvaluation]) -> list[list[str]]:
-    """Display rows in HEADERS order: numbers with their precision, ± their standard error, gaps explained."""
-    return [[_cell(result, field) for field in HEADERS] for result in results]
+    """Display rows in HEADERS order: numbers with their precision, ± their standard error, gaps explained; then
+    each baseline's noise floor, the KL under which a variant's difference is noise."""
+    rows = [[_cell(result, field) for field in HEADERS] for result in results]
+    floors = evaluate.noise_floors([vars(r) for r in results])
+    return rows + [_noise_floor_row(baseline, floor) for baseline, floor in floors.items()]
+
+
+def _noise_floor_row(baseline: str, floor: dict) -> list[str]:
+    cells = {"variant": f"noise floor (ε = 2⁻⁹) of {baseline}", "baseline": baseline}
+    if "unavailable" in floor:
+        cells["kl_divergence"] = floor["unavailable"]
+    else:
+        cells.update(kl_divergence=f"{floor['kl_mean']:,.4f}", kl_p99_9=f"{floor['kl_p99_9']:,.4f}",
+                     kl_max=f"{floor['kl_max']:,.4f}")
+    return [cells.get(field, "") for field in HEADERS]
 
 
 def build_tab(arena: Arena, choices: list[tuple[str, str]]) -> None:
@@ -111,7 +127,7 @@ class EvaluateTab:
             self.stop = gr.Button("Stop", variant="stop", interactive=False, elem_id="evaluate-stop")
 
     def _build_outputs(self) -> None:
-        """The status line, the table and its note, the two charts and the result files."""
+        """The status line, the table and its note, the charts and the result files."""
         self.status = gr.Markdown(elem_id="evaluate-status")
         self.table = gr.Dataframe(headers=list(HEADERS.values()), interactive=False, wrap=True,
                                   elem_id="evaluate-table")
@@ -119,6 +135,10 @@ class EvaluateTab:
         with gr.Row():
             self.quality_chart = gr.Image(label="Quality against memory", type="filepath", interactive=False)
             self.speed_chart = gr.Image(label="Speed against memory", type="filepath", interactive=False)
+        with gr.Row():  # drawn where the rows have a baseline: the KL tail against size, and per token
+            self.kl_chart = gr.Image(label="KL against size, with the noise floor", type="filepath",
+                                     interactive=False, visible=False)
+            self.kl_histogram = gr.Image(label="KL per token", type="filepath", interactive=False, visible=False)
         with gr.Accordion("Statistics against the baseline (as llama.cpp prints them)", open=False):
             self.statistics = gr.Markdown(elem_id="evaluate-statistics")
         self.files = gr.File(label="results.json, results.csv, results.md", file_count="multiple",
@@ -133,7 +153,8 @@ class EvaluateTab:
         idle = {start: gr.update(interactive=True), stop: gr.update(interactive=False, value="Stop")}
         start.click(lambda: running, None, [start, stop], queue=False, api_visibility="undocumented").then(
             self.on_evaluate, [self.ids, self.runs, self.new_tokens, self.protocol],
-            [self.status, self.table, self.quality_chart, self.speed_chart, self.statistics, self.files],
+            [self.status, self.table, self.quality_chart, self.speed_chart, self.kl_chart, self.kl_histogram,
+             self.statistics, self.files],
             concurrency_limit=None, api_visibility="undocumented", show_progress_on=[self.status],
         ).then(lambda: idle, None, [start, stop], queue=False, api_visibility="undocumented")
         stop.click(self.on_stop, None, stop, queue=False, api_visibility="undocumented")
@@ -165,14 +186,15 @@ class EvaluateTab:
         """Write the result files and charts to a fresh folder, and the updates that show them."""
         out = Path(tempfile.mkdtemp(prefix="evaluate-"))
         paths = evaluate.write_outputs(results, self.arena, out, evaluate.conditions(
-            evaluate.EVALUATION_FILE, run_count, max_new_tokens, protocol))
-        paths.update(charts.write_charts([vars(r) for r in results], out, order=list(self.config.variants)))
+            evaluate.EVALUATION_FILE, run_count, max_new_tokens, protocol), order=list(self.config.variants))
         after_table = paths["markdown"].read_text().split("\n\n", 1)[-1]
         note, _, statistics = after_table.partition("\n## ")
         return {self.status: f"{head} {note.strip()}",
                 self.statistics: f"## {statistics}" if statistics else "No statistics: no variant has a baseline.",
                 self.table: pd.DataFrame(table_rows(results), columns=list(HEADERS.values())),
                 self.quality_chart: str(paths["quality_chart"]), self.speed_chart: str(paths["speed_chart"]),
+                self.kl_chart: gr.update(value=_path(paths, "kl_chart"), visible="kl_chart" in paths),
+                self.kl_histogram: gr.update(value=_path(paths, "kl_histogram"), visible="kl_histogram" in paths),
                 self.files: [str(paths[k]) for k in ("json", "csv", "markdown")]}
 
     def on_stop(self, request: gr.Request):
