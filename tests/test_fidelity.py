@@ -148,6 +148,10 @@ def test_a_nonfinite_kl_is_counted_and_left_out_never_read_as_zero():
     assert kls[1] == (None, "inf") and kls[2] == (None, "nan") and kls[3] == (0.0, None)
     assert kls[0][0] == pytest.approx(expected[0], rel=1e-5)
     assert result.per_token[2].variant_top_p_variant is None  # a NaN probability is unknown, not 0
+    margin = result.margin_at_disagreement  # at position 1, where the variant gives the baseline's token 0
+    assert margin.position == 1 and margin.baseline_token_p_variant == 0.0 and margin.variant_token_p_variant == 1.0
+    broken = fidelity.compare("b", baseline[2:3], variant[2:3], [1], token_text)  # disagrees on a NaN row
+    assert broken.first_top1_disagreement == 0 and broken.margin_at_disagreement is None
     json.dumps(result.as_dict(), allow_nan=False)  # nothing a JSON reader would refuse
 
     everywhere = fidelity.compare("b", baseline, torch.full_like(variant, float("nan")), [0, 1, 1, 0], token_text)

@@ -299,10 +299,15 @@ def _share(matches: int, positions: int) -> float:
 
 
 def _margin(position: int, baseline_lp: torch.Tensor, variant_lp: torch.Tensor, baseline_token: int,
-            variant_token: int, token_text: Callable[[list[int]], str]) -> Margin:
+            variant_token: int, token_text: Callable[[list[int]], str]) -> Margin | None:
+    """The margin at the first disagreement; None where a probability there is not a number (a broken row has no
+    margin to show, and NaN must not reach a page or a JSON document)."""
     def p(lp: torch.Tensor, token: int) -> float:
         return round(float(lp[position, token].exp()), 4)
 
+    probabilities = torch.stack([baseline_lp[position], variant_lp[position]])[:, [baseline_token, variant_token]].exp()
+    if not bool(probabilities.isfinite().all()):
+        return None
     gap = float(variant_lp[position, variant_token].exp() - variant_lp[position, baseline_token].exp())
     return Margin(position, token_text([baseline_token]), baseline_token, p(baseline_lp, baseline_token),
                   p(variant_lp, baseline_token), token_text([variant_token]), variant_token,
