@@ -221,8 +221,8 @@ def _worst_table(per_token: list[dict]) -> str:
                    f"<td>{t['kl_nats']:.3g}</td><td>{_top(t, 'baseline')}</td><td>{_top(t, 'variant')}</td></tr>"
                    for t in worst)
     return ('<table class="per-token-worst"><caption>The worst positions</caption><thead><tr><th>position</th>'
-            "<th>token</th><th>KL (nats)</th><th>baseline's top token: p baseline / p variant</th>"
-            f"<th>variant's top token: p baseline / p variant</th></tr></thead><tbody>{rows}</tbody></table>")
+            "<th>token</th><th>KL (nats)</th><th>baseline's top: p baseline / variant</th>"
+            f"<th>variant's top: p baseline / variant</th></tr></thead><tbody>{rows}</tbody></table>")
 
 
 def _top(token: dict, side: str) -> str:
