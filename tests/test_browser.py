@@ -110,6 +110,52 @@ def test_comparison_in_the_browser(browser, app_url, arena, clear_prompt, tmp_pa
     assert errors == []
 
 
+PAGE_TOKENS_JS = """
+(column) => [...document.querySelectorAll(`${column} .per-token-kl .kl-token`)].map((el) => ({
+  position: Number(el.dataset.position), kl: el.dataset.kl ?? null, nonfinite: el.dataset.nonfinite ?? null,
+  text: el.textContent, title: el.title}))
+"""
+
+
+def test_per_token_kl_in_the_page_matches_the_api(browser, app_url, arena, clear_prompt):
+    """The KLs the page shades the baseline's answer by are the /compare record's, position by position."""
+    from gradio_client import Client
+
+    variants = ["smollm2/fp32", "smollm2/bf16"]
+    require_clear_answer(arena, "smollm2/bf16")
+    job = Client(app_url, verbose=False).submit(prompt=clear_prompt, variants=variants, max_new_tokens=8,
+                                                api_name="/compare")
+    api = {r["variant"]: r for r in job.result(timeout=300)}
+    page, errors = open_page(browser, app_url)
+    page.get_by_label("Prompt").fill(clear_prompt)
+    choose(page, variants)
+    page.get_by_text("Generation settings").click()
+    slider = page.get_by_label("Max new tokens", exact=False).locator("xpath=..").locator("input[type=number]")
+    slider.first.fill("8")
+    slider.first.press("Enter")
+    page.locator("#run").click()
+    page.locator("#summary").wait_for(state="visible", timeout=300_000)
+    # compared only where both runs answered with the same tokens (greedy on one machine: they should)
+    assert page.locator("#variant-0 textarea").input_value() == api["smollm2/fp32"]["text"]
+    strays = page.locator("#variant-1 .per-token-kl")
+    strays.locator("summary").click()
+    assert strays.get_by_text("The worst positions").is_visible()
+    shown = page.evaluate(PAGE_TOKENS_JS, "#variant-1")
+    expected = api["smollm2/bf16"]["fidelity"]["per_token"]
+    assert [t["position"] for t in shown] == [t["position"] for t in expected] == list(range(len(expected)))
+    assert len(expected) == api["smollm2/fp32"]["new_tokens"] > 0
+    for seen, token in zip(shown, expected):
+        visible = "".join({"\n": "↵\n", "\r": "␍", "\t": "⇥\t"}.get(c, c) for c in token["token"]) or "∅"
+        assert seen["text"] == visible
+        if token["kl_nats"] is None:
+            assert seen["kl"] is None and seen["nonfinite"] == token["kl_nonfinite"]
+        else:
+            assert float(seen["kl"]) == pytest.approx(token["kl_nats"], rel=1e-3, abs=1e-6)
+            assert f"KL {float(seen['kl']):.3g} nats" in seen["title"]
+    assert page.locator("#variant-0 .per-token-kl").count() == 0  # the baseline has no view of itself
+    assert errors == []
+
+
 def test_stop_during_a_run(browser, app_url):
     page, errors = open_page(browser, app_url)
     page.get_by_label("Prompt").fill("Write a very long story about a dragon who learns to cook.")

@@ -145,6 +145,19 @@ def test_csv_carries_both_fidelity_figures(real_records):
     assert (row["first_top1_disagreement"], row["answer_departs_at_char"], row["answer_departs_at_token"]) == (3, 17, 4)
 
 
+def test_card_json_carries_the_per_token_figures_as_they_are(real_records, tmp_path):
+    doc = json.loads(card.write(real_records, tmp_path)["json"].read_text())
+    baseline, nf4 = doc["variants"]
+    per_token = nf4["fidelity"]["per_token"]
+    assert per_token == real_records[1]["fidelity"]["per_token"]
+    assert len(per_token) == nf4["fidelity"]["scored_tokens"] == baseline["new_tokens"]
+    assert [t["position"] for t in per_token] == list(range(len(per_token)))
+    assert all(t["kl_nats"] >= 0 and 0 <= t["variant_top_p_variant"] <= 1 for t in per_token)
+    assert baseline["fidelity"]["per_token"] == []  # the baseline against itself: 0 everywhere, nothing to list
+    with (tmp_path / "comparison.csv").open() as f:
+        assert [r["nonfinite_positions"] for r in csv.DictReader(f)] == ["0", "0"]
+
+
 def _parse(md):
     return MarkdownIt("commonmark").enable("table").parse(md)
 

@@ -8,15 +8,18 @@ import html
 import json
 import re
 
+import numpy as np
 import pytest
 import torch
 
 from demo.measuring import fidelity
+from demo.measuring.fidelity_topk import TopLogProbs
 from demo.reports import report
 
 PROMPT = "What is the capital of France?"
 FIDELITY_FIELDS = {"baseline", "kl_divergence", "top1_agreement", "first_top1_disagreement",
-                   "margin_at_disagreement", "scored_tokens", "kl_lower_bound_top_k", "unavailable"}
+                   "margin_at_disagreement", "scored_tokens", "kl_lower_bound_top_k", "unavailable",
+                   "nonfinite_positions", "per_token"}
 MARGIN_FIELDS = {"position", "baseline_token", "baseline_token_id", "baseline_token_p_baseline",
                  "baseline_token_p_variant", "variant_token", "variant_token_id", "variant_token_p_baseline",
                  "variant_token_p_variant", "near_tie"}
@@ -48,7 +51,7 @@ def test_departure_char_stays_inside_the_common_text():
 def test_compare_by_hand():
     baseline = torch.tensor([[0.7, 0.3], [0.2, 0.8], [0.4, 0.6]]).log()  # argmax 0, 1, 1
     variant = torch.tensor([[0.6, 0.4], [0.6, 0.4], [0.3, 0.7]]).log()  # argmax 0, 0, 1
-    result = fidelity.compare("b", baseline, variant, token_text)
+    result = fidelity.compare("b", baseline, variant, [0, 1, 1], token_text)
     assert result.top1_agreement == pytest.approx(2 / 3, abs=1e-4)
     assert result.first_top1_disagreement == 1 and result.scored_tokens == 3
     expected = sum(float((p * (p.log() - q.log())).sum()) for p, q in zip(baseline.exp(), variant.exp())) / 3
@@ -66,7 +69,7 @@ def test_top1_is_argmax_against_argmax_not_against_the_sampled_answer():
     """A sampled answer holds tokens neither model ranks first; agreement is about the two argmaxes."""
     baseline = torch.tensor([[0.5, 0.3, 0.2], [0.6, 0.3, 0.1]]).log()
     variant = torch.tensor([[0.45, 0.35, 0.2], [0.5, 0.4, 0.1]]).log()
-    result = fidelity.compare("b", baseline, variant, token_text)  # the sampled answer might be [2, 1]
+    result = fidelity.compare("b", baseline, variant, [2, 1], token_text)  # a sampled answer
     assert result.top1_agreement == 1.0
     assert result.first_top1_disagreement is None and result.margin_at_disagreement is None
 
@@ -74,7 +77,7 @@ def test_top1_is_argmax_against_argmax_not_against_the_sampled_answer():
 def test_a_near_tie_reads_as_one():
     baseline = torch.tensor([[0.51, 0.45, 0.04]]).log()
     variant = torch.tensor([[0.47, 0.49, 0.04]]).log()
-    margin = fidelity.compare("b", baseline, variant, token_text).margin_at_disagreement
+    margin = fidelity.compare("b", baseline, variant, [1], token_text).margin_at_disagreement
     assert (margin.baseline_token, margin.variant_token) == ("<0>", "<1>")
     assert (margin.variant_token_p_variant, margin.baseline_token_p_variant) == pytest.approx((0.49, 0.47))
     assert margin.near_tie
@@ -90,11 +93,113 @@ def test_full_agreement_and_no_disagreement_go_together(positions):
         if trial == 0 and positions > 1:  # exactly one position flipped
             variant = baseline.clone()
             variant[positions // 2] = -baseline[positions // 2]
-        result = fidelity.compare("b", baseline, variant.log_softmax(-1), token_text)
+        result = fidelity.compare("b", baseline, variant.log_softmax(-1), [0] * positions, token_text)
         assert (result.top1_agreement == 1.0) == (result.first_top1_disagreement is None)
         assert (result.margin_at_disagreement is None) == (result.first_top1_disagreement is None)
         if trial == 0 and positions > 1:
             assert result.first_top1_disagreement == positions // 2 and result.top1_agreement < 1.0
+
+
+def numpy_kl_rows(p_log, q_log) -> np.ndarray:
+    """KL(P || Q) per row, in float64 numpy: a baseline token of probability 0 adds 0."""
+    p_log, q_log = np.asarray(p_log, dtype=np.float64), np.asarray(q_log, dtype=np.float64)
+    p = np.exp(p_log)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(p > 0, p * (p_log - q_log), 0.0).sum(-1)
+
+
+def test_per_token_figures_against_numpy():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(6, 7)) * 2
+    baseline = torch.tensor(logits).log_softmax(-1).float()
+    variant = torch.tensor(logits + rng.normal(size=(6, 7))).log_softmax(-1).float()
+    answer = [3, 1, 4, 1, 5, 6]
+    result = fidelity.compare("b", baseline, variant, answer, token_text)
+    p, q = baseline.double().exp().numpy(), variant.double().exp().numpy()
+    expected = numpy_kl_rows(baseline.numpy(), variant.numpy())
+    per_token = result.as_dict()["per_token"]
+    assert len(per_token) == 6 and result.nonfinite_positions == 0
+    for i, token in enumerate(per_token):
+        assert (token["position"], token["token_id"], token["token"]) == (i, answer[i], f"<{answer[i]}>")
+        assert token["kl_nats"] == pytest.approx(expected[i], rel=1e-5) and token["kl_nonfinite"] is None
+        top_b, top_v = int(p[i].argmax()), int(q[i].argmax())
+        assert (token["baseline_top_token_id"], token["baseline_top_token"]) == (top_b, f"<{top_b}>")
+        assert (token["variant_top_token_id"], token["variant_top_token"]) == (top_v, f"<{top_v}>")
+        assert [token["baseline_top_p_baseline"], token["baseline_top_p_variant"], token["variant_top_p_baseline"],
+                token["variant_top_p_variant"]] == pytest.approx([p[i, top_b], q[i, top_b], p[i, top_v], q[i, top_v]],
+                                                                 rel=1e-3)
+    # the mean of the per-token figures is the Fidelity's mean, and numpy's
+    assert np.mean([t["kl_nats"] for t in per_token]) == pytest.approx(result.kl_divergence, abs=1e-6)
+    assert result.kl_divergence == pytest.approx(expected.mean(), abs=1e-6)
+
+
+def test_a_nonfinite_kl_is_counted_and_left_out_never_read_as_zero():
+    baseline = torch.tensor([[0.7, 0.3, 0.0], [0.2, 0.8, 0.0], [0.4, 0.6, 0.0], [0.5, 0.25, 0.25]]).log()
+    variant = torch.tensor([[0.6, 0.4, 0.0], [1.0, 0.0, 0.0], [0.3, 0.7, 0.0], [0.5, 0.25, 0.25]]).log()
+    variant[2] = float("nan")  # a broken kernel's row
+    # position 0: the baseline gives token 2 probability 0, which adds 0 (not 0 * -inf = NaN);
+    # position 1: the variant gives probability 0 to a token the baseline gives 0.8: an infinite KL
+    result = fidelity.compare("b", baseline, variant, [0, 1, 1, 0], token_text)
+    expected = numpy_kl_rows(baseline.numpy(), variant.numpy())
+    assert np.isinf(expected[1]) and np.isnan(expected[2])  # numpy agrees these are not numbers
+    assert result.nonfinite_positions == 2 and result.unavailable is None
+    assert result.kl_divergence > 0 and result.kl_divergence == pytest.approx((expected[0] + expected[3]) / 2, abs=1e-6)
+    kls = [(t.kl_nats, t.kl_nonfinite) for t in result.per_token]
+    assert kls[1] == (None, "inf") and kls[2] == (None, "nan") and kls[3] == (0.0, None)
+    assert kls[0][0] == pytest.approx(expected[0], rel=1e-5)
+    assert result.per_token[2].variant_top_p_variant is None  # a NaN probability is unknown, not 0
+    margin = result.margin_at_disagreement  # at position 1, where the variant gives the baseline's token 0
+    assert margin.position == 1 and margin.baseline_token_p_variant == 0.0 and margin.variant_token_p_variant == 1.0
+    broken = fidelity.compare("b", baseline[2:3], variant[2:3], [1], token_text)  # disagrees on a NaN row
+    assert broken.first_top1_disagreement == 0 and broken.margin_at_disagreement is None
+    json.dumps(result.as_dict(), allow_nan=False)  # nothing a JSON reader would refuse
+
+    everywhere = fidelity.compare("b", baseline, torch.full_like(variant, float("nan")), [0, 1, 1, 0], token_text)
+    assert everywhere.kl_divergence is None and everywhere.nonfinite_positions == 4
+    assert "every one of the 4 answer positions" in everywhere.unavailable
+    shown = dict(report.figures(record(fidelity=everywhere.as_dict())))["teacher-forced"]
+    assert shown == everywhere.unavailable and "0" not in shown.replace("4", "")
+
+
+def _engine_top_k(q_log: torch.Tensor, k: int, collide: set[int] = frozenset()) -> TopLogProbs:
+    """A remote engine's answer by hand: the top k per position by id; at `collide` positions its top-1 text is one
+    that several ids read as (so it has no id, and is left out of `known`)."""
+    known, top_text, top_id = [], [], []
+    for i, row in enumerate(q_log):
+        order = row.argsort(descending=True)[:k].tolist()
+        known.append({t: float(row[t]) for t in order if not (i in collide and t == order[0])})
+        top_text.append("shared" if i in collide else f"<{order[0]}>")
+        top_id.append(None if i in collide else order[0])
+    return TopLogProbs(known, top_text, top_id, [None] * len(known), k, lambda t: f"<{t}>")
+
+
+def test_per_token_figures_from_a_top_k_engine():
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(5, 8)) * 2
+    baseline = torch.tensor(logits).log_softmax(-1).float()
+    q_log = torch.tensor(logits + rng.normal(size=(5, 8))).log_softmax(-1).float()
+    engine = _engine_top_k(q_log, 3, collide={3})
+    engine.known[4][next(iter(engine.known[4]))] = float("nan")  # the engine sent a log-probability that is NaN
+    result = fidelity.compare("b", baseline, engine, [1, 2, 3, 4, 5], token_text)
+    assert result.kl_lower_bound_top_k == 3 and result.nonfinite_positions == 1
+    p = baseline.double().exp().numpy()
+    for i, token in enumerate(result.per_token[:4]):
+        ids = list(engine.known[i])  # the bucket bound, by numpy: the known tokens plus one rest bucket
+        p_known, q_known = p[i, ids], np.exp([engine.known[i][t] for t in ids])
+        bound = float((p_known * np.log(p_known / q_known)).sum())
+        bound += (1 - p_known.sum()) * np.log((1 - p_known.sum()) / (1 - q_known.sum()))
+        assert token.kl_nats == pytest.approx(max(bound, 0), rel=1e-4)
+        top_b = int(p[i].argmax())
+        assert token.baseline_top_token_id == top_b and token.baseline_top_p_baseline == pytest.approx(p[i, top_b],
+                                                                                                        rel=1e-3)
+        in_top_k = engine.known[i].get(top_b)
+        assert token.baseline_top_p_variant == (None if in_top_k is None else pytest.approx(np.exp(in_top_k), rel=1e-3))
+    shared = result.per_token[3]
+    assert (shared.variant_top_token, shared.variant_top_token_id, shared.variant_top_p_variant) == ("shared", None,
+                                                                                                     None)
+    assert result.per_token[4].kl_nats is None and result.per_token[4].kl_nonfinite == "nan"
+    finite = [t.kl_nats for t in result.per_token if t.kl_nats is not None]
+    assert result.kl_divergence == pytest.approx(np.mean(finite), abs=1e-6)
 
 
 def test_teacher_forcing_a_model_against_itself(arena):
@@ -102,7 +207,7 @@ def test_teacher_forcing_a_model_against_itself(arena):
     answer = loaded.tokenizer("The capital of France is Paris.", add_special_tokens=False)["input_ids"]
     lp = arena.device.call(fidelity.answer_log_probs, loaded, PROMPT, answer)
     assert lp.shape == (len(answer), len(loaded.tokenizer))
-    same = fidelity.compare("smollm2/bf16", lp, lp, loaded.tokenizer.decode)
+    same = fidelity.compare("smollm2/bf16", lp, lp, answer, loaded.tokenizer.decode)
     assert same.kl_divergence == 0 and same.top1_agreement == 1.0 and same.first_top1_disagreement is None
 
 
@@ -114,7 +219,7 @@ def test_records_carry_fidelity_when_the_baseline_runs(arena):
     assert baseline["fidelity"] == {"baseline": "smollm2/fp32", "kl_divergence": 0.0, "top1_agreement": 1.0,
                                     "first_top1_disagreement": None, "margin_at_disagreement": None,
                                     "scored_tokens": baseline["new_tokens"], "kl_lower_bound_top_k": None,
-                                    "unavailable": None}
+                                    "unavailable": None, "nonfinite_positions": 0, "per_token": []}
     assert baseline["answer_departs_at_token"] is None and baseline["answer_departs_at_char"] is None
     for variant in ("smollm2/bnb-fp4", "smollm2/bf16"):
         rec = records[variant]
@@ -122,6 +227,10 @@ def test_records_carry_fidelity_when_the_baseline_runs(arena):
         assert set(fid) == FIDELITY_FIELDS and fid["baseline"] == "smollm2/fp32"
         assert fid["kl_divergence"] >= 0 and 0 <= fid["top1_agreement"] <= 1
         assert fid["scored_tokens"] == baseline["new_tokens"]
+        per_token = fid["per_token"]
+        assert len(per_token) == fid["scored_tokens"] and fid["nonfinite_positions"] == 0
+        assert np.mean([t["kl_nats"] for t in per_token]) == pytest.approx(fid["kl_divergence"], abs=1e-6)
+        assert "".join(t["token"] for t in per_token).startswith(baseline["text"])  # the baseline's answer
         same_text = rec["text"] == baseline["text"]
         assert (rec["answer_departs_at_char"] is None) == same_text
         assert (rec["answer_departs_at_token"] is None) == (rec["answer_departs_at_char"] is None)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import sqlite3
 import threading
@@ -62,6 +63,8 @@ CREATE TRIGGER IF NOT EXISTS votes_no_delete BEFORE DELETE ON votes
     BEGIN SELECT RAISE(ABORT, 'votes are append-only'); END;
 """
 _JSON_COLUMNS = ("settings", "record_a", "record_b", "environment")
+# In a stored JSON column: the paths of the numbers that were NaN or infinite, stored as null.
+NONFINITE_KEY = "nonfinite_stored_as_null"
 
 
 def votes_path(config=None) -> Path:
@@ -178,7 +181,7 @@ class VoteStore:
     def add_battle(self, battle: Battle) -> None:
         row = asdict(battle)
         for key in _JSON_COLUMNS:
-            row[key] = json.dumps(row[key], ensure_ascii=False, allow_nan=False)
+            row[key] = json.dumps(finite_json(row[key]), ensure_ascii=False, allow_nan=False)
         columns = ", ".join(row)
         with self._transaction():
             self._db.execute(f"INSERT INTO battles ({columns}) VALUES ({', '.join('?' * len(row))})",
@@ -283,6 +286,27 @@ class _Transaction:
         if isinstance(exc, sqlite3.Error):
             raise VoteStoreError(f"the votes database {self.store.path} refused a write: {exc}") from None
         return False
+
+
+def finite_json(value: Any) -> Any:
+    """`value` with every NaN or infinite number stored as null (JSON has neither), and, in a mapping, which ones
+    were under NONFINITE_KEY ({"fidelity.kl_divergence": "inf"}), so the stored record does not read as finite."""
+    nulled: dict[str, str] = {}
+    clean = _nulled(value, "", nulled)
+    if nulled and isinstance(clean, dict):
+        clean[NONFINITE_KEY] = nulled
+    return clean
+
+
+def _nulled(value: Any, path: str, nulled: dict[str, str]) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        nulled[path] = str(value)  # "nan", "inf", "-inf"
+        return None
+    if isinstance(value, dict):
+        return {k: _nulled(v, f"{path}.{k}" if path else str(k), nulled) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_nulled(v, f"{path}[{i}]", nulled) for i, v in enumerate(value)]
+    return value
 
 
 def _battle(row: sqlite3.Row) -> Battle:

@@ -54,7 +54,8 @@ def known_by_id(table: dict[str, float], ids_by_text: dict[str, int | None]) -> 
 
 
 def bucket_kl(p_known: torch.Tensor, q_known: torch.Tensor) -> float:
-    """KL(P || Q) over the known tokens plus one rest bucket, in nats: a lower bound of the true KL.
+    """KL(P || Q) over the known tokens plus one rest bucket, in nats: a lower bound of the true KL (NaN where an
+    engine sent a log-probability that is not a number).
 
     p_known, q_known: log-probabilities of the same tokens under P and Q ([known])."""
     p, q = p_known.double().exp(), q_known.double().exp()
@@ -62,7 +63,7 @@ def bucket_kl(p_known: torch.Tensor, q_known: torch.Tensor) -> float:
     p_rest, q_rest = max(0.0, 1.0 - float(p.sum())), max(0.0, 1.0 - float(q.sum()))
     if p_rest > 1e-12:
         kl += p_rest * (math.log(p_rest) - math.log(max(q_rest, 1e-12)))
-    return max(0.0, kl)
+    return kl if math.isnan(kl) else max(0.0, kl)  # max(0.0, nan) is 0.0: a NaN must stay one
 
 
 def position_kl(baseline: torch.Tensor | dict[int, float], variant: dict[int, float]) -> float:

@@ -1,4 +1,7 @@
-"""A comparison to share: JSON, CSV and a Markdown card (model, date, machine, prompt, answers, figures)."""
+"""A comparison to share: JSON, CSV and a Markdown card (model, date, machine, prompt, answers, figures).
+
+The JSON keeps each record whole, its fidelity's per-token figures (KL and both top tokens at each position of the
+baseline's answer) included, so anyone can check where a variant strays; the CSV and the card keep the summaries."""
 
 from __future__ import annotations
 
@@ -13,9 +16,9 @@ from demo.reports.escaping import fenced, markdown_inline as inline
 
 CSV_FIELDS = ["model", "base", "created_utc", "variant", "method", "bits", "device", "status", "prompt_tokens",
               "new_tokens", "ttft_ms", "decode_tokens_per_s", "total_ms", "load_ms", "cache_hit", "weights_mib",
-              "peak_memory_mib", "memory_kind", "kl_divergence", "top1_agreement", "first_top1_disagreement",
-              "scored_tokens", "margin_at_disagreement", "answer_departs_at_token", "answer_departs_at_char",
-              "quantization", "text", "error"]
+              "peak_memory_mib", "memory_kind", "kl_divergence", "nonfinite_positions", "top1_agreement",
+              "first_top1_disagreement", "scored_tokens", "margin_at_disagreement", "answer_departs_at_token",
+              "answer_departs_at_char", "quantization", "text", "error"]
 
 # Shared by every variant: written once at the top of the JSON document, not in each variant.
 _SHARED = ("prompt", "settings", "environment", "created_utc")
@@ -81,7 +84,8 @@ def csv_rows(records: list[dict[str, Any]], created_utc: str | None = None) -> l
         row = {k: r.get(k) for k in CSV_FIELDS}
         margin = fid.get("margin_at_disagreement")
         row.update(model=r.get("model") or r.get("base"), created_utc=created_utc,
-                   kl_divergence=fid.get("kl_divergence"), top1_agreement=fid.get("top1_agreement"),
+                   kl_divergence=fid.get("kl_divergence"), nonfinite_positions=fid.get("nonfinite_positions"),
+                   top1_agreement=fid.get("top1_agreement"),
                    first_top1_disagreement=fid.get("first_top1_disagreement"), scored_tokens=fid.get("scored_tokens"),
                    margin_at_disagreement=json.dumps(margin, ensure_ascii=False) if margin else None,
                    answer_departs_at_char=r.get("answer_departs_at_char"),
@@ -185,6 +189,9 @@ def _answer_heading(record: dict[str, Any]) -> str:
         notes += " (cut mid-character)"
     if departs := _departure_text(record):
         notes += f", {departs}"
+    if nonfinite := (record.get("fidelity") or {}).get("nonfinite_positions"):
+        notes += f", KL non-finite (NaN or infinite) at {nonfinite} of {record['fidelity']['scored_tokens']} " \
+                 "positions, left out of the mean"
     return f"**{inline(record['variant'])}** · {inline(quantization_text(record))} · {inline(notes)}"
 
 

@@ -63,6 +63,6 @@ class FidelityScorer:
         so the variant is acquired (and, if it was evicted meanwhile, loaded) on the device thread."""
         loaded = self.manager.get(variant_id).loaded
         variant_lp = fidelity.answer_log_probs(loaded, prompt, answer)
-        scored = fidelity.compare(baseline_id, baseline_lp, variant_lp, loaded.tokenizer.decode).as_dict()
+        scored = fidelity.compare(baseline_id, baseline_lp, variant_lp, answer, loaded.tokenizer.decode).as_dict()
         departs = fidelity.departure_char(lambda ids: decode_whole(loaded.tokenizer, ids), tokens, answer)
         return scored, departs

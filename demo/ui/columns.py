@@ -3,6 +3,9 @@ its status says in words (the same words in the summary table)."""
 
 from __future__ import annotations
 
+import math
+from html import escape
+
 from demo.reports import report
 from demo.reports.escaping import html_text
 from demo.running.runner import Arena, VariantResult
@@ -24,6 +27,17 @@ STATUS_TEXT = {
     "error": "not available",
 }
 FINISHED = ("done", "stopped", "error")
+
+# The per-token view's fixed KL scale (nats), log-spaced: (upper bound, background, text colour). The shades are
+# ColorBrewer's sequential YlOrBr, which steps in lightness, so they read apart with any colour vision and in grey;
+# each text colour is at least 4.5:1 on its shade. A non-finite KL is black with a dashed outline.
+KL_SHADES = ((0.001, "#ffffe5", "#1f2937"), (0.01, "#fee391", "#1f2937"), (0.1, "#fe9929", "#1f2937"),
+             (1.0, "#993404", "#ffffff"), (math.inf, "#4a1a04", "#ffffff"))
+KL_SHADE_LABELS = ("< 0.001", "0.001–0.01", "0.01–0.1", "0.1–1", "≥ 1")
+NONFINITE_STYLE = "background:#000000;color:#ffffff;outline:1px dashed #6b7280"
+WORST_SHOWN = 5  # the worst positions listed in words, so the view reads without colour
+# Line breaks and tabs inside a token: a visible mark, then the break itself so the answer keeps its shape.
+_VISIBLE_WHITESPACE = {"\n": "↵\n", "\r": "␍", "\t": "⇥\t"}
 
 
 def status_text(rec: dict) -> str:
@@ -72,7 +86,7 @@ class ColumnsView:
         if result.status in FINISHED:
             rec = result.to_record()
             self.finished.add(i)
-            slot[1:] = [answer_text(rec), report.figures_markdown(rec)]
+            slot[1:] = [answer_text(rec), figures_markdown(rec)]
             head, changed = head_markdown(self.arena, rec), True
         else:
             if self._text_due(i, result, now_s):
@@ -91,7 +105,7 @@ class ColumnsView:
     def final(self, records: list[dict]) -> list[str]:
         """Fidelity arrives after the last column: every column's heading and figures, once more."""
         for i, rec in enumerate(records[:len(self.values)]):
-            self.values[i] = [head_markdown(self.arena, rec), answer_text(rec), report.figures_markdown(rec)]
+            self.values[i] = [head_markdown(self.arena, rec), answer_text(rec), figures_markdown(rec)]
         return self.flat()
 
     def flat(self) -> list[str]:
@@ -103,6 +117,20 @@ def _status_fields(result: VariantResult) -> dict:
     return {"variant": result.variant, "method": result.method, "bits": result.bits, "device": result.device,
             "status": result.status, "prompt_tokens": result.prompt_tokens, "new_tokens": result.new_tokens,
             "queue_ahead": getattr(result, "queue_ahead", None), "truncated": getattr(result, "truncated", False)}
+
+
+def figures_markdown(rec: dict) -> str:
+    """The column's figures, and how many positions have a KL that is not a number (left out of its mean)."""
+    figures = report.figures_markdown(rec)
+    nonfinite = (rec.get("fidelity") or {}).get("nonfinite_positions")
+    if nonfinite:
+        figures += f"\n| KL non-finite | {_positions_text(nonfinite)} non-finite (NaN or infinite), left out of " \
+                   "the mean |"
+    return figures
+
+
+def _positions_text(count: int) -> str:
+    return f"{count} position{'s' if count != 1 else ''}"
 
 
 def answer_text(rec: dict) -> str:
@@ -122,11 +150,86 @@ def head_markdown(arena: Arena, rec: dict) -> str:
 
 
 def divergence_html(arena: Arena, rec: dict, baseline_text: str | None) -> str:
-    """Where this answer departs from the baseline's (marked, as literal text), or why there is no comparison."""
+    """Where this answer departs from the baseline's (marked, as literal text), then where it strays token by token;
+    or why there is no comparison."""
     baseline = arena.config.base_of(rec["variant"]).baseline
     if rec["status"] != "done" or baseline is None or baseline == rec["variant"]:
         return ""
     if rec.get("fidelity") is None:
         return f"<p><em>Tick <code>{html_text(baseline)}</code> too to see how far this answer strays from " \
                "the baseline.</em></p>"
-    return report.divergence_html(rec, baseline_text or "")
+    return report.divergence_html(rec, baseline_text or "") + strays_html(rec["fidelity"])
+
+
+def strays_html(fid: dict) -> str:
+    """The baseline's answer token by token, each shaded by the KL there (its value in the title and data-kl), a
+    legend, and the worst positions in words; "" without per-token figures. Drawn once, when the comparison ends."""
+    per_token = fid.get("per_token") or []
+    if not per_token:
+        return ""
+    notes = ["The baseline's answer, teacher-forced: each token shaded by KL(baseline ‖ this variant) at that "
+             "position, in nats (hover a token for its value)."]
+    if fid.get("kl_lower_bound_top_k"):
+        notes.append(f"From the engine's top-{fid['kl_lower_bound_top_k']} log-probabilities only: each KL is a "
+                     "lower bound, and a probability outside a top k shows as –.")
+    if fid.get("nonfinite_positions"):
+        notes.append(f"{_positions_text(fid['nonfinite_positions'])} non-finite (NaN or infinite KL), left out of "
+                     "the mean; shown black with a dashed outline.")
+    tokens = "".join(_token_span(t) for t in per_token)
+    return ('<details class="per-token-kl"><summary>Where it strays (per-token KL)</summary>'
+            f'<p class="per-token-note">{html_text(" ".join(notes))}</p>{_legend()}'
+            '<div class="per-token-answer" style="white-space:pre-wrap;word-break:break-word;max-height:16em;'
+            f'overflow-y:auto;line-height:1.7;font-family:var(--font-mono, monospace)">{tokens}</div>'
+            f'{_worst_table(per_token)}</details>')
+
+
+def _token_span(token: dict) -> str:
+    kl, position = token["kl_nats"], token["position"]
+    if kl is None:
+        style, title = NONFINITE_STYLE, f"position {position} · KL not a number ({token['kl_nonfinite']})"
+        data = f'data-nonfinite="{escape(str(token["kl_nonfinite"]))}"'
+    else:
+        background, colour = next((b, c) for bound, b, c in KL_SHADES if kl < bound)
+        style, title = f"background:{background};color:{colour}", f"position {position} · KL {kl:.3g} nats"
+        data = f'data-kl="{kl!r}"'  # the record's value as it is, for anyone to check against the API
+    return (f'<span class="kl-token" style="{style}" title="{escape(title)}" data-position="{int(position)}" {data}>'
+            f"{_literal(token['token'])}</span>")
+
+
+def _literal(text: str, one_line: bool = False) -> str:
+    """A token as literal HTML text, line breaks and tabs marked (one_line: the marks only); a token that decodes to
+    nothing as ∅."""
+    if not text:
+        return "∅"
+    marked = "".join(_VISIBLE_WHITESPACE.get(c, c) for c in text)
+    return html_text(marked.replace("\n", "").replace("\t", "") if one_line else marked)
+
+
+def _legend() -> str:
+    swatches = [f'<span style="background:{b};color:{c};padding:0 4px">{html_text(label)}</span>'
+                for (_, b, c), label in zip(KL_SHADES, KL_SHADE_LABELS)]
+    swatches.append(f'<span style="{NONFINITE_STYLE};padding:0 4px">non-finite</span>')
+    return f'<p class="per-token-legend small-print">KL (nats): {" ".join(swatches)}</p>'
+
+
+def _worst_table(per_token: list[dict]) -> str:
+    """The WORST_SHOWN positions with the largest finite KL, with both models' top tokens and probabilities."""
+    worst = sorted((t for t in per_token if t["kl_nats"] is not None), key=lambda t: -t["kl_nats"])[:WORST_SHOWN]
+    if not worst:
+        return ""
+    rows = "".join(f"<tr><td>{t['position']}</td><td><code>{_literal(t['token'], one_line=True)}</code></td>"
+                   f"<td>{t['kl_nats']:.3g}</td><td>{_top(t, 'baseline')}</td><td>{_top(t, 'variant')}</td></tr>"
+                   for t in worst)
+    return ('<table class="per-token-worst"><caption>The worst positions</caption><thead><tr><th>position</th>'
+            "<th>token</th><th>KL (nats)</th><th>baseline's top: p baseline / variant</th>"
+            f"<th>variant's top: p baseline / variant</th></tr></thead><tbody>{rows}</tbody></table>")
+
+
+def _top(token: dict, side: str) -> str:
+    text = token[f"{side}_top_token"]
+    shown = "–" if text is None else f"<code>{_literal(text, one_line=True)}</code>"
+    return f"{shown}: {_prob(token[f'{side}_top_p_baseline'])} / {_prob(token[f'{side}_top_p_variant'])}"
+
+
+def _prob(p: float | None) -> str:
+    return "–" if p is None else f"{p:.3g}"
