@@ -12,14 +12,15 @@ def test_variant_against_itself():
     logits = torch.randn(50, 300, generator=torch.Generator().manual_seed(0))
     lp = metrics.log_probs(logits)
     assert metrics.kl_divergence(lp, lp) == pytest.approx(0.0, abs=1e-6)
-    assert metrics.window_totals(lp, torch.zeros(50, dtype=torch.long), lp).top1_agreement == 1.0
+    figures = metrics.position_figures(lp, torch.zeros(50, dtype=torch.long), lp)
+    assert (figures.kl_nats == 0).all()
 
 
-def test_uniform_distribution_has_perplexity_equal_to_vocabulary_size():
+def test_uniform_distribution_gives_each_target_one_over_the_vocabulary():
     vocab = 1000
     lp = metrics.log_probs(torch.zeros(7, vocab))
-    targets = torch.tensor([0, 5, 999, 3, 3, 42, 7])
-    assert metrics.window_totals(lp, targets, None).perplexity == pytest.approx(vocab, rel=1e-5)
+    figures = metrics.position_figures(lp, torch.tensor([0, 5, 999, 3, 3, 42, 7]))
+    assert figures.target_logprob_nats.tolist() == pytest.approx([-math.log(vocab)] * 7, rel=1e-5)
 
 
 def test_hand_made_kl_divergence():
@@ -30,22 +31,19 @@ def test_hand_made_kl_divergence():
     assert by_hand == pytest.approx(0.25 * math.log(2))
 
 
-def test_top1_agreement_counts_positions():
+def test_a_token_the_baseline_never_gives_adds_nothing_and_one_the_variant_never_gives_is_infinite():
+    p = torch.tensor([[0.5, 0.5, 0.0], [0.5, 0.5, 0.0]]).log()
+    q = torch.tensor([[0.5, 0.25, 0.25], [1.0, 0.0, 0.0]]).log()
+    kl = metrics.position_kl_nats(p, q)
+    assert kl[0].item() == pytest.approx(0.5 * math.log(0.5 / 0.25)) and kl[1].item() == math.inf
+
+
+def test_top_tokens_count_positions():
     base = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]]).log()
     other = torch.tensor([[0.8, 0.2], [0.6, 0.4], [0.7, 0.3], [0.1, 0.9]]).log()
-    assert metrics.window_totals(other, torch.zeros(4, dtype=torch.long), base).top1_agreement == 0.75
-
-
-def test_window_totals_accumulate_to_the_whole():
-    g = torch.Generator().manual_seed(1)
-    base, var = metrics.log_probs(torch.randn(40, 64, generator=g)), metrics.log_probs(torch.randn(40, 64, generator=g))
-    targets = torch.randint(0, 64, (40,), generator=g)
-    whole = metrics.window_totals(var, targets, base)
-    halves = metrics.window_totals(var[:25], targets[:25], base[:25]) + metrics.window_totals(var[25:], targets[25:],
-                                                                                             base[25:])
-    assert halves.perplexity == pytest.approx(whole.perplexity, rel=1e-5)
-    assert halves.kl_divergence == pytest.approx(whole.kl_divergence, rel=1e-5)
-    assert halves.top1_agreement == whole.top1_agreement
+    targets = torch.zeros(4, dtype=torch.long)
+    same = metrics.position_figures(base, targets).top_token == metrics.position_figures(other, targets).top_token
+    assert same.tolist() == [True, False, True, True]
 
 
 def test_percentile():

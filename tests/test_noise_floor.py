@@ -77,11 +77,11 @@ def test_hooks_are_removed_after_an_error():
     assert not layer._forward_hooks
 
 
-def test_kl_per_position_by_hand():
+def test_position_kl_by_hand():
     p = [[0.7, 0.2, 0.1], [0.25, 0.25, 0.5]]
     q = [[0.6, 0.3, 0.1], [0.2, 0.3, 0.5]]
     expected = [sum(a * math.log(a / b) for a, b in zip(pr, qr)) for pr, qr in zip(p, q)]
-    got = noise_floor.kl_per_position(torch.tensor(p).log(), torch.tensor(q).log())
+    got = metrics.position_kl_nats(torch.tensor(p).log(), torch.tensor(q).log())
     assert got.tolist() == pytest.approx(expected, abs=1e-6)
 
 

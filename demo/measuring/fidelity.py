@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
-from demo.measuring import metrics
+from demo.measuring import metrics, noise_floor
 from demo.measuring.fidelity_topk import TopLogProbs, Unavailable, position_kl, top1_matches
 from demo.settings import prompt_ids
 
@@ -39,7 +39,6 @@ if TYPE_CHECKING:  # a loaded variant is passed in; measuring imports nothing ab
 NEAR_TIE_P = 0.1
 # Rows of [positions, vocab] taken at once for the per-position KL: bounds the temporaries (64 x 49,152 float32
 # is 12 MiB each) whatever the answer's length.
-KL_CHUNK_ROWS = 64
 
 
 @dataclass(frozen=True)
@@ -95,6 +94,8 @@ class Fidelity:
     unavailable: str | None = None
     nonfinite_positions: int = 0  # positions whose KL is NaN or infinite, left out of kl_divergence
     per_token: tuple[TokenKL, ...] = ()  # one per scored position; empty for the baseline itself
+    # The baseline's noise floor on this answer (answer_noise_floor), set once scored: the same for every variant
+    noise_floor: dict | None = None
 
     def as_dict(self) -> dict:
         fields = asdict(self)
@@ -121,6 +122,17 @@ def answer_log_probs(loaded: LoadedVariant, prompt: str, answer_ids: list[int]) 
     return metrics.log_probs(logits[start:start + len(answer_ids)])
 
 
+def answer_noise_floor(loaded: LoadedVariant, prompt: str, answer_ids: list[int],
+                       baseline_lp: AnswerLogProbs) -> dict:
+    """The baseline's noise floor over its own answer (demo.measuring.noise_floor): the KL a variant would show
+    with no more error than a different kernel, on the same positions as every variant's KL; as a dict, or
+    {"unavailable": reason} for a baseline that is not a transformers model."""
+    ids = prompt_ids(loaded.tokenizer, prompt)
+    rows = slice(len(ids) - 1, len(ids) - 1 + len(answer_ids))
+    clean = [baseline_lp] if isinstance(baseline_lp, torch.Tensor) else None
+    return noise_floor.noise_floor(loaded, [(ids + list(answer_ids), rows)], clean_log_probs=clean).as_dict()
+
+
 def compare(baseline_id: str, baseline_lp: AnswerLogProbs, variant_lp: AnswerLogProbs, answer: list[int],
             token_text: Callable[[list[int]], str]) -> Fidelity:
     """Teacher-forced agreement from both models' [positions, vocab] log-probabilities over the same answer.
@@ -140,27 +152,10 @@ def compare(baseline_id: str, baseline_lp: AnswerLogProbs, variant_lp: AnswerLog
     first = None if matches == positions else int((~agree).nonzero()[0, 0])
     margin = None if first is None else _margin(first, baseline_lp, variant_lp, int(baseline_top[first]),
                                                 int(variant_top[first]), token_text)
-    kls = position_kls(baseline_lp, variant_lp).tolist()
+    kls = metrics.position_kl_nats(baseline_lp, variant_lp).tolist()
     per_token = _per_token_full(baseline_lp, variant_lp, kls, answer, _one_token_text(token_text))
     return _with_kl(Fidelity(baseline_id, None, _share(matches, positions), first, margin, positions,
                              per_token=per_token), kls)
-
-
-def position_kls(baseline_lp: torch.Tensor, variant_lp: torch.Tensor) -> torch.Tensor:
-    """[positions] float64 KL(baseline || variant) per position, in nats; NaN and inf kept as they are.
-
-    A token the baseline gives probability 0 adds 0 (torch's kl_div with log targets makes that 0 * -inf = NaN);
-    one the variant gives 0 and the baseline does not makes the KL infinite, as it is. Tiny negative sums are
-    float rounding of a KL that is >= 0, so they are clamped to 0 (NaN stays NaN)."""
-    rows = []
-    for start in range(0, baseline_lp.shape[0], KL_CHUNK_ROWS):
-        p_log = baseline_lp[start:start + KL_CHUNK_ROWS].float()
-        q_log = variant_lp[start:start + KL_CHUNK_ROWS].float()
-        terms = torch.where(p_log == -math.inf, 0.0, p_log.exp() * (p_log - q_log))
-        rows.append(terms.sum(-1, dtype=torch.float64))
-    if not rows:
-        return torch.zeros(0, dtype=torch.float64)
-    return torch.cat(rows).clamp_min(0.0)
 
 
 def _one_token_text(token_text: Callable[[list[int]], str]) -> Callable[[int], str]:

@@ -48,42 +48,29 @@ def log_probs(logits: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(logits.float(), dim=-1)
 
 
-def nll_sum(logprobs: torch.Tensor, targets: torch.Tensor) -> float:
-    """Sum of negative log-likelihoods of the targets."""
-    return float(-logprobs.gather(-1, targets.long().unsqueeze(-1)).sum())
-
-
-def kl_sum(baseline_logprobs: torch.Tensor, variant_logprobs: torch.Tensor) -> float:
-    """Sum over positions of KL(baseline || variant) in nats: how much the variant's distribution loses."""
-    p = baseline_logprobs.float()
-    return float((p.exp() * (p - variant_logprobs.float())).sum())
-
-
 def kl_divergence(baseline_logprobs: torch.Tensor, variant_logprobs: torch.Tensor) -> float:
     """Mean KL(baseline || variant) per position, in nats (llama.cpp's KLD is the same quantity)."""
-    return kl_sum(baseline_logprobs, variant_logprobs) / baseline_logprobs.shape[0]
+    return float(position_kl_nats(baseline_logprobs, variant_logprobs).mean())
 
 
-def top1_matches(baseline_logprobs: torch.Tensor, variant_logprobs: torch.Tensor) -> int:
-    return int((baseline_logprobs.argmax(-1) == variant_logprobs.argmax(-1)).sum())
-
-
-def window_totals(variant_logprobs: torch.Tensor, targets: torch.Tensor,
-                  baseline_logprobs: torch.Tensor | None) -> QualityTotals:
-    """One window's sums; KL and top-1 need the baseline's log-probabilities at the same positions."""
-    if baseline_logprobs is None:
-        return QualityTotals(targets.numel(), nll_sum(variant_logprobs, targets))
-    return QualityTotals(targets.numel(), nll_sum(variant_logprobs, targets),
-                         kl_sum(baseline_logprobs, variant_logprobs),
-                         top1_matches(baseline_logprobs, variant_logprobs))
+KL_CHUNK_ROWS = 64  # positions per step: a [rows, vocab] temporary stays a few MiB for a 50k vocabulary
 
 
 def position_kl_nats(baseline_logprobs: torch.Tensor, variant_logprobs: torch.Tensor) -> torch.Tensor:
-    """[positions] KL(baseline || variant) in nats; a token the baseline gives probability 0 adds 0 (0 log 0 = 0),
-    so only a variant's own -inf or NaN makes a position non-finite."""
-    p = baseline_logprobs.float()
-    terms = p.exp() * (p - variant_logprobs.float())
-    return torch.where(p.exp() > 0, terms, torch.zeros_like(terms)).sum(-1)
+    """[positions] float64 KL(baseline || variant) per position, in nats, NaN and inf kept as they are.
+
+    A token the baseline gives probability 0 adds 0 (0 log 0 = 0: torch's kl_div with log targets makes that
+    0 * -inf = NaN); one the variant gives 0 and the baseline does not makes the KL infinite, as it is. Tiny
+    negative sums are float rounding of a KL that is >= 0, so they are clamped to 0 (NaN stays NaN)."""
+    rows = []
+    for start in range(0, baseline_logprobs.shape[0], KL_CHUNK_ROWS):
+        p_log = baseline_logprobs[start:start + KL_CHUNK_ROWS].float()
+        q_log = variant_logprobs[start:start + KL_CHUNK_ROWS].float()
+        terms = torch.where(p_log == -math.inf, 0.0, p_log.exp() * (p_log - q_log))
+        rows.append(terms.sum(-1, dtype=torch.float64))
+    if not rows:
+        return torch.zeros(0, dtype=torch.float64)
+    return torch.cat(rows).clamp_min(0.0)
 
 
 def position_figures(logprobs: torch.Tensor, targets: torch.Tensor,

@@ -17,6 +17,8 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
+from demo.measuring import metrics
+
 EPSILON = 2.0 ** -9  # bf16 keeps 8 significant bits: its rounding error is up to 2^-9 of the value
 DEFAULT_SEED = 0
 
@@ -112,12 +114,6 @@ def noisy_logits(loaded: Any, ids_list: Sequence[list[int]], epsilon: float = EP
         return [loaded.logits(list(ids)) for ids in ids_list]
 
 
-def kl_per_position(clean_log_probs: torch.Tensor, noisy_log_probs: torch.Tensor) -> torch.Tensor:
-    """KL(clean || noisy) at each position, nats: [positions, vocab] log-probabilities -> [positions]."""
-    return torch.nn.functional.kl_div(noisy_log_probs.float(), clean_log_probs.float(), reduction="none",
-                                      log_target=True).sum(-1)
-
-
 def summarise(kl: torch.Tensor, epsilon: float, seed: int) -> NoiseFloor | NoiseFloorUnavailable:
     """The noise floor's figures from its per-position KL; non-finite positions are counted and left out."""
     finite = kl[torch.isfinite(kl)].double()
@@ -142,6 +138,6 @@ def noise_floor(loaded: Any, scored: Sequence[ScoredWindow], epsilon: float = EP
     if clean_log_probs is None:
         clean_log_probs = [torch.log_softmax(loaded.logits(list(ids))[rows].float(), -1) for ids, rows in scored]
     noisy = noisy_logits(loaded, [ids for ids, _ in scored], epsilon, seed)
-    kl = torch.cat([kl_per_position(clean, torch.log_softmax(logits[rows].float(), -1))
+    kl = torch.cat([metrics.position_kl_nats(clean, torch.log_softmax(logits[rows].float(), -1))
                     for clean, logits, (_, rows) in zip(clean_log_probs, noisy, scored)])
     return summarise(kl, epsilon, seed)

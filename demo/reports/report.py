@@ -140,16 +140,33 @@ def teacher_forced_text(record: dict[str, Any]) -> str:
     if not fid:
         return "–"
     if _is_baseline(record):
-        return "baseline (the reference for KL and top-1)"
+        return f"baseline (the reference for KL and top-1){noise_floor_text(fid)}"
     if fid.get("unavailable"):
         return fid["unavailable"]
-    head = f"KL {kl_text(fid)} nats · top-1 {percent(fid['top1_agreement'])}"
+    head = f"KL {kl_text(fid)} nats{_under_noise_floor(fid)} · top-1 {percent(fid['top1_agreement'])}"
     margin = fid.get("margin_at_disagreement")
     if fid["first_top1_disagreement"] is None:
         return f"{head} · no top-1 disagreement"
     if not margin:  # top-k only: a token outside the top k has no probability to show
         return f"{head} · first top-1 disagreement at token {fid['first_top1_disagreement']}"
     return f"{head} · first top-1 disagreement at token {fid['first_top1_disagreement']}: {margin_text(margin)}"
+
+
+def noise_floor_text(fid: dict[str, Any]) -> str:
+    """" · noise floor KL 0.00039 nats (ε = 2⁻⁹)": the KL a variant shows with no more error than a different kernel."""
+    floor = fid.get("noise_floor")
+    if not floor:
+        return ""
+    if "unavailable" in floor:
+        return f" · {floor['unavailable']}"
+    return f" · noise floor KL {floor['kl_mean']:.3g} nats (ε = 2⁻⁹: under it, a difference is noise)"
+
+
+def _under_noise_floor(fid: dict[str, Any]) -> str:
+    floor, kl = fid.get("noise_floor") or {}, fid.get("kl_divergence")
+    if "kl_mean" not in floor or kl is None or fid.get("kl_lower_bound_top_k"):
+        return ""
+    return f" (under the noise floor, {floor['kl_mean']:.3g})" if kl <= floor["kl_mean"] else ""
 
 
 def kl_text(fid: dict[str, Any]) -> str:

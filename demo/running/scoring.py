@@ -41,6 +41,8 @@ class FidelityScorer:
             yield snapshot(results)
             try:
                 baseline_lp = self.device.call(self._answer_log_probs, base.baseline, prompt, answer)
+                floor = self.device.call(self._noise_floor, base.baseline, prompt, answer, baseline_lp)
+                reference.fidelity["noise_floor"] = floor
                 for result in scored:
                     if stop.is_set():
                         break
@@ -48,6 +50,7 @@ class FidelityScorer:
                         self._score, result.variant, base.baseline, baseline_lp, prompt, answer,
                         generated[result.variant])
                     result.answer_departs_at_token = fidelity.first_difference(generated[result.variant], answer)
+                    result.fidelity["noise_floor"] = floor
             except Exception:  # fidelity is extra information: a failure leaves it null, the run stands
                 log.exception("fidelity against %s failed", base.baseline)
             finally:
@@ -56,6 +59,9 @@ class FidelityScorer:
 
     def _answer_log_probs(self, variant_id: str, prompt: str, answer: list[int]):
         return fidelity.answer_log_probs(self.manager.get(variant_id).loaded, prompt, answer)
+
+    def _noise_floor(self, variant_id: str, prompt: str, answer: list[int], baseline_lp) -> dict:
+        return fidelity.answer_noise_floor(self.manager.get(variant_id).loaded, prompt, answer, baseline_lp)
 
     def _score(self, variant_id: str, baseline_id: str, baseline_lp, prompt: str, answer: list[int],
                tokens: list[int]) -> tuple[dict, int | None]:
