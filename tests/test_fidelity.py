@@ -216,11 +216,11 @@ def test_records_carry_fidelity_when_the_baseline_runs(arena):
         "Write one sentence about the sea.", ["smollm2/bnb-fp4", "smollm2/fp32", "smollm2/bf16"],
         arena.settings(max_new_tokens=24))}
     baseline = records["smollm2/fp32"]
+    assert "noise floor KL" in report.teacher_forced_text(baseline)
     floor = baseline["fidelity"].pop("noise_floor")  # the baseline rerun with noise, on its own answer
     assert floor["epsilon"] == 2 ** -9 and floor["positions"] == baseline["new_tokens"]
     assert 0 < floor["kl_mean"] <= floor["kl_max"] < 1  # its place against bf16 is tested on 64 tokens
     assert all(records[v]["fidelity"]["noise_floor"] == floor for v in ("smollm2/bnb-fp4", "smollm2/bf16"))
-    assert "noise floor KL" in report.teacher_forced_text(baseline)
     assert baseline["fidelity"] == {"baseline": "smollm2/fp32", "kl_divergence": 0.0, "top1_agreement": 1.0,
                                     "first_top1_disagreement": None, "margin_at_disagreement": None,
                                     "scored_tokens": baseline["new_tokens"], "kl_lower_bound_top_k": None,
