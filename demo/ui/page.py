@@ -16,8 +16,10 @@ settings (greedy unless you ask to sample with a seed) and the chat template app
 *Time to first token* runs from the call to `generate` to the first new token; *decode* is
 (new tokens − 1) / (last token time − first token time), so an answer of 1 token has no decode rate.
 *Load* is shown cold (first load, including a 2-token warm-up) or cached. *Weights* is the bytes the
-weights occupy as the runtime stores them (packed quantized tensors at their packed size; llama.cpp's own
-model size for GGUF). *Peak memory* is weights plus the growth during the run: on CUDA from
+weights occupy as the runtime stores them after the warm-up: packed quantized tensors at their packed size
+with their scales, bitsandbytes' quantization state included (4-bit absmax and, with double quantization,
+its nested state; LLM.int8's row scales), which `get_memory_footprint()` leaves out; llama.cpp's own
+model size for GGUF. *Peak memory* is weights plus the growth during the run: on CUDA from
 `max_memory_allocated`, on CPU from process RSS sampled every 5 ms, which is approximate (mmap and
 allocator caching).
 **Slower but smaller is expected:** bitsandbytes dequantizes on the fly, so at batch 1 its int8 and 4-bit
