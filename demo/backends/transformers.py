@@ -264,7 +264,6 @@ def load(variant: Variant, base: BaseModel) -> TransformersVariant:
 
     try:
         prompting = base_prompting(variant, base, weights)
-        tokenizer = prompting.tokenizer
         if variant.method == "gptq":
             kwargs["config"] = gptq_model_config(weights, common)
         if variant.method == "torchao":  # refused before quantizing layers it would skip
@@ -276,12 +275,19 @@ def load(variant: Variant, base: BaseModel) -> TransformersVariant:
         log.warning("loading %s failed", variant.id, exc_info=True)
         raise VariantUnavailable(f"not available: weights for '{base.label}' could not be reached "
                                  f"({first_line(exc)})") from None
+    return _ready(variant, model, prompting, device)
+
+
+def _ready(variant: Variant, model: Any, prompting: Prompting, device: str) -> TransformersVariant:
+    """The loaded model with the base's tokenizer and stop ids, warmed up, its weights counted as they now sit."""
     model.eval()
     if prompting.generation_config is not None:  # the base's stop ids, not the checkpoint's own
         model.generation_config = prompting.generation_config
+    tokenizer = prompting.tokenizer
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    loaded = TransformersVariant(variant, model, tokenizer, device, {**_method_facts(variant, model), **prompting.facts})
+    facts = {**_method_facts(variant, model), **prompting.facts}
+    loaded = TransformersVariant(variant, model, tokenizer, device, facts)
     warm_up(loaded)
     # counted after the warm-up: bitsandbytes' CPU kernel repacks 4-bit weights and their state on the first pass
     loaded.weights_bytes = stored_bytes(model)
@@ -319,7 +325,8 @@ def base_prompting(variant: Variant, base: BaseModel, weights: sources.Weights) 
     except OSError:  # a base without generation_config.json: the base config's defaults
         from transformers import AutoConfig
 
-        generation = GenerationConfig.from_model_config(AutoConfig.from_pretrained(base_weights.location, **base_common))
+        base_config = AutoConfig.from_pretrained(base_weights.location, **base_common)
+        generation = GenerationConfig.from_model_config(base_config)
     own = _checkpoint_tokenizer(weights, base)
     name = checkpoint_name(variant, weights)
     if own is None:
