@@ -77,6 +77,13 @@ CSS = """
 .variant-divergence mark {background: #fde68a; color: #1f2937; padding: 0 1px;}
 .variant-divergence pre {white-space: pre-wrap; word-break: break-word; max-height: 16em; overflow-y: auto;}
 .small-print, .small-print p {font-size: 0.85em;}
+/* Labels wrap between words only. Gradio's tables may break anywhere (word-break: break-word), which at three
+   columns on a 1440-px screen split headers and figure names mid-word ("statu / s", "decod / e"); a word
+   too long for its column widens the column (the table scrolls) instead. */
+#summary-table th, #summary-table th *, #evaluate-table th, #evaluate-table th *, #blind-table th,
+#blind-table th *, .variant-figures th, .variant-figures td {
+  word-break: normal; overflow-wrap: normal; hyphens: manual;}
+#summary-table table {font-size: 0.85em;}  /* whole words need room: all fourteen columns fit 1440 px */
 input[type=checkbox]:focus-visible, input[type=checkbox]:checked:focus-visible {
   outline: 3px solid #1e1b4b; outline-offset: 2px;}
 """
