@@ -135,18 +135,21 @@ def stored_bytes(model: torch.nn.Module) -> int:
 
     get_memory_footprint() counts a tensor subclass at its nominal shape and dtype, so torchao's int8 and
     int4 weights read as bf16 (257 MiB for SmolLM2-135M either way); a subclass that wraps inner tensors
-    (torchao's qdata, scales, zero points) is counted by those instead. It also misses what bitsandbytes
-    keeps beside its parameters (quantization_state_tensors). A tensor that shares its storage with one
-    already counted (LLM.int8's CB is the weight's own data) is not counted again.
+    (torchao's qdata, scales, zero points) is counted by those instead. It also misses what layers hold
+    beside their parameters and buffers (held_tensors). A tensor at the address of one already counted
+    (LLM.int8's CB is the weight's own data) is not counted again.
     """
     seen: set[tuple[str, int, int]] = set()  # (device, address, bytes) of each tensor counted
-    total = 0
-    tensors = [*model.parameters(), *model.buffers()]
-    for module in model.modules():
-        tensors += quantization_state_tensors(module)
-    for tensor in tensors:
-        total += _tensor_bytes(tensor, seen)
-    return total
+    total = sum(_tensor_bytes(tensor, seen) for tensor in [*model.parameters(), *model.buffers()])
+    return total + sum(_tensor_bytes(tensor, seen) for module in model.modules() for tensor in held_tensors(module))
+
+
+def held_tensors(module: torch.nn.Module) -> list[torch.Tensor]:
+    """The tensors a layer holds outside its parameters and buffers: bitsandbytes' quantization state, and any
+    tensor kept as a plain attribute (gptqmodel's AWQ CPU kernel packs scales and zero points into one on its
+    first pass)."""
+    plain = [value for value in vars(module).values() if isinstance(value, torch.Tensor)]
+    return quantization_state_tensors(module) + plain
 
 
 def quantization_state_tensors(module: torch.nn.Module) -> list[torch.Tensor]:
@@ -170,14 +173,14 @@ def quantization_state_tensors(module: torch.nn.Module) -> list[torch.Tensor]:
 
 
 def quantization_state_facts(model: torch.nn.Module) -> dict[str, Any]:
-    """For a bitsandbytes model: the MiB its quantization state holds beyond the parameters, and (4-bit)
-    whether the absmax is still double-quantized in memory. bitsandbytes' CPU kernel for AVX-512 BF16 folds
-    the nested state back into one bf16 absmax per block on the first pass, so NF4 with double quantization
-    then holds as much as without. {} for a model with no such state."""
+    """The MiB layers hold beyond their parameters and buffers (held_tensors: bitsandbytes' quantization
+    state, a kernel's own packing), and for bitsandbytes 4-bit whether the absmax is still double-quantized
+    in memory: its CPU kernel for AVX-512 BF16 folds the nested state back into one bf16 absmax per block on
+    the first pass, so NF4 with double quantization then holds as much as without. {} where there is none."""
     seen: set[tuple[str, int, int]] = set()
     for tensor in [*model.parameters(), *model.buffers()]:
         _tensor_bytes(tensor, seen)
-    extra = sum(_tensor_bytes(t, seen) for m in model.modules() for t in quantization_state_tensors(m))
+    extra = sum(_tensor_bytes(t, seen) for m in model.modules() for t in held_tensors(m))
     states = [m.weight.quant_state for m in model.modules()
               if getattr(getattr(m, "weight", None), "quant_state", None) is not None]
     if not extra and not states:
