@@ -191,6 +191,10 @@ def test_page_streams_only_the_columns(client):
         assert "tokens/s" in figures[-1]
     summary = named_outputs(client, "/run_summary", client.predict(api_name="/run_summary"))
     assert summary["summary-table"][0]["data"]
+    for chart in ("chart-decode", "chart-ttft", "chart-weights"):  # each y axis ends on a round tick above its bars
+        shown = summary[chart][0]
+        tallest = max(row[1] for row in shown["value"]["data"])
+        assert shown["y_lim"][0] == 0 and tallest * 1.05 <= shown["y_lim"][1] <= tallest * 2.2, (chart, shown["y_lim"])
 
 
 def test_status_words_match_between_column_and_summary(client):

@@ -228,6 +228,25 @@ def test_remote_and_local_side_by_side_with_client_figures_and_top_k_fidelity(re
     assert "measured at the client" in text and "not reported by this engine" in text and "≥" in text
 
 
+def test_the_engine_reads_the_text_prompt_as_the_base_prompt_ids(remote_config):
+    """The text sent is what the engine tokenizes (its /extras/tokenize reads as its completions do, its own
+    BOS included where the GGUF asks for one) back into exactly the base tokenizer's ids: one BOS, not two."""
+    from transformers import AutoTokenizer
+
+    from demo.artifacts import sources
+    from demo.backends import remote
+    from demo.backends.remote_http import EndpointClient
+
+    tokenizer = AutoTokenizer.from_pretrained(sources.resolve(remote_config.bases["smollm2"]).location)
+    ids = prompt_ids(tokenizer, PROMPT)
+    client = EndpointClient(remote_config.variants["smollm2/remote-q8_0"].endpoint)
+    try:
+        text = remote.text_prompt(tokenizer, ids, remote.engine_adds_bos(client, tokenizer))
+        assert client.text_tokens(text) == ids
+    finally:
+        client.close()
+
+
 def test_echo_log_probs_line_up_with_the_same_file_run_locally(remote_arena):
     """The engine's top-k, mapped from token texts back to ids, matches llama.cpp's own full distribution.
 

@@ -38,9 +38,10 @@ class RemoteVariant(LoadedVariant):
     full_distributions = False
 
     def __init__(self, variant: Variant, client: EndpointClient, tokenizer: Any, stop_token_ids: frozenset[int],
-                 facts: dict[str, Any]):
+                 facts: dict[str, Any], engine_adds_bos: bool = False):
         super().__init__(variant, tokenizer, "remote", 0, stop_token_ids, None)  # no weights in this process
         self.client, self._facts, self._last_run = client, facts, {}
+        self.engine_adds_bos = engine_adds_bos  # a text prompt gets the engine's own BOS in front
         self._engine_texts: _EngineTexts | None = None
         self._round_trip_ms: float | None = None  # measured just before a run, outside its clock
 
@@ -112,7 +113,7 @@ class RemoteVariant(LoadedVariant):
     def _prompt(self, ids: list[int]) -> list[int] | str:
         if self.variant.endpoint.engine in TOKEN_ID_PROMPTS:
             return list(ids)
-        return self.tokenizer.decode(ids, skip_special_tokens=False)
+        return text_prompt(self.tokenizer, ids, self.engine_adds_bos)
 
     def _stop_token(self) -> int | None:
         eos = self.tokenizer.eos_token_id
@@ -231,6 +232,32 @@ def _entry_positions(engine: str, ids: list[int], bos: int | None) -> list[tuple
     return [(token, idx + 1) for idx, token in enumerate(kept) if token != bos and idx + 1 < len(ids)]
 
 
+def text_prompt(tokenizer: Any, ids: list[int], engine_adds_bos: bool) -> str:
+    """The prompt ids as the text an engine that tokenizes for itself is sent, so that it reads exactly ids.
+
+    Special tokens stay as their text (the engine parses them back). An engine that puts its own BOS in
+    front of a text prompt (llama-cpp-python where the GGUF asks for one, TGI where the tokenizer does)
+    would read a templated prompt that already opens with the BOS as two BOS: that leading BOS is left to
+    the engine. SmolLM2's template opens with <|im_start|>, its BOS text, and its GGUF adds none: kept."""
+    bos = tokenizer.bos_token_id
+    if engine_adds_bos and bos is not None and ids[:1] == [bos]:
+        ids = ids[1:]
+    return tokenizer.decode(ids, skip_special_tokens=False)
+
+
+def engine_adds_bos(client: EndpointClient, tokenizer: Any) -> bool:
+    """Whether the engine puts a BOS in front of a text prompt: as its own tokenizer endpoint shows where it has
+    one (llama-cpp-python), else as the base tokenizer does on plain text (what TGI runs)."""
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return False
+    probe = "a"
+    tokens = client.text_tokens(probe)
+    if tokens is None:
+        tokens = tokenizer(probe)["input_ids"]
+    return tokens[:1] == [bos]
+
+
 def _sampling(settings: GenerationSettings) -> dict[str, Any]:
     if not settings.do_sample:
         return {"max_tokens": settings.max_new_tokens, "temperature": 0.0, "top_p": 1.0}
@@ -274,4 +301,8 @@ def load(variant: Variant, base: BaseModel) -> RemoteVariant:
     facts = {"engine": endpoint.engine, "endpoint": endpoint.url, "served_model": endpoint.model,
              "declared_quantization": dict(variant.declared or {}), "timings": "measured at the client",
              "network_round_trip_ms": round(round_trip_ms, 2), "loaded_here": "the base tokenizer only"}
-    return RemoteVariant(variant, client, tokenizer, stop_ids, facts)
+    if endpoint.engine in TOKEN_ID_PROMPTS:
+        return RemoteVariant(variant, client, tokenizer, stop_ids, facts)
+    adds_bos = engine_adds_bos(client, tokenizer)
+    facts["prompt_sent_as"] = "text, its leading BOS left to the engine" if adds_bos else "text"
+    return RemoteVariant(variant, client, tokenizer, stop_ids, facts, adds_bos)

@@ -135,6 +135,18 @@ class EndpointClient:
         except (ValueError, KeyError, IndexError, TypeError):
             raise EndpointError("the echo answer carries no logprobs") from None
 
+    def text_tokens(self, text: str) -> list[int] | None:
+        """How the engine tokenizes a text prompt, where it says: llama-cpp-python's /extras/tokenize tokenizes
+        as its completions do (its own BOS included where the GGUF asks for one); None elsewhere or on failure."""
+        if self.endpoint.engine != "llamacpp-python":
+            return None
+        try:
+            tokens = self._request("POST", f"{self.root}/extras/tokenize",
+                                   json={"model": self.endpoint.model, "input": text}).json()["tokens"]
+        except (EndpointError, ValueError, KeyError, TypeError):
+            return None
+        return [int(t) for t in tokens] if isinstance(tokens, list) else None
+
     def memory(self) -> EngineMemory | None:
         """What the engine publishes about its memory, with the source; None where it publishes nothing."""
         reader = {"llamacpp": self._llamacpp_memory, "sglang": self._sglang_memory, "vllm": self._vllm_memory}

@@ -9,6 +9,7 @@ import logging
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -129,29 +130,81 @@ class _StopOn(StoppingCriteria):
 
 
 def stored_bytes(model: torch.nn.Module) -> int:
-    """The bytes the weights really occupy: parameters and buffers, each tensor counted once.
+    """The bytes the weights really occupy: parameters, buffers and quantization state, each stored tensor
+    counted once.
 
     get_memory_footprint() counts a tensor subclass at its nominal shape and dtype, so torchao's int8 and
     int4 weights read as bf16 (257 MiB for SmolLM2-135M either way); a subclass that wraps inner tensors
-    (torchao's qdata, scales, zero points) is counted by those instead. Plain tensors, bitsandbytes' and
-    gptqmodel's included, count as get_memory_footprint() counts them.
+    (torchao's qdata, scales, zero points) is counted by those instead. It also misses what layers hold
+    beside their parameters and buffers (held_tensors). A tensor at the address of one already counted
+    (LLM.int8's CB is the weight's own data) is not counted again.
     """
-    seen: set[int] = set()
-    total = 0
+    seen: set[tuple[str, int, int]] = set()  # (device, address, bytes) of each tensor counted
+    total = sum(_tensor_bytes(tensor, seen) for tensor in [*model.parameters(), *model.buffers()])
+    return total + sum(_tensor_bytes(tensor, seen) for module in model.modules() for tensor in held_tensors(module))
+
+
+def held_tensors(module: torch.nn.Module) -> list[torch.Tensor]:
+    """The tensors a layer holds outside its parameters and buffers: bitsandbytes' quantization state, and any
+    tensor kept as a plain attribute (gptqmodel's AWQ CPU kernel packs scales and zero points into one on its
+    first pass)."""
+    plain = [value for value in vars(module).values() if isinstance(value, torch.Tensor)]
+    return quantization_state_tensors(module) + plain
+
+
+def quantization_state_tensors(module: torch.nn.Module) -> list[torch.Tensor]:
+    """The tensors bitsandbytes keeps outside parameters and buffers for one layer.
+
+    4-bit (Params4bit): weight.quant_state, a QuantState holding absmax (one scale per block), code (the
+    16-value NF4/FP4 map) and, with double quantization, offset plus a nested state2 whose absmax and code
+    quantize the absmax itself. LLM.int8 (Int8Params, Linear8bitLt): SCB, the per-row scales, on the weight
+    or in the layer's MatmulLtState, and CB, which is the int8 weight's own data.
+    """
+    weight = getattr(module, "weight", None)
+    found: list[torch.Tensor] = []
+    state = getattr(weight, "quant_state", None)
+    while state is not None:  # bitsandbytes' CPU kernel may have folded state2 back (no attribute left)
+        found += [t for t in (getattr(state, name, None) for name in ("absmax", "code", "offset"))
+                  if isinstance(t, torch.Tensor)]
+        state = vars(state).get("state2")
+    for holder in (weight, getattr(module, "state", None)):
+        found += [t for t in (getattr(holder, name, None) for name in ("CB", "SCB")) if isinstance(t, torch.Tensor)]
+    return found
+
+
+def quantization_state_facts(model: torch.nn.Module) -> dict[str, Any]:
+    """The MiB layers hold beyond their parameters and buffers (held_tensors: bitsandbytes' quantization
+    state, a kernel's own packing), and for bitsandbytes 4-bit whether the absmax is still double-quantized
+    in memory: its CPU kernel for AVX-512 BF16 folds the nested state back into one bf16 absmax per block on
+    the first pass, so NF4 with double quantization then holds as much as without. {} where there is none."""
+    seen: set[tuple[str, int, int]] = set()
     for tensor in [*model.parameters(), *model.buffers()]:
-        if id(tensor) not in seen:
-            seen.add(id(tensor))
-            total += _tensor_bytes(tensor)
-    return total
+        _tensor_bytes(tensor, seen)
+    extra = sum(_tensor_bytes(t, seen) for m in model.modules() for t in held_tensors(m))
+    states = [m.weight.quant_state for m in model.modules()
+              if getattr(getattr(m, "weight", None), "quant_state", None) is not None]
+    if not extra and not states:
+        return {}
+    facts: dict[str, Any] = {"quantization_state_mib": round(extra / 2**20, 3)}
+    if states:
+        facts["absmax_double_quantized"] = all(vars(state).get("state2") is not None for state in states)
+    return facts
 
 
-def _tensor_bytes(tensor: torch.Tensor) -> int:
+def _tensor_bytes(tensor: torch.Tensor, seen: set[tuple[str, int, int]]) -> int:
     from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
     if is_traceable_wrapper_subclass(tensor):
         names, _ = tensor.__tensor_flatten__()
-        return sum(_tensor_bytes(getattr(tensor, name)) for name in names)
-    return tensor.numel() * tensor.element_size()
+        return sum(_tensor_bytes(getattr(tensor, name), seen) for name in names)
+    size = tensor.numel() * tensor.element_size()
+    if size == 0:
+        return 0
+    key = (str(tensor.device), tensor.data_ptr(), size)
+    if key in seen:
+        return 0
+    seen.add(key)
+    return size
 
 
 def from_pretrained_kwargs(variant: Variant, device: str) -> dict[str, Any]:
@@ -210,10 +263,10 @@ def load(variant: Variant, base: BaseModel) -> TransformersVariant:
     weights = weights_for(variant, base)
     kwargs = from_pretrained_kwargs(variant, device)
     common = {"revision": weights.revision, "trust_remote_code": base.trust_remote_code}
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(weights.location, **common)
+        prompting = base_prompting(variant, base, weights)
         if variant.method == "gptq":
             kwargs["config"] = gptq_model_config(weights, common)
         if variant.method == "torchao":  # refused before quantizing layers it would skip
@@ -225,12 +278,102 @@ def load(variant: Variant, base: BaseModel) -> TransformersVariant:
         log.warning("loading %s failed", variant.id, exc_info=True)
         raise VariantUnavailable(f"not available: weights for '{base.label}' could not be reached "
                                  f"({first_line(exc)})") from None
+    return _ready(variant, model, prompting, device)
+
+
+def _ready(variant: Variant, model: Any, prompting: Prompting, device: str) -> TransformersVariant:
+    """The loaded model with the base's tokenizer and stop ids, warmed up, its weights counted as they now sit."""
     model.eval()
+    if prompting.generation_config is not None:  # the base's stop ids, not the checkpoint's own
+        model.generation_config = prompting.generation_config
+    tokenizer = prompting.tokenizer
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    loaded = TransformersVariant(variant, model, tokenizer, device, _method_facts(variant, model))
+    facts = {**_method_facts(variant, model), **prompting.facts}
+    loaded = TransformersVariant(variant, model, tokenizer, device, facts)
     warm_up(loaded)
+    # counted after the warm-up: bitsandbytes' CPU kernel repacks 4-bit weights and their state on the first pass
+    loaded.weights_bytes = stored_bytes(model)
+    loaded._facts.update(quantization_state_facts(model))
     return loaded
+
+
+@dataclass(frozen=True)
+class Prompting:
+    """What makes a variant's prompt ids and stops its answer: the base model's, whatever the weights."""
+
+    tokenizer: Any  # the base model's tokenizer, with its chat template
+    generation_config: Any | None  # the base's GenerationConfig (its eos ids); None: the weights' own is the base's
+    facts: dict[str, Any]  # recorded with each result
+
+
+def base_prompting(variant: Variant, base: BaseModel, weights: sources.Weights) -> Prompting:
+    """The base model's tokenizer, chat template and stop ids for a variant.
+
+    A pre-made GPTQ / AWQ checkpoint carries a tokenizer and chat template of its own; every variant must
+    get the same prompt ids, so the base's are used, once the checkpoint is checked to share the base's
+    vocabulary (VariantUnavailable names the difference otherwise).
+    """
+    from transformers import AutoTokenizer, GenerationConfig
+
+    if variant.method not in CHECKPOINT_METHODS:  # the base model's own weights: its own files
+        tokenizer = AutoTokenizer.from_pretrained(weights.location, revision=weights.revision,
+                                                  trust_remote_code=base.trust_remote_code)
+        return Prompting(tokenizer, None, {})
+    base_weights = sources.resolve(base)
+    base_common = {"revision": base_weights.revision, "trust_remote_code": base.trust_remote_code}
+    tokenizer = AutoTokenizer.from_pretrained(base_weights.location, **base_common)
+    try:
+        generation = GenerationConfig.from_pretrained(base_weights.location, **base_common)
+    except OSError:  # a base without generation_config.json: the base config's defaults
+        from transformers import AutoConfig
+
+        base_config = AutoConfig.from_pretrained(base_weights.location, **base_common)
+        generation = GenerationConfig.from_model_config(base_config)
+    own = _checkpoint_tokenizer(weights, base)
+    name = checkpoint_name(variant, weights)
+    if own is None:
+        return Prompting(tokenizer, generation, {"tokenizer": f"{base.label}'s ({name} has none of its own)"})
+    check_same_vocabulary(own, tokenizer, name, base.label)
+    same_template = getattr(own, "chat_template", None) == getattr(tokenizer, "chat_template", None)
+    note = "" if same_template else "; the checkpoint's own chat template differs and is not used"
+    return Prompting(tokenizer, generation, {"tokenizer": f"{base.label}'s, with its chat template{note}"})
+
+
+def _checkpoint_tokenizer(weights: sources.Weights, base: BaseModel) -> Any | None:
+    """A checkpoint's own tokenizer, or None where it ships none."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(weights.location, revision=weights.revision,
+                                             trust_remote_code=base.trust_remote_code)
+    except (OSError, ValueError):  # no tokenizer files in the checkpoint
+        return None
+
+
+def checkpoint_name(variant: Variant, weights: sources.Weights) -> str:
+    """How a message names a variant's checkpoint: its Hub repository, its folder, or the one demo.quantize made."""
+    checkpoint = variant.checkpoint
+    if checkpoint is not None and checkpoint.kind == "hub":
+        return f"checkpoint {checkpoint.repo}"
+    if checkpoint is not None:
+        return f"checkpoint {checkpoint.path.name}"
+    return f"the {variant.method.upper()} checkpoint made by demo.quantize"
+
+
+def check_same_vocabulary(own: Any, base_tokenizer: Any, name: str, base_label: str) -> None:
+    """Refuse a checkpoint whose tokenizer maps any token to another id than the base's: the base's prompt
+    ids would then mean other tokens to its weights."""
+    ours, theirs = base_tokenizer.get_vocab(), own.get_vocab()
+    prefix = f"not available: {name}'s tokenizer differs from base {base_label}'s"
+    if len(theirs) != len(ours):
+        raise VariantUnavailable(f"{prefix}: vocab {len(theirs):,} vs {len(ours):,}")
+    moved = sorted((ours.get(token, -1), token) for token, token_id in theirs.items() if ours.get(token) != token_id)
+    if moved:
+        first = moved[0][1]
+        where = f"id {ours[first]} in the base" if first in ours else "absent from the base"
+        raise VariantUnavailable(f"{prefix}: {len(moved):,} tokens differ (first: {first!r} is id {theirs[first]} "
+                                 f"in the checkpoint, {where})")
 
 
 def quantized_kernels(model: torch.nn.Module) -> list[str]:

@@ -16,8 +16,10 @@ settings (greedy unless you ask to sample with a seed) and the chat template app
 *Time to first token* runs from the call to `generate` to the first new token; *decode* is
 (new tokens − 1) / (last token time − first token time), so an answer of 1 token has no decode rate.
 *Load* is shown cold (first load, including a 2-token warm-up) or cached. *Weights* is the bytes the
-weights occupy as the runtime stores them (packed quantized tensors at their packed size; llama.cpp's own
-model size for GGUF). *Peak memory* is weights plus the growth during the run: on CUDA from
+weights occupy as the runtime stores them after the warm-up: packed quantized tensors at their packed size
+with their scales, bitsandbytes' quantization state included (4-bit absmax and, with double quantization,
+its nested state; LLM.int8's row scales), which `get_memory_footprint()` leaves out; llama.cpp's own
+model size for GGUF. *Peak memory* is weights plus the growth during the run: on CUDA from
 `max_memory_allocated`, on CPU from process RSS sampled every 5 ms, which is approximate (mmap and
 allocator caching).
 **Slower but smaller is expected:** bitsandbytes dequantizes on the fly, so at batch 1 its int8 and 4-bit
@@ -75,6 +77,13 @@ CSS = """
 .variant-divergence mark {background: #fde68a; color: #1f2937; padding: 0 1px;}
 .variant-divergence pre {white-space: pre-wrap; word-break: break-word; max-height: 16em; overflow-y: auto;}
 .small-print, .small-print p {font-size: 0.85em;}
+/* Labels wrap between words only. Gradio's tables may break anywhere (word-break: break-word), which at three
+   columns on a 1440-px screen split headers and figure names mid-word ("statu / s", "decod / e"); a word
+   too long for its column widens the column (the table scrolls) instead. */
+#summary-table th, #summary-table th *, #evaluate-table th, #evaluate-table th *, #blind-table th,
+#blind-table th *, .variant-figures th, .variant-figures td {
+  word-break: normal; overflow-wrap: normal; hyphens: manual;}
+#summary-table table {font-size: 0.85em;}  /* whole words need room: all fourteen columns fit 1440 px */
 input[type=checkbox]:focus-visible, input[type=checkbox]:checked:focus-visible {
   outline: 3px solid #1e1b4b; outline-offset: 2px;}
 """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import gradio as gr
@@ -49,9 +50,39 @@ def summary_updates(arena: Arena, records: list[dict], table, plots, chart_note)
             updates[plot] = gr.update(visible=False)
             continue
         data = done[done[y].notna()][["variant", y]]
-        updates[plot] = gr.update(value=data, sort=order, color_map=colour_map, visible=not data.empty)
+        updates[plot] = gr.update(value=data, sort=order, color_map=colour_map, visible=not data.empty,
+                                  y_lim=y_limits(data[y]))
     updates[chart_note] = chart_note_text(records, names)
     return updates
+
+
+# The y axis ends on a tick above the tallest bar. Vega picks its ticks as d3's ticks(0, top, count) with a
+# count set by the plot's height (about one per 40 px: 3 to 6 here); these leading digits make `top` itself a
+# tick for every such count (2.5, 5 and 1.5 do not: 250 at 3 ticks is 0, 100, 200).
+AXIS_TOPS = (1, 2, 3, 4, 6, 8)
+AXIS_TICK_COUNTS = range(3, 7)
+AXIS_HEADROOM = 1.05  # the tallest bar stops at least 5% under the top
+
+
+def axis_top(largest: float) -> float | None:
+    """The smallest round number over 105% of the largest bar that Vega draws a tick at; None (Vega's own
+    domain) where there is nothing finite and positive to fit."""
+    if not math.isfinite(largest) or largest <= 0:
+        return None
+    wanted = largest * AXIS_HEADROOM
+    power = math.floor(math.log10(wanted))
+    for scale in (10.0 ** power, 10.0 ** (power + 1)):
+        for digit in AXIS_TOPS:
+            top = float(f"{digit * scale:.12g}")  # 0.3, not 0.30000000000000004
+            if top >= wanted:
+                return top
+    raise AssertionError("unreachable: 10 ** (power + 1) exceeds wanted")
+
+
+def y_limits(values) -> list[float | None]:
+    """The y_lim of a bar chart of these values: from zero to axis_top of the finite ones."""
+    finite = [float(v) for v in values if isinstance(v, numbers.Real) and math.isfinite(v)]
+    return [0, axis_top(max(finite)) if finite else None]
 
 
 def number_text(value) -> str:

@@ -1,0 +1,46 @@
+"""The summary charts' y axis ends on a tick above the tallest bar: checked against d3's tick rule (the one
+Vega draws its axis with), written out here from d3-array's ticks.js."""
+
+import math
+
+import numpy as np
+import pytest
+
+from demo.ui.summary import axis_top, y_limits
+
+
+def d3_ticks(stop: float, count: int) -> list[float]:
+    """d3.ticks(0, stop, count): steps of 1, 2 or 5 times a power of ten, as near stop / count as d3 goes."""
+    raw = stop / count
+    power = math.floor(math.log10(raw))
+    error = raw / 10 ** power
+    factor = 10 if error >= math.sqrt(50) else 5 if error >= math.sqrt(10) else 2 if error >= math.sqrt(2) else 1
+    step = factor * 10.0 ** power
+    return [i * step for i in range(int(math.floor(stop / step + 1e-9)) + 1)]
+
+
+@pytest.mark.parametrize("largest, top", [(2.5, 3), (7740, 10000), (7600, 8000), (257, 300), (162, 200), (1.3, 2),
+                                          (0.0021, 0.003), (38.9, 60), (95.3, 200), (5.7, 6)])
+def test_round_tops_by_hand(largest, top):
+    assert axis_top(largest) == top
+
+
+@pytest.mark.parametrize("largest", list(np.logspace(-3, 5, 97)) + [1, 10, 100, 0.95, 9.5, 190.5, 3.81])
+def test_top_is_above_the_tallest_bar_and_a_tick_vega_draws(largest):
+    top = axis_top(float(largest))
+    assert top >= largest * 1.05  # the bar stops under the top
+    assert top <= largest * 2.2  # and the chart is not mostly empty
+    for count in range(3, 7):  # about one tick per 40 px of a 120-240 px plot
+        assert math.isclose(d3_ticks(top, count)[-1], top, rel_tol=1e-9), (largest, top, count)
+
+
+@pytest.mark.parametrize("largest", [0.0, -3.0, math.nan, math.inf, -math.inf])
+def test_nothing_to_fit_leaves_the_axis_to_vega(largest):
+    assert axis_top(largest) is None
+
+
+def test_limits_start_at_zero_and_skip_missing_values():
+    assert y_limits([1.2, math.nan, 2.4]) == [0, 3]
+    assert y_limits([np.float64(257.0), np.float64(162.0)]) == [0, 300]
+    assert y_limits([]) == [0, None]
+    assert y_limits([math.nan]) == [0, None]
