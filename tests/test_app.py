@@ -325,3 +325,18 @@ def test_summary_table_numbers_never_round_a_small_divergence_to_zero():
 
     assert [number_text(v) for v in (0.00101, 0.016, 0.0, 4.93, 2154.2, 7)] == \
         ["0.00101", "0.016", "0.0", "4.9", "2,154", "7"]
+
+
+def test_the_summary_conditions_give_the_baseline_s_noise_floor():
+    from demo.ui.summary import conditions_markdown
+
+    env = {"device_name": "CPU", "torch": "2", "transformers": "5", "bitsandbytes": "0", "gradio": "6"}
+    floor = {"epsilon": 2 ** -9, "kl_mean": 0.000394, "kl_max": 0.01}
+    records = [{"variant": "b/fp32", "environment": env, "settings": {"max_new_tokens": 8}, "memory_kind": None,
+                "fidelity": {"baseline": "b/fp32", "noise_floor": floor}},
+               {"variant": "b/nf4", "environment": env, "settings": {}, "memory_kind": None,
+                "fidelity": {"baseline": "b/fp32", "noise_floor": floor}}]
+    text = conditions_markdown(records)
+    assert text.count("noise floor KL 0.000394 nats") == 1 and "KL against `b/fp32`" in text
+    records[0]["fidelity"]["noise_floor"] = {"unavailable": "no noise floor: the baseline runs on llama.cpp"}
+    assert "no noise floor: the baseline runs on llama.cpp" in conditions_markdown(records)
