@@ -29,11 +29,13 @@ at each position of the baseline's own answer.
 - **Departs from the baseline**: where the variant's own answer first differs from the baseline's answer.
   After one different token the two answers go separate ways, so a late departure matters little and an
   early one can change the whole answer.
+- **Noise floor**: the baseline rerun with tiny random noise (ε = 2⁻⁹, bf16's rounding scale) after every
+  layer, scored the same way. A KL at or under it is no more than a different kernel would give.
+- **Where it strays**: under each column, the baseline's answer token by token, shaded by the KL at each
+  token, with the five worst positions listed.
 
-For scale, llama.cpp's quantizations of Llama-3-8B against FP16 (wikitext-2):
-Q8_0 KL 0.0014, top-1 97.7% (hard to tell apart) · Q4_K_M KL 0.031, top-1 91.9% (small, noticeable drift) ·
-Q2_K KL 0.445, top-1 71.1% (clearly degraded). Small models such as this one usually drift more than
-an 8B model at the same number of bits.
+These figures come from one short answer. Figures on a longer text, with their tails and uncertainties, are in
+the Evaluate tab; only its llama.cpp protocol may be set beside llama.cpp's published KL tables.
 """
 QUANTIZE_NOTE = ("**Quantize now** makes this variant's quantized checkpoint from the base model's weights "
                  "(GPTQ and AWQ: calibrated on a short text shipped with the app, then saved to the cache). It takes "
