@@ -142,10 +142,13 @@ def run_flips(arena: Arena, variant_ids: list[str], prompts: list[FlipPrompt], m
               progress: Progress | None = None, stop: threading.Event | None = None) -> FlipsRun:
     """Every prompt through the chosen variants and their baselines, one comparison per prompt; once `stop`
     is set the prompts not yet started are left out."""
+    if not prompts:
+        raise InvalidRequest("no prompts to run")
     variant_ids = list(dict.fromkeys(variant_ids))
     baselines = _baselines(arena, variant_ids)
     running = list(dict.fromkeys([*baselines.values(), *variant_ids]))  # each baseline first: the reference
-    arena.validate(prompts[0].prompt, running)
+    for prompt in prompts:  # every prompt checked before the first one runs
+        arena.validate(prompt.prompt, running)
     settings = arena.settings(max_new_tokens=max_new_tokens)
     report = progress or (lambda fraction, message: None)
     run = FlipsRun(variant_ids, baselines, settings.describe(), [], {})
@@ -279,9 +282,14 @@ def markdown(figures: dict, env: dict, conditions_: dict) -> str:
                      f"answer.{failed}\n")
     parts.append(_comparisons(figures["comparisons"]))
     parts.append(f"Conditions: {conditions_['prompts']} prompts of {Path(conditions_['prompt_file']).name}; "
-                 f"{conditions_['settings']}; {env.get('device_name')}, torch {env.get('torch')}, transformers "
-                 f"{env.get('transformers')}. Intervals: {conditions_['interval_method']}.\n")
+                 f"{_settings_text(conditions_['settings'])}; {env.get('device_name')}, torch {env.get('torch')}, "
+                 f"transformers {env.get('transformers')}. Intervals: {conditions_['interval_method']}.\n")
     return "\n".join(parts)
+
+
+def _settings_text(settings: dict) -> str:
+    return ", ".join(f"{name.replace('_', ' ')} {value}" if name != "decoding" else str(value)
+                     for name, value in settings.items())
 
 
 def _share_cells(value: dict | None) -> str:

@@ -66,7 +66,8 @@ def test_the_bootstrap_interval_matches_one_computed_by_hand():
     means = sorted(sum(flags[i] for i in row) / len(row) for row in draws.tolist())
     result = stats.share(flags, resamples=300, seed=11)
     assert (result.count, result.n) == (5, 12) and result.share == pytest.approx(5 / 12)
-    assert result.low == pytest.approx(_percentile(means, 2.5)) and result.high == pytest.approx(_percentile(means, 97.5))
+    assert result.low == pytest.approx(_percentile(means, 2.5))
+    assert result.high == pytest.approx(_percentile(means, 97.5))
 
 
 def test_the_bootstrap_is_reproducible_contains_the_estimate_and_narrows():
@@ -221,7 +222,8 @@ def test_statistics_of_a_run_from_its_records():
     a_b = next(c for c in comparisons if (c["a"], c["b"]) == (a, b))
     assert (a_b["n"], a_b["a_value"], a_b["b_value"], a_b["difference"]) == (2, 0.5, 0.5, 0.0)  # p0, p1: one each
     assert a_b["closer_to_baseline"] is None
-    table = flips.markdown(flips.statistics(run, seed=1, resamples=200), {}, flips.conditions(flips.PROMPTS_FILE, run, 1))
+    figures = flips.statistics(run, seed=1, resamples=200)
+    table = flips.markdown(figures, {}, flips.conditions(flips.PROMPTS_FILE, run, 1))
     assert f"## {b} against {base}" in table and "right → wrong" in table and "Paired comparisons" in table
 
 
