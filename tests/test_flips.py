@@ -232,7 +232,7 @@ def test_statistics_of_a_run_from_its_records():
 def flipped(tmp_path_factory):
     out = tmp_path_factory.mktemp("flips") / "run"
     run = subprocess.run([sys.executable, "-m", "demo.flips", "--variants", "smollm2/fp32,smollm2/bf16",
-                          "--limit", "3", "--out", str(out), "--seed", "7"],
+                          "--limit", "3", "--out", str(out), "--seed", "7", "--max-new-tokens", "16"],
                          cwd=REPO, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     return out
@@ -241,7 +241,7 @@ def flipped(tmp_path_factory):
 def test_end_to_end_files_and_the_baseline_against_itself(flipped):
     data = json.loads((flipped / "flips.json").read_text())
     assert data["environment"]["torch"] and data["conditions"]["seed"] == 7
-    assert data["conditions"]["settings"] == {"decoding": "greedy", "max_new_tokens": 48}
+    assert data["conditions"]["settings"] == {"decoding": "greedy", "max_new_tokens": 16}
     assert data["conditions"]["prompts"] == 3 and "bootstrap" in data["conditions"]["interval_method"]
     assert [p["id"] for p in data["prompts"]] == [p.id for p in flips.load_prompts(flips.PROMPTS_FILE, 3)]
     baseline = data["variants"]["smollm2/fp32"]
@@ -283,3 +283,37 @@ def test_a_bad_prompt_file_is_one_line_and_exit_1(tmp_path, capsys):
     assert flips.main(["--variants", "smollm2/fp64", "--out", str(tmp_path / "o")]) == 1
     assert "unknown variant id(s): smollm2/fp64" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+# A right and a near-miss answer, written by hand, for every prompt whose check is about the form of the answer.
+FORM_SAMPLES = {
+    "format-01": ("1945", "It ended in 1945."), "format-02": ("1969.", "July 20, 1969"),
+    "format-03": ("1989", "1991"), "format-04": ("2021-07-04", "2021-04-07"),
+    "format-05": ("2020-12-25", "25-12-2020"), "format-06": ("It is 2000-01-01.", "01/01/2000"),
+    "format-07": ("12", "twelve"), "format-08": ("42", "forty-two"), "format-09": ("3.5", "3,5"),
+    "format-10": ("56", "The answer is 56."), "format-11": ("9", "5 + 4 = 9"), "format-12": ("HELLO", "Hello"),
+    "format-13": ("world", "WORLD"), "format-14": ("15:30", "3:30 PM"), "format-15": ("1/2", "50/100"),
+    "format-16": ("2,000", "2000 metres"), "format-17": ('["apple", "banana", "cherry"]', "[apple, banana, cherry]"),
+    "format-18": ("1,000,000", "1000000"), "format-19": ("Na", "The symbol is Na."), "format-20": ("X", "XL"),
+    "format-21": ("V", "IV"), "format-22": ("kg", "kilo"), "format-23": ("Yes.", "No, it is not."),
+    "format-24": ("No.", "Yes, of course."), "format-25": ("True", "False"), "format-26": ("False.", "True."),
+    "instr-01": ("Fish, milk, naps.", "Cats like fish and naps."), "instr-02": ("White.", "Snow is white."),
+    "instr-03": ("ROME", "Rome"), "instr-04": ("madrid", "Madrid"), "instr-05": ("Banana.", "Banana is a fruit."),
+    "instr-06": ("elephant", "The word is elephant."), "instr-07": ("The cat sat on the mat.", "The cat sat."),
+    "instr-08": ("Yes, water is wet.", "Water is wet, yes."), "instr-09": ("Sure! An apple.", "An apple, sure."),
+    "instr-10": ("Blue. Done.", "Done: blue."), "instr-11": ("2", "Two"),
+    "instr-12": ("Red, green, blue.", "Red and green."), "instr-13": ("Red", "Red is a primary colour."),
+    "instr-14": ("Cat", "A horse"), "instr-15": ("The capital of Germany is Berlin.", "It is Berlin. Nice city."),
+    "instr-16": ("1, 2, 3, 4, 5", "1 2 3 4 5"), "instr-17": ("5 4 3 2 1", "5, 4, 3, 2, 1"),
+    "instr-18": ("A B C D E", "a b c d e"), "instr-19": ("[hello]", "(hello)"), "instr-20": ('"quiet"', "'quiet'"),
+    "instr-21": ("7", "The number is 7."), "instr-22": ("Earth", "We live on Earth."),
+    "instr-23": ("Hello", "Hello, good day."), "instr-24": ("tac", "cat"),
+}
+
+
+def test_the_bundled_form_checks_accept_a_right_answer_and_refuse_a_near_miss():
+    prompts = {p.id: p for p in flips.load_prompts(flips.PROMPTS_FILE)}
+    assert set(FORM_SAMPLES) == {i for i, p in prompts.items() if p.category in ("formats", "instructions")}
+    for prompt_id, (right, near_miss) in FORM_SAMPLES.items():
+        assert prompts[prompt_id].expected.check(right), (prompt_id, right)
+        assert not prompts[prompt_id].expected.check(near_miss), (prompt_id, near_miss)
