@@ -18,9 +18,11 @@ MAY_IMPORT = {
     "blind": {"running", "artifacts", "config", "measuring", "reports", "settings", "errors"},
     # demo/evaluate.py: the evaluation (python -m demo.evaluate), which the Evaluate tab runs too
     "evaluate": {"running", "backends", "artifacts", "config", "measuring", "reports", "settings", "errors"},
-    "ui": {"evaluate", "blind", "running", "backends", "artifacts", "config", "measuring", "reports", "settings",
-           "errors"},
-    "cli": {"ui", "evaluate", "blind", "running", "backends", "artifacts", "config", "measuring", "reports",
+    # demo/flips.py: answers that change against the baseline over a prompt set (python -m demo.flips), beside evaluate
+    "flips": {"running", "backends", "artifacts", "config", "measuring", "reports", "settings", "errors"},
+    "ui": {"evaluate", "flips", "blind", "running", "backends", "artifacts", "config", "measuring", "reports",
+           "settings", "errors"},
+    "cli": {"ui", "evaluate", "flips", "blind", "running", "backends", "artifacts", "config", "measuring", "reports",
             "settings", "errors"},
 }
 
