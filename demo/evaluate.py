@@ -171,7 +171,7 @@ def evaluate(arena: Arena, variant_ids: list[str], text: str, runs: int = 5, max
     """Evaluate each variant; a variant that fails gets its error and the others go on.
 
     Once `stop` is set, the variants not yet started are left out: the result holds those finished."""
-    arena.validate(SPEED_PROMPT, variant_ids)
+    _check_variants(arena, variant_ids)
     protocol = protocol or Protocol()
     protocol.check()
     if runs < 1:
@@ -204,6 +204,16 @@ def evaluate(arena: Arena, variant_ids: list[str], text: str, runs: int = 5, max
         results.append(result)
     report(1.0, "done")
     return results
+
+
+def _check_variants(arena: Arena, variant_ids: list[str]) -> None:
+    """Known ids, each once. Each variant runs in a comparison of its own, so a comparison's limit on how many
+    variants it holds does not apply: every default variant can be evaluated in one go."""
+    arena.validate(SPEED_PROMPT, list(variant_ids[:1]))  # an empty choice is refused with its usual line
+    if len(set(variant_ids)) != len(variant_ids):
+        raise InvalidRequest("the same variant is listed twice; list each variant once")
+    for variant_id in variant_ids:
+        arena.validate(SPEED_PROMPT, [variant_id])
 
 
 def _quality(arena: Arena, result: VariantEvaluation, plan: Plan, baselines: dict) -> None:

@@ -297,6 +297,23 @@ def test_a_stopped_evaluation_starts_no_further_variant(arena):
     assert evaluate.evaluate(arena, ["smollm2/fp32", "smollm2/bf16"], "Some text.", stop=stop) == []
 
 
+def test_an_evaluation_takes_every_variant_each_once(arena):
+    import threading
+
+    from demo import evaluate
+    from demo.errors import InvalidRequest
+
+    stop = threading.Event()
+    stop.set()  # checked, then nothing run
+    every = list(arena.config.variants)
+    assert len(every) > arena.config.limits.max_variants  # one comparison could not hold them all
+    assert evaluate.evaluate(arena, every, "Some text.", stop=stop) == []
+    with pytest.raises(InvalidRequest, match="listed twice"):
+        evaluate.evaluate(arena, ["smollm2/fp32", "smollm2/fp32"], "Some text.", stop=stop)
+    with pytest.raises(InvalidRequest, match="unknown variant"):
+        evaluate.evaluate(arena, ["smollm2/fp32", "nope"], "Some text.", stop=stop)
+
+
 def test_charts_keep_one_colour_per_variant_and_say_what_is_missing(tmp_path):
     from demo.reports import charts
 
