@@ -143,3 +143,11 @@ def test_finite_and_epsilon_text():
     assert [charts.finite(v) for v in (None, float("nan"), float("inf"), "0.1", True, np.float32(0.5), 2)] == \
         [None, None, None, None, None, 0.5, 2.0]
     assert charts.epsilon_text(2.0 ** -9) == "2⁻⁹" and charts.epsilon_text(0.001) == "0.001"
+
+
+def test_variants_that_share_a_colour_never_share_a_marker_or_line_style():
+    ids = [f"b/v{i}" for i in range(12)]
+    colours, marks = charts.variant_colours(ids), charts.variant_marks(ids)
+    looks = {(colours[v], *marks[v]) for v in ids}
+    assert len(looks) == 12 and colours["b/v0"] == colours["b/v7"] and marks["b/v0"] != marks["b/v7"]
+    assert all(style != "--" for _, style in marks.values())  # dashed is the noise floor's

@@ -31,6 +31,18 @@ def variant_colours(variant_ids: list[str]) -> dict[str, str]:
     return {v: PALETTE[i % len(PALETTE)] for i, v in enumerate(variant_ids)}
 
 
+# Past seven variants the colours come round again: the second round gets other markers and line styles
+# ("--" stays the noise floor's).
+MARKERS = ("o", "s", "D", "v")
+LINE_STYLES = ("-", "-.", ":", (0, (5, 1, 1, 1, 1, 1)))
+
+
+def variant_marks(variant_ids: list[str]) -> dict[str, tuple[str, object]]:
+    """(marker, line style) per variant, by its place as for its colour: the same colour never looks the same."""
+    return {v: (MARKERS[(i // len(PALETTE)) % len(MARKERS)], LINE_STYLES[(i // len(PALETTE)) % len(LINE_STYLES)])
+            for i, v in enumerate(variant_ids)}
+
+
 def short_names(variant_ids: list[str]) -> dict[str, str]:
     """'smollm2/bnb-nf4' -> 'bnb-nf4' where that stays unambiguous: axis labels fit six variants on a phone."""
     tails = [v.split("/")[-1] for v in variant_ids]
@@ -122,10 +134,12 @@ def scatter_figure(rows: list[dict], y_key: str, y_label: str, title: str, colou
     points = [r for r in rows if finite(r.get(y_key)) is not None and finite(r.get("weights_mib")) is not None]
     missing = [r["variant"] for r in rows if r not in points and not r.get("error")]
     names = short_names([r["variant"] for r in rows])
+    marks = variant_marks(list(colours))
     fig, ax = _new_figure(5.6, 4.4)
     for r in points:
         ax.scatter(r["weights_mib"], r[y_key], s=70, color=colours.get(r["variant"], PALETTE[-1]),
-                   label=names[r["variant"]], edgecolors="white", linewidths=0.8, zorder=3, clip_on=False)
+                   marker=marks.get(r["variant"], MARKERS[:1])[0], label=names[r["variant"]], edgecolors="white",
+                   linewidths=0.8, zorder=3, clip_on=False)
     ax.set_xlabel("weights footprint (MiB)", fontsize=11)
     ax.set_ylabel(y_label, fontsize=10)
     ax.set_title(title, fontsize=12)
@@ -219,11 +233,12 @@ def kl_figure(rows: list[dict], colours: dict[str, str], noise_floor: dict | Non
     the noise floor as a dashed line."""
     plot = kl_plot(rows, noise_floor)
     names = short_names([r["variant"] for r in rows])
+    marks = variant_marks(list(colours))
     fig, ax = _new_figure(6.0, 4.8)
     for p in plot.points:
         colour = colours.get(p.variant, PALETTE[-1])
-        ax.scatter(p.x, p.mean, s=70, color=colour, label=names[p.variant], edgecolors="white", linewidths=0.8,
-                   zorder=3, clip_on=False)  # the baseline's 0 sits on the axis line, drawn whole
+        ax.scatter(p.x, p.mean, s=70, color=colour, marker=marks.get(p.variant, MARKERS[:1])[0],
+                   label=names[p.variant], edgecolors="white", linewidths=0.8, zorder=3, clip_on=False)  # the baseline's 0 sits on the axis line, drawn whole
         if p.p99_9 is not None:
             ax.plot([p.x, p.x], [p.mean, p.p99_9], color=colour, lw=1.2, zorder=2)
             ax.scatter(p.x, p.p99_9, s=34, marker="^", facecolors="white", edgecolors=colour, linewidths=1.2,
@@ -282,11 +297,12 @@ def kl_histogram_figure(rows: list[dict], colours: dict[str, str], noise_floor: 
     """How many positions fall at each KL, one step outline per variant, on log-spaced bins."""
     values, edges, notes = kl_histogram_values(rows)
     names = short_names([r["variant"] for r in rows])
+    marks = variant_marks(list(colours))
     fig, ax = _new_figure(6.0, 4.6)
     tallest = 0
     for variant, kl in values.items():
         counts, _, _ = ax.hist(kl, bins=edges, histtype="step", lw=1.5, color=colours.get(variant, PALETTE[-1]),
-                               label=names[variant])
+                               ls=marks.get(variant, (None, "-"))[1], label=names[variant])
         tallest = max(tallest, int(counts.max()))
     floor = finite((noise_floor or {}).get("kl_mean"))
     if floor is not None and floor > 0:
