@@ -19,7 +19,7 @@ from demo.reports import report
 PROMPT = "What is the capital of France?"
 FIDELITY_FIELDS = {"baseline", "kl_divergence", "top1_agreement", "first_top1_disagreement",
                    "margin_at_disagreement", "scored_tokens", "kl_lower_bound_top_k", "unavailable",
-                   "nonfinite_positions", "per_token", "noise_floor"}
+                   "nonfinite_positions", "per_token", "noise_floor", "statistics"}
 MARGIN_FIELDS = {"position", "baseline_token", "baseline_token_id", "baseline_token_p_baseline",
                  "baseline_token_p_variant", "variant_token", "variant_token_id", "variant_token_p_baseline",
                  "variant_token_p_variant", "near_tie"}
@@ -224,7 +224,8 @@ def test_records_carry_fidelity_when_the_baseline_runs(arena):
     assert baseline["fidelity"] == {"baseline": "smollm2/fp32", "kl_divergence": 0.0, "top1_agreement": 1.0,
                                     "first_top1_disagreement": None, "margin_at_disagreement": None,
                                     "scored_tokens": baseline["new_tokens"], "kl_lower_bound_top_k": None,
-                                    "unavailable": None, "nonfinite_positions": 0, "per_token": []}
+                                    "unavailable": None, "nonfinite_positions": 0, "per_token": [],
+                                    "statistics": None}
     assert baseline["answer_departs_at_token"] is None and baseline["answer_departs_at_char"] is None
     for variant in ("smollm2/bnb-fp4", "smollm2/bf16"):
         rec = records[variant]
@@ -235,6 +236,12 @@ def test_records_carry_fidelity_when_the_baseline_runs(arena):
         per_token = fid["per_token"]
         assert len(per_token) == fid["scored_tokens"] and fid["nonfinite_positions"] == 0
         assert np.mean([t["kl_nats"] for t in per_token]) == pytest.approx(fid["kl_divergence"], abs=1e-6)
+        stats = fid["statistics"]  # the Evaluate tab's statistics over this answer's positions
+        assert stats["positions"] == fid["scored_tokens"] and stats["kl"]["mean"] == pytest.approx(fid["kl_divergence"],
+                                                                                                  abs=1e-6)
+        assert stats["top1_agreement"] == pytest.approx(fid["top1_agreement"], abs=1e-4)
+        assert stats["kl"]["median"] <= stats["kl"]["max"] == pytest.approx(max(t["kl_nats"] for t in per_token), rel=1e-4)
+        assert "kl_per_position" not in stats
         assert "".join(t["token"] for t in per_token).startswith(baseline["text"])  # the baseline's answer
         same_text = rec["text"] == baseline["text"]
         assert (rec["answer_departs_at_char"] is None) == same_text

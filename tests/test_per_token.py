@@ -179,3 +179,24 @@ def test_the_store_refuses_no_non_finite_number(tmp_path, value):
     assert stored["fidelity"]["kl_divergence"] is None and stored[NONFINITE_KEY] == {
         "fidelity.kl_divergence": str(value)}
     store.close()
+
+
+def test_the_answer_s_statistics_leave_the_non_finite_positions_out_and_reach_the_page():
+    gen = torch.Generator().manual_seed(3)
+    baseline = (torch.randn(8, 8, generator=gen) * 2).log_softmax(-1)
+    variant = (baseline + torch.randn(8, 8, generator=gen) * torch.linspace(0, 3, 8)[:, None]).log_softmax(-1)
+    variant[2] = float("nan")
+    answer = list(range(8))
+    fid = fidelity.compare("smollm2/fp32", baseline, variant, answer, text_of).as_dict()
+    stats, keep = fid["statistics"], [i for i in range(8) if i != 2]
+    assert stats["positions"] == 7 and stats["nonfinite_positions"] == 1
+    p, q = baseline.double().exp().numpy(), variant.double().exp().numpy()
+    kl = [sum(p[i, j] * math.log(p[i, j] / q[i, j]) for j in range(8)) for i in keep]
+    delta = [q[i, answer[i]] - p[i, answer[i]] for i in keep]
+    assert stats["kl"]["mean"] == pytest.approx(sum(kl) / 7, rel=1e-4) == pytest.approx(fid["kl_divergence"], rel=1e-4)
+    assert stats["kl"]["max"] == pytest.approx(max(kl), rel=1e-4)
+    assert stats["delta_p"]["mean"] == pytest.approx(sum(delta) / 7, abs=1e-6)
+    assert stats["delta_p"]["rms"] == pytest.approx(math.sqrt(sum(d * d for d in delta) / 7), abs=1e-6)
+    line = read(columns.strays_html(fid))
+    assert "per-token-statistics" in columns.strays_html(fid) and line.spans
+    assert f"Over 7 positions: KL median {stats['kl']['median']:.3g}" in columns.strays_html(fid)

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
-from demo.measuring import metrics, noise_floor
+from demo.measuring import kl_stats, metrics, noise_floor
 from demo.measuring.fidelity_topk import TopLogProbs, Unavailable, position_kl, top1_matches
 from demo.settings import prompt_ids
 
@@ -96,6 +96,9 @@ class Fidelity:
     per_token: tuple[TokenKL, ...] = ()  # one per scored position; empty for the baseline itself
     # The baseline's noise floor on this answer (answer_noise_floor), set once scored: the same for every variant
     noise_floor: dict | None = None
+    # The distribution over the answer's positions as llama.cpp reports it (demo.measuring.kl_stats.KlStatistics,
+    # without kl_per_position: per_token has each value): KL points, Δp of the baseline's answer token, same top ±
+    statistics: dict | None = None
 
     def as_dict(self) -> dict:
         fields = asdict(self)
@@ -155,7 +158,16 @@ def compare(baseline_id: str, baseline_lp: AnswerLogProbs, variant_lp: AnswerLog
     kls = metrics.position_kl_nats(baseline_lp, variant_lp).tolist()
     per_token = _per_token_full(baseline_lp, variant_lp, kls, answer, _one_token_text(token_text))
     return _with_kl(Fidelity(baseline_id, None, _share(matches, positions), first, margin, positions,
-                             per_token=per_token), kls)
+                             per_token=per_token, statistics=answer_statistics(baseline_lp, variant_lp, answer)), kls)
+
+
+def answer_statistics(baseline_lp: torch.Tensor, variant_lp: torch.Tensor, answer: list[int]) -> dict:
+    """The Evaluate tab's statistics over one answer's positions, the answer's own tokens as the targets."""
+    targets = torch.tensor(list(answer), dtype=torch.long)
+    stats = kl_stats.compare(metrics.position_figures(baseline_lp, targets),
+                             metrics.position_figures(variant_lp, targets, baseline_lp)).as_dict()
+    stats.pop("kl_per_position")
+    return stats
 
 
 def _one_token_text(token_text: Callable[[list[int]], str]) -> Callable[[int], str]:

@@ -177,10 +177,28 @@ def strays_html(fid: dict) -> str:
                      "the mean; shown black with a dashed outline.")
     tokens = "".join(_token_span(t) for t in per_token)
     return ('<details class="per-token-kl"><summary>Where it strays (per-token KL)</summary>'
-            f'<p class="per-token-note">{html_text(" ".join(notes))}</p>{_legend()}'
+            f'<p class="per-token-note">{html_text(" ".join(notes))}</p>{_statistics_line(fid)}{_legend()}'
             '<div class="per-token-answer" style="white-space:pre-wrap;word-break:break-word;max-height:16em;'
             f'overflow-y:auto;line-height:1.7;font-family:var(--font-mono, monospace)">{tokens}</div>'
             f'{_worst_table(per_token)}</details>')
+
+
+def _statistics_line(fid: dict) -> str:
+    """The answer's KL distribution and Δp in one line (the Evaluate tab gives them over a longer text)."""
+    stats = fid.get("statistics")
+    if not stats or not stats.get("positions"):
+        return ""
+    kl, dp = stats["kl"], stats["delta_p"]
+
+    def num(value, spec: str, scale: float = 1.0) -> str:
+        return "–" if value is None else format(scale * value, spec)
+
+    text = (f"Over {stats['positions']} positions: KL median {num(kl['median'], '.3g')}, 99 % "
+            f"{num(kl['p99'], '.3g')}, max {num(kl['max'], '.3g')} nats · Δp of the baseline's token: mean "
+            f"{num(dp['mean'], '+.2f', 100)} ± {num(dp['mean_uncertainty'], '.2f', 100)} %, RMS "
+            f"{num(dp['rms'], '.2f', 100)} % · same top {num(stats['top1_agreement'], '.1f', 100)} ± "
+            f"{num(stats['top1_agreement_uncertainty'], '.1f', 100)} %")
+    return f'<p class="per-token-statistics">{html_text(text)}</p>'
 
 
 def _token_span(token: dict) -> str:
