@@ -61,6 +61,7 @@ test: install-dev
 bench: install
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_page.py
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_storm.py
 
 loadtest: install-dev
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/loadtest.py

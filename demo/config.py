@@ -135,6 +135,12 @@ class Endpoint:
     connect_timeout_s: float = 5.0
     first_token_timeout_s: float = 60.0  # request sent -> first byte of the answer (prompt processing)
     total_timeout_s: float = 300.0  # request sent -> answer complete
+    public_url: bool = False  # whether the URL may appear on the page, the API and the card (an internal address
+    # such as http://gpu-node-a:8000/v1 stays in the models file and the server's log unless this says so)
+
+    def where(self) -> str:
+        """The endpoint as the public may read it: the engine and the URL, or the engine and the model name."""
+        return f"{self.engine} at {self.url}" if self.public_url else f"{self.engine} serving {self.model}"
 
 
 # What a remote variant declares about itself (shown on the card, never checked against the engine).
@@ -414,7 +420,7 @@ def _parse_remote(path: Path, vid: str, method: str, entry: dict) -> tuple[Endpo
             _expect(key not in entry, path, "only remote variants take this block", variant=vid, field=key)
         return None, None
     raw = _required(path, entry, "endpoint", dict, variant=vid)
-    _only(path, raw, {"url", "model", "engine", "api_key_env", "timeouts"}, vid, "endpoint")
+    _only(path, raw, {"url", "model", "engine", "api_key_env", "timeouts", "public_url"}, vid, "endpoint")
     url = _required(path, raw, "url", str, "endpoint", vid)
     _check_url(path, vid, url)
     model = _required(path, raw, "model", str, "endpoint", vid)
@@ -434,12 +440,15 @@ def _parse_remote(path: Path, vid: str, method: str, entry: dict) -> tuple[Endpo
         seconds[f"{key}_timeout_s"] = _typed(path, value, float, f"endpoint.timeouts.{key}", vid)
         _expect(seconds[f"{key}_timeout_s"] > 0, path, f"must be a positive number of seconds, got {value!r}",
                 variant=vid, field=f"endpoint.timeouts.{key}")
+    public_url = raw.get("public_url", False)
+    _expect(isinstance(public_url, bool), path, f"must be true or false, got {public_url!r}", variant=vid,
+            field="endpoint.public_url")
     declared = entry.get("quantization") or {}
     _expect(isinstance(declared, dict), path, "must be a mapping", variant=vid, field="quantization")
     _only(path, declared, set(DECLARED_QUANTIZATION), vid, "quantization")
     for key, value in declared.items():
         _typed(path, value, DECLARED_QUANTIZATION[key], f"quantization.{key}", vid)
-    return Endpoint(url.rstrip("/"), model, engine, key_env, **seconds), dict(declared)
+    return Endpoint(url.rstrip("/"), model, engine, key_env, **seconds, public_url=public_url), dict(declared)
 
 
 def _check_url(path: Path, vid: str, url: str) -> None:

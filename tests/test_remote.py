@@ -175,6 +175,7 @@ def test_models_remote_example_parses():
     ({"timeouts": {"first_token": -1}}, "endpoint.timeouts.first_token"),
     ({"timeouts": {"read": 5}}, "endpoint.timeouts.read"),
     ({"model": None}, "endpoint.model"),
+    ({"public_url": "yes"}, "endpoint.public_url"),
 ])
 def test_endpoint_block_is_validated_strictly(tmp_path, change, field):
     variant = _remote("smollm2/remote", "http://127.0.0.1:9/v1")
@@ -185,6 +186,31 @@ def test_endpoint_block_is_validated_strictly(tmp_path, change, field):
         load_config(_models_file(tmp_path, [variant]))
     assert caught.value.field == field and caught.value.variant == "smollm2/remote"
     assert "secret" not in str(caught.value)
+
+
+@pytest.mark.parametrize("public", [False, True])
+def test_the_endpoint_address_is_shown_only_where_the_models_file_declares_it_public(faulty, tmp_path, public):
+    closed = f"http://127.0.0.1:{free_port()}/v1"
+    entries = [_remote("smollm2/remote-internal", f"{faulty}/error500/v1", engine="openai", key_env=None),
+               _remote("smollm2/remote-down", closed, engine="openai", key_env=None)]
+    for entry in entries:
+        entry["endpoint"]["public_url"] = public
+    config = load_config(_models_file(tmp_path, entries))
+    assert config.variants["smollm2/remote-internal"].endpoint.public_url is public
+    records = Arena(config).compare_records(PROMPT, ["smollm2/remote-internal", "smollm2/remote-down"],
+                                            Arena(config).settings(max_new_tokens=2))
+    from demo.reports import card, report
+
+    paths = card.write(records, tmp_path / "card")
+    shown = [json.dumps(records), report.text_report(records), *(p.read_text() for p in paths.values())]
+    for address in (faulty.split("//")[1], closed.split("//")[1]):
+        assert any(address in text for text in shown) is public, address  # public: the record and the card
+    internal = next(r for r in records if r["variant"] == "smollm2/remote-internal")
+    assert internal["stored"]["engine"] == "openai" and internal["stored"]["served_model"] == MODEL
+    assert ("endpoint" in internal["stored"]) is public
+    down = next(r for r in records if r["variant"] == "smollm2/remote-down")
+    assert "endpoint unreachable" in down["error"]
+    assert (f"openai at {closed}" if public else f"openai serving {MODEL}") in down["error"]
 
 
 def test_remote_blocks_belong_to_remote_variants_only(tmp_path):

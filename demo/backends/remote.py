@@ -298,7 +298,8 @@ def load(variant: Variant, base: BaseModel) -> RemoteVariant:
         client.close()
         raise EndpointError(client.scrub(f"not available: {exc}")) from None
     endpoint = variant.endpoint
-    facts = {"engine": endpoint.engine, "endpoint": endpoint.url, "served_model": endpoint.model,
+    facts = {"engine": endpoint.engine, "served_model": endpoint.model,
+             **({"endpoint": endpoint.url} if endpoint.public_url else {}),  # the address only where declared public
              "declared_quantization": dict(variant.declared or {}), "timings": "measured at the client",
              "network_round_trip_ms": round(round_trip_ms, 2), "loaded_here": "the base tokenizer only"}
     if endpoint.engine in TOKEN_ID_PROMPTS:

@@ -213,7 +213,8 @@ class _translated:
             message = f"stream cut mid-answer: {_reason(exc)}"
         else:
             message = f"request failed: {exc.__class__.__name__}"
-        raise EndpointError(f"{message} ({self.what} from {self.endpoint.engine} at {self.endpoint.url})") from None
+        # The error reaches the page and the card: the address only where the models file declares it public.
+        raise EndpointError(f"{message} ({self.what} from {self.endpoint.where()})") from None
 
 
 def _check_status(response: httpx.Response, read: bool = False) -> None:

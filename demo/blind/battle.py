@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import threading
 import time
 from typing import Any
 
@@ -37,6 +38,8 @@ class BlindTest:
         self.battle_limit = SessionRateLimit(blind.battles_per_minute, "battles", clock)
         self.vote_limit = SessionRateLimit(blind.votes_per_minute, "votes", clock)
         self._failed_at: dict[str, float] = {}  # variant id -> clock() when it last failed to answer
+        self._results_lock = threading.Lock()
+        self._results: tuple[tuple[int, int], dict] | None = None  # (the store's vote mark, its summary)
 
     # --- pairing --------------------------------------------------------------------------------------
 
@@ -125,7 +128,16 @@ class BlindTest:
         return reveal(battle, choice)
 
     def results(self) -> dict:
-        return ratings.summarize(self.store.outcomes())
+        return self.marked_results()[1]
+
+    def marked_results(self) -> tuple[tuple[int, int], dict]:
+        """(the vote mark, the summary): the bootstrap and Bradley-Terry refits run once per new vote, not on
+        every refresh; callers share the summary and must not change it."""
+        with self._results_lock:  # viewers refreshing at once wait for one computation and share it
+            mark = self.store.vote_mark()
+            if self._results is None or self._results[0] != mark:
+                self._results = (mark, ratings.summarize(self.store.outcomes()))
+            return self._results
 
 
 def reveal(battle: Battle, choice: str) -> dict[str, Any]:

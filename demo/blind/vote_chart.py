@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from demo.reports import drawing
+
 # Outcome colours (Okabe-Ito): told apart with the common colour-vision deficiencies, and never the
 # variant colours of the other charts, since here a colour means an outcome, not a variant.
 SEGMENTS = (("preferred", "quantized answer preferred", "#009E73"),
@@ -16,13 +18,16 @@ def write_chart(summary: dict, path: Path) -> Path | None:
     rows = [r for r in summary["variants"] if r["role"] == "quantized"]
     if not rows:
         return None
-    import matplotlib
+    with drawing.LOCK:
+        return _draw(rows, path)
 
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
+
+def _draw(rows: list[dict], path: Path) -> Path:
+    from matplotlib.figure import Figure
 
     names = [f"{r['label'] or r['variant']}\n{r['votes']} vote{'s' if r['votes'] != 1 else ''}" for r in rows]
-    fig, ax = plt.subplots(figsize=(7.0, 1.9 + 0.6 * len(rows)), dpi=110, layout="constrained")
+    fig = Figure(figsize=(7.0, 1.9 + 0.6 * len(rows)), dpi=110, layout="constrained")  # no pyplot state
+    ax = fig.subplots()
     left = [0.0] * len(rows)
     for key, label, colour in SEGMENTS:
         widths = [100 * r["rates"][key] for r in rows]
@@ -38,6 +43,5 @@ def write_chart(summary: dict, path: Path) -> Path | None:
     ax.set_xlabel("share of votes against the baseline (%)")
     ax.set_title("Could people tell it from the baseline?")
     fig.legend(loc="outside lower center", ncol=2, fontsize=9, frameon=False)  # below the axis: never over a bar
-    fig.savefig(path)
-    plt.close(fig)
+    fig.savefig(path)  # Agg, the default canvas of a bare Figure: files only, no display
     return path

@@ -234,6 +234,12 @@ class VoteStore:
                 "ON b.id = v.battle_id WHERE b.base = ?) GROUP BY variant", (base, base)).fetchall()
         return {r[0]: r[1] for r in rows}
 
+    def vote_mark(self) -> tuple[int, int]:
+        """(votes, the last vote's rowid): votes are append-only, so this changes exactly when a vote is added."""
+        with self._lock:
+            row = self._db.execute("SELECT COUNT(*), COALESCE(MAX(rowid), 0) FROM votes").fetchone()
+        return int(row[0]), int(row[1])
+
     def counts(self) -> tuple[int, int]:
         """(battles issued, votes)."""
         with self._lock:

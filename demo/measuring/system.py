@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import importlib.metadata
 import platform
+import threading
+import time
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 import psutil
+
+from demo.measuring import nvml
 
 MIB = 2**20
 _PACKAGES = ("torch", "transformers", "accelerate", "bitsandbytes", "gradio")
@@ -22,21 +27,16 @@ class GpuFigures:
 
 def gpu_figures() -> GpuFigures | None:
     """NVML figures for GPU 0, or None where there is no NVIDIA driver."""
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-    except Exception:  # no library, no driver, no device: all mean "no NVIDIA GPU to report"
+    pynvml = nvml.library()  # initialised once per process, never shut down per read
+    if pynvml is None:
         return None
     try:
         handle = pynvml.nvmlDeviceGetHandleByIndex(0)
         info = pynvml.nvmlDeviceGetMemoryInfo(handle)
         name, driver = pynvml.nvmlDeviceGetName(handle), pynvml.nvmlSystemGetDriverVersion()
         return GpuFigures(_text(name), _text(driver), info.used / MIB, info.total / MIB)
-    except Exception:
+    except Exception:  # a device gone or in a bad state: nothing to report this time
         return None
-    finally:
-        pynvml.nvmlShutdown()
 
 
 def device_name() -> str:
@@ -87,6 +87,25 @@ def snapshot(device: str | None = None) -> SystemSnapshot:
         rss, uss = process.memory_info().rss, None
     return SystemSnapshot(device or device_name(), rss / MIB, None if uss is None else uss / MIB,
                           (vm.total - vm.available) / MIB, vm.total / MIB, gpu_figures())
+
+
+class SharedSnapshot:
+    """One snapshot for every viewer, taken again only once it is `max_age_s` old: ten open pages cost what one
+    does (smaps and NVML read once per period, not once per viewer per period)."""
+
+    def __init__(self, max_age_s: float, take: Callable[[str | None], SystemSnapshot] = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.max_age_s, self._take, self._clock = max_age_s, take or snapshot, clock
+        self._lock = threading.Lock()
+        self._taken_at: float | None = None
+        self._latest: SystemSnapshot | None = None
+
+    def get(self, device: str | None = None) -> SystemSnapshot:
+        with self._lock:  # a viewer arriving while another measures waits and shares its figures
+            now = self._clock()
+            if self._latest is None or now - self._taken_at >= self.max_age_s:
+                self._latest, self._taken_at = self._take(device), now
+            return self._latest
 
 
 def _version(name: str) -> str | None:

@@ -10,6 +10,8 @@ from typing import Callable, Iterator
 
 import psutil
 
+from demo.measuring import nvml
+
 MIB = 2**20
 
 
@@ -73,7 +75,7 @@ class MemoryTracker:
     def __init__(self, device: str, weights_bytes: int, interval_s: float = 0.005, kind: str | None = None):
         self.device, self.weights_bytes, self.interval_s = device, weights_bytes, interval_s
         self.kind = kind or ("cuda-allocated" if device == "cuda" else "cpu-rss")
-        self._read = {"cpu-rss": self._rss, "nvml-device": _nvml_used_bytes}.get(self.kind)
+        self._read = {"cpu-rss": self._rss, "nvml-device": nvml.used_bytes}.get(self.kind)
         self._process = psutil.Process()
         self._stop = threading.Event()
         self._sampler: threading.Thread | None = None
@@ -117,17 +119,6 @@ class MemoryTracker:
     def _sample(self) -> None:
         while not self._stop.wait(self.interval_s):
             self._peak = max(self._peak, self._read())
-
-
-def _nvml_used_bytes() -> int:
-    """VRAM used on GPU 0, device-wide (NVML cannot attribute memory to a process in most containers)."""
-    import pynvml
-
-    pynvml.nvmlInit()  # reference-counted by NVML: cheap after the first call
-    try:
-        return int(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(0)).used)
-    finally:
-        pynvml.nvmlShutdown()
 
 
 @contextmanager

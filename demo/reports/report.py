@@ -98,8 +98,9 @@ def remote_figures(record: dict[str, Any]) -> list[tuple[str, str]]:
         return []
     memory = {"not-reported": "not reported by this engine"}.get(record.get("memory_kind") or "",
                                                                   stored.get("memory_source") or "–")
-    return [("timings", f"{stored.get('timings', 'measured at the client')}, {stored.get('engine')} at "
-                        f"{stored.get('endpoint')}"),
+    where = (f"{stored.get('engine')} at {stored['endpoint']}" if stored.get("endpoint")  # declared public
+             else f"{stored.get('engine')} serving {stored.get('served_model')}")
+    return [("timings", f"{stored.get('timings', 'measured at the client')}, {where}"),
             ("network round trip", _num(stored.get("network_round_trip_ms"), 1, "ms") + " (measured separately)"),
             ("tokens counted by", str(stored.get("tokens_counted_by", "–"))),
             ("engine memory", memory)]

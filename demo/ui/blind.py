@@ -8,7 +8,7 @@ import json
 import logging
 import os
 import random
-import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from demo.blind.results_view import CSV_FIELDS, HEADERS, csv_row, summary_markdo
 from demo.blind.votes import SPACE_DATA, VoteStore, space_storage, votes_path
 from demo.config import REPO_ROOT
 from demo.errors import ArenaError
-from demo.reports import report
+from demo.reports import report, scratch
 from demo.reports.escaping import markdown_inline
 from demo.running.runner import Arena
 
@@ -91,6 +91,8 @@ class BlindTab:
             with gr.Tab("Results", id="blind-results-tab", elem_id="blind-results") as self.results_tab:
                 self._build_results()
         self.result_outputs = [self.summary, self.chart, self.table, self.files]
+        self._files_lock = threading.Lock()
+        self._files: dict[tuple[int, int], tuple[Path | None, list[Path]]] = {}  # vote mark -> chart, files
 
     def _build_vote(self, bases: list[tuple[str, str]]) -> None:
         gr.Markdown(INTRO)
@@ -175,14 +177,24 @@ class BlindTab:
         return self.results_updates()
 
     def results_updates(self) -> dict:
-        shown = self.blind.results()
-        out = Path(tempfile.mkdtemp(prefix="blind-results-"))
-        paths = write_results(shown, out)
-        chart_path = vote_chart.write_chart(shown, out / "blind_test.png")
+        mark, shown = self.blind.marked_results()
+        chart_path, paths = self.results_files(mark, shown)
         return {self.summary: summary_markdown(shown, self.blind.store.counts()),
                 self.chart: str(chart_path) if chart_path else None,
                 self.table: pd.DataFrame(table_rows(shown), columns=HEADERS),
-                self.files: [str(p) for p in paths.values()]}
+                self.files: [str(p) for p in paths]}
+
+    def results_files(self, mark: tuple[int, int], shown: dict) -> tuple[Path | None, list[Path]]:
+        """The chart and the JSON and CSV files, written and drawn once per new vote (and again if the scratch
+        space swept them): a refresh draws nothing."""
+        with self._files_lock:
+            kept = self._files.get(mark)
+            if kept is None or not all(p.exists() for p in [*kept[1], *([kept[0]] if kept[0] else [])]):
+                out = scratch.folder("blind-results-")
+                paths = list(write_results(shown, out).values())
+                kept = (vote_chart.write_chart(shown, out / "blind_test.png"), paths)
+                self._files = {mark: kept}
+            return kept
 
 
 def endpoints(blind: BlindTest):

@@ -3,17 +3,15 @@ Stop, Quantize now, and the /compare endpoint over the same Arena."""
 
 from __future__ import annotations
 
-import tempfile
 import threading
 import time
-from pathlib import Path
 from typing import Any, Iterator, NamedTuple
 
 import gradio as gr
 
 from demo.artifacts.quantize import quantize_variant
 from demo.errors import ArenaError
-from demo.reports import card, report
+from demo.reports import card, report, scratch
 from demo.running.runner import Arena, VariantResult
 from demo.ui import summary as summary_view
 from demo.ui.columns import ColumnsView, divergence_html, offers_quantize
@@ -240,7 +238,7 @@ class CompareTab:
                 value=QUANTIZE_NOTE_GGUF if rec["method"] == "gguf" else QUANTIZE_NOTE, visible=offers_quantize(rec))
         updates[self.fidelity_help] = gr.update(visible=any(r.get("fidelity") for r in final))
         updates.update(summary_view.summary_updates(self.arena, final, self.table, self.plots, self.chart_note))
-        paths = card.write(final, Path(tempfile.mkdtemp(prefix="comparison-")))
+        paths = card.write(final, scratch.folder("comparison-"))
         updates.update({self.summary: gr.update(visible=True),
                         self.conditions: summary_view.conditions_markdown(final),
                         self.downloads: [str(paths[k]) for k in ("json", "csv", "markdown")]})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ import pandas as pd
 
 from demo import evaluate
 from demo.errors import ArenaError
+from demo.reports import drawing, scratch
 from demo.running.runner import Arena
 
 # evaluate.FIELDS in words, with units; the files keep the field names.
@@ -184,9 +184,10 @@ class EvaluateTab:
     def _results(self, results: list[evaluate.VariantEvaluation], head: str, run_count: int,
                  max_new_tokens: int, protocol: evaluate.Protocol) -> dict:
         """Write the result files and charts to a fresh folder, and the updates that show them."""
-        out = Path(tempfile.mkdtemp(prefix="evaluate-"))
-        paths = evaluate.write_outputs(results, self.arena, out, evaluate.conditions(
-            evaluate.EVALUATION_FILE, run_count, max_new_tokens, protocol), order=list(self.config.variants))
+        out = scratch.folder("evaluate-")
+        with drawing.LOCK:  # its charts: one chart drawn at a time in this process
+            paths = evaluate.write_outputs(results, self.arena, out, evaluate.conditions(
+                evaluate.EVALUATION_FILE, run_count, max_new_tokens, protocol), order=list(self.config.variants))
         after_table = paths["markdown"].read_text().split("\n\n", 1)[-1]
         note, _, statistics = after_table.partition("\n## ")
         return {self.status: f"{head} {note.strip()}",

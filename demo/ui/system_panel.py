@@ -21,16 +21,18 @@ def build(arena: Arena, page: gr.Blocks) -> None:
     with gr.Accordion("System", open=True):
         shown = gr.Markdown(elem_id="system")
     timer = gr.Timer(REFRESH_S)
+    shared = system.SharedSnapshot(max_age_s=REFRESH_S)  # every viewer's timer reads the same figures
 
     def on_tick() -> str:
-        return system_markdown(arena)
+        return system_markdown(arena, shared)
 
     timer.tick(on_tick, None, shown, queue=False, api_visibility="undocumented", show_progress="hidden")
     page.load(on_tick, None, shown, queue=False, api_visibility="undocumented")
 
 
-def system_markdown(arena: Arena) -> str:
-    snap = system.snapshot(arena.environment()["device_name"])
+def system_markdown(arena: Arena, shared: system.SharedSnapshot | None = None) -> str:
+    device = arena.environment()["device_name"]
+    snap = shared.get(device) if shared is not None else system.snapshot(device)
     manager = arena.manager
     process = (f"**This process:** {snap.process_uss_mib:,.0f} MiB of its own memory (USS) · "
                f"{snap.process_rss_mib:,.0f} MiB resident (RSS)" if snap.process_uss_mib is not None

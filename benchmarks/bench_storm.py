@@ -1,0 +1,124 @@
+"""make bench, third part: a comparison's decode rate while ten clients refresh the blind test's Results view,
+over its rate with nobody refreshing (target: at least 0.95).
+
+The app runs as its own process (python app.py) over a votes database filled beforehand (VOTES votes spread
+over the default base's variants, so every refresh has real statistics to show); ten gradio_client clients
+call the Results view's handler in a loop, as the Refresh button does, while one client times /compare. Quiet
+and storm runs are interleaved. Writes results/bench_storm.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+from benchmarks.bench import app_server, write_json  # noqa: E402
+from benchmarks.bench_page import PROMPT, _record  # noqa: E402
+
+TARGET_RATIO = 0.95
+CLIENTS = 10
+VOTES = 300
+RESULTS_API = "/on_results"  # the Refresh button's event (undocumented, named after its handler)
+
+
+def fill_votes(path: Path, models: str | None) -> None:
+    """VOTES voted battles between the first base's baseline and its other variants, choices drawn at random."""
+    from demo.blind.votes import CHOICES, Battle, VoteStore, now_iso, session_digest
+    from demo.config import load_config
+
+    config = load_config(models) if models else load_config()
+    base_id, base = next((b, m) for b, m in config.bases.items() if m.baseline)
+    others = [v for v, m in config.variants.items() if m.base == base_id and v != base.baseline]
+    store, rng = VoteStore(path), random.Random(0)
+    for k in range(VOTES):
+        a, b = (base.baseline, others[k % len(others)])[::rng.choice((1, -1))]
+        store.add_battle(Battle(f"bench-{k}", now_iso(), session_digest("bench"), base_id, base.baseline, a, b,
+                                PROMPT, {"decoding": "greedy"}, "answer a", "answer b", {"variant": a, "label": a},
+                                {"variant": b, "label": b}, {"device_name": "bench"}))
+        store.vote(f"bench-{k}", rng.choice(list(CHOICES)), "bench")
+    store.close()
+
+
+def storm(url: str, stop: threading.Event, refreshes: list[int]) -> None:
+    from gradio_client import Client
+
+    client = Client(url, verbose=False)
+    while not stop.is_set():
+        client.predict(api_name=RESULTS_API)
+        refreshes.append(1)
+
+
+def decode_under_storm(url: str, client, variant_id: str, max_new_tokens: int) -> tuple[float, int]:
+    stop, refreshes = threading.Event(), []
+    clients = [threading.Thread(target=storm, args=(url, stop, refreshes), daemon=True) for _ in range(CLIENTS)]
+    for t in clients:
+        t.start()
+    try:
+        rate = _record(client, variant_id, max_new_tokens)["decode_tokens_per_s"]
+    finally:
+        stop.set()
+        for t in clients:
+            t.join(60)
+    return rate, len(refreshes)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", help="models file (default: $ARENA_MODELS, else models.yaml)")
+    parser.add_argument("--variant", default="smollm2/bf16")
+    parser.add_argument("--runs", type=int, default=3, help="interleaved quiet/storm pairs")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--out", default=str(REPO / "results" / "bench_storm.json"))
+    args = parser.parse_args()
+
+    from gradio_client import Client
+
+    with tempfile.TemporaryDirectory(prefix="bench-storm-") as folder:
+        os.environ["ARENA_VOTES_DB"] = str(Path(folder) / "votes.sqlite3")  # the app under test reads this one
+        fill_votes(Path(os.environ["ARENA_VOTES_DB"]), args.models)
+        load_before = os.getloadavg()[0]
+        with app_server(args.models) as (url, _):
+            client = Client(url, verbose=False)
+            environment = _record(client, args.variant, args.max_new_tokens)["environment"]  # warm-up: loads it
+            quiet, stormy, refreshes = [], [], []
+            for run in range(args.runs):
+                for kind in (("quiet", "storm") if run % 2 == 0 else ("storm", "quiet")):
+                    if kind == "quiet":
+                        quiet.append(_record(client, args.variant, args.max_new_tokens)["decode_tokens_per_s"])
+                    else:
+                        rate, count = decode_under_storm(url, client, args.variant, args.max_new_tokens)
+                        stormy.append(rate)
+                        refreshes.append(count)
+    ratio = statistics.median(stormy) / statistics.median(quiet)
+    print(f"{args.variant}: quiet {statistics.median(quiet):.2f} tok/s, under {CLIENTS} refreshing clients "
+          f"{statistics.median(stormy):.2f} tok/s, ratio {ratio:.3f}", flush=True)
+    write_json({
+        "environment": environment,
+        "conditions": {"prompt": PROMPT, "variant": args.variant, "max_new_tokens": args.max_new_tokens,
+                       "decoding": "greedy", "server": "python app.py, its own process", "runs": args.runs,
+                       "statistic": "median", "order": "interleaved, alternating which goes first",
+                       "storm": f"{CLIENTS} gradio_client clients calling {RESULTS_API} in a loop",
+                       "votes_in_database": VOTES, "target_ratio": TARGET_RATIO,
+                       "load_average_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+                       "cpu_count": os.cpu_count()},
+        "quiet_decode_tokens_per_s": [round(x, 2) for x in quiet],
+        "storm_decode_tokens_per_s": [round(x, 2) for x in stormy],
+        "refreshes_during_each_storm_run": refreshes,
+        "ratio": round(ratio, 3),
+        "meets_target": ratio >= TARGET_RATIO,
+    }, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
