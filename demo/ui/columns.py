@@ -238,9 +238,12 @@ def _worst_table(per_token: list[dict]) -> str:
     rows = "".join(f"<tr><td>{t['position']}</td><td><code>{_literal(t['token'], one_line=True)}</code></td>"
                    f"<td>{t['kl_nats']:.3g}</td><td>{_top(t, 'baseline')}</td><td>{_top(t, 'variant')}</td></tr>"
                    for t in worst)
-    return ('<table class="per-token-worst"><caption>The worst positions</caption><thead><tr><th>position</th>'
-            "<th>token</th><th>KL (nats)</th><th>baseline's top: p baseline / variant</th>"
-            f"<th>variant's top: p baseline / variant</th></tr></thead><tbody>{rows}</tbody></table>")
+    # Inside its column at any width: the table scrolls sideways rather than spilling over the next column.
+    return ('<div class="per-token-worst-frame" style="max-width:100%;overflow-x:auto">'
+            '<table class="per-token-worst" style="width:100%;font-size:0.85em">'
+            "<caption>The worst positions</caption><thead><tr><th>pos.</th><th>token</th><th>KL (nats)</th>"
+            "<th>baseline's top (p: baseline / variant)</th><th>variant's top (p: baseline / variant)</th></tr>"
+            f"</thead><tbody>{rows}</tbody></table></div>")
 
 
 def _top(token: dict, side: str) -> str:

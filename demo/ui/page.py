@@ -84,6 +84,9 @@ CSS = """
 #blind-table th *, .variant-figures th, .variant-figures td {
   word-break: normal; overflow-wrap: normal; hyphens: manual;}
 #summary-table table {font-size: 0.85em;}  /* whole words need room: all fourteen columns fit 1440 px */
+/* The worst positions under a column: five columns of short figures in a third of the page. */
+.per-token-worst th, .per-token-worst td {padding: 3px 5px; word-break: normal; overflow-wrap: normal;}
+.per-token-worst td:nth-child(-n+3) {white-space: nowrap;}
 input[type=checkbox]:focus-visible, input[type=checkbox]:checked:focus-visible {
   outline: 3px solid #1e1b4b; outline-offset: 2px;}
 """
