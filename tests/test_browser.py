@@ -215,6 +215,9 @@ def test_evaluate_tab(browser, app_url):
     assert page.locator("img[src*='quality_vs_memory']").count() == 1
     assert page.locator("img[src*='speed_vs_memory']").count() == 1
     assert "%" in table and "quantized at load" in table  # agreement as a percentage, an empty cell explained
+    assert "noise floor (ε = 2⁻⁹) of smollm2/fp32" in table  # the line under which a KL is noise
+    for chart in ("kl_vs_size", "kl_per_token"):  # the KL tail against size, and per token
+        assert page.locator(f"img[src*='{chart}']").count() == 1, chart
     assert page.locator("#evaluate").is_enabled() and not page.locator("#evaluate-stop").is_enabled()
     assert errors == []
 

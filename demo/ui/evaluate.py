@@ -136,9 +136,11 @@ class EvaluateTab:
             self.quality_chart = gr.Image(label="Quality against memory", type="filepath", interactive=False)
             self.speed_chart = gr.Image(label="Speed against memory", type="filepath", interactive=False)
         with gr.Row():  # drawn where the rows have a baseline: the KL tail against size, and per token
-            self.kl_chart = gr.Image(label="KL against size, with the noise floor", type="filepath",
-                                     interactive=False, visible=False)
-            self.kl_histogram = gr.Image(label="KL per token", type="filepath", interactive=False, visible=False)
+            # Their titles are in the images: a Gradio label would sit over them.
+            self.kl_chart = gr.Image(label="KL against size, with the noise floor", show_label=False,
+                                     type="filepath", interactive=False, visible=False)
+            self.kl_histogram = gr.Image(label="KL per token", show_label=False, type="filepath", interactive=False,
+                                         visible=False)
         with gr.Accordion("Statistics against the baseline (as llama.cpp prints them)", open=False):
             self.statistics = gr.Markdown(elem_id="evaluate-statistics")
         self.files = gr.File(label="results.json, results.csv, results.md", file_count="multiple",
