@@ -415,7 +415,8 @@ def markdown_table(rows: list[dict], env: dict, conditions: dict) -> str:
             "| TTFT p50 (ms) | decode p50 / p90 (tok/s) | weights (MiB) | peak (MiB) | disk (MiB) |\n"
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     lines = [head, *(_markdown_row(r) for r in rows)]
-    notes = (f"\n\nConditions: {env.get('device_name')}; torch {env.get('torch')}, transformers {env.get('transformers')}, "
+    features = f" ({', '.join(env['cpu_features'])})" if env.get("cpu_features") else ""
+    notes = (f"\n\nConditions: {env.get('device_name')}{features}; torch {env.get('torch')}, transformers {env.get('transformers')}, "
              f"bitsandbytes {env.get('bitsandbytes')}. Quality on {conditions['text']} ({conditions['method']}). "
              f"Speed: {conditions['speed']}. Peak memory as in the app "
              f"({'approximate, process RSS' if 'CPU' in str(env.get('device_name')) else 'CUDA allocated'}).\n")

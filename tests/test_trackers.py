@@ -90,3 +90,15 @@ def test_cuda_memory_sees_a_known_allocation():
     assert memory.result.memory_kind == "cuda-allocated"
     assert memory.result.run_peak_mib == pytest.approx(64, rel=0.01)
     assert memory.result.peak_reserved_mib >= 64 * 0.99
+
+
+def test_the_environment_names_the_cpu_features_and_every_runtime_version():
+    import os
+
+    from demo.measuring import system
+
+    env = system.environment()
+    assert {"torchao", "gptqmodel", "llama_cpp_python"} <= set(env)
+    if os.path.exists("/proc/cpuinfo"):  # read independently: the flags line of the first processor
+        flags = next(line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags"))
+        assert env["cpu_features"] == [f for f in system._CPU_FEATURES if f in flags]

@@ -14,7 +14,11 @@ import psutil
 from demo.measuring import nvml
 
 MIB = 2**20
-_PACKAGES = ("torch", "transformers", "accelerate", "bitsandbytes", "gradio")
+_PACKAGES = ("torch", "transformers", "accelerate", "bitsandbytes", "torchao", "gptqmodel", "llama_cpp_python",
+             "gradio")
+# The CPU features that decide which kernels run (and so which near-tie tokens tip which way): named in every record.
+_CPU_FEATURES = ("avx2", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16",
+                 "amx_int8")
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,7 @@ def environment() -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(terse=True),
         "ram_total_mib": round(psutil.virtual_memory().total / MIB),
+        "cpu_features": cpu_features(),
     }
     env.update({name: _version(name) for name in _PACKAGES})
     return env
@@ -113,6 +118,16 @@ def _version(name: str) -> str | None:
         return importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:
         return None
+
+
+def cpu_features() -> list[str]:
+    """Which of _CPU_FEATURES this CPU has (its flags in /proc/cpuinfo); [] where that file is not there."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = next((set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), set())
+    except OSError:
+        return []
+    return [name for name in _CPU_FEATURES if name in flags]
 
 
 def _cpu_model() -> str:

@@ -107,7 +107,8 @@ def chart_note_text(records: list[dict], names: dict[str, str]) -> str:
 def conditions_markdown(records: list[dict]) -> str:
     env, settings = records[0]["environment"], records[0]["settings"]
     kinds = sorted({r["memory_kind"] for r in records if r.get("memory_kind")})
-    lines = [f"**Conditions.** {env.get('device_name')} · torch {env.get('torch')} · transformers "
+    features = f" ({', '.join(env['cpu_features'])})" if env.get("cpu_features") else ""
+    lines = [f"**Conditions.** {env.get('device_name')}{features} · torch {env.get('torch')} · transformers "
              f"{env.get('transformers')} · bitsandbytes {env.get('bitsandbytes')} · gradio {env.get('gradio')}",
              f"Settings: {', '.join(f'{k}={v}' for k, v in settings.items())}; same prompt for every variant."]
     lines += [f"Peak memory = {report.MEMORY_KINDS[k]}." for k in kinds]
