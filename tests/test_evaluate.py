@@ -154,14 +154,16 @@ def test_bad_variant_is_one_line_and_exit_1():
 def test_a_variant_that_raises_keeps_the_rows_around_it(arena, monkeypatch):
     """Any error (a kernel error, out of memory) goes in its variant's row, in one line without paths; the
     variants before and after it are evaluated and kept."""
-    real_quality = evaluate._quality
+    from demo.evaluate import quality
+
+    real_quality = quality.measure
 
     def failing(arena_, result, text, baselines):
         if result.variant == "smollm2/bf16":
             raise RuntimeError("kernel failed in /opt/secret/libkernel.so at block 3\nwith a second line")
         return real_quality(arena_, result, text, baselines)
 
-    monkeypatch.setattr(evaluate, "_quality", failing)
+    monkeypatch.setattr(quality, "measure", failing)
     text = "\n".join((REPO / "assets" / "evaluation.txt").read_text().splitlines()[:6])
     rows = evaluate.evaluate(arena, ["smollm2/fp32", "smollm2/bf16", "smollm2/bnb-int8"], text, runs=1,
                              max_new_tokens=2)

@@ -16,7 +16,7 @@ MAY_IMPORT = {
     "backends": {"artifacts", "config", "measuring", "settings", "errors"},
     "running": {"backends", "artifacts", "config", "measuring", "settings", "errors"},
     "blind": {"running", "artifacts", "config", "measuring", "reports", "settings", "errors"},
-    # demo/evaluate.py: the evaluation (python -m demo.evaluate), which the Evaluate tab runs too
+    # demo/evaluate/: the evaluation (python -m demo.evaluate), which the Evaluate tab runs too
     "evaluate": {"running", "backends", "artifacts", "config", "measuring", "reports", "settings", "errors"},
     # demo/flips.py: answers that change against the baseline over a prompt set (python -m demo.flips), beside evaluate
     "flips": {"running", "backends", "artifacts", "config", "measuring", "reports", "settings", "errors"},

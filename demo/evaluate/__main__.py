@@ -1,0 +1,55 @@
+"""python -m demo.evaluate: the command line (see the package's docstring)."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+from pathlib import Path
+
+import demo.evaluate as package
+from demo.config import REPO_ROOT, load_config
+from demo.errors import ArenaError, InvalidRequest
+from demo.evaluate.outputs import conditions, write_outputs
+from demo.evaluate.plan import EVALUATION_FILE, PROMPTS_FILE, PROTOCOLS, Protocol
+from demo.evaluate.run import evaluate
+from demo.measuring import protocols
+from demo.running.runner import Arena
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m demo.evaluate", description=package.__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", help="models file (default: $ARENA_MODELS, else models.yaml)")
+    parser.add_argument("--variants", required=True, help="comma-separated variant ids")
+    parser.add_argument("--text", type=Path, default=EVALUATION_FILE, help="held-out text (default: assets/evaluation.txt)")
+    parser.add_argument("--out", type=Path, help="output folder (default: results/<timestamp>)")
+    parser.add_argument("--runs", type=int, default=5, help="timed runs per variant after one warm-up")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--protocol", choices=PROTOCOLS, default="sliding",
+                        help="which tokens are fed and scored (default: sliding; see above)")
+    parser.add_argument("--ctx", type=int, default=protocols.LLAMACPP_CTX,
+                        help=f"llamacpp: tokens per chunk (default {protocols.LLAMACPP_CTX}, as llama.cpp)")
+    parser.add_argument("--prompts", type=Path, default=PROMPTS_FILE,
+                        help="trace: prompt file, JSON {\"prompts\": [...]} or one a line (default: the blind test's)")
+    args = parser.parse_args(argv)
+    protocol = Protocol(args.protocol, args.ctx, args.prompts)
+    try:
+        arena = Arena(load_config(args.models))
+        if not args.text.is_file():
+            raise InvalidRequest(f"text file '{args.text}' not found")
+        variant_ids = [v.strip() for v in args.variants.split(",") if v.strip()]
+        results = evaluate(arena, variant_ids, args.text.read_text(encoding="utf-8"), args.runs, args.max_new_tokens,
+                           protocol=protocol)
+    except ArenaError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    out = args.out or REPO_ROOT / "results" / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    paths = write_outputs(results, arena, out, conditions(args.text, args.runs, args.max_new_tokens, protocol))
+    print(paths["markdown"].read_text())
+    print(f"wrote {', '.join(str(p) for p in paths.values())}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
