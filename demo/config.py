@@ -318,15 +318,38 @@ def _parse_blind(path: Path, raw: Any, variants: dict[str, Variant], limits: Lim
     return replace(blind, votes_db=votes_db, variants=tuple(chosen))
 
 
+# A budget of `auto` (or none given) on an NVIDIA GPU: this fraction of the device's memory less this margin, so
+# that the CUDA context, activations, the KV cache and a load's transient copies fit beside the cached weights.
+AUTO_BUDGET_FRACTION = 0.75
+AUTO_BUDGET_MARGIN_MIB = 1024.0
+CPU_DEFAULT_BUDGET_MIB = 4096.0  # without a GPU, a budget of `auto` or none given
+
+
+def auto_budget_mib(device_total_mib: float | None) -> float:
+    """The weights budget for a device of this much memory (MiB); None: no GPU, the CPU default."""
+    if device_total_mib is None:
+        return CPU_DEFAULT_BUDGET_MIB
+    return max(device_total_mib * AUTO_BUDGET_FRACTION - AUTO_BUDGET_MARGIN_MIB, device_total_mib * 0.25)
+
+
+def _gpu_total_mib() -> float | None:
+    from demo.measuring.system import gpu_figures  # NVML only: no torch import before the config is validated
+
+    figures = gpu_figures()
+    return None if figures is None else figures.total_mib
+
+
 def _budget(path: Path, data: dict) -> float:
     raw, where = os.environ.get(BUDGET_ENV), f"${BUDGET_ENV}"
     if raw is None:
-        raw, where = data.get("memory_budget_mib", 4096), "memory_budget_mib"
+        raw, where = data.get("memory_budget_mib", "auto"), "memory_budget_mib"
+    if isinstance(raw, str) and raw.strip().lower() == "auto":
+        return auto_budget_mib(_gpu_total_mib())
     try:
         budget = float(raw)
     except (TypeError, ValueError):
         budget = -1.0
-    _expect(budget > 0, path, f"must be a positive number of MiB, got {raw!r}", field=where)
+    _expect(budget > 0, path, f"must be a positive number of MiB or auto, got {raw!r}", field=where)
     return budget
 
 

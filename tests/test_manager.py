@@ -120,3 +120,23 @@ def test_eviction_returns_cuda_memory(config):
     assert torch.cuda.memory_allocated() > before
     manager.evict("a")
     assert torch.cuda.memory_allocated() == before
+
+
+@pytest.mark.gpu
+def test_failed_load_returns_cuda_memory(config):
+    class HalfBuilt:
+        def __init__(self):
+            self.weights = torch.empty(64 * MIB, dtype=torch.uint8, device="cuda")
+            self.me = self  # a reference cycle: only the garbage collector frees it
+
+    def failing_loader(variant, base):
+        half_built = HalfBuilt()  # noqa: F841 (held by this frame when the error leaves it)
+        raise torch.OutOfMemoryError("CUDA out of memory while loading")
+
+    manager = ModelManager(config, failing_loader, budget_mib=10_000, estimator=lambda v, b: None)
+    before = torch.cuda.memory_allocated()
+    with pytest.raises(torch.OutOfMemoryError) as caught:
+        manager.get("a")
+    assert caught.value is not None  # the error and its traceback are still held
+    assert torch.cuda.memory_allocated() == before
+    assert manager.loaded_ids() == []

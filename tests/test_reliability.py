@@ -172,7 +172,8 @@ def test_variant_bigger_than_the_budget_fails_alone(default_config):
     local = Arena(default_config, ModelManager(default_config, budget_mib=200))
     records = local.compare_records(PROMPT, ["smollm2/fp32", "smollm2/bnb-nf4"], local.settings(max_new_tokens=8))
     assert records[0]["status"] == "error"
-    assert records[0]["error"] == "needs 513 MiB of weights but the memory budget is 200 MiB"
+    assert records[0]["error"] == ("needs 513 MiB of weights but the memory budget is 200 MiB "
+                                   "(estimated from 134,515,072 parameters at fp32)")  # refused before loading
     assert records[1]["status"] == "done"
     assert local.manager.resident_mib() <= 200
 

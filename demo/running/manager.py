@@ -1,23 +1,33 @@
-"""ModelManager: loads variants lazily, caches them, keeps them within a memory budget by LRU eviction."""
+"""ModelManager: loads variants lazily, caches them, keeps them within a memory budget by LRU eviction.
+
+Before a load it makes room for the variant's size, measured when it has loaded before, else estimated
+(demo.backends.size_estimate), plus LOAD_HEADROOM_FRACTION of it for what a load and its first runs hold
+beside the weights (activations, the KV cache, a layer being quantized). A variant whose size exceeds the
+budget is refused before anything is evicted. A failed load frees whatever it allocated.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
+import traceback
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
 
 from demo import backends
-from demo.backends import LoadedVariant
+from demo.backends import LoadedVariant, size_estimate
 from demo.config import ArenaConfig, BaseModel, Variant
 from demo.errors import MemoryBudgetExceeded
 
 log = logging.getLogger(__name__)
 MIB = 2**20
 
+LOAD_HEADROOM_FRACTION = 0.25  # room made beyond an incoming variant's weights: activations, KV cache, load spikes
+
 Loader = Callable[[Variant, BaseModel], LoadedVariant]
+Estimator = Callable[[Variant, BaseModel], "size_estimate.SizeEstimate | None"]
 
 
 @dataclass(frozen=True)
@@ -30,11 +40,13 @@ class Acquired:
 class ModelManager:
     """The one shared object: a lock-guarded LRU cache of loaded variants under a budget in MiB."""
 
-    def __init__(self, config: ArenaConfig, loader: Loader = backends.load, budget_mib: float | None = None):
-        self._config, self._loader = config, loader
+    def __init__(self, config: ArenaConfig, loader: Loader = backends.load, budget_mib: float | None = None,
+                 estimator: Estimator = size_estimate.estimate):
+        self._config, self._loader, self._estimator = config, loader, estimator
         self.budget_mib = config.memory_budget_mib if budget_mib is None else budget_mib
         self._cache: OrderedDict[str, LoadedVariant] = OrderedDict()  # least recently used first
         self._sizes_mib: dict[str, float] = {}  # measured footprints, used to make room before a reload
+        self._estimates: dict[str, size_estimate.SizeEstimate | None] = {}  # before a first load, computed once
         self._lock = threading.RLock()
 
     def get(self, variant_id: str) -> Acquired:
@@ -45,20 +57,50 @@ class ModelManager:
                 self._cache.move_to_end(variant_id)
                 return Acquired(self._cache[variant_id], True, (time.perf_counter() - start) * 1e3)
             variant = self._config.variants[variant_id]
-            self._make_room(self._sizes_mib.get(variant_id, 0.0), keep=None)
-            loaded = self._loader(variant, self._config.bases[variant.base])
+            size_mib, how = self._expected_mib(variant)
+            if size_mib > self.budget_mib:  # refused before evicting anything
+                raise self._over_budget(size_mib, how)
+            self._make_room(size_mib * (1 + LOAD_HEADROOM_FRACTION), keep=None)
+            loaded = self._load(variant)
             size = loaded.weights_bytes / MIB
             self._sizes_mib[variant_id] = size
             if size > self.budget_mib:
                 loaded.free()
                 del loaded
                 self._free()
-                raise MemoryBudgetExceeded(
-                    f"needs {size:.0f} MiB of weights but the memory budget is {self.budget_mib:.0f} MiB"
-                )
+                raise self._over_budget(size, "measured")
             self._cache[variant_id] = loaded
             self._make_room(0.0, keep=variant_id)
             return Acquired(loaded, False, (time.perf_counter() - start) * 1e3)
+
+    def expected_mib(self, variant_id: str) -> float:
+        """The size a get() makes room for: measured once loaded, else estimated, else 0 (unknown)."""
+        with self._lock:
+            return self._expected_mib(self._config.variants[variant_id])[0]
+
+    def _expected_mib(self, variant: Variant) -> tuple[float, str]:
+        if variant.id in self._sizes_mib:
+            return self._sizes_mib[variant.id], "measured"
+        if variant.id not in self._estimates:
+            self._estimates[variant.id] = self._estimator(variant, self._config.bases[variant.base])
+        found = self._estimates[variant.id]
+        if found is None:
+            return 0.0, "size unknown before loading"
+        return found.bytes / MIB, f"estimated from {found.how}"
+
+    def _over_budget(self, size_mib: float, how: str) -> MemoryBudgetExceeded:
+        return MemoryBudgetExceeded(f"needs {size_mib:.0f} MiB of weights but the memory budget is "
+                                    f"{self.budget_mib:.0f} MiB ({how})")
+
+    def _load(self, variant: Variant) -> LoadedVariant:
+        """The loader's result; on any failure, whatever the load allocated is freed before the error goes on."""
+        try:
+            return self._loader(variant, self._config.bases[variant.base])
+        except BaseException as exc:
+            # the traceback keeps the loader's frames, and their locals (a half-built model), alive
+            traceback.clear_frames(exc.__traceback__)
+            self._free()
+            raise
 
     def evict(self, variant_id: str) -> bool:
         """Drop a variant and free its memory; False if it was not loaded."""
