@@ -422,6 +422,10 @@ def test_sixteen_users_vote_at_once(app):
         assert row["prompt"] == f"Repeat the number {i}." and row["vote"]["choice"] == choices[i % 4]
         assert (row["answer_a"], row["answer_b"]) == (issued["a"], issued["b"])
     assert len({issued["battle"] for issued, _ in results}) == 16
+    # one address (127.0.0.1), stored only as a digest, with 16 sessions voting: flagged, counted apart
+    assert {len(row["address"]) for row in rows.values()} == {64}
+    assert all(rows[issued["battle"]]["vote"]["looks_scripted"] for issued, _ in results)
+    assert summarize(store.outcomes())["flagged_votes"] >= 16
 
 
 # ---- a restart: the app killed outright, started again ----
