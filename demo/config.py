@@ -228,6 +228,8 @@ class BlindSettings:
     max_new_tokens: int = 96
     battles_per_minute: int = 6  # per session
     votes_per_minute: int = 12  # per session; refused votes (forged, replayed) count too
+    temperature: float = 0.7  # both answers are sampled with these and a per-battle secret seed
+    top_p: float = 0.9
     variants: tuple[str, ...] = ()  # variants that may face their base's baseline; () for all of them
 
 
@@ -301,12 +303,15 @@ def _parse(path: Path, data: Any) -> ArenaConfig:
 
 def _parse_blind(path: Path, raw: Any, variants: dict[str, Variant], limits: Limits) -> BlindSettings:
     _expect(isinstance(raw, dict), path, "must be a mapping", field="blind")
-    _only(path, raw, {"votes_db", "max_new_tokens", "battles_per_minute", "votes_per_minute", "variants"}, None,
-          "blind")
-    numbers = {k: raw[k] for k in ("max_new_tokens", "battles_per_minute", "votes_per_minute") if k in raw}
+    _only(path, raw, {"votes_db", "max_new_tokens", "battles_per_minute", "votes_per_minute", "temperature", "top_p",
+                      "variants"}, None, "blind")
+    numbers = {k: raw[k] for k in ("max_new_tokens", "battles_per_minute", "votes_per_minute", "temperature", "top_p")
+               if k in raw}
     blind = _dataclass_from(path, BlindSettings, numbers, "blind")
     _expect(blind.max_new_tokens <= limits.max_new_tokens, path,
             f"must be at most limits.max_new_tokens ({limits.max_new_tokens})", field="blind.max_new_tokens")
+    _expect(blind.temperature <= 2.0, path, "must be in (0, 2]", field="blind.temperature")
+    _expect(blind.top_p <= 1.0, path, "must be in (0, 1]", field="blind.top_p")
     db = raw.get("votes_db")
     _expect(db is None or (isinstance(db, str) and db.strip()), path, "must be a file path", field="blind.votes_db")
     chosen = raw.get("variants") or []

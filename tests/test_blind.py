@@ -204,6 +204,9 @@ def test_rate_limit_per_session_over_a_sliding_minute():
     ("{max_new_tokens: 600}", "blind.max_new_tokens", "at most limits.max_new_tokens (512)"),
     ("{variants: [smollm2/fp64]}", "blind.variants", "unknown variant id(s): smollm2/fp64"),
     ("{votes_per_minute: many}", "blind.votes_per_minute", "must be int"),
+    ("{temperature: 3}", "blind.temperature", "must be in (0, 2]"),
+    ("{top_p: 0}", "blind.top_p", "must be positive"),
+    ("{top_p: 1.5}", "blind.top_p", "must be in (0, 1]"),
 ])
 def test_bad_blind_block(tmp_path, blind, field, message):
     with pytest.raises(ConfigError) as info:
@@ -282,7 +285,8 @@ def test_battle_hides_then_reveals(blind_arena, tmp_path):
     stored = blind.store.battle(issued["battle"])
     assert {stored.variant_a, stored.variant_b} == {"smollm2/fp32", "smollm2/bf16"}
     assert (stored.answer_a, stored.answer_b) == (issued["a"], issued["b"])
-    assert stored.settings == {"decoding": "greedy", "max_new_tokens": 4}
+    assert stored.settings == {"decoding": "sample", "max_new_tokens": 4, "temperature": 0.7, "top_p": 0.9,
+                               "seed": stored.seed} and 0 <= stored.seed < 2**31
     shown = blind.vote(issued["battle"], "b", "s1")
     assert shown["preferred"] == stored.variant_b and shown["prompt"] == "What is the capital of France?"
     assert shown["a"]["variant"] == stored.variant_a and shown["a"]["text"] == issued["a"]
@@ -418,6 +422,10 @@ def test_sixteen_users_vote_at_once(app):
         assert row["prompt"] == f"Repeat the number {i}." and row["vote"]["choice"] == choices[i % 4]
         assert (row["answer_a"], row["answer_b"]) == (issued["a"], issued["b"])
     assert len({issued["battle"] for issued, _ in results}) == 16
+    # one address (127.0.0.1), stored only as a digest, with 16 sessions voting: flagged, counted apart
+    assert {len(row["address"]) for row in rows.values()} == {64}
+    assert all(rows[issued["battle"]]["vote"]["looks_scripted"] for issued, _ in results)
+    assert summarize(store.outcomes())["flagged_votes"] >= 16
 
 
 # ---- a restart: the app killed outright, started again ----

@@ -1,9 +1,14 @@
 """Blind battles: the server pairs a base's baseline with another of its variants, answers the prompt with both
 under the same settings, hides which is which until the one vote its session may cast, then reveals them.
 
+Both answers are sampled (models.yaml blind.temperature and top_p) with a seed drawn secretly for each battle,
+the same for both sides. Greedy answers would give the baseline away: its answer to a prompt would always be
+the same text, which a greedy /compare or a second battle on the same prompt shows before the vote. The seed is
+stored with the battle and shown in the reveal and the export, never before the vote.
+
 A session is what Gradio calls one: `gr.Request.session_hash`, a random id the browser makes for each page
 load and gradio_client for each Client. It is not a login: a client can start a new session at will (the
-rate limits are per session), but it cannot vote on a battle issued to a session it does not know, nor on a
+rate limits are per session, and so also per client address), but it cannot vote on a battle issued to a session it does not know, nor on a
 battle id it did not receive (ids are 128-bit random strings).
 """
 
@@ -19,6 +24,7 @@ from demo.blind import ratings
 from demo.errors import InvalidRequest, VariantUnavailable
 from demo.blind.ratelimit import SessionRateLimit
 from demo.running.runner import Arena
+from demo.settings import GenerationSettings
 from demo.blind.votes import Battle, VoteStore, now_iso, session_digest
 
 log = logging.getLogger(__name__)
@@ -26,6 +32,7 @@ log = logging.getLogger(__name__)
 FAILED_RETRY_S = 600.0  # a variant that could not answer is left out of the draw this long (not made yet, ...)
 MAX_ATTEMPTS = 3  # variants tried for one battle before giving up
 BATTLE_ID_BYTES = 16
+SEED_BITS = 31  # a battle's seed: below every runtime's highest seed (2**32 - 2)
 _RANDOM = secrets.SystemRandom()  # sides and pairs nobody can predict from earlier battles
 
 
@@ -37,6 +44,9 @@ class BlindTest:
         blind = arena.config.blind
         self.battle_limit = SessionRateLimit(blind.battles_per_minute, "battles", clock)
         self.vote_limit = SessionRateLimit(blind.votes_per_minute, "votes", clock)
+        # keyed by the address digest: new sessions from one address share these
+        self.address_battle_limit = SessionRateLimit(blind.battles_per_minute, "battles", clock, "address")
+        self.address_vote_limit = SessionRateLimit(blind.votes_per_minute, "votes", clock, "address")
         self._failed_at: dict[str, float] = {}  # variant id -> clock() when it last failed to answer
         self._results_lock = threading.Lock()
         self._results: tuple[tuple[int, int], dict] | None = None  # (the store's vote mark, its summary)
@@ -82,13 +92,15 @@ class BlindTest:
 
     # --- battles and votes ----------------------------------------------------------------------------
 
-    def battle(self, prompt: str, base: str | None, session: str) -> dict[str, str]:
-        """Answer `prompt` with the baseline and a drawn variant; {"battle": id, "a": text, "b": text} only."""
+    def battle(self, prompt: str, base: str | None, session: str, address: str | None = None) -> dict[str, str]:
+        """Answer `prompt` with the baseline and a drawn variant; {"battle": id, "a": text, "b": text} only.
+        `address` is the client's (stored only as a digest); None where unknown."""
         base_id = self.resolve_base(base)
         baseline = self.arena.config.bases[base_id].baseline
         self.arena.validate(prompt, [baseline])  # a bad prompt is refused before it costs the session a battle
-        self.battle_limit.take(session)
-        settings = self.arena.settings(max_new_tokens=self.arena.config.blind.max_new_tokens)
+        digest = self.store.address_digest(address)
+        self._take(self.battle_limit, self.address_battle_limit, session, digest)
+        settings = self.sampling()
         tried: set[str] = set()
         while len(tried) < MAX_ATTEMPTS and (challenger := self.draw(base_id, tried)) is not None:
             tried.add(challenger)
@@ -96,20 +108,33 @@ class BlindTest:
             if records[baseline]["status"] != "done":
                 raise VariantUnavailable(f"the baseline could not answer: {records[baseline]['error']}")
             if records[challenger]["status"] == "done":
-                return self._issue(base_id, baseline, records[baseline], records[challenger], session)
+                return self._issue(base_id, baseline, records[baseline], records[challenger], session, digest)
             log.warning("blind test: %s could not answer (%s); drawing another", challenger,
                         records[challenger]["error"])
             self._failed_at[challenger] = self.clock()
         raise VariantUnavailable(f"no variant of '{base_id}' could answer beside its baseline just now "
                                  f"(tried {', '.join(sorted(tried)) or 'none'}); see the Compare tab for why")
 
-    def _issue(self, base_id: str, baseline: str, base_record: dict, other: dict, session: str) -> dict[str, str]:
+    def sampling(self) -> GenerationSettings:
+        """A battle's settings: sampled, models.yaml's blind temperature and top_p, and a fresh secret seed."""
+        blind = self.arena.config.blind
+        return self.arena.settings(max_new_tokens=blind.max_new_tokens, do_sample=True, temperature=blind.temperature,
+                                   top_p=blind.top_p, seed=secrets.randbits(SEED_BITS))
+
+    @staticmethod
+    def _take(per_session: SessionRateLimit, per_address: SessionRateLimit, session: str, digest: str | None):
+        if digest is not None:
+            per_address.take(digest)
+        per_session.take(session)
+
+    def _issue(self, base_id: str, baseline: str, base_record: dict, other: dict, session: str,
+               address: str | None) -> dict[str, str]:
         a, b = (base_record, other) if _RANDOM.random() < 0.5 else (other, base_record)
         battle = Battle(
             id=secrets.token_urlsafe(BATTLE_ID_BYTES), issued_at=now_iso(), session=session_digest(session),
             base=base_id, baseline=baseline, variant_a=a["variant"], variant_b=b["variant"], prompt=a["prompt"],
             settings=a["settings"], answer_a=a["text"], answer_b=b["text"], record_a=self._shown(a),
-            record_b=self._shown(b), environment=a["environment"])
+            record_b=self._shown(b), environment=a["environment"], seed=a["settings"].get("seed"), address=address)
         self.store.add_battle(battle)
         return {"battle": battle.id, "a": battle.answer_a, "b": battle.answer_b}
 
@@ -119,9 +144,10 @@ class BlindTest:
         kept = {k: v for k, v in record.items() if k not in ("prompt", "settings", "environment")}
         return {**kept, "label": variant.label or variant.id}
 
-    def vote(self, battle_id: str, choice: str, session: str) -> dict[str, Any]:
+    def vote(self, battle_id: str, choice: str, session: str, address: str | None = None) -> dict[str, Any]:
         """Record the vote of the session the battle was issued to, once; then reveal both sides."""
-        self.vote_limit.take(session)  # forged and replayed votes count too: guessing costs the guesser
+        # forged and replayed votes count too: guessing costs the guesser
+        self._take(self.vote_limit, self.address_vote_limit, session, self.store.address_digest(address))
         if not isinstance(battle_id, str) or not isinstance(choice, str):
             raise InvalidRequest("battle and choice must be text")
         battle = self.store.vote(battle_id, choice, session)
@@ -144,5 +170,5 @@ def reveal(battle: Battle, choice: str) -> dict[str, Any]:
     """What the voter sees after voting: both sides named, with their figures and fidelity."""
     preferred = {"a": battle.variant_a, "b": battle.variant_b}.get(choice)
     return {"battle": battle.id, "choice": choice, "preferred": preferred, "prompt": battle.prompt,
-            "settings": battle.settings, "baseline": "a" if battle.variant_a == battle.baseline else "b",
+            "settings": battle.settings, "seed": battle.seed, "baseline": "a" if battle.variant_a == battle.baseline else "b",
             "a": battle.record_a, "b": battle.record_b}

@@ -1,4 +1,4 @@
-"""Requests per session per minute, over a sliding window, kept in memory (limits restart with the app)."""
+"""Requests per session (or per client address) per minute, over a sliding window, kept in memory (limits restart with the app)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ WINDOW_S = 60.0
 
 
 class SessionRateLimit:
-    """At most `per_minute` calls of one kind per session in any 60 s; the next raises RateLimited."""
+    """At most `per_minute` calls of one kind per key (a session, or an address digest when `per` says so) in any
+    60 s; the next raises RateLimited."""
 
-    def __init__(self, per_minute: int, what: str, clock: Callable[[], float] = time.monotonic):
-        self.per_minute, self.what, self.clock = per_minute, what, clock
+    def __init__(self, per_minute: int, what: str, clock: Callable[[], float] = time.monotonic, per: str = "session"):
+        self.per_minute, self.what, self.clock, self.per = per_minute, what, clock, per
         self._calls: dict[str, deque[float]] = {}
         self._lock = threading.Lock()
 
@@ -27,7 +28,7 @@ class SessionRateLimit:
             calls = self._calls.setdefault(session, deque())
             if len(calls) >= self.per_minute:
                 wait_s = max(1, round(WINDOW_S - (now - calls[0])))
-                raise RateLimited(f"too many {self.what}: at most {self.per_minute} a minute per session; "
+                raise RateLimited(f"too many {self.what}: at most {self.per_minute} a minute per {self.per}; "
                                   f"try again in {wait_s} s")
             calls.append(now)
 

@@ -15,6 +15,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from demo.blind import scripted
 from demo.blind.votes import Outcome
 
 OUTCOMES = ("preferred", "tie", "both_bad", "baseline_preferred")  # from the quantized variant's side
@@ -104,14 +105,22 @@ def _fit(first: np.ndarray, second: np.ndarray, scores: np.ndarray, n: int, anch
 
 def summarize(outcomes: Sequence[Outcome], rounds: int = ROUNDS, rating_rounds: int = RATING_ROUNDS,
               seed: int = SEED) -> dict:
-    """{"votes": N, "variants": [...]}: per base, its baseline (rating 0) then each variant voted against it."""
+    """{"votes": N, "variants": [...]}: per base, its baseline (rating 0) then each variant voted against it.
+    Votes that look scripted (demo.blind.scripted) are left out: "flagged_votes" counts them, and each row's
+    "flagged" counts its own (a baseline's: all of its base's)."""
+    flags = scripted.reasons(outcomes)
+    flagged = [o for o, reason in zip(outcomes, flags) if reason is not None]
+    outcomes = [o for o, reason in zip(outcomes, flags) if reason is None]
     by_base: dict[tuple[str, str], list[Outcome]] = defaultdict(list)  # a base whose baseline changed: apart
     for outcome in outcomes:
         by_base[outcome.base, outcome.baseline].append(outcome)
     variants = []
     for (base, _), group in by_base.items():
         variants += _base_rows(base, group, rounds, rating_rounds, seed)
-    return {"votes": len(outcomes), "confidence": CONFIDENCE, "bootstrap_rounds": rounds,
+    for row in variants:
+        row["flagged"] = sum(row["variant"] in (o.variant_a, o.variant_b) for o in flagged if o.base == row["base"])
+    return {"votes": len(outcomes), "flagged_votes": len(flagged), "flag_rules": scripted.RULES,
+            "confidence": CONFIDENCE, "bootstrap_rounds": rounds,
             "rating_bootstrap_rounds": rating_rounds, "seed": seed, "variants": variants}
 
 

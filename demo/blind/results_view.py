@@ -10,18 +10,24 @@ from typing import Any
 
 HEADERS = ["variant", "votes", "quantized preferred", "tie", "baseline preferred", "indistinguishable",
            "rating (Elo, baseline 0)"]
-CSV_FIELDS = ["variant", "label", "base", "baseline", "role", "votes", "preferred", "tie", "both_bad",
+CSV_FIELDS = ["variant", "label", "base", "baseline", "role", "votes", "flagged", "preferred", "tie", "both_bad",
               "baseline_preferred"] + [f"{k}{end}" for k in ("rate_preferred", "rate_tied", "rate_baseline_preferred",
                                                               "rate_indistinguishable")
                                        for end in ("", "_low", "_high")] + ["rating", "rating_low", "rating_high"]
 
 
 def summary_markdown(shown: dict, counts: tuple[int, int]) -> str:
+    """The headline: votes counted, and the votes that look scripted, counted apart and left out of the ratings."""
     battles, votes = counts
+    flagged = shown.get("flagged_votes", 0)
+    apart = (f" **{flagged} vote{'s' if flagged != 1 else ''} that look{'s' if flagged == 1 else ''} scripted** "
+             f"({shown['flag_rules']}) {'is' if flagged == 1 else 'are'} counted apart: left out of the rates and "
+             "ratings below, kept in the database and its export." if flagged else "")
     if not shown["variants"]:
-        return f"**No votes yet.** {battles} battle{'s' if battles != 1 else ''} issued so far."
-    return (f"**{votes} vote{'s' if votes != 1 else ''}** in {battles} battle{'s' if battles != 1 else ''} issued "
-            "(battles never voted on are not counted).")
+        return f"**No votes counted yet.** {battles} battle{'s' if battles != 1 else ''} issued so far.{apart}"
+    counted = votes - flagged
+    return (f"**{counted} vote{'s' if counted != 1 else ''}** counted in {battles} "
+            f"battle{'s' if battles != 1 else ''} issued (battles never voted on are not counted).{apart}")
 
 
 def _pct(rate: float, interval: list[float]) -> str:
@@ -44,7 +50,7 @@ def table_rows(shown: dict) -> list[list[Any]]:
 
 
 def csv_row(r: dict) -> dict:
-    row = {k: r[k] for k in ("variant", "label", "base", "baseline", "role", "votes")}
+    row = {k: r[k] for k in ("variant", "label", "base", "baseline", "role", "votes", "flagged")}
     row.update(r["counts"] or {})
     for key in ("preferred", "tied", "baseline_preferred", "indistinguishable"):
         if r["rates"]:

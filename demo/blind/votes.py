@@ -3,15 +3,22 @@
 The app only ever inserts: triggers in the database refuse any UPDATE or DELETE of a battle or a vote, and
 a vote's primary key is its battle's id, so a second vote for one battle cannot be written. WAL mode lets
 `python -m demo votes` read while the app writes. Sessions are stored as a SHA-256 digest: enough to check
-that a vote comes from the session its battle was issued to, without keeping the session id itself.
+that a vote comes from the session its battle was issued to, without keeping the session id itself. Client
+addresses are stored as an HMAC-SHA256 under a random key kept in the database (address_salt): enough to tell
+one address's battles apart from another's, without the address itself, nor a table of every IPv4 digest.
+
+Schema version 2 added each battle's sampling seed and address digest; a version-1 database is migrated on
+opening for writing (the new columns are null for its battles), and read as it is when opened read-only.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import math
 import os
+import secrets
 import sqlite3
 import threading
 from dataclasses import asdict, dataclass
@@ -20,12 +27,13 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from demo.artifacts.cache import cache_dir
+from demo.blind import scripted
 from demo.errors import VoteRefused, VoteStoreError
 
 VOTES_ENV = "ARENA_VOTES_DB"
 DEFAULT_FILE = "votes.sqlite3"
 SPACE_DATA = Path("/data")  # where Hugging Face mounts a Space's persistent storage
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 CHOICES = ("a", "b", "tie", "both_bad")
 BUSY_TIMEOUT_MS = 10_000  # another process (the CLI, a second worker) holding the write lock: wait, then fail
 
@@ -45,8 +53,11 @@ CREATE TABLE IF NOT EXISTS battles (
     answer_b TEXT NOT NULL,
     record_a TEXT NOT NULL,         -- JSON: the full comparison record (figures, fidelity) shown at the reveal
     record_b TEXT NOT NULL,
-    environment TEXT NOT NULL       -- JSON: device and library versions
+    environment TEXT NOT NULL,      -- JSON: device and library versions
+    seed INTEGER,                   -- the battle's secret sampling seed (both sides); null before version 2
+    address TEXT                    -- HMAC of the client address it was issued to; null before version 2
 );
+CREATE TABLE IF NOT EXISTS address_salt (value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS votes (
     battle_id TEXT PRIMARY KEY REFERENCES battles(id),
     voted_at TEXT NOT NULL,
@@ -63,6 +74,7 @@ CREATE TRIGGER IF NOT EXISTS votes_no_delete BEFORE DELETE ON votes
     BEGIN SELECT RAISE(ABORT, 'votes are append-only'); END;
 """
 _JSON_COLUMNS = ("settings", "record_a", "record_b", "environment")
+_ADDED_COLUMNS = {"seed": "INTEGER", "address": "TEXT"}  # version 2: added to a version-1 battles table
 # In a stored JSON column: the paths of the numbers that were NaN or infinite, stored as null.
 NONFINITE_KEY = "nonfinite_stored_as_null"
 
@@ -89,6 +101,13 @@ def session_digest(session: str) -> str:
     return hashlib.sha256(session.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+def address_digest(address: str | None, salt: str) -> str | None:
+    """The digest stored for a client address (None when the address is unknown)."""
+    if not address:
+        return None
+    return hmac.new(salt.encode(), address.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
+
+
 def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
@@ -111,6 +130,8 @@ class Battle:
     record_a: dict[str, Any]
     record_b: dict[str, Any]
     environment: dict[str, Any]
+    seed: int | None = None  # the secret sampling seed of both answers; None in battles from before version 2
+    address: str | None = None  # address_digest of the client it was issued to; None when unknown
 
     @property
     def challenger(self) -> str:
@@ -128,6 +149,11 @@ class Outcome:
     choice: str
     label_a: str = ""
     label_b: str = ""
+    battle: str = ""  # the battle's id
+    session: str = ""  # digests, as stored
+    address: str | None = None
+    prompt: str = ""
+    voted_at: str = ""  # ISO 8601, UTC
 
 
 class VoteStore:
@@ -141,6 +167,9 @@ class VoteStore:
             if not read_only:
                 self._create()
             self._check_version()
+            self._columns = {r[1] for r in self._db.execute("PRAGMA table_info(battles)")}
+            salt = self._db.execute("SELECT value FROM address_salt").fetchone() if "address" in self._columns else None
+            self._salt = salt[0] if salt else None
         except sqlite3.Error as exc:
             raise VoteStoreError(f"cannot open the votes database {self.path}: {exc}") from None
 
@@ -165,6 +194,26 @@ class VoteStore:
             self._db.executescript(
                 f"BEGIN IMMEDIATE; {_SCHEMA} INSERT INTO schema_version SELECT {SCHEMA_VERSION} "
                 "WHERE NOT EXISTS (SELECT 1 FROM schema_version); COMMIT;")
+            self._migrate()
+
+    def _migrate(self) -> None:
+        """Bring an older database up to SCHEMA_VERSION (adding columns only), and give it its address key."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            version = db.execute("SELECT MAX(version) FROM schema_version").fetchone()[0]
+            if version is not None and version < SCHEMA_VERSION:
+                present = {r[1] for r in db.execute("PRAGMA table_info(battles)")}
+                for column, kind in _ADDED_COLUMNS.items():
+                    if column not in present:
+                        db.execute(f"ALTER TABLE battles ADD COLUMN {column} {kind}")
+                db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
+            if db.execute("SELECT 1 FROM address_salt").fetchone() is None:
+                db.execute("INSERT INTO address_salt VALUES (?)", (secrets.token_hex(32),))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
     def _check_version(self) -> None:
         row = self._db.execute("SELECT MAX(version) FROM schema_version").fetchone()
@@ -175,6 +224,12 @@ class VoteStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    def address_digest(self, address: str | None) -> str | None:
+        """What a battle stores for the client address it was issued to."""
+        if self._salt is None:
+            raise VoteStoreError(f"the votes database {self.path} is open read-only: it stores no addresses")
+        return address_digest(address, self._salt)
 
     # --- writing ------------------------------------------------------------------------------------
 
@@ -218,11 +273,14 @@ class VoteStore:
     def outcomes(self) -> list[Outcome]:
         """Every voted battle, in voting order."""
         with self._lock:
+            address = "b.address" if "address" in self._columns else "NULL AS address"
             rows = self._db.execute(
-                "SELECT b.base, b.baseline, b.variant_a, b.variant_b, v.choice, b.record_a, b.record_b "
+                "SELECT b.id, b.base, b.baseline, b.variant_a, b.variant_b, v.choice, b.record_a, b.record_b, "
+                f"b.session, {address}, b.prompt, v.voted_at "
                 "FROM votes v JOIN battles b ON b.id = v.battle_id ORDER BY v.rowid").fetchall()
         return [Outcome(r["base"], r["baseline"], r["variant_a"], r["variant_b"], r["choice"],
-                        json.loads(r["record_a"]).get("label", ""), json.loads(r["record_b"]).get("label", ""))
+                        json.loads(r["record_a"]).get("label", ""), json.loads(r["record_b"]).get("label", ""),
+                        r["id"], r["session"], r["address"], r["prompt"], r["voted_at"])
                 for r in rows]
 
     def vote_counts(self, base: str) -> dict[str, int]:
@@ -248,7 +306,10 @@ class VoteStore:
         return battles, votes
 
     def export_rows(self) -> Iterator[dict[str, Any]]:
-        """Every battle with its vote (None until voted), for analysis elsewhere."""
+        """Every battle with its vote (None until voted), for analysis elsewhere; a vote's `looks_scripted` says
+        why it is left out of the ratings (demo.blind.scripted), or is None."""
+        voted = self.outcomes()
+        flagged = {o.battle: reason for o, reason in zip(voted, scripted.reasons(voted))}
         with self._lock:
             rows = self._db.execute(
                 "SELECT b.*, v.choice, v.voted_at, v.session AS vote_session FROM battles b "
@@ -256,7 +317,8 @@ class VoteStore:
         for row in rows:
             record = asdict(_battle(row))
             vote = None if row["choice"] is None else {"choice": row["choice"], "voted_at": row["voted_at"],
-                                                        "same_session": row["vote_session"] == row["session"]}
+                                                        "same_session": row["vote_session"] == row["session"],
+                                                        "looks_scripted": flagged.get(row["id"])}
             yield {"schema": SCHEMA_VERSION, **record, "vote": vote}
 
     def export(self, out: str | os.PathLike) -> int:
@@ -316,7 +378,7 @@ def _nulled(value: Any, path: str, nulled: dict[str, str]) -> Any:
 
 
 def _battle(row: sqlite3.Row) -> Battle:
-    values = {key: row[key] for key in Battle.__dataclass_fields__}
+    values = {key: row[key] for key in Battle.__dataclass_fields__ if key in row.keys()}
     for key in _JSON_COLUMNS:
         values[key] = json.loads(values[key])
     return Battle(**values)

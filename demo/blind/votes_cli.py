@@ -56,6 +56,9 @@ def _print(summary: dict, path: Path, counts: tuple[int, int], as_json: bool) ->
 def text_table(summary: dict, path: Path, counts: tuple[int, int]) -> str:
     battles, votes = counts
     lines = [f"{path}: {votes} votes in {battles} battles"]
+    if summary.get("flagged_votes"):
+        lines[0] += (f"; {summary['flagged_votes']} look scripted ({summary['flag_rules']}) and are left out of "
+                     "the figures below")
     if not summary["variants"]:
         return lines[0] + "\nno votes yet"
     head = f"{'variant':<28} {'votes':>5}  {'preferred':<14} {'tie':<14} {'baseline pref.':<14} " \

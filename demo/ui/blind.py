@@ -27,7 +27,7 @@ from demo.running.runner import Arena
 
 # The results' names stay importable from here too.
 __all__ = ["BlindTab", "CSV_FIELDS", "HEADERS", "build_tab", "csv_row", "endpoints", "load_prompts",
-           "open_blind_test", "reveal_markdown", "session_of", "summary_markdown", "table_rows", "write_results"]
+           "open_blind_test", "reveal_markdown", "session_of", "address_of", "summary_markdown", "table_rows", "write_results"]
 
 log = logging.getLogger(__name__)
 PROMPTS_FILE = REPO_ROOT / "assets" / "blind_prompts.json"
@@ -36,7 +36,7 @@ CHOICES = (("a", "A is better"), ("b", "B is better"), ("tie", "Tie"), ("both_ba
 # Nothing here may name a variant: this text is in the page before the vote.
 INTRO = """Can you tell a quantized model's answer from the full-precision baseline's? Ask something (or draw a
 prompt), read the two answers and vote. The server picks the pair: the baseline and one of its quantized
-variants, in random order, both with the same settings. Both answers appear together once both are complete,
+variants, in random order, both sampled with the same settings and seed. Both answers appear together once both are complete,
 with no names, timings or sizes until you have voted."""
 WAITING = "Generating both answers… they appear together when both are complete."
 VOTED = "**Vote recorded.** Ask again for a new pair."
@@ -46,7 +46,9 @@ RESULTS_NOTE = """**How to read this.** Each row is one quantized variant agains
 answer did at least as well. Intervals are 95% percentile bootstrap intervals (1,000 resamples of the votes,
 seeded). *Rating* is a Bradley-Terry fit (ties as half a win, one imagined tie per variant to keep it finite)
 in Elo points with the baseline at 0: −100 means the baseline is preferred about 64% of the time. Few votes
-mean wide intervals: read the vote counts first."""
+mean wide intervals: read the vote counts first. Votes that look scripted (many sessions from one address, or one
+prompt asked over and over from one address, within an hour) are counted apart, above, and left out of every
+figure here; the export keeps them, with the reason."""
 
 
 def load_prompts(path: Path = PROMPTS_FILE) -> list[str]:
@@ -56,6 +58,17 @@ def load_prompts(path: Path = PROMPTS_FILE) -> list[str]:
 def session_of(request: gr.Request | None) -> str:
     """Gradio's session: one per page load in a browser, one per gradio_client Client."""
     return (request.session_hash if request is not None else None) or "anonymous"
+
+
+def address_of(request: gr.Request | None) -> str | None:
+    """The client's address: the first of X-Forwarded-For where a proxy (a Space's) supplies it, else the
+    connection's peer; None when neither is known. Only its digest is ever stored."""
+    if request is None:
+        return None
+    forwarded = (request.headers or {}).get("x-forwarded-for") or ""
+    first = forwarded.split(",")[0].strip()
+    client = getattr(request, "client", None)
+    return first or getattr(client, "host", None) or None
 
 
 def build_tab(arena: Arena, blind: BlindTest | None = None) -> BlindTest:
@@ -156,7 +169,7 @@ class BlindTab:
 
     def on_start(self, prompt_text: str, base_id: str | None, request: gr.Request):
         try:
-            issued = self.blind.battle(prompt_text, base_id, session_of(request))
+            issued = self.blind.battle(prompt_text, base_id, session_of(request), address_of(request))
         except ArenaError as exc:
             raise gr.Error(str(exc)) from None
         return {self.battle_id: issued["battle"], self.answer_a: _shown_answer(issued["a"]),
@@ -167,7 +180,7 @@ class BlindTab:
         if not current:
             raise gr.Error("ask for two answers first, then vote on them")
         try:
-            shown = self.blind.vote(current, choice, session_of(request))
+            shown = self.blind.vote(current, choice, session_of(request), address_of(request))
         except ArenaError as exc:
             raise gr.Error(str(exc)) from None
         return {self.battle_id: None, self.revealed: reveal_markdown(shown), self.status: VOTED,
@@ -206,7 +219,7 @@ def endpoints(blind: BlindTest):
         order: returns {"battle": id, "a": answer, "b": answer} and nothing that tells them apart. Vote with
         /vote from the same client (session)."""
         try:
-            return blind.battle(prompt, base or None, session_of(request))
+            return blind.battle(prompt, base or None, session_of(request), address_of(request))
         except ArenaError as exc:
             raise gr.Error(str(exc)) from None
 
@@ -214,7 +227,7 @@ def endpoints(blind: BlindTest):
         """Vote on a battle this client was issued: choice "a", "b", "tie" or "both_bad"; returns both sides
         named, with their figures and fidelity. Each battle takes one vote."""
         try:
-            return blind.vote(battle, choice, session_of(request))
+            return blind.vote(battle, choice, session_of(request), address_of(request))
         except ArenaError as exc:
             raise gr.Error(str(exc)) from None
 
