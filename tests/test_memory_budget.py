@@ -216,3 +216,40 @@ def test_auto_in_the_models_file_reads_the_device(tmp_path, monkeypatch):
     path.write_text("memory_budget_mib: 3000\n" + CONFIG)
     monkeypatch.setattr(config_module, "_gpu_total_mib", lambda: 15_360.0)
     assert load_config(path).memory_budget_mib == 3000  # a number in the file is kept
+
+
+def test_forty_panel_reads_answer_at_once_while_a_cold_load_holds_the_manager(config):
+    """Every open page's System panel reads the loaded variants every 2 s; a load holds the manager's lock for
+    seconds to minutes, and no reader may wait for it."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    loading, release = threading.Event(), threading.Event()
+    manager, runtime = manager_with(config)
+    manager.get("a")
+
+    def slow(variant, base):
+        loading.set()
+        release.wait(10)  # a cold load of several seconds
+        return runtime(variant, base)
+
+    manager._loader = slow
+    loader = threading.Thread(target=manager.get, args=("b",))
+    loader.start()
+    try:
+        assert loading.wait(5)
+
+        def read(_):
+            started = time.perf_counter()
+            figures = manager.loaded_ids(), manager.resident_mib()
+            return time.perf_counter() - started, figures
+
+        with ThreadPoolExecutor(40) as pool:
+            answers = list(pool.map(read, range(40)))
+        assert max(seconds for seconds, _ in answers) < 1.0
+        assert all(figures == (["a"], 4.0) for _, figures in answers)  # as it is until the load finishes
+    finally:
+        release.set()
+        loader.join(10)
+    assert manager.loaded_ids() == ["a", "b"] and manager.resident_mib() == 8.0

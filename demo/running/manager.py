@@ -4,6 +4,9 @@ Before a load it makes room for the variant's size, measured when it has loaded 
 (demo.backends.size_estimate), plus LOAD_HEADROOM_FRACTION of it for what a load and its first runs hold
 beside the weights (activations, the KV cache, a layer being quantized). A variant whose size exceeds the
 budget is refused before anything is evicted. A failed load frees whatever it allocated.
+
+Readers (the System panel, every open page every 2 s) never wait for the lock, which a load holds for
+seconds to minutes: they read a snapshot the manager replaces, under the lock, on every change.
 """
 
 from __future__ import annotations
@@ -48,6 +51,13 @@ class ModelManager:
         self._sizes_mib: dict[str, float] = {}  # measured footprints, used to make room before a reload
         self._estimates: dict[str, size_estimate.SizeEstimate | None] = {}  # before a first load, computed once
         self._lock = threading.RLock()
+        # (loaded ids least recently used first, their weights in MiB): replaced whole on every change, read
+        # without the lock (one attribute read is atomic)
+        self._view: tuple[tuple[str, ...], float] = ((), 0.0)
+
+    def _publish(self) -> None:
+        """Replace the readers' snapshot with the cache as it is now (called under the lock)."""
+        self._view = (tuple(self._cache), sum(m.weights_bytes for m in self._cache.values()) / MIB)
 
     def get(self, variant_id: str) -> Acquired:
         """The loaded variant, from cache or loaded now (evicting least recently used ones to fit)."""
@@ -55,6 +65,7 @@ class ModelManager:
         with self._lock:
             if variant_id in self._cache:
                 self._cache.move_to_end(variant_id)
+                self._publish()
                 return Acquired(self._cache[variant_id], True, (time.perf_counter() - start) * 1e3)
             variant = self._config.variants[variant_id]
             size_mib, how = self._expected_mib(variant)
@@ -70,6 +81,7 @@ class ModelManager:
                 self._free()
                 raise self._over_budget(size, "measured")
             self._cache[variant_id] = loaded
+            self._publish()
             self._make_room(0.0, keep=variant_id)
             return Acquired(loaded, False, (time.perf_counter() - start) * 1e3)
 
@@ -109,6 +121,7 @@ class ModelManager:
             if loaded is None:
                 return False
             log.info("evicting %s (%.0f MiB)", variant_id, loaded.weights_bytes / MIB)
+            self._publish()
             loaded.free()
             del loaded
             self._free()
@@ -120,13 +133,12 @@ class ModelManager:
                 self.evict(variant_id)
 
     def loaded_ids(self) -> list[str]:
-        """Loaded variant ids, least recently used first."""
-        with self._lock:
-            return list(self._cache)
+        """Loaded variant ids, least recently used first: at once, even while a load holds the lock."""
+        return list(self._view[0])
 
     def resident_mib(self) -> float:
-        with self._lock:
-            return sum(m.weights_bytes for m in self._cache.values()) / MIB
+        """The loaded variants' weights in MiB: at once, even while a load holds the lock."""
+        return self._view[1]
 
     def _make_room(self, incoming_mib: float, keep: str | None) -> None:
         while self._cache and self.resident_mib() + incoming_mib > self.budget_mib:
