@@ -155,17 +155,19 @@ def compare(baseline_id: str, baseline_lp: AnswerLogProbs, variant_lp: AnswerLog
     first = None if matches == positions else int((~agree).nonzero()[0, 0])
     margin = None if first is None else _margin(first, baseline_lp, variant_lp, int(baseline_top[first]),
                                                 int(variant_top[first]), token_text)
-    kls = metrics.position_kl_nats(baseline_lp, variant_lp).tolist()
+    targets = torch.tensor(list(answer), dtype=torch.long)
+    base_figures = metrics.position_figures(baseline_lp, targets)
+    figures = metrics.position_figures(variant_lp, targets, baseline_lp)  # its KL per position, computed once
+    kls = figures.kl_nats.tolist()
     per_token = _per_token_full(baseline_lp, variant_lp, kls, answer, _one_token_text(token_text))
     return _with_kl(Fidelity(baseline_id, None, _share(matches, positions), first, margin, positions,
-                             per_token=per_token, statistics=answer_statistics(baseline_lp, variant_lp, answer)), kls)
+                             per_token=per_token, statistics=answer_statistics(base_figures, figures)), kls)
 
 
-def answer_statistics(baseline_lp: torch.Tensor, variant_lp: torch.Tensor, answer: list[int]) -> dict:
-    """The Evaluate tab's statistics over one answer's positions, the answer's own tokens as the targets."""
-    targets = torch.tensor(list(answer), dtype=torch.long)
-    stats = kl_stats.compare(metrics.position_figures(baseline_lp, targets),
-                             metrics.position_figures(variant_lp, targets, baseline_lp)).as_dict()
+def answer_statistics(baseline: kl_stats.Positions, variant: kl_stats.Positions) -> dict:
+    """The Evaluate tab's statistics over one answer's positions, the answer's own tokens as the targets (without
+    kl_per_position: per_token has each value)."""
+    stats = kl_stats.compare(baseline, variant).as_dict()
     stats.pop("kl_per_position")
     return stats
 

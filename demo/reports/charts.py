@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from demo.reports import drawing
+
 if TYPE_CHECKING:  # matplotlib is imported where a chart is drawn: the page starts without it
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
@@ -332,14 +334,16 @@ def write_charts(rows: list[dict], out: Path, order: list[str] | None = None,
     has_kl = any(finite(r.get("kl_divergence")) is not None for r in rows)
     quality_key = "kl_divergence" if has_kl else "perplexity"
     quality_label = "KL divergence vs baseline (nats, lower is closer)" if has_kl else "perplexity (lower is better)"
-    paths = {
-        "quality_chart": _save(scatter_figure(rows, quality_key, quality_label, "Quality against memory", colours),
-                               out / "quality_vs_memory.png"),
-        "speed_chart": _save(scatter_figure(rows, "decode_tokens_per_s_p50", "decode tokens/s (p50, higher is faster)",
-                                            "Speed against memory", colours), out / "speed_vs_memory.png"),
-    }
-    if any(isinstance(r.get("kl"), dict) for r in rows):
-        paths["kl_chart"] = _save(kl_figure(rows, colours, noise_floor), out / "kl_vs_size.png")
-    if any(r.get("kl_per_position") is not None for r in rows):
-        paths["kl_histogram"] = _save(kl_histogram_figure(rows, colours, noise_floor), out / "kl_per_token.png")
+    with drawing.LOCK:  # one chart drawn at a time in this process, whoever asks (the tab, the CLI)
+        paths = {
+            "quality_chart": _save(scatter_figure(rows, quality_key, quality_label, "Quality against memory",
+                                                  colours), out / "quality_vs_memory.png"),
+            "speed_chart": _save(scatter_figure(rows, "decode_tokens_per_s_p50",
+                                                "decode tokens/s (p50, higher is faster)", "Speed against memory",
+                                                colours), out / "speed_vs_memory.png"),
+        }
+        if any(isinstance(r.get("kl"), dict) for r in rows):
+            paths["kl_chart"] = _save(kl_figure(rows, colours, noise_floor), out / "kl_vs_size.png")
+        if any(r.get("kl_per_position") is not None for r in rows):
+            paths["kl_histogram"] = _save(kl_histogram_figure(rows, colours, noise_floor), out / "kl_per_token.png")
     return paths

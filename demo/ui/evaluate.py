@@ -11,7 +11,7 @@ import pandas as pd
 
 from demo import evaluate
 from demo.errors import ArenaError
-from demo.reports import drawing, scratch
+from demo.reports import scratch
 from demo.running.runner import Arena
 
 # evaluate.FIELDS in words, with units; the files keep the field names.
@@ -187,9 +187,8 @@ class EvaluateTab:
                  max_new_tokens: int, protocol: evaluate.Protocol) -> dict:
         """Write the result files and charts to a fresh folder, and the updates that show them."""
         out = scratch.folder("evaluate-")
-        with drawing.LOCK:  # its charts: one chart drawn at a time in this process
-            paths = evaluate.write_outputs(results, self.arena, out, evaluate.conditions(
-                evaluate.EVALUATION_FILE, run_count, max_new_tokens, protocol), order=list(self.config.variants))
+        paths = evaluate.write_outputs(results, self.arena, out, evaluate.conditions(
+            evaluate.EVALUATION_FILE, run_count, max_new_tokens, protocol), order=list(self.config.variants))
         after_table = paths["markdown"].read_text().split("\n\n", 1)[-1]
         note, _, statistics = after_table.partition("\n## ")
         return {self.status: f"{head} {note.strip()}",
