@@ -312,6 +312,8 @@ def test_an_evaluation_takes_every_variant_each_once(arena):
         evaluate.evaluate(arena, ["smollm2/fp32", "smollm2/fp32"], "Some text.", stop=stop)
     with pytest.raises(InvalidRequest, match="unknown variant"):
         evaluate.evaluate(arena, ["smollm2/fp32", "nope"], "Some text.", stop=stop)
+    with pytest.raises(InvalidRequest, match="--ctx must be at least 8 tokens, got 1"):  # before any model loads
+        evaluate.evaluate(arena, ["smollm2/fp32"], "Some text.", stop=stop, protocol=evaluate.Protocol("llamacpp", 1))
 
 
 def test_charts_keep_one_colour_per_variant_and_say_what_is_missing(tmp_path):

@@ -33,6 +33,8 @@ class Protocol:
     def check(self) -> None:
         if self.name not in PROTOCOLS:
             raise InvalidRequest(f"unknown protocol '{self.name}': choose one of {', '.join(PROTOCOLS)}")
+        if self.name == "llamacpp" and self.ctx < protocols.MIN_CTX:  # refused before any model loads
+            raise InvalidRequest(f"--ctx must be at least {protocols.MIN_CTX} tokens, got {self.ctx}")
         if self.name == "trace" and not self.prompts_file.is_file():
             raise InvalidRequest(f"prompt file '{self.prompts_file.name}' not found")
 

@@ -18,6 +18,7 @@ from demo.errors import InvalidRequest
 
 WINDOW, STRIDE = 512, 256
 LLAMACPP_CTX = 512  # llama.cpp's default n_ctx for perplexity
+MIN_CTX = 8  # a chunk shorter than this scores next to nothing
 
 
 @dataclass(frozen=True)
@@ -56,8 +57,8 @@ def llamacpp(ids: list[int], n_ctx: int, bos_id: int | None) -> list[Piece]:
     if bos_id is None:
         raise InvalidRequest("the llamacpp protocol puts BOS first in each chunk, and this tokenizer has no "
                              "bos_token: use --protocol sliding")
-    if n_ctx < 8:
-        raise InvalidRequest(f"--ctx must be at least 8 tokens, got {n_ctx}")
+    if n_ctx < MIN_CTX:
+        raise InvalidRequest(f"--ctx must be at least {MIN_CTX} tokens, got {n_ctx}")
     if len(ids) < 2 * n_ctx:
         raise InvalidRequest(f"the llamacpp protocol needs at least {2 * n_ctx} tokens for a context of {n_ctx} "
                              f"(as llama.cpp does); the text has {len(ids)}")
