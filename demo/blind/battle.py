@@ -23,7 +23,7 @@ from typing import Any
 from demo.blind import ratings
 from demo.errors import InvalidRequest, VariantUnavailable
 from demo.blind.ratelimit import SessionRateLimit
-from demo.running.runner import Arena
+from demo.running.runner import Arena, Client
 from demo.settings import GenerationSettings
 from demo.blind.votes import Battle, VoteStore, now_iso, session_digest
 
@@ -92,19 +92,27 @@ class BlindTest:
 
     # --- battles and votes ----------------------------------------------------------------------------
 
-    def battle(self, prompt: str, base: str | None, session: str, address: str | None = None) -> dict[str, str]:
+    def battle(self, prompt: str, base: str | None, session: str, address: str | None = None,
+               client: Client | None = None) -> dict[str, str]:
         """Answer `prompt` with the baseline and a drawn variant; {"battle": id, "a": text, "b": text} only.
-        `address` is the client's (stored only as a digest); None where unknown."""
+        `address` is the client's (stored only as a digest); None where unknown. `client` is who the arena admits
+        (by default the session alone): the battle and its retries hold one place in its share."""
         base_id = self.resolve_base(base)
         baseline = self.arena.config.bases[base_id].baseline
         self.arena.validate(prompt, [baseline])  # a bad prompt is refused before it costs the session a battle
         digest = self.store.address_digest(address)
         self._take(self.battle_limit, self.address_battle_limit, session, digest)
+        with self.arena.for_client(client or Client(session)).admitted() as arena:
+            return self._answer(arena, prompt, base_id, baseline, session, digest)
+
+    def _answer(self, arena: Arena, prompt: str, base_id: str, baseline: str, session: str,
+                digest: str | None) -> dict[str, str]:
+        """The baseline's and a challenger's answers; another challenger, up to MAX_ATTEMPTS, when one fails."""
         settings = self.sampling()
         tried: set[str] = set()
         while len(tried) < MAX_ATTEMPTS and (challenger := self.draw(base_id, tried)) is not None:
             tried.add(challenger)
-            records = {r["variant"]: r for r in self.arena.compare_records(prompt, [baseline, challenger], settings)}
+            records = {r["variant"]: r for r in arena.compare_records(prompt, [baseline, challenger], settings)}
             if records[baseline]["status"] != "done":
                 raise VariantUnavailable(f"the baseline could not answer: {records[baseline]['error']}")
             if records[challenger]["status"] == "done":
