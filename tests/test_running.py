@@ -226,7 +226,7 @@ class BaselineOnlyArena(Arena):
         results = self._new_results(prompt, variant_ids, settings)
         ticket = self.turns.join(self.client)
         try:
-            assert self.turns.wait(ticket, 5)
+            yield from self._wait_for_turn(ticket, results, stop)  # the arena's own: its place in line
             for result in results:
                 if result.variant == self.config.bases[result.base].baseline:
                     result.status, result.text = "done", "Blue."
@@ -248,3 +248,15 @@ def test_a_battle_and_its_retries_hold_one_place_in_the_clients_share(tmp_path):
     with pytest.raises(VariantUnavailable, match=r"beside its baseline just now \(tried [^,]+, [^,]+, [^,]+\)"):
         blind.battle("Name a colour.", None, "session-a", None, A)  # MAX_ATTEMPTS (3) challengers tried
     assert not arena.admission._by_key and arena.turns.waiting() == 0  # its place and its turns given back
+
+
+def test_a_battle_waiting_for_the_device_says_so_between_polls(tmp_path):
+    config = arena_with(tmp_path, HeldLoader(), per_client=1, places=4).config
+    arena = BaselineOnlyArena(config, ModelManager(config, HeldLoader()))
+    blind = BlindTest(arena, VoteStore(tmp_path / "votes.sqlite3"))
+    with arena.for_client(B).device_turn() as held:  # another client holds the device
+        list(held)
+        steps = blind.battle_steps("Name a colour.", None, "session-a", None, A)
+        assert next(steps) == 1  # the page's handler shows this and returns to Gradio
+    with pytest.raises(VariantUnavailable, match="could answer beside its baseline"):
+        list(steps)  # the turn came: the battle ran (and, with this arena, found no challenger that answers)

@@ -160,14 +160,19 @@ class BlindTab:
         return random.choice(self.prompts)
 
     def on_start(self, prompt_text: str, base_id: str | None, request: gr.Request):
+        """While the battle waits for the device, the status line says how many turns are ahead (and the handler
+        returns to Gradio between checks); then both answers at once."""
         try:
-            issued = self.blind.battle(prompt_text, base_id, session_of(request), address_of(request),
-                                       client_of(request))
+            for step in self.blind.battle_steps(prompt_text, base_id, session_of(request), address_of(request),
+                                                client_of(request)):
+                if not isinstance(step, dict):
+                    yield {self.status: f"{WAITING} Waiting for the device: {step} ahead of this."}
+                    continue
+                yield {self.battle_id: step["battle"], self.answer_a: _shown_answer(step["a"]),
+                       self.answer_b: _shown_answer(step["b"]), self.answers: gr.update(visible=True),
+                       self.status: READY, **{button: gr.update(interactive=True) for button in self.buttons}}
         except ArenaError as exc:
             raise gr.Error(str(exc)) from None
-        return {self.battle_id: issued["battle"], self.answer_a: _shown_answer(issued["a"]),
-                self.answer_b: _shown_answer(issued["b"]), self.answers: gr.update(visible=True), self.status: READY,
-                **{button: gr.update(interactive=True) for button in self.buttons}}
 
     def on_vote(self, choice: str, current: str | None, request: gr.Request):
         if not current:
