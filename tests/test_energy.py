@@ -47,3 +47,10 @@ def test_no_tokens_no_figure_and_a_remote_engine_is_not_read(tmp_path):
     assert energy.joules_per_token(energy.Energy(3.0, "RAPL package-0"), 0) is None
     assert energy.joules_per_token(energy.Energy(3.0, "RAPL package-0"), 6) == pytest.approx(0.5)
     assert "not measured on remote" in energy.counter_for("remote", tmp_path)
+
+
+def test_a_zone_gone_mid_run_gives_no_figure_and_says_why(tmp_path):
+    zone = _zone(tmp_path, "intel-rapl:0", "package-0", 1_000)
+    with energy.track_energy("cpu", tmp_path) as tracker:
+        (zone / "energy_uj").unlink()
+    assert tracker.result.energy_joules is None and "unreadable at the end of the run" in tracker.result.source

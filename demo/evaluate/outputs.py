@@ -62,8 +62,7 @@ def markdown_table(rows: list[dict], env: dict, conditions: dict) -> str:
              f"bitsandbytes {env.get('bitsandbytes')}. Quality on {conditions['text']} ({conditions['method']}). "
              f"Speed: {conditions['speed']}. Peak memory as in the app "
              f"({'approximate, process RSS' if 'CPU' in str(env.get('device_name')) else 'CUDA allocated'}).\n")
-    notes += "".join(f"{line[0].upper()}{line[1:]}.\n" for line in
-                     report.machine_bandwidth_lines(env) + report.energy_lines(rows))
+    notes += "".join(f"{note}.\n" for note in report.machine_notes(env, rows))
     floors = "".join(f"\n{noise_floor_line(baseline, floor)}" for baseline, floor in noise_floors(rows).items())
     sections = [kl_report.variant_section(r) for r in rows  # the baseline against itself says nothing
                 if not r["error"] and r.get("kl") and r["variant"] != r["baseline"]]

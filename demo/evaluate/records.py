@@ -28,8 +28,8 @@ class VariantEvaluation:
     weights_mib: float | None = None
     peak_memory_mib: float | None = None
     disk_mib: float | None = None
-    # Medians over the timed runs of each run's record (demo.measuring.bandwidth, demo.measuring.energy): weights bytes x
-    # decode rate in 1e9 bytes/s, its fraction of the bandwidth measured on the same device, joules per new token.
+    # Medians over the timed runs of each run's record (demo.measuring.bandwidth, demo.measuring.energy): weights
+    # bytes x decode rate in 1e9 bytes/s, its fraction of the bandwidth measured on the same device, J per new token.
     achieved_bandwidth_gb_s_p50: float | None = None
     bandwidth_share_p50: float | None = None
     energy_joules_per_token_p50: float | None = None

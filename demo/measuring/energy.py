@@ -105,7 +105,10 @@ class EnergyTracker:
     def stop(self) -> Energy:
         if isinstance(self.counter, str):
             return Energy(None, self.counter)
-        return Energy(self.counter.joules(self._start, self.counter.read()), self.counter.source)
+        try:
+            return Energy(self.counter.joules(self._start, self.counter.read()), self.counter.source)
+        except Exception as exc:  # a zone or device gone mid-run: no figure for this run, and the run keeps its others
+            return Energy(None, f"{self.counter.source}: unreadable at the end of the run ({exc.__class__.__name__})")
 
 
 @contextmanager

@@ -119,8 +119,7 @@ def markdown_card(records: list[dict[str, Any]], created_utc: str | None = None)
     versions += "".join(f", llama-cpp-python {v}" for v in sorted(llama))
     lines += [f"**Conditions.** {inline(_machine(env))}" + (f"; {inline(versions)}." if versions else ".")]
     lines += [f"Peak memory = {inline(report.MEMORY_KINDS[k])}." for k in kinds]
-    lines += [f"{inline(line[0].upper() + line[1:])}." for line in
-              report.machine_bandwidth_lines(env) + report.energy_lines(records)]
+    lines += [f"{inline(note)}." for note in report.machine_notes(env, records)]
     lines += _attention_lines(records)
     return "\n".join(lines) + "\n"
 

@@ -118,7 +118,7 @@ def machine_bandwidth_lines(env: dict[str, Any]) -> list[str]:
     lines = []
     for device, entry in (env.get("memory_bandwidth") or {}).items():
         figure = f"{entry['gb_s']:,.1f} GB/s" if entry.get("gb_s") is not None else "–"
-        lines.append(f"memory bandwidth measured, {names.get(device, device)}: {figure} ({entry['method']})")
+        lines.append(f"Memory bandwidth measured, {names.get(device, device)}: {figure} ({entry['method']})")
     return lines
 
 
@@ -126,8 +126,13 @@ def energy_lines(records: list[dict[str, Any]]) -> list[str]:
     """Where the energy figures came from, or why there are none, once per distinct source."""
     read = {r["energy_source"]: any(r.get(k) is not None for k in ("energy_joules", "energy_joules_per_token_p50"))
             for r in records if r.get("energy_source")}  # a comparison's records, or an evaluation's rows
-    return [f"energy per token from {source}: the whole generation (prompt included) over the new tokens" if has
-            else f"energy per token: {source}" for source, has in read.items()]
+    return [f"Energy per token from {source}: the whole generation (prompt included) over the new tokens" if has
+            else f"Energy per token: {source}" for source, has in read.items()]
+
+
+def machine_notes(env: dict[str, Any], records: list[dict[str, Any]]) -> list[str]:
+    """The measured bandwidth and the energy's source, one sentence each (no full stop), for every report."""
+    return machine_bandwidth_lines(env) + energy_lines(records)
 
 
 def _digits(value: float) -> int:
@@ -346,6 +351,6 @@ def text_report(records: list[dict[str, Any]]) -> str:
                  f"bitsandbytes {env.get('bitsandbytes')}",
                  f"settings: {settings}"]
         notes += [f"peak memory = {MEMORY_KINDS[k]}" for k in sorted(kinds)]
-        notes += machine_bandwidth_lines(env) + energy_lines(records)
+        notes += machine_notes(env, records)
         blocks.append("\n".join(notes))
     return "\n\n".join(blocks)
