@@ -127,3 +127,21 @@ def test_a_real_run_records_its_achieved_bandwidth_and_energy(arena):
         assert rec["energy_source"] and rec["energy_joules"] is None
     else:
         assert rec["energy_joules_per_token"] == pytest.approx(rec["energy_joules"] / rec["new_tokens"])
+
+
+def test_the_evaluation_keeps_the_medians_and_shows_them_with_units():
+    from demo import evaluate
+    from demo.evaluate.speed import _median
+    from demo.ui.evaluate import HEADERS, table_rows
+
+    runs = [{"bandwidth_share": 0.2}, {"bandwidth_share": None}, {"bandwidth_share": 0.3}, {"bandwidth_share": 0.25}]
+    assert _median(runs, "bandwidth_share", 4) == 0.25 and _median(runs[1:2], "bandwidth_share", 4) is None
+    row = evaluate.VariantEvaluation("b/bf16", None, achieved_bandwidth_gb_s_p50=12.1, bandwidth_share_p50=0.27,
+                                     energy_joules_per_token_p50=0.00042, energy_source="NVML total energy")
+    cells = dict(zip(HEADERS, table_rows([row])[0]))
+    assert cells["achieved_bandwidth_gb_s_p50"] == "12.10" and cells["bandwidth_share_p50"] == "27%"
+    assert cells["energy_joules_per_token_p50"] == "0.00042"
+    env = {"device_name": "CPU: test", "memory_bandwidth": {"cpu": {"gb_s": 44.8, "method": "torch copy_"}}}
+    table = evaluate.markdown_table([vars(row)], env, {"text": "t", "method": "m", "speed": "s"})
+    assert "| 12.1 (27%) | 0.00042 |" in table and "Memory bandwidth measured, CPU: 44.8 GB/s (torch copy_)." in table
+    assert "Energy per token from NVML total energy: the whole generation" in table

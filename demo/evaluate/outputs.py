@@ -101,7 +101,11 @@ def _markdown_row(r: dict) -> str:
             f"{agreement} | {_num(r['ttft_ms_p50'], 0)} | {_num(r['decode_tokens_per_s_p50'], 1)} / "
             f"{_num(r['decode_tokens_per_s_p90'], 1)} | {_num(r['weights_mib'], 0)} | "
             f"{_num(r['peak_memory_mib'], 0)} | {_num(r['disk_mib'], 0)} | {_bandwidth(r)} | "
-            f"{_num(r.get('energy_joules_per_token_p50'), 3)} |")
+            f"{_significant(r.get('energy_joules_per_token_p50'))} |")
+
+
+def _significant(value) -> str:
+    return "–" if value is None else f"{value:.3g}"
 
 
 def _bandwidth(r: dict) -> str:
