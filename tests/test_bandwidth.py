@@ -145,3 +145,11 @@ def test_the_evaluation_keeps_the_medians_and_shows_them_with_units():
     table = evaluate.markdown_table([vars(row)], env, {"text": "t", "method": "m", "speed": "s"})
     assert "| 12.1 (27%) | 0.00042 |" in table and "Memory bandwidth measured, CPU: 44.8 GB/s (torch copy_)." in table
     assert "Energy per token from NVML total energy: the whole generation" in table
+
+
+@pytest.mark.gpu
+def test_the_gpu_benchmark_gives_a_positive_figure_in_bounded_time():
+    started = time.perf_counter()
+    measured = bandwidth.cuda_bandwidth()
+    assert measured.gb_s > 0 and measured.device == "cuda" and "CUDA events" in measured.method
+    assert time.perf_counter() - started < 10

@@ -54,3 +54,21 @@ def test_a_zone_gone_mid_run_gives_no_figure_and_says_why(tmp_path):
     with energy.track_energy("cpu", tmp_path) as tracker:
         (zone / "energy_uj").unlink()
     assert tracker.result.energy_joules is None and "unreadable at the end of the run" in tracker.result.source
+
+
+@pytest.mark.gpu
+def test_nvml_energy_over_a_busy_second_is_positive():
+    import time
+
+    import torch
+
+    with energy.track_energy("cuda") as tracker:
+        x, started = torch.ones(4096, 4096, device="cuda"), time.perf_counter()
+        while time.perf_counter() - started < 1.0:  # the counter moves in steps of milliseconds
+            x = (x @ x).clamp_(-1, 1)
+            torch.cuda.synchronize()
+    result = tracker.result
+    if result.energy_joules is None:  # a GPU without the counter (before Volta) says so
+        assert "not exposed" in result.source
+    else:
+        assert result.energy_joules > 0 and result.source.startswith("NVML")
