@@ -153,3 +153,13 @@ def test_the_gpu_benchmark_gives_a_positive_figure_in_bounded_time():
     measured = bandwidth.cuda_bandwidth()
     assert measured.gb_s > 0 and measured.device == "cuda" and "CUDA events" in measured.method
     assert time.perf_counter() - started < 10
+
+
+def test_a_failed_benchmark_is_said_never_a_figure():
+    def failing() -> bandwidth.Bandwidth:
+        raise RuntimeError("CUDA error: out of memory")
+
+    entry = bandwidth._attempt("cuda", failing)
+    assert entry["gb_s"] is None and entry["method"].startswith("not measured: RuntimeError: CUDA error")
+    assert report.machine_bandwidth_lines({"memory_bandwidth": {"cuda": entry}}) == [
+        "Memory bandwidth, GPU: not measured: RuntimeError: CUDA error: out of memory"]

@@ -117,8 +117,9 @@ def machine_bandwidth_lines(env: dict[str, Any]) -> list[str]:
     names = {"cpu": "CPU", "cuda": "GPU"}
     lines = []
     for device, entry in (env.get("memory_bandwidth") or {}).items():
-        figure = f"{entry['gb_s']:,.1f} GB/s" if entry.get("gb_s") is not None else "–"
-        lines.append(f"Memory bandwidth measured, {names.get(device, device)}: {figure} ({entry['method']})")
+        name = names.get(device, device)
+        lines.append(f"Memory bandwidth measured, {name}: {entry['gb_s']:,.1f} GB/s ({entry['method']})"
+                     if entry.get("gb_s") is not None else f"Memory bandwidth, {name}: {entry['method']}")
     return lines
 
 
