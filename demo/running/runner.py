@@ -42,8 +42,8 @@ class Arena:
         self._environment: dict[str, Any] | None = None
 
     def environment(self) -> dict[str, Any]:
-        if self._environment is None:
-            self._environment = environment()
+        if self._environment is None:  # on the device thread: the bandwidth benchmark never overlaps a timed run
+            self._environment = self.device.call(environment, measure_bandwidth=True)
         return self._environment
 
     def settings(self, max_new_tokens: int | None = None, do_sample: bool = False, temperature: float | None = None,
