@@ -396,6 +396,15 @@ def test_api_battle_says_nothing_before_the_vote(app):
         first.predict(battle=issued["battle"], choice="a", api_name="/vote")
 
 
+def test_the_results_say_where_votes_are_kept(app):
+    import urllib.request
+
+    url, path = app
+    config = json.load(urllib.request.urlopen(f"{url}config", timeout=30))
+    shown = [c["props"].get("value") for c in config["components"] if c.get("props", {}).get("elem_id") == "blind-storage"]
+    assert shown == [f"Votes are kept in `{path}`."]  # no persistent folder in this test: the database alone
+
+
 def test_sixteen_users_vote_at_once(app):
     """Each user asks with its own prompt, then votes: every vote lands on its own battle, none lost."""
     url, path = app
