@@ -401,7 +401,8 @@ def test_the_results_say_where_votes_are_kept(app):
 
     url, path = app
     config = json.load(urllib.request.urlopen(f"{url}config", timeout=30))
-    shown = [c["props"].get("value") for c in config["components"] if c.get("props", {}).get("elem_id") == "blind-storage"]
+    shown = [c["props"].get("value") for c in config["components"]
+             if c.get("props", {}).get("elem_id") == "blind-storage"]
     assert shown == [f"Votes are kept in `{path}`."]  # no persistent folder in this test: the database alone
 
 
