@@ -153,3 +153,29 @@ def test_every_package_the_app_imports_is_named_in_requirements():
         if not names & required:
             missing.append(f"{module} ({', '.join(sorted(names))}), imported by {files[0]}")
     assert not missing, "not in requirements.txt: " + "; ".join(missing)
+
+
+def test_the_space_installs_the_gradio_that_requirements_pins():
+    """A Space adds gradio at the front matter's sdk_version to requirements.txt: two different pins cannot install."""
+    from tests.space_install import sdk_version
+
+    pins = [line.split("#")[0].strip() for line in (REPO / "requirements.txt").read_text().splitlines()
+            if line.startswith("gradio")]
+    assert pins == [f"gradio=={sdk_version()}"]
+
+
+def test_the_space_check_fails_loudly_on_a_column_that_did_not_run():
+    from tests import space_install
+
+    done = {"status": "done", "error": None, "text": "Paris.", "new_tokens": 3, "decode_tokens_per_s": 9.0}
+    gguf_advice = {"variant": space_install.GGUF_VARIANT, "status": "error",
+                   "error": "not available: llama-cpp-python is not installed (on a Space, add … requirements.txt …)"}
+    good = [*({**done, "variant": v} for v in space_install.VARIANTS), gguf_advice]
+    space_install.check_records(good, on_space=True)
+    with pytest.raises(space_install.CheckFailed, match="make install"):
+        space_install.check_records(good, on_space=False)  # off a Space the column must name make install
+    broken = [{**good[0], "status": "error", "error": "not available: no module named bitsandbytes"}, *good[1:]]
+    with pytest.raises(space_install.CheckFailed, match="did not run"):
+        space_install.check_records(broken, on_space=True)
+    with pytest.raises(space_install.CheckFailed, match="answered for"):
+        space_install.check_records(good[1:], on_space=True)

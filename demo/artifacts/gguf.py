@@ -69,7 +69,7 @@ def how_to_get_llama_cpp() -> str:
     if not on_space():
         return "make install builds it"
     return (f"on a Space, add the line `{llama_cpp_requirement()}` to requirements.txt and the Space builds it "
-            "(about 10 minutes), or a prebuilt wheel's URL for the Space's Python; see docs/spaces.md")
+            "in about 10 minutes, or a prebuilt wheel's URL for the Space's Python; see docs/spaces.md")
 
 
 def llama_cpp_requirement() -> str:

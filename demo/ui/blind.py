@@ -86,7 +86,7 @@ def open_blind_test(arena: Arena) -> BlindTest:
     path = votes_path(arena.config)
     if os.environ.get("SPACE_ID") and space_storage() is None and not path.is_relative_to(SPACE_DATA):
         log.warning("blind test: votes are kept in %s, on this Space's own disk, which is lost when the Space "
-                    "restarts; add persistent storage (/data) to keep them", path)
+                    "restarts; mount a Storage Bucket at /data to keep them", path)
     return BlindTest(arena, VoteStore(path))
 
 
