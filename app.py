@@ -22,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     from demo.running.runner import Arena
 
     arena = Arena(config)
+    arena.environment()  # measures the machine's memory bandwidth now, before any run can be timed beside it
     demo = ui.build_demo(arena)
     demo.queue().launch(**ui.launch_kwargs())
     return 0

@@ -7,7 +7,7 @@ to its right; tests/test_layout.py checks it):
     ui        the Gradio page: one module per tab, the System panel
     evaluate  the evaluation of variants on a text (python -m demo.evaluate; the Evaluate tab runs it)
     flips     answers that change against the baseline over a prompt set, with intervals (python -m demo.flips)
-    blind     the blind test: battles, the votes store, ratings, rate limits, its CLI and chart
+    blind     the blind test: battles, the votes store and its journal, ratings, rate limits, its CLI and chart
     running   how work is executed: the device thread, streaming, turns and admission, the model
               manager, the runner that streams a comparison, fidelity scoring of its answers
     backends  how a variant runs, one module per runtime behind one interface

@@ -16,6 +16,7 @@ DEFAULT_MODELS_FILE = REPO_ROOT / "models.yaml"
 GPU_MODELS_FILE = REPO_ROOT / "models.gpu.yaml"
 MODELS_ENV = "ARENA_MODELS"
 BUDGET_ENV = "ARENA_MEMORY_BUDGET_MIB"
+SPACE_ENV = "SPACE_ID"  # set by Hugging Face in every Space's environment (owner/name)
 
 DTYPES = ("float32", "float16", "bfloat16")
 SOURCE_KINDS = ("bundled-gguf", "hub", "local")
@@ -244,9 +245,20 @@ class ArenaConfig:
     memory_budget_mib: float
     examples: tuple[str, ...] = ()
     blind: BlindSettings = field(default_factory=BlindSettings)
+    quantize_now_on_space: bool = False  # whether a Space offers Quantize now (off a Space it always does)
+
+    def quantize_now_offered(self) -> bool:
+        """Quantize now holds the only device for minutes (AWQ on a CPU: 20+), so a Space, which may be public
+        (its environment does not say), offers it only where the models file turns it on."""
+        return self.quantize_now_on_space or not on_space()
 
     def base_of(self, variant_id: str) -> BaseModel:
         return self.bases[self.variants[variant_id].base]
+
+
+def on_space() -> bool:
+    """Whether this process runs on a Hugging Face Space."""
+    return bool(os.environ.get(SPACE_ENV))
 
 
 def models_path(explicit: str | os.PathLike | None = None) -> Path:
@@ -254,7 +266,7 @@ def models_path(explicit: str | os.PathLike | None = None) -> Path:
     with an NVIDIA GPU, else the repo's offline models.yaml."""
     if explicit or os.environ.get(MODELS_ENV):
         return Path(explicit or os.environ[MODELS_ENV])
-    if os.environ.get("SPACE_ID") and _has_nvidia_gpu():
+    if on_space() and _has_nvidia_gpu():
         return GPU_MODELS_FILE
     return DEFAULT_MODELS_FILE
 
@@ -285,7 +297,8 @@ def load_config(path: str | os.PathLike | None = None) -> ArenaConfig:
 
 def _parse(path: Path, data: Any) -> ArenaConfig:
     _expect(isinstance(data, dict), path, "top level must be a mapping with 'bases' and 'variants'")
-    _only(path, data, {"bases", "variants", "limits", "generation", "memory_budget_mib", "examples", "blind"}, None)
+    _only(path, data, {"bases", "variants", "limits", "generation", "memory_budget_mib", "examples", "blind",
+                       "quantize_now_on_space"}, None)
     bases = _parse_bases(path, _required(path, data, "bases", dict))
     variants = _parse_variants(path, _required(path, data, "variants", list), bases)
     for base in bases.values():
@@ -302,7 +315,9 @@ def _parse(path: Path, data: Any) -> ArenaConfig:
     _expect(isinstance(examples, list) and all(isinstance(e, str) for e in examples), path,
             "must be a list of strings", field="examples")
     blind = _parse_blind(path, data.get("blind") or {}, variants, limits)
-    return ArenaConfig(path, bases, variants, limits, generation, _budget(path, data), tuple(examples), blind)
+    quantize_on_space = _typed(path, data.get("quantize_now_on_space", False), bool, "quantize_now_on_space")
+    return ArenaConfig(path, bases, variants, limits, generation, _budget(path, data), tuple(examples), blind,
+                       quantize_now_on_space=quantize_on_space)
 
 
 def _parse_blind(path: Path, raw: Any, variants: dict[str, Variant], limits: Limits) -> BlindSettings:

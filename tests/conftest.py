@@ -17,6 +17,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.pop("ARENA_MODELS", None)
 os.environ.pop("ARENA_MEMORY_BUDGET_MIB", None)
+# The persistent folder is never the real /data: a test that wants one names a temporary folder in ARENA_DATA_DIR.
+for _variable in ("ARENA_DATA_DIR", "ARENA_VOTES_DB", "SPACE_ID"):
+    os.environ.pop(_variable, None)
 
 # Everything the run writes lives in one temporary folder, removed at exit: the arena's cache (the
 # materialized bundled model, quantized test checkpoints), the app's download folders, and every library

@@ -225,11 +225,8 @@ def test_votes_database_path(tmp_path, monkeypatch):
     monkeypatch.setenv("ARENA_VOTES_DB", str(tmp_path / "env.sqlite3"))
     assert votes_path(config) == tmp_path / "env.sqlite3"
     monkeypatch.delenv("ARENA_VOTES_DB")
-    monkeypatch.setattr("demo.blind.votes.SPACE_DATA", tmp_path / "data")  # a Space with persistent storage
-    monkeypatch.setenv("SPACE_ID", "org/arena")
-    assert votes_path(load_config(REPO / "models.yaml")) == tmp_path / "cache" / "votes.sqlite3"  # none mounted
-    (tmp_path / "data").mkdir(exist_ok=True)
-    assert votes_path(load_config(REPO / "models.yaml")) == tmp_path / "data" / "votes.sqlite3"
+    monkeypatch.setenv("ARENA_DATA_DIR", str(tmp_path / "data"))  # a persistent folder holds a journal, never SQLite
+    assert votes_path(load_config(REPO / "models.yaml")) == tmp_path / "cache" / "votes.sqlite3"
 
 
 # ---- the CLI ----
@@ -399,6 +396,16 @@ def test_api_battle_says_nothing_before_the_vote(app):
         first.predict(battle=issued["battle"], choice="a", api_name="/vote")
 
 
+def test_the_results_say_where_votes_are_kept(app):
+    import urllib.request
+
+    url, path = app
+    config = json.load(urllib.request.urlopen(f"{url}config", timeout=30))
+    shown = [c["props"].get("value") for c in config["components"]
+             if c.get("props", {}).get("elem_id") == "blind-storage"]
+    assert shown == [f"Votes are kept in `{path}`."]  # no persistent folder in this test: the database alone
+
+
 def test_sixteen_users_vote_at_once(app):
     """Each user asks with its own prompt, then votes: every vote lands on its own battle, none lost."""
     url, path = app
@@ -451,8 +458,14 @@ def start_app(env: dict, log: Path) -> tuple[subprocess.Popen, str]:
 
 
 def test_votes_survive_the_app_being_killed_and_started_again(tmp_path):
-    db = tmp_path / "votes.sqlite3"
-    env = {**os.environ, "ARENA_MODELS": str(models_file(tmp_path)), "ARENA_VOTES_DB": str(db)}
+    """As on a Space: killed outright, the local disk (the database) lost, started again over the same
+    persistent folder (ARENA_DATA_DIR, a temporary folder here): every acknowledged battle and vote is back,
+    once, and a client address keeps its digest."""
+    from demo.blind.durable import JOURNAL_FOLDER
+
+    db, data = tmp_path / "local" / "votes.sqlite3", tmp_path / "data"
+    env = {**os.environ, "ARENA_MODELS": str(models_file(tmp_path)), "ARENA_VOTES_DB": str(db),
+           "ARENA_DATA_DIR": str(data)}
     proc, url = start_app(env, tmp_path / "app.log")
     try:
         me = client(url)
@@ -463,20 +476,34 @@ def test_votes_survive_the_app_being_killed_and_started_again(tmp_path):
             voted[issued["battle"]] = choice
         unvoted = me.predict(prompt="Say nothing.", api_name="/battle")["battle"]
     finally:
-        proc.send_signal(signal.SIGKILL)  # no clean shutdown: only what was committed may count
+        proc.send_signal(signal.SIGKILL)  # no clean shutdown: only what was acknowledged may count
         proc.wait(timeout=30)
+    before = {r["id"]: r for r in VoteStore(db, read_only=True).export_rows()}
+    for suffix in ("", "-wal", "-shm"):  # the restart loses the local disk; the persistent folder stays
+        db.with_name(db.name + suffix).unlink(missing_ok=True)
+    assert list((data / JOURNAL_FOLDER).glob("*.jsonl"))
     proc, url = start_app(env, tmp_path / "app.log")
     try:
         me = client(url)
         rows = {r["id"]: r for r in VoteStore(db, read_only=True).export_rows()}
+        assert rows == before  # battles, answers, records, digests, votes and their times: all back
         assert {k: r["vote"]["choice"] for k, r in rows.items() if r["vote"]} == voted
         assert rows[unvoted]["vote"] is None
         issued = me.predict(prompt="Say 4.", api_name="/battle")  # the restarted app goes on writing
         me.predict(battle=issued["battle"], choice="a", api_name="/vote")
         with pytest.raises(Exception, match="issued to another session"):
             me.predict(battle=unvoted, choice="a", api_name="/vote")  # a new session after the restart
+        with pytest.raises(Exception, match="already has a vote"):
+            me.predict(battle=issued["battle"], choice="b", api_name="/vote")
     finally:
-        proc.terminate()
+        proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
+    rows = {r["id"]: r for r in VoteStore(db, read_only=True).export_rows()}
+    assert rows[issued["battle"]]["address"] == rows[unvoted]["address"]  # the address key came back too
     out = run_cli("--json", "--db", str(db))
     assert json.loads(out.stdout)["votes"] == 4
+    from demo.blind.durable import open_store
+
+    store = open_store(db, data)  # the journal replayed over a database that holds it all: nothing twice
+    assert store.counts() == (5, 4) and store.restore(store.journal.read().entries).votes_added == 0
+    store.close()

@@ -87,7 +87,7 @@ def test_card_shows_nasty_text_literally(real_records, nasty, tmp_path):
     one_line = nasty.replace("\n", " ⏎ ")
     first_line = next(line for line in f"Boom: {nasty}".splitlines() if line.strip())
     assert [row[0] for row in page.rows[1:]] == [records[0]["variant"], f"v/{one_line}"]
-    assert page.rows[2][-1] == f"failed: {first_line}" and len(page.rows[2]) == len(page.rows[0]) == 7
+    assert page.rows[2][-1] == f"failed: {first_line}" and len(page.rows[2]) == len(page.rows[0]) == 9
     assert f"Model: Model {one_line} · Date:" in page.text
     heading = (f"v/{one_line} · bitsandbytes 4-bit: nf4, double quant, compute bfloat16 · "
                "12 new tokens (the limit), error")

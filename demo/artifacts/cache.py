@@ -7,6 +7,9 @@ looks. `seal` records the size and sha256 of every file in a manifest written la
 `staged_file` do the staging, renaming and sealing for a writer; `check` is the load-time test (sizes,
 hashes only when a file changed after sealing); `verify` can also hash everything.
 
+`cache_dir()` is on the persistent folder (demo.artifacts.persistent) where one is mounted, so checkpoints
+quantized on a Space survive its restarts; `local_dir()` is always this machine's own disk.
+
 Layout under `cache_dir()`:
     bundled/<package>-<version>/<gguf stem>/        a bundled GGUF dequantized to safetensors
     quantized/<base>/<method>-<digest>/             a checkpoint made by demo.quantize
@@ -27,9 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from demo.artifacts.persistent import persistent_dir
 from demo.errors import CacheError, DiskFull
 
 CACHE_ENV = "ARENA_CACHE_DIR"
+PERSISTENT_CACHE = "cache"  # the cache's folder inside the persistent folder
 BUNDLED, QUANTIZED = "bundled", "quantized"  # the two top-level folders; nothing else is ever removed
 MANIFEST = ".manifest.json"  # inside a sealed folder; beside a sealed file as <file>.manifest.json
 MANIFEST_FORMAT = 1
@@ -68,7 +73,17 @@ class CacheEntry:
 
 
 def cache_dir() -> Path:
-    """Where derived files live: $ARENA_CACHE_DIR, else ~/.cache/quantization-arena."""
+    """Where derived files live: $ARENA_CACHE_DIR, else cache/ in the persistent folder where one is mounted (a
+    Space's /data), else ~/.cache/quantization-arena."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    persistent = persistent_dir()
+    return persistent / PERSISTENT_CACHE if persistent is not None else local_dir()
+
+
+def local_dir() -> Path:
+    """The arena's folder on this machine's own disk, never the persistent folder: $ARENA_CACHE_DIR, else
+    ~/.cache/quantization-arena (the votes database lives here, where SQLite's locks work)."""
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "quantization-arena")
 
 

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from demo.config import REPO_ROOT, on_space
 from demo.errors import ArenaError, VariantUnavailable
 
 # models.yaml type -> llama.cpp's LLAMA_FTYPE_* constant name (checked against the installed module)
@@ -30,6 +31,7 @@ FTYPES = {
 }
 CONVERTER_ENV = "ARENA_GGUF_CONVERTER"  # path of llama.cpp's convert_hf_to_gguf.py (make install puts it in the venv)
 CONVERTER_PATH = Path(sys.prefix) / "share" / "llama.cpp" / "convert_hf_to_gguf.py"
+GGUF_REQUIREMENTS = REPO_ROOT / "requirements-gguf.txt"
 TOKEN_SAMPLE = 512  # token texts compared between a GGUF file and the base model's tokenizer
 
 
@@ -59,7 +61,25 @@ def llama_cpp_available() -> bool:
 
 def require_llama_cpp() -> None:
     if not llama_cpp_available():
-        raise VariantUnavailable("not available: llama-cpp-python is not installed (make install builds it)")
+        raise VariantUnavailable(f"not available: llama-cpp-python is not installed ({how_to_get_llama_cpp()})")
+
+
+def how_to_get_llama_cpp() -> str:
+    """How llama-cpp-python gets installed where this runs: a Space never runs the Makefile, only requirements.txt."""
+    if not on_space():
+        return "make install builds it"
+    return (f"on a Space, add the line `{llama_cpp_requirement()}` to requirements.txt and the Space builds it "
+            "in about 10 minutes, or a prebuilt wheel's URL for the Space's Python; see docs/spaces.md")
+
+
+def llama_cpp_requirement() -> str:
+    """The llama-cpp-python line of requirements-gguf.txt (the version make install builds)."""
+    try:
+        lines = GGUF_REQUIREMENTS.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        lines = []
+    return next((line.split("#")[0].strip() for line in lines if line.startswith("llama-cpp-python")),
+                "llama-cpp-python")
 
 
 def quantize_file(src: Path, dst: Path, gguf_type: str, threads: int | None = None) -> None:

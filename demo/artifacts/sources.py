@@ -67,6 +67,10 @@ def is_complete_checkpoint(folder: Path) -> bool:
     return (folder / METADATA_FILE).is_file() and (folder / "config.json").is_file()
 
 
+# How a "not quantized" message ends where the page may offer the button (the page drops it where it does not).
+PRESS_QUANTIZE_NOW = ", or press Quantize now"
+
+
 def quantize_command(variant_id: str) -> str:
     return f"python -m demo.quantize --variant {variant_id}"
 
@@ -76,7 +80,7 @@ def check_quantized(folder: Path, variant_id: str) -> None:
     result = cache.check(folder, rebuild_command=quantize_command(variant_id))
     if result.state == "damaged":
         raise DamagedCheckpoint(f"not quantized: its checkpoint is damaged ({result.problem}); rebuild it with "
-                                f"`{quantize_command(variant_id)}` (takes minutes on a CPU), or press Quantize now")
+                                f"`{quantize_command(variant_id)}` (takes minutes on a CPU){PRESS_QUANTIZE_NOW}")
 
 
 def bundled_gguf_path(source: Source) -> Path:

@@ -124,9 +124,10 @@ def gguf_file(variant: Variant, base: BaseModel) -> tuple[Path, str]:
     found = cache.check(folder, rebuild_command=command)
     if found.state == "damaged":
         raise DamagedCheckpoint(f"not quantized: its GGUF file is damaged ({found.problem}); make it again with "
-                                f"`{command}` (seconds for a small model), or press Quantize now")
+                                f"`{command}` (seconds for a small model){sources.PRESS_QUANTIZE_NOW}")
     if not found.ok or not (folder / GGUF_FILE).is_file():
-        raise NotQuantized(f"not quantized yet: run `{command}` (seconds for a small model), or press Quantize now")
+        raise NotQuantized(f"not quantized yet: run `{command}` (seconds for a small model)"
+                           f"{sources.PRESS_QUANTIZE_NOW}")
     return folder / GGUF_FILE, _origin(folder)
 
 

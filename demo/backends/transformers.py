@@ -244,7 +244,7 @@ def weights_for(variant: Variant, base: BaseModel) -> sources.Weights:
     folder = sources.quantized_dir(base, variant.method, variant.settings)
     if not sources.is_complete_checkpoint(folder):
         raise NotQuantized(f"not quantized yet: run `python -m demo.quantize --variant {variant.id}` "
-                           "(takes minutes on a CPU), or press Quantize now")
+                           f"(takes minutes on a CPU){sources.PRESS_QUANTIZE_NOW}")
     sources.check_quantized(folder, variant.id)  # damaged since written: DamagedCheckpoint names the rebuild
     return sources.Weights(str(folder))
 

@@ -9,6 +9,11 @@ one address's battles apart from another's, without the address itself, nor a ta
 
 Schema version 2 added each battle's sampling seed and address digest; a version-1 database is migrated on
 opening for writing (the new columns are null for its battles), and read as it is when opened read-only.
+
+With a journal (demo.blind.journal, on the persistent folder), every battle, vote and the address key is also
+written there inside its transaction, before the commit: a write that returned is in both. `restore` puts the
+journal's entries back into the database (each battle and vote once, by id), `unjournaled` gives back what
+the database holds and the journal lacks; demo.blind.durable uses both at start-up.
 """
 
 from __future__ import annotations
@@ -21,18 +26,17 @@ import os
 import secrets
 import sqlite3
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
-from demo.artifacts.cache import cache_dir
+from demo.artifacts.cache import local_dir
 from demo.blind import scripted
 from demo.errors import VoteRefused, VoteStoreError
 
 VOTES_ENV = "ARENA_VOTES_DB"
 DEFAULT_FILE = "votes.sqlite3"
-SPACE_DATA = Path("/data")  # where Hugging Face mounts a Space's persistent storage
 SCHEMA_VERSION = 2
 CHOICES = ("a", "b", "tie", "both_bad")
 BUSY_TIMEOUT_MS = 10_000  # another process (the CLI, a second worker) holding the write lock: wait, then fail
@@ -75,26 +79,19 @@ CREATE TRIGGER IF NOT EXISTS votes_no_delete BEFORE DELETE ON votes
 """
 _JSON_COLUMNS = ("settings", "record_a", "record_b", "environment")
 _ADDED_COLUMNS = {"seed": "INTEGER", "address": "TEXT"}  # version 2: added to a version-1 battles table
+_OPTIONAL_FIELDS = frozenset(_ADDED_COLUMNS)  # a journal entry without them is a battle from before version 2
 # In a stored JSON column: the paths of the numbers that were NaN or infinite, stored as null.
 NONFINITE_KEY = "nonfinite_stored_as_null"
 
 
 def votes_path(config=None) -> Path:
-    """The votes database: $ARENA_VOTES_DB, else models.yaml's blind.votes_db, else on a Hugging Face Space with
-    persistent storage /data/votes.sqlite3, else votes.sqlite3 in the cache folder."""
+    """The votes database: $ARENA_VOTES_DB, else models.yaml's blind.votes_db, else votes.sqlite3 in the arena's
+    folder on this machine's own disk (never the persistent folder: SQLite's locks need a local disk)."""
     if os.environ.get(VOTES_ENV):
         return Path(os.environ[VOTES_ENV])
     if config is not None and config.blind.votes_db is not None:
         return config.blind.votes_db
-    if space_storage() is not None:
-        return space_storage() / DEFAULT_FILE
-    return cache_dir() / DEFAULT_FILE
-
-
-def space_storage() -> Path | None:
-    """A Space's persistent disk (/data, a paid upgrade); None elsewhere, where a Space's disk is lost at restart."""
-    on_space = bool(os.environ.get("SPACE_ID"))
-    return SPACE_DATA if on_space and SPACE_DATA.is_dir() and os.access(SPACE_DATA, os.W_OK) else None
+    return local_dir() / DEFAULT_FILE
 
 
 def session_digest(session: str) -> str:
@@ -156,11 +153,26 @@ class Outcome:
     voted_at: str = ""  # ISO 8601, UTC
 
 
+@dataclass
+class Restored:
+    """What `VoteStore.restore` found in a journal and put back."""
+
+    battles_added: int = 0
+    votes_added: int = 0
+    battle_ids: set[str] = field(default_factory=set)  # every battle and vote the journal holds
+    vote_ids: set[str] = field(default_factory=set)  # (a vote's id is its battle's)
+    salt: str | None = None  # the journal's address key (its first), None when it holds none
+    salt_replaced: bool = False  # the database had another key: the journal's is the one kept
+    orphan_votes: int = 0  # votes whose battle is in neither the journal nor the database
+    unusable: int = 0  # entries of an unknown kind or missing a field
+
+
 class VoteStore:
     """The database, shared by every request: one connection, one lock, short transactions."""
 
-    def __init__(self, path: str | os.PathLike, *, read_only: bool = False):
+    def __init__(self, path: str | os.PathLike, *, read_only: bool = False, journal=None):
         self.path = Path(path)
+        self.journal = journal  # a demo.blind.journal.Journal written inside each write's transaction, or None
         self._lock = threading.Lock()
         try:
             self._db = self._connect(read_only)
@@ -234,13 +246,24 @@ class VoteStore:
     # --- writing ------------------------------------------------------------------------------------
 
     def add_battle(self, battle: Battle) -> None:
-        row = asdict(battle)
-        for key in _JSON_COLUMNS:
-            row[key] = json.dumps(finite_json(row[key]), ensure_ascii=False, allow_nan=False)
-        columns = ", ".join(row)
+        entry = battle_entry(battle)
         with self._transaction():
-            self._db.execute(f"INSERT INTO battles ({columns}) VALUES ({', '.join('?' * len(row))})",
-                             tuple(row.values()))
+            self._insert_battle(entry, "INSERT")
+            self._journal({"kind": "battle", **entry})
+
+    def _insert_battle(self, entry: dict[str, Any], verb: str) -> int:
+        """Insert a battle_entry (`verb`: INSERT, or INSERT OR IGNORE when restoring); the rows added."""
+        row = {key: entry.get(key) if key in _OPTIONAL_FIELDS else entry[key] for key in Battle.__dataclass_fields__}
+        for key in _JSON_COLUMNS:
+            row[key] = json.dumps(row[key], ensure_ascii=False, allow_nan=False)
+        cursor = self._db.execute(f"{verb} INTO battles ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                                  tuple(row.values()))
+        return cursor.rowcount
+
+    def _journal(self, entry: dict[str, Any]) -> None:
+        """Inside a write's transaction: a journal that cannot take the entry rolls the write back."""
+        if self.journal is not None:
+            self.journal.append(entry)
 
     def vote(self, battle_id: str, choice: str, session: str) -> Battle:
         """Attach a vote to a battle issued to this session, once; returns the battle for the reveal."""
@@ -256,9 +279,61 @@ class VoteStore:
                                   "for it may vote on it")
             if self._db.execute("SELECT 1 FROM votes WHERE battle_id = ?", (battle_id,)).fetchone():
                 raise VoteRefused("this battle already has a vote: each battle takes one vote, never changed")
-            self._db.execute("INSERT INTO votes VALUES (?, ?, ?, ?)",
-                             (battle_id, now_iso(), session_digest(session), choice))
+            vote = {"battle_id": battle_id, "voted_at": now_iso(), "session": session_digest(session), "choice": choice}
+            self._db.execute("INSERT INTO votes VALUES (?, ?, ?, ?)", tuple(vote.values()))
+            self._journal({"kind": "vote", **vote})
         return _battle(row)
+
+    # --- the journal ----------------------------------------------------------------------------------
+
+    def restore(self, entries: Iterable[dict[str, Any]]) -> Restored:
+        """Put a journal's battles and votes into the database, each once whatever is there already, and take
+        its address key; one transaction."""
+        restored = Restored()
+        with self._transaction():
+            for entry in entries:
+                try:
+                    self._restore_one(entry, restored)
+                except (KeyError, TypeError, ValueError, sqlite3.InterfaceError, sqlite3.ProgrammingError):
+                    restored.unusable += 1  # a value of the wrong type cannot be bound: that entry only
+            if restored.salt is not None and restored.salt != self._salt:
+                self._db.execute("DELETE FROM address_salt")
+                self._db.execute("INSERT INTO address_salt VALUES (?)", (restored.salt,))
+                restored.salt_replaced = self._salt is not None
+        self._salt = restored.salt or self._salt
+        return restored
+
+    def _restore_one(self, entry: dict[str, Any], restored: Restored) -> None:
+        kind = entry.get("kind")
+        if kind == "battle":
+            restored.battles_added += self._insert_battle(entry, "INSERT OR IGNORE")
+            restored.battle_ids.add(entry["id"])
+        elif kind == "vote":
+            vote = tuple(entry[key] for key in ("battle_id", "voted_at", "session", "choice"))
+            if not self._db.execute("SELECT 1 FROM battles WHERE id = ?", (vote[0],)).fetchone():
+                restored.orphan_votes += 1
+                return
+            restored.votes_added += self._db.execute("INSERT OR IGNORE INTO votes VALUES (?, ?, ?, ?)", vote).rowcount
+            restored.vote_ids.add(vote[0])
+        elif kind == "salt" and isinstance(entry.get("value"), str):
+            restored.salt = restored.salt or entry["value"]
+        else:
+            raise ValueError(f"unknown journal entry {kind!r}")
+
+    def unjournaled(self, restored: Restored) -> list[dict[str, Any]]:
+        """What the database holds and the journal (as `restore` read it) lacks, as journal entries in the order
+        they were written: a database from before the journal, or one whose writes outran it."""
+        missing: list[dict[str, Any]] = []
+        if restored.salt is None and self._salt is not None:
+            missing.append({"kind": "salt", "value": self._salt})
+        with self._lock:
+            battles = [r[0] for r in self._db.execute("SELECT id FROM battles ORDER BY rowid")]
+            votes = self._db.execute("SELECT * FROM votes ORDER BY rowid").fetchall()
+        for battle_id in battles:
+            if battle_id not in restored.battle_ids:
+                missing.append({"kind": "battle", **battle_entry(self.battle(battle_id))})
+        missing += [{"kind": "vote", **dict(row)} for row in votes if row["battle_id"] not in restored.vote_ids]
+        return missing
 
     def _transaction(self):
         return _Transaction(self)
@@ -354,6 +429,14 @@ class _Transaction:
         if isinstance(exc, sqlite3.Error):
             raise VoteStoreError(f"the votes database {self.store.path} refused a write: {exc}") from None
         return False
+
+
+def battle_entry(battle: Battle) -> dict[str, Any]:
+    """A battle as the journal holds it: its fields, the JSON columns as objects with no NaN or infinity."""
+    entry = asdict(battle)
+    for key in _JSON_COLUMNS:
+        entry[key] = finite_json(entry[key])
+    return entry
 
 
 def finite_json(value: Any) -> Any:

@@ -12,7 +12,7 @@ from demo.evaluate.plan import TRACE_ANSWER_TOKENS, Protocol
 from demo.evaluate.records import CSV_EXTRA, FIELDS, VariantEvaluation
 from demo.evaluate.speed import SPEED_PROMPT
 from demo.measuring.protocols import STRIDE, WINDOW
-from demo.reports import kl_report
+from demo.reports import kl_report, report
 from demo.running.runner import Arena
 
 
@@ -53,14 +53,16 @@ def csv_row(row: dict) -> dict:
 def markdown_table(rows: list[dict], env: dict, conditions: dict) -> str:
     """The main table (one row per variant), the conditions, then each variant's llama.cpp-style statistics."""
     head = ("| variant | perplexity | mean KL vs baseline (nats) | KL 99.9 % (nats) | KL max (nats) | top-1 agreement "
-            "| TTFT p50 (ms) | decode p50 / p90 (tok/s) | weights (MiB) | peak (MiB) | disk (MiB) |\n"
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+            "| TTFT p50 (ms) | decode p50 / p90 (tok/s) | weights (MiB) | peak (MiB) | disk (MiB) "
+            "| bandwidth p50 (GB/s, share) | energy p50 (J/token) |\n"
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     lines = [head, *(_markdown_row(r) for r in rows)]
     features = f" ({', '.join(env['cpu_features'])})" if env.get("cpu_features") else ""
     notes = (f"\n\nConditions: {env.get('device_name')}{features}; torch {env.get('torch')}, transformers {env.get('transformers')}, "
              f"bitsandbytes {env.get('bitsandbytes')}. Quality on {conditions['text']} ({conditions['method']}). "
              f"Speed: {conditions['speed']}. Peak memory as in the app "
              f"({'approximate, process RSS' if 'CPU' in str(env.get('device_name')) else 'CUDA allocated'}).\n")
+    notes += "".join(f"{note}.\n" for note in report.machine_notes(env, rows))
     floors = "".join(f"\n{noise_floor_line(baseline, floor)}" for baseline, floor in noise_floors(rows).items())
     sections = [kl_report.variant_section(r) for r in rows  # the baseline against itself says nothing
                 if not r["error"] and r.get("kl") and r["variant"] != r["baseline"]]
@@ -84,7 +86,7 @@ def _num(value, digits: int) -> str:
 
 def _markdown_row(r: dict) -> str:
     if r["error"]:
-        return f"| {r['variant']} | {r['error']} | | | | | | | | | |"
+        return f"| {r['variant']} | {r['error']} | | | | | | | | | | | |"
     kl = r.get("kl") or {}
     agreement = "–" if r["top1_agreement"] is None else f"{100 * r['top1_agreement']:.1f}%"
     if r.get("top1_agreement_uncertainty") is not None:
@@ -98,7 +100,19 @@ def _markdown_row(r: dict) -> str:
     return (f"| {r['variant']} | {perplexity} | {mean_kl} | {_num(kl.get('p99_9'), 4)} | {_num(kl.get('max'), 4)} | "
             f"{agreement} | {_num(r['ttft_ms_p50'], 0)} | {_num(r['decode_tokens_per_s_p50'], 1)} / "
             f"{_num(r['decode_tokens_per_s_p90'], 1)} | {_num(r['weights_mib'], 0)} | "
-            f"{_num(r['peak_memory_mib'], 0)} | {_num(r['disk_mib'], 0)} |")
+            f"{_num(r['peak_memory_mib'], 0)} | {_num(r['disk_mib'], 0)} | {_bandwidth(r)} | "
+            f"{_significant(r.get('energy_joules_per_token_p50'))} |")
+
+
+def _significant(value) -> str:
+    return "–" if value is None else f"{value:.3g}"
+
+
+def _bandwidth(r: dict) -> str:
+    achieved, share = r.get("achieved_bandwidth_gb_s_p50"), r.get("bandwidth_share_p50")
+    if achieved is None:
+        return "–"
+    return f"{achieved:.3g}" + ("" if share is None else f" ({100 * share:.0f}%)")
 
 
 STATISTICS_NOTE = ("KL(baseline || variant) in nats per scored position: mean ± standard error, its percentiles "

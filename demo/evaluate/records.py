@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 FIELDS = ["variant", "baseline", "perplexity", "kl_divergence", "top1_agreement", "ttft_ms_p50",
-          "decode_tokens_per_s_p50", "decode_tokens_per_s_p90", "runs", "weights_mib", "peak_memory_mib", "disk_mib"]
+          "decode_tokens_per_s_p50", "decode_tokens_per_s_p90", "runs", "weights_mib", "peak_memory_mib", "disk_mib",
+          "achieved_bandwidth_gb_s_p50", "bandwidth_share_p50", "energy_joules_per_token_p50"]
 # The CSV's columns after FIELDS: one figure each; the nested statistics and kl_per_position stay in results.json.
 CSV_EXTRA = ["scored_tokens", "error", "kl_lower_bound_top_k", "quality_note", "protocol", "kl_divergence_uncertainty",
              "kl_p99_9", "kl_max", "top1_agreement_uncertainty", "ln_ppl_ratio", "ln_ppl_ratio_uncertainty",
@@ -27,6 +28,12 @@ class VariantEvaluation:
     weights_mib: float | None = None
     peak_memory_mib: float | None = None
     disk_mib: float | None = None
+    # Medians over the timed runs of each run's record (demo.measuring.bandwidth, demo.measuring.energy): weights
+    # bytes x decode rate in 1e9 bytes/s, its fraction of the bandwidth measured on the same device, J per new token.
+    achieved_bandwidth_gb_s_p50: float | None = None
+    bandwidth_share_p50: float | None = None
+    energy_joules_per_token_p50: float | None = None
+    energy_source: str | None = None  # what the energy was read from, or why there is none
     scored_tokens: int = 0
     error: str | None = None
     kl_lower_bound_top_k: int | None = None  # remote: KL from the engine's top k only, a lower bound

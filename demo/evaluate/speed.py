@@ -29,6 +29,16 @@ def measure(arena: Arena, result: VariantEvaluation, settings, runs: int) -> Non
     weights, peaks = records[-1]["weights_mib"], [r["peak_memory_mib"] for r in records if r["peak_memory_mib"] is not None]
     result.weights_mib = None if weights is None else round(weights, 1)  # remote: what the engine reports, or none
     result.peak_memory_mib = round(max(peaks), 1) if peaks else None
+    result.achieved_bandwidth_gb_s_p50 = _median(records, "achieved_bandwidth_gb_s", 3)
+    result.bandwidth_share_p50 = _median(records, "bandwidth_share", 4)
+    result.energy_joules_per_token_p50 = _median(records, "energy_joules_per_token", 6)
+    result.energy_source = records[-1].get("energy_source")
+
+
+def _median(records: list[dict], field: str, digits: int) -> float | None:
+    """The median of a figure over the runs that have it; None when none has (never 0 for unknown)."""
+    values = [r[field] for r in records if r.get(field) is not None]
+    return round(metrics.percentile(values, 50), digits) if values else None
 
 
 def disk_mib(arena: Arena, variant_id: str) -> float | None:

@@ -11,7 +11,7 @@ from typing import Callable
 
 import psutil
 
-from demo.measuring import nvml
+from demo.measuring import bandwidth, nvml
 
 MIB = 2**20
 _PACKAGES = ("torch", "transformers", "accelerate", "bitsandbytes", "torchao", "gptqmodel", "llama_cpp_python",
@@ -51,8 +51,10 @@ def device_name() -> str:
     return f"CPU: {_cpu_model()} ({psutil.cpu_count(logical=True)} threads, torch uses {torch.get_num_threads()})"
 
 
-def environment() -> dict:
-    """Device, driver and library versions: recorded with every result so numbers keep their conditions."""
+def environment(measure_bandwidth: bool = False) -> dict:
+    """Device, driver and library versions: recorded with every result so numbers keep their conditions; with
+    `measure_bandwidth`, the memory bandwidth this process measured (once, about a second per device: see
+    demo.measuring.bandwidth; call it where no timed run is going on)."""
     import torch
 
     gpu = gpu_figures()
@@ -66,6 +68,8 @@ def environment() -> dict:
         "cpu_features": cpu_features(),
     }
     env.update({name: _version(name) for name in _PACKAGES})
+    if measure_bandwidth:
+        env["memory_bandwidth"] = bandwidth.machine_bandwidth()
     return env
 
 

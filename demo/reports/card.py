@@ -16,7 +16,8 @@ from demo.reports.escaping import fenced, markdown_inline as inline
 
 CSV_FIELDS = ["model", "base", "created_utc", "variant", "method", "bits", "device", "status", "prompt_tokens",
               "new_tokens", "ttft_ms", "decode_tokens_per_s", "total_ms", "load_ms", "cache_hit", "weights_mib",
-              "peak_memory_mib", "memory_kind", "kl_divergence", "nonfinite_positions", "top1_agreement",
+              "peak_memory_mib", "memory_kind", "achieved_bandwidth_gb_s", "measured_bandwidth_gb_s", "bandwidth_share",
+              "energy_joules_per_token", "energy_source", "kl_divergence", "nonfinite_positions", "top1_agreement",
               "first_top1_disagreement", "scored_tokens", "margin_at_disagreement", "answer_departs_at_token",
               "answer_departs_at_char", "quantization", "text", "error"]
 
@@ -104,8 +105,9 @@ def markdown_card(records: list[dict[str, Any]], created_utc: str | None = None)
              f"**Machine:** {inline(_machine(env))}", "",
              f"**Prompt** ({inline(settings_text(settings))}, the same for every variant, run one at a time)", "",
              fenced(first["prompt"]), "",
-             "| variant | bits | TTFT (ms) | decode (tok/s) | weights (MiB) | peak (MiB) | vs baseline |",
-             "|---|---:|---:|---:|---:|---:|---|"]
+             "| variant | bits | TTFT (ms) | decode (tok/s) | weights (MiB) | peak (MiB) | bandwidth (GB/s, share) "
+             "| energy (J/token) | vs baseline |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     lines += [_table_row(r) for r in records]
     lines += ["", "**Answers**", ""]
     for r in records:
@@ -117,6 +119,7 @@ def markdown_card(records: list[dict[str, Any]], created_utc: str | None = None)
     versions += "".join(f", llama-cpp-python {v}" for v in sorted(llama))
     lines += [f"**Conditions.** {inline(_machine(env))}" + (f"; {inline(versions)}." if versions else ".")]
     lines += [f"Peak memory = {inline(report.MEMORY_KINDS[k])}." for k in kinds]
+    lines += [f"{inline(note)}." for note in report.machine_notes(env, records)]
     lines += _attention_lines(records)
     return "\n".join(lines) + "\n"
 
@@ -223,8 +226,21 @@ def _table_row(record: dict[str, Any]) -> str:
     vs = f"failed: {first_line}" if error else report.fidelity_text(record)
     cells = [inline(record["variant"]), inline(str(record.get("bits") or "–")), _n(record.get("ttft_ms")),
              _n(record.get("decode_tokens_per_s"), 1), _n(record.get("weights_mib")),
-             _n(record.get("peak_memory_mib")), inline(vs)]
+             _n(record.get("peak_memory_mib")), _bandwidth_cell(record), _energy_cell(record), inline(vs)]
     return "| " + " | ".join(cells) + " |"
+
+
+def _bandwidth_cell(record: dict[str, Any]) -> str:
+    """"12.3 (27%)": achieved GB/s and its share of the measured bandwidth; "–" where unknown."""
+    achieved, share = record.get("achieved_bandwidth_gb_s"), record.get("bandwidth_share")
+    if achieved is None:
+        return "–"
+    return f"{achieved:.3g}" + ("" if share is None else f" ({100 * share:.0f}%)")
+
+
+def _energy_cell(record: dict[str, Any]) -> str:
+    value = record.get("energy_joules_per_token")
+    return "–" if value is None else f"{value:.3g}"
 
 
 def _machine(env: dict[str, Any]) -> str:

@@ -16,7 +16,8 @@ MEMORY_KINDS = {
 }
 
 SUMMARY_HEADERS = ["variant", "method", "bits", "status", "new tokens", "TTFT (ms)", "decode (tok/s)",
-                   "total (ms)", "load", "weights (MiB)", "peak (MiB)", "KL vs baseline (nats)",
+                   "total (ms)", "load", "weights (MiB)", "peak (MiB)", "bandwidth (GB/s)",
+                   "share of measured bandwidth (%)", "energy (J/token)", "KL vs baseline (nats)",
                    "top-1 agreement (%)", "own answer departs at token"]
 
 FIDELITY_HELP = (
@@ -85,10 +86,58 @@ def figures(record: dict[str, Any]) -> list[tuple[str, str]]:
         *([("stored", stored_text(record["stored"]))] if (record.get("stored") or {}).get("tensor_types") else []),
         ("peak memory", "not reported by this engine" if record.get("memory_kind") == "not-reported" else
          _num(record.get("peak_memory_mib"), 0, "MiB") + (" (approx.)" if record.get("memory_kind") == "cpu-rss" else "")),
+        ("memory bandwidth", bandwidth_text(record)),
+        ("energy", energy_text(record)),
         *remote_figures(record),
         ("own answer", own_answer_text(record)),
         ("teacher-forced", teacher_forced_text(record)),
     ]
+
+
+def bandwidth_text(record: dict[str, Any]) -> str:
+    """"12.3 GB/s achieved, 27% of the 45.0 GB/s measured": weights bytes x decode rate against the machine."""
+    achieved, measured = record.get("achieved_bandwidth_gb_s"), record.get("measured_bandwidth_gb_s")
+    if achieved is None:
+        return "–"
+    text = f"{achieved:,.{_digits(achieved)}f} GB/s achieved (weights × decode rate)"
+    if record.get("bandwidth_share") is None or not measured:
+        return text + "; the machine's bandwidth was not measured"
+    return text + f", {100 * record['bandwidth_share']:.0f}% of the {measured:,.1f} GB/s measured"
+
+
+def energy_text(record: dict[str, Any]) -> str:
+    """"0.42 J/token (RAPL package-0 ...)", or why there is no figure."""
+    if record.get("energy_joules_per_token") is None:
+        return record.get("energy_source") or "–"
+    return f"{record['energy_joules_per_token']:.3g} J/token ({record['energy_source']})"
+
+
+def machine_bandwidth_lines(env: dict[str, Any]) -> list[str]:
+    """The memory bandwidth this process measured, per device, with its method (none where not measured)."""
+    names = {"cpu": "CPU", "cuda": "GPU"}
+    lines = []
+    for device, entry in (env.get("memory_bandwidth") or {}).items():
+        name = names.get(device, device)
+        lines.append(f"Memory bandwidth measured, {name}: {entry['gb_s']:,.1f} GB/s ({entry['method']})"
+                     if entry.get("gb_s") is not None else f"Memory bandwidth, {name}: {entry['method']}")
+    return lines
+
+
+def energy_lines(records: list[dict[str, Any]]) -> list[str]:
+    """Where the energy figures came from, or why there are none, once per distinct source."""
+    read = {r["energy_source"]: any(r.get(k) is not None for k in ("energy_joules", "energy_joules_per_token_p50"))
+            for r in records if r.get("energy_source")}  # a comparison's records, or an evaluation's rows
+    return [f"Energy per token from {source}: the whole generation (prompt included) over the new tokens" if has
+            else f"Energy per token: {source}" for source, has in read.items()]
+
+
+def machine_notes(env: dict[str, Any], records: list[dict[str, Any]]) -> list[str]:
+    """The measured bandwidth and the energy's source, one sentence each (no full stop), for every report."""
+    return machine_bandwidth_lines(env) + energy_lines(records)
+
+
+def _digits(value: float) -> int:
+    return 1 if value >= 1 else 3
 
 
 def remote_figures(record: dict[str, Any]) -> list[tuple[str, str]]:
@@ -254,7 +303,16 @@ def summary_rows(records: list[dict[str, Any]]) -> list[list[Any]]:
     return [[rec["variant"], rec["method"], rec["bits"], rec["status"], rec["new_tokens"], r(rec["ttft_ms"], 0),
              r(rec["decode_tokens_per_s"], 1), r(rec["total_ms"], 0),
              None if rec["load_ms"] is None else load_text(rec),
-             r(rec["weights_mib"], 0), r(rec["peak_memory_mib"], 0), *_fidelity_cells(rec)] for rec in records]
+             r(rec["weights_mib"], 0), r(rec["peak_memory_mib"], 0), *_bandwidth_cells(rec), *_fidelity_cells(rec)]
+            for rec in records]
+
+
+def _bandwidth_cells(record: dict[str, Any]) -> list[float | None]:
+    """Achieved GB/s, its share of the measured bandwidth (%), J/token: None where unknown, never 0."""
+    achieved, share = record.get("achieved_bandwidth_gb_s"), record.get("bandwidth_share")
+    energy = record.get("energy_joules_per_token")
+    return [None if achieved is None else float(f"{achieved:.3g}"), None if share is None else round(100 * share, 1),
+            None if energy is None else float(f"{energy:.3g}")]
 
 
 def _fidelity_cells(record: dict[str, Any]) -> list[Any]:
@@ -294,5 +352,6 @@ def text_report(records: list[dict[str, Any]]) -> str:
                  f"bitsandbytes {env.get('bitsandbytes')}",
                  f"settings: {settings}"]
         notes += [f"peak memory = {MEMORY_KINDS[k]}" for k in sorted(kinds)]
+        notes += machine_notes(env, records)
         blocks.append("\n".join(notes))
     return "\n\n".join(blocks)

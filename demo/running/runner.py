@@ -50,8 +50,8 @@ class Arena:
         self._facts: dict[str, Any] = {}  # shared with the arenas for_client makes: computed once per process
 
     def environment(self) -> dict[str, Any]:
-        if "environment" not in self._facts:
-            self._facts["environment"] = environment()
+        if "environment" not in self._facts:  # on the device thread: the bandwidth benchmark never overlaps a timed run
+            self._facts["environment"] = self.device.call(environment, measure_bandwidth=True)
         return self._facts["environment"]
 
     def settings(self, max_new_tokens: int | None = None, do_sample: bool = False, temperature: float | None = None,

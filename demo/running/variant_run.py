@@ -12,6 +12,8 @@ from typing import Any, Iterator
 
 from demo.backends import LoadedVariant
 from demo.errors import ArenaError, InvalidRequest
+from demo.measuring import bandwidth
+from demo.measuring.energy import joules_per_token, track_energy
 from demo.measuring.trackers import LatencyTracker
 from demo.running.device import DeviceThread
 from demo.running.manager import ModelManager
@@ -56,6 +58,16 @@ class VariantResult:
     peak_reserved_mib: float | None = None
     process_rss_mib: float | None = None
     memory_kind: str | None = None
+    # gpt-fast's achieved bandwidth: weights bytes x decode tokens/s, in 1e9 bytes/s (demo.measuring.bandwidth), and
+    # its fraction of the bandwidth this process measured on the same device; None where either is unknown.
+    achieved_bandwidth_gb_s: float | None = None
+    measured_bandwidth_gb_s: float | None = None  # the machine's figure the share is taken against
+    bandwidth_share: float | None = None
+    # Energy from the device's own counter over the whole generation (prompt included), device- or package-wide,
+    # divided by the new tokens (demo.measuring.energy); None where not exposed, and energy_source says why.
+    energy_joules: float | None = None
+    energy_joules_per_token: float | None = None
+    energy_source: str | None = None
     stored: dict[str, Any] | None = None  # facts read back from the loaded weights (runtime, types, bits/weight)
     error: str | None = None
     fidelity: dict[str, Any] | None = None  # vs the base model's baseline on this prompt; None without one
@@ -123,7 +135,7 @@ class VariantRunner:
             raise InvalidRequest(f"the prompt is {result.prompt_tokens:,} tokens; with {settings.max_new_tokens} new "
                                  f"tokens that exceeds this variant's context of {context:,} tokens: shorten it")
         token_ids: list[int] = []
-        with loaded.track_memory() as memory:
+        with loaded.track_memory() as memory, track_energy(loaded.device) as energy:
             tracker = LatencyTracker(loaded.sync)
             generation = StreamingGeneration(self.device, loaded, ids, settings)
             tracker.start(generation.started_s)
@@ -149,6 +161,8 @@ class VariantRunner:
         generated[result.variant] = token_ids
         result.truncated = len(token_ids) >= settings.max_new_tokens and token_ids[-1] not in loaded.stop_token_ids
         _fill_run_facts(result, loaded.run_facts())
+        _fill_bandwidth(result)
+        _fill_energy(result, energy.result)
         result.status = "stopped" if stop.is_set() else "done"
 
 
@@ -163,6 +177,20 @@ def _fill_memory(result: VariantResult, memory) -> None:
     result.memory_kind, result.weights_mib = memory.memory_kind, memory.weights_mib
     result.peak_memory_mib, result.run_peak_mib = memory.peak_memory_mib, memory.run_peak_mib
     result.peak_reserved_mib, result.process_rss_mib = memory.peak_reserved_mib, memory.process_rss_mib
+
+
+def _fill_bandwidth(result: VariantResult) -> None:
+    """Only for weights in this machine's memory: a remote engine's rate is timed at the client, over a network."""
+    if result.device not in ("cpu", "cuda") or result.weights_mib is None:
+        return
+    result.achieved_bandwidth_gb_s = bandwidth.achieved_gb_s(result.weights_mib * 2**20, result.decode_tokens_per_s)
+    result.measured_bandwidth_gb_s = bandwidth.measured_gb_s(result.environment, result.device)
+    result.bandwidth_share = bandwidth.share(result.achieved_bandwidth_gb_s, result.measured_bandwidth_gb_s)
+
+
+def _fill_energy(result: VariantResult, energy) -> None:
+    result.energy_joules, result.energy_source = energy.energy_joules, energy.source
+    result.energy_joules_per_token = joules_per_token(energy, result.new_tokens)
 
 
 def _fill_run_facts(result: VariantResult, facts: dict[str, Any]) -> None:

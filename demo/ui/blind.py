@@ -5,8 +5,6 @@ demo.blind.results_view's."""
 from __future__ import annotations
 
 import json
-import logging
-import os
 import random
 import threading
 from pathlib import Path
@@ -18,7 +16,8 @@ import pandas as pd
 from demo.blind import vote_chart
 from demo.blind.battle import BlindTest
 from demo.blind.results_view import CSV_FIELDS, HEADERS, csv_row, summary_markdown, table_rows, write_results
-from demo.blind.votes import SPACE_DATA, VoteStore, space_storage, votes_path
+from demo.blind.durable import open_store, storage_line
+from demo.blind.votes import votes_path
 from demo.config import REPO_ROOT
 from demo.errors import ArenaError
 from demo.reports import report, scratch
@@ -30,7 +29,6 @@ from demo.ui.clients import client_of, forwarded_address, session_of
 __all__ = ["BlindTab", "CSV_FIELDS", "HEADERS", "build_tab", "csv_row", "endpoints", "load_prompts",
            "open_blind_test", "reveal_markdown", "session_of", "address_of", "summary_markdown", "table_rows", "write_results"]
 
-log = logging.getLogger(__name__)
 PROMPTS_FILE = REPO_ROOT / "assets" / "blind_prompts.json"
 CHOICES = (("a", "A is better"), ("b", "B is better"), ("tie", "Tie"), ("both_bad", "Both are bad"))
 
@@ -74,12 +72,9 @@ def build_tab(arena: Arena, blind: BlindTest | None = None) -> BlindTest:
 
 
 def open_blind_test(arena: Arena) -> BlindTest:
-    """A BlindTest over the configured votes database; a warning when a Space would lose the votes on restart."""
-    path = votes_path(arena.config)
-    if os.environ.get("SPACE_ID") and space_storage() is None and not path.is_relative_to(SPACE_DATA):
-        log.warning("blind test: votes are kept in %s, on this Space's own disk, which is lost when the Space "
-                    "restarts; add persistent storage (/data) to keep them", path)
-    return BlindTest(arena, VoteStore(path))
+    """A BlindTest over the configured votes database, journaled to the persistent folder where one is mounted
+    (demo.blind.durable)."""
+    return BlindTest(arena, open_store(votes_path(arena.config)))
 
 
 class BlindTab:
@@ -128,6 +123,7 @@ class BlindTab:
                               elem_id="blind-chart")
         self.table = gr.Dataframe(headers=HEADERS, interactive=False, wrap=True, elem_id="blind-table")
         gr.Markdown(RESULTS_NOTE, elem_classes=["small-print"])
+        gr.Markdown(storage_line(self.blind.store), elem_classes=["small-print"], elem_id="blind-storage")
         self.files = gr.File(label="Download the results: JSON, CSV", file_count="multiple", interactive=False,
                              elem_id="blind-files")
 

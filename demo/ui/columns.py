@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from html import escape
 
+from demo.artifacts.sources import PRESS_QUANTIZE_NOW
 from demo.reports import report
 from demo.reports.escaping import html_text
 from demo.running.runner import Arena, VariantResult
@@ -66,6 +67,7 @@ class ColumnsView:
         self.values = [["", "", ""] for _ in range(n_slots)]  # per slot: heading, answer, figures
         self.text_at_s: dict[int, float] = {}  # when each column's text was last sent
         self.finished: set[int] = set()
+        self.quantize_offered = arena.config.quantize_now_offered()
 
     def start(self, results: list[VariantResult]) -> list[str]:
         """The first snapshot: the chosen columns' headings, empty answers."""
@@ -86,7 +88,7 @@ class ColumnsView:
         if result.status in FINISHED:
             rec = result.to_record()
             self.finished.add(i)
-            slot[1:] = [answer_text(rec), figures_markdown(rec)]
+            slot[1:] = [answer_text(rec, self.quantize_offered), figures_markdown(rec)]
             head, changed = head_markdown(self.arena, rec), True
         else:
             if self._text_due(i, result, now_s):
@@ -105,7 +107,8 @@ class ColumnsView:
     def final(self, records: list[dict]) -> list[str]:
         """Fidelity arrives after the last column: every column's heading and figures, once more."""
         for i, rec in enumerate(records[:len(self.values)]):
-            self.values[i] = [head_markdown(self.arena, rec), answer_text(rec), figures_markdown(rec)]
+            self.values[i] = [head_markdown(self.arena, rec), answer_text(rec, self.quantize_offered),
+                              figures_markdown(rec)]
         return self.flat()
 
     def flat(self) -> list[str]:
@@ -133,11 +136,16 @@ def _positions_text(count: int) -> str:
     return f"{count} position{'s' if count != 1 else ''}"
 
 
-def answer_text(rec: dict) -> str:
-    return f"Not available — {rec['error']}" if rec.get("error") else rec["text"]
+def answer_text(rec: dict, quantize_offered: bool = True) -> str:
+    """The answer, or why there is none (without "press Quantize now" where the page does not offer it)."""
+    if not rec.get("error"):
+        return rec["text"]
+    error = rec["error"] if quantize_offered else rec["error"].replace(PRESS_QUANTIZE_NOW, "")
+    return f"Not available — {error}"
 
 
-def offers_quantize(rec: dict) -> bool:
+def wants_quantize(rec: dict) -> bool:
+    """Whether the variant could run once its quantized file is made."""
     return (rec.get("error") or "").startswith("not quantized")
 
 

@@ -15,7 +15,7 @@ from demo.reports import card, report, scratch
 from demo.running.runner import Arena, VariantResult
 from demo.ui import summary as summary_view
 from demo.ui.clients import client_of
-from demo.ui.columns import ColumnsView, divergence_html, offers_quantize
+from demo.ui.columns import ColumnsView, divergence_html, wants_quantize
 
 FIDELITY_GUIDE = """
 **How close is a variant to the baseline?** Both figures compare what the variant and the baseline predict
@@ -43,6 +43,10 @@ QUANTIZE_NOTE = ("**Quantize now** makes this variant's quantized checkpoint fro
 QUANTIZE_NOTE_GGUF = ("**Quantize now** makes this variant's GGUF file with llama.cpp's own quantizer from the base "
                       "model's weights and caches it. It takes seconds for this model and runs once; press Run again "
                       "afterwards to compare it.")
+QUANTIZE_OFF_NOTE = ("**Quantize now is off on this Space**: quantizing holds the only device for minutes (AWQ on a "
+                     "CPU: 20 or more), so a Space offers it only where its models file sets `quantize_now_on_space: "
+                     "true`. The Space's owner can turn it on, make the file once and turn it off again, or name a "
+                     "pre-made checkpoint in the models file.")
 # The live count, in the browser: no server round trip per keystroke. Counts code points, as the server does.
 COUNT_JS = """
 (text) => {
@@ -238,9 +242,9 @@ class CompareTab:
         for slot, rec in zip(self.slots, final):
             baseline = self.config.base_of(rec["variant"]).baseline
             updates[slot.diverged] = divergence_html(self.arena, rec, baseline_texts.get(baseline))
-            updates[slot.quantize_now] = gr.update(visible=offers_quantize(rec))
-            updates[slot.quantize_note] = gr.update(
-                value=QUANTIZE_NOTE_GGUF if rec["method"] == "gguf" else QUANTIZE_NOTE, visible=offers_quantize(rec))
+            offered = self.config.quantize_now_offered()
+            updates[slot.quantize_now] = gr.update(visible=wants_quantize(rec) and offered)
+            updates[slot.quantize_note] = gr.update(value=quantize_note(rec, offered), visible=wants_quantize(rec))
         updates[self.fidelity_help] = gr.update(visible=any(r.get("fidelity") for r in final))
         updates.update(summary_view.summary_updates(self.arena, final, self.table, self.plots, self.chart_note))
         paths = card.write(final, scratch.folder("comparison-"))
@@ -255,6 +259,8 @@ class CompareTab:
         variant_id = ids[index] if index < len(ids) else None
         if variant_id is None:
             raise gr.Error("run a comparison first")
+        if not self.config.quantize_now_offered():  # the button is hidden; a direct call is refused the same way
+            raise gr.Error("Quantize now is off on this Space (the models file's quantize_now_on_space turns it on)")
         note, button = self.slots[index].quantize_note, self.slots[index].quantize_now
         gguf = self.config.variants[variant_id].method == "gguf"
         try:
@@ -278,6 +284,13 @@ class CompareTab:
     @staticmethod
     def on_sample(sample: bool):
         return [gr.update(interactive=bool(sample))] * 3
+
+
+def quantize_note(rec: dict, offered: bool) -> str:
+    """What the note under a not-yet-quantized column says: what Quantize now does, or why it is off here."""
+    if not offered:
+        return QUANTIZE_OFF_NOTE
+    return QUANTIZE_NOTE_GGUF if rec["method"] == "gguf" else QUANTIZE_NOTE
 
 
 def compare_endpoint(arena: Arena):

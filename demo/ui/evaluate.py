@@ -32,9 +32,13 @@ HEADERS = {
     "weights_mib": "weights (MiB)",
     "peak_memory_mib": "peak memory (MiB)",
     "disk_mib": "checkpoint on disk (MiB)",
+    "achieved_bandwidth_gb_s_p50": "achieved bandwidth, median (GB/s: weights × decode rate)",
+    "bandwidth_share_p50": "share of the measured memory bandwidth, median (%)",
+    "energy_joules_per_token_p50": "energy, median (J/token)",
 }
 DIGITS = {"perplexity": 2, "kl_divergence": 4, "kl_p99_9": 4, "kl_max": 4, "ttft_ms_p50": 0, "decode_tokens_per_s_p50": 1,
-          "decode_tokens_per_s_p90": 1, "weights_mib": 0, "peak_memory_mib": 0, "disk_mib": 0}
+          "decode_tokens_per_s_p90": 1, "weights_mib": 0, "peak_memory_mib": 0, "disk_mib": 0,
+          "achieved_bandwidth_gb_s_p50": 2}
 TABLE_NOTE = ("*Checkpoint on disk* is filled only for variants whose quantized checkpoint is made once and saved "
               "(GPTQ); the others are quantized from the base weights each time they load, so they add nothing on "
               "disk (–). *Compared with* is the baseline the KL divergence and top-1 agreement are measured against; "
@@ -62,6 +66,10 @@ def _cell(result: evaluate.VariantEvaluation, field: str) -> str:
     if field == "top1_agreement":
         spread = result.top1_agreement_uncertainty
         return f"{100 * value:.1f}%" + ("" if spread is None else f" ± {100 * spread:.1f}")
+    if field == "bandwidth_share_p50":
+        return f"{100 * value:.0f}%"
+    if field == "energy_joules_per_token_p50":  # significant figures: a small figure must not read as 0
+        return f"{value:.3g}"
     if field == "kl_divergence":
         spread = (result.kl or {}).get("mean_uncertainty")
         text = f"{value:,.4f}" + ("" if spread is None else f" ± {spread:.4f}")
