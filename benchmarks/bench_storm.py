@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-from benchmarks.bench import app_server, write_json  # noqa: E402
+from benchmarks.bench import app_server, make_missing_files, write_json  # noqa: E402
 from benchmarks.bench_page import PROMPT, _record  # noqa: E402
 
 TARGET_RATIO = 0.95
@@ -94,6 +94,11 @@ def main() -> int:
 
     from gradio_client import Client
 
+    from demo.config import load_config
+
+    not_made = make_missing_files(load_config(args.models), args.models, [args.variant])
+    if not_made:
+        raise SystemExit(f"not measured: {not_made}")
     with tempfile.TemporaryDirectory(prefix="bench-storm-") as folder:
         os.environ["ARENA_VOTES_DB"] = str(Path(folder) / "votes.sqlite3")  # the app under test reads this one
         fill_votes(Path(os.environ["ARENA_VOTES_DB"]), args.models)
