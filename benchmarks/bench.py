@@ -16,7 +16,9 @@ demo.running.device for why that matters on CPU).
 The ratio is the median of the per-pair app/bare ratios with its sign-test interval (95%,
 demo.measuring.paired_ratio): the two runs of a pair see the same machine, so load that comes and goes cancels
 in their ratio; a pair hit by a burst of other work moves the median and its order-statistic interval by one
-rank, not by its size; the interval's coverage holds for any distribution of pair ratios. The target check
+rank, not by its size; the interval's coverage holds for any distribution of pair ratios. Pairs stop on the
+interval's width alone, never on where it lies against the target, so stopping does not steer the verdict.
+The target check
 says "met" (the whole interval at or above TARGET_RATIO), "not met" (wholly below) or "can't tell".
 
 Then a long-prompt row: time to first token for a prompt of about LONG_PROMPT_TOKENS tokens with the same
