@@ -210,6 +210,11 @@ def test_quality_is_refused_with_its_reason_everywhere(synthetic_arena, config, 
     assert "**Random weights: speed and memory only (the tiny (tests) shape, seed 3):**" in markdown
     assert QUALITY_NOT_COMPUTED in markdown
     assert all(row["random_weights"] for row in card.csv_rows(records))
+    from demo.ui.columns import head_markdown
+    from demo.ui.summary import conditions_markdown
+
+    assert f"**{RANDOM_WEIGHTS_NOTE}**" in head_markdown(synthetic_arena, {**records[1], "status": "loading"})
+    assert f"fidelity and perplexity {QUALITY_NOT_COMPUTED}" in conditions_markdown(records)
     row = VariantEvaluation(f"{BASE}/bf16", f"{BASE}/fp32")
     quality.measure(synthetic_arena, row, Plan(Protocol(), "Some text to score."), {})
     assert row.perplexity is None and row.kl_divergence is None and QUALITY_NOT_COMPUTED in row.quality_note
