@@ -108,6 +108,8 @@ def test_materialised_once_seeded_and_sealed(config, tmp_path):
     assert weights.stat().st_mtime_ns == written_ns
     assert cache.verify(folder, full=True).ok  # sealed with a manifest, like the bundled checkpoint
     assert folder.relative_to(cache.cache_dir()).parts[:2] == (cache.BUNDLED, "synthetic")
+    listed = {e.path: e for e in cache.entries()}[folder.relative_to(cache.cache_dir()).as_posix()]
+    assert (listed.kind, listed.state) == ("random weights", "ok")
     # the same shape and seed write the same bytes; another seed, other weights
     synthetic.write_checkpoint(shape_named("tiny"), source.seed, tmp_path / "again")
     synthetic.write_checkpoint(shape_named("tiny"), source.seed + 1, tmp_path / "other")

@@ -30,7 +30,6 @@ TOKENIZER_TOKENS = 49152  # its vocabulary (checked when a checkpoint is written
 PLACEHOLDER = "<|synthetic_{}|>"  # appended vocabulary entries; unreachable from text, decodable when generated
 DTYPE = "bfloat16"  # as the real checkpoints ship; float32 variants upcast it exactly
 FORMAT = 1  # what is written (bump it when that changes: the folder's name changes with it)
-SYNTHETIC = "synthetic"  # its folder under the cache's bundled/ folder
 _lock = threading.Lock()
 
 
@@ -40,7 +39,7 @@ def synthetic_dir(source: Source) -> Path:
     identity = json.dumps({"shape": shape.config_fields(), "seed": source.seed, "dtype": DTYPE, "format": FORMAT,
                            "tokenizer": TOKENIZER_LABEL}, sort_keys=True)
     digest = hashlib.sha256(identity.encode()).hexdigest()[:10]
-    return cache.cache_dir() / cache.BUNDLED / SYNTHETIC / f"{shape.name}-seed{source.seed}-{digest}"
+    return cache.cache_dir() / cache.BUNDLED / cache.SYNTHETIC / f"{shape.name}-seed{source.seed}-{digest}"
 
 
 def materialize(source: Source) -> Path:
