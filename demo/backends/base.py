@@ -27,6 +27,9 @@ class LoadedVariant(ABC):
     runtime: str = ""  # "transformers", "llama.cpp", "remote"
     # logits() gives every position's full distribution; False (remote engines): top_log_probs() instead
     full_distributions: bool = True
+    # A base with random weights (a named shape): every generation runs to exactly max_new_tokens, its stop
+    # tokens banned until then, so that runs are comparable for speed, which is all such a base measures.
+    random_weights: bool = False
 
     def __init__(self, variant: Variant, tokenizer: Any, device: str, weights_bytes: int,
                  stop_token_ids: frozenset[int], context_tokens: int | None):

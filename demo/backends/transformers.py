@@ -53,7 +53,8 @@ class TransformersVariant(LoadedVariant):
                  on_token: OnToken) -> None:
         if settings.do_sample:
             torch.manual_seed(settings.seed)
-        kwargs = {**self._inputs(prompt_ids), **_generate_kwargs(settings), "pad_token_id": self.tokenizer.pad_token_id,
+        kwargs = {**self._inputs(prompt_ids), **_generate_kwargs(settings), **self._length_kwargs(settings),
+                  "pad_token_id": self.tokenizer.pad_token_id,
                   "streamer": _TimestampStreamer(on_token), "stopping_criteria": StoppingCriteriaList([_StopOn(stop)])}
         with torch.inference_mode():
             self.model.generate(**kwargs)
@@ -67,13 +68,19 @@ class TransformersVariant(LoadedVariant):
         if settings.do_sample:
             torch.manual_seed(settings.seed)
         with torch.inference_mode():
-            self.model.generate(**self._inputs(prompt_ids), **_generate_kwargs(settings),
+            self.model.generate(**self._inputs(prompt_ids), **_generate_kwargs(settings), **self._length_kwargs(settings),
                                 pad_token_id=self.tokenizer.pad_token_id,
                                 streamer=_TimestampStreamer(lambda token_id, at_s: times.append(at_s)))
         return times
 
     def free(self) -> None:
         self.model = None
+
+    def _length_kwargs(self, settings: GenerationSettings) -> dict[str, Any]:
+        """Random weights: the stop tokens banned until max_new_tokens (transformers' min_new_tokens)."""
+        if not self.random_weights:
+            return {}
+        return {"min_new_tokens": settings.max_new_tokens, "eos_token_id": sorted(self.stop_token_ids)}
 
     def details(self) -> dict[str, Any]:
         # the attention implementation actually in use, read back from the model (transformers may have
@@ -278,10 +285,11 @@ def load(variant: Variant, base: BaseModel) -> TransformersVariant:
         log.warning("loading %s failed", variant.id, exc_info=True)
         raise VariantUnavailable(f"not available: weights for '{base.label}' could not be reached "
                                  f"({first_line(exc)})") from None
-    return _ready(variant, model, prompting, device)
+    return _ready(variant, model, prompting, device, base.random_weights)
 
 
-def _ready(variant: Variant, model: Any, prompting: Prompting, device: str) -> TransformersVariant:
+def _ready(variant: Variant, model: Any, prompting: Prompting, device: str,
+           random_weights: bool = False) -> TransformersVariant:
     """The loaded model with the base's tokenizer and stop ids, warmed up, its weights counted as they now sit."""
     model.eval()
     if prompting.generation_config is not None:  # the base's stop ids, not the checkpoint's own
@@ -291,6 +299,7 @@ def _ready(variant: Variant, model: Any, prompting: Prompting, device: str) -> T
         tokenizer.pad_token = tokenizer.eos_token
     facts = {**_method_facts(variant, model), **prompting.facts}
     loaded = TransformersVariant(variant, model, tokenizer, device, facts)
+    loaded.random_weights = random_weights
     warm_up(loaded)
     # counted after the warm-up: bitsandbytes' CPU kernel repacks 4-bit weights and their state on the first pass
     loaded.weights_bytes = stored_bytes(model)

@@ -11,6 +11,7 @@ import threading
 from contextlib import contextmanager
 from typing import Any, Iterator
 
+from demo.artifacts.synthetic import random_weights
 from demo.config import ArenaConfig
 from demo.errors import Busy
 from demo.measuring.system import environment
@@ -106,7 +107,8 @@ class Arena:
         env, described = self.environment(), settings.describe()
         variants = [self.config.variants[i] for i in variant_ids]
         return [VariantResult(v.id, v.method, v.bits, dict(v.settings), v.base, self.config.bases[v.base].label,
-                              v.runtime, prompt=prompt, settings=described, environment=env) for v in variants]
+                              v.runtime, prompt=prompt, settings=described, environment=env,
+                              random_weights=random_weights(self.config.bases[v.base])) for v in variants]
 
     def _wait_for_turn(self, ticket: object, results: list[VariantResult],
                        stop: threading.Event) -> Iterator[list[VariantResult]]:

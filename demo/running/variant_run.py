@@ -69,6 +69,10 @@ class VariantResult:
     energy_joules_per_token: float | None = None
     energy_source: str | None = None
     stored: dict[str, Any] | None = None  # facts read back from the loaded weights (runtime, types, bits/weight)
+    # A base with random weights (a named shape): {"note": "random weights: speed and memory only", "shape",
+    # "shape_label", "seed", "parameters", "checkpoint_dtype", "tokenizer", "quality": why fidelity and perplexity
+    # are not computed}; None for a real model. Its answers run to exactly max_new_tokens.
+    random_weights: dict[str, Any] | None = None
     error: str | None = None
     fidelity: dict[str, Any] | None = None  # vs the base model's baseline on this prompt; None without one
     # Where this variant's own answer departs from the baseline's own answer (see demo.measuring.fidelity): the first
