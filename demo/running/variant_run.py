@@ -123,29 +123,29 @@ class VariantRunner:
             raise InvalidRequest(f"the prompt is {result.prompt_tokens:,} tokens; with {settings.max_new_tokens} new "
                                  f"tokens that exceeds this variant's context of {context:,} tokens: shorten it")
         token_ids: list[int] = []
-        with loaded.track_memory() as memory:
-            tracker = LatencyTracker(loaded.sync)
-            generation = StreamingGeneration(self.device, loaded, ids, settings)
-            tracker.start(generation.started_s)
-            try:
-                result.status = "reading"
-                yield  # a consumer that goes away here still reaches close() below
-                last_yield = 0.0
-                for event in generation:
-                    tracker.token(event.at_s)
-                    token_ids.append(event.token_id)
-                    if stop.is_set():
-                        generation.stop.set()
-                    if time.perf_counter() - last_yield >= STREAM_INTERVAL_S:
-                        result.status = "generating"
-                        _fill_latency(result, tracker, loaded.tokenizer, token_ids)
-                        last_yield = time.perf_counter()
-                        yield
-                tracker.finish()
-            finally:
-                generation.close()  # reached also when the consumer goes away: the generation stops
-                _fill_latency(result, tracker, loaded.tokenizer, token_ids)  # a failed run keeps its partial text
-        _fill_memory(result, memory.result)
+        generation = StreamingGeneration(self.device, loaded, ids, settings, stop)
+        try:
+            result.status = "reading"
+            yield  # a consumer that goes away here still reaches close() below
+            last_yield = 0.0
+            for event in generation:
+                token_ids.append(event.token_id)
+                if time.perf_counter() - last_yield >= STREAM_INTERVAL_S:
+                    result.status = "generating"
+                    _fill_latency(result, generation.tracker, loaded.tokenizer, token_ids)
+                    last_yield = time.perf_counter()
+                    yield
+        except BaseException:
+            # Never waits for the device: a consumer that goes away is closed on Gradio's event loop, which
+            # every session's stream shares. The runtime stops at its next check; the device runs the next
+            # job once this one has ended.
+            generation.close()
+            if generation.finished:  # a failed run keeps its partial text
+                _fill_latency(result, generation.tracker, loaded.tokenizer, token_ids)
+            raise
+        _fill_latency(result, generation.tracker, loaded.tokenizer, token_ids)
+        if generation.memory is not None:  # None: stopped while a remote engine's round trip was cut
+            _fill_memory(result, generation.memory)
         generated[result.variant] = token_ids
         result.truncated = len(token_ids) >= settings.max_new_tokens and token_ids[-1] not in loaded.stop_token_ids
         _fill_run_facts(result, loaded.run_facts())
@@ -153,8 +153,10 @@ class VariantRunner:
 
 
 def _fill_latency(result: VariantResult, tracker: LatencyTracker, tokenizer, token_ids: list[int]) -> None:
-    latency = tracker.result()
     result.text = decode_whole(tokenizer, token_ids)
+    if tracker.start_s is None:  # the run failed before its clock started (a remote engine's round trip)
+        return
+    latency = tracker.result()
     result.new_tokens, result.ttft_ms = latency.new_tokens, latency.ttft_ms
     result.decode_tokens_per_s, result.total_ms = latency.decode_tokens_per_s, latency.total_ms
 
