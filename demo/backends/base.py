@@ -46,6 +46,11 @@ class LoadedVariant(ABC):
         """Generate up to settings.max_new_tokens after prompt_ids, calling on_token for each new token
         (the stop token included) as soon as the runtime hands it over; return early once stop is set."""
 
+    def cancel(self) -> None:
+        """Called from another thread once stop is set (again while the run has not ended): end a wait the
+        runtime is blocked in, where one can be ended from outside (a remote engine's connection is shut
+        down). Local runtimes read stop themselves between steps (see docs/runtimes.md, Stop): nothing here."""
+
     @abstractmethod
     def logits(self, ids: list[int]) -> torch.Tensor:
         """Next-token logits for every position of ids in one forward pass: float32 [len(ids), vocab] on

@@ -49,7 +49,10 @@ class Latency:
 
 
 class LatencyTracker:
-    """Timestamps the start, every new token and the end of one generation (perf_counter seconds)."""
+    """Timestamps the start, every new token and the end of one generation (perf_counter seconds).
+
+    start(), token() and finish() are called on the thread that runs the generation (their syncs wait for its
+    device work); result() may be read from any thread while it runs."""
 
     def __init__(self, sync: Callable[[], None] | None = None):
         self._sync = sync or (lambda: None)  # torch.cuda.synchronize on CUDA: clocks read after the work
@@ -74,9 +77,9 @@ class LatencyTracker:
         if self.start_s is None:
             raise RuntimeError("LatencyTracker.start() was never called")
         now = self.end_s if self.end_s is not None else time.perf_counter()
-        n = len(self.token_s)
+        n = len(self.token_s)  # tokens may be appended meanwhile (another thread): read up to n only
         ttft = (self.token_s[0] - self.start_s) * 1e3 if n else None
-        span = self.token_s[-1] - self.token_s[0] if n >= 2 else 0.0
+        span = self.token_s[n - 1] - self.token_s[0] if n >= 2 else 0.0
         decode = (n - 1) / span if span > 0 else None
         return Latency(n, ttft, decode, (now - self.start_s) * 1e3)
 
