@@ -62,22 +62,21 @@ def test_the_gpu_time_asked_adds_up():
     from demo.settings import GenerationSettings
 
     config = load_config(REPO / "models.yaml")
-    rates = {"smollm2/fp32": gpu_time.Rates(10.0, 0.5, 0.2, "measured at start-up"),
-             "smollm2/bf16": gpu_time.Rates(20.0, 0.25, 0.1, "measured at start-up")}
+    rates = {"smollm2/fp32": gpu_time.Rates(10.0, 0.5, 0.01, "measured at start-up"),
+             "smollm2/bf16": gpu_time.Rates(20.0, 0.25, 0.005, "measured at start-up")}
     timer = gpu_time.GpuTime(config, rates, cap_s=60)
     settings = GenerationSettings(max_new_tokens=24)
-    # answers: 0.5 + 24/10 and 0.25 + 24/20; scoring at twice the measured 12-token pass: baseline twice, bf16 once
-    estimate = (0.5 + 2.4) + (0.25 + 1.2) + 2 * (2 * 0.2 + 0.1)
-    assert timer.compare_s(["smollm2/fp32", "smollm2/bf16"], settings) == \
-        float(int(estimate * gpu_time.MARGIN + gpu_time.OVERHEAD_S + 0.999999))
-    alone = 0.25 + 1.2  # no baseline in the request: no scoring
-    assert timer.compare_s(["smollm2/bf16"], settings) == float(-(-(alone * 1.5 + 5) // 1))
+    # answers: 0.5 + 24/10 and 0.25 + 24/20; fidelity over 64 prompt + 24 answer tokens: the baseline twice, bf16 once
+    assert timer.compare_s(["smollm2/fp32", "smollm2/bf16"], settings) == 15.0  # ceil(6.55 * 1.5 + 5)
+    assert timer.compare_s(["smollm2/bf16"], settings) == 8.0  # no baseline, no scoring: ceil(1.45 * 1.5 + 5)
+    # a 600-character prompt is 200 tokens: 136 past a short prompt's, read at 0.005 s a token
+    assert timer.compare_s(["smollm2/bf16"], settings, "x" * 600) == 9.0  # ceil((1.45 + 0.68) * 1.5 + 5)
     with pytest.raises(GpuTimeTooLong, match="about 61 s of GPU time; the limit here is 60 s"):
         timer.check(61)
     # a run measured in the worker replaces an assumed rate, never a measured one
     timer.observe([{"variant": "smollm2/bnb-nf4", "status": "done", "decode_tokens_per_s": 8.0, "ttft_ms": 300.0},
                    {"variant": "smollm2/bf16", "status": "done", "decode_tokens_per_s": 1.0, "ttft_ms": 9000.0}])
-    assert timer.rates("smollm2/bnb-nf4") == gpu_time.Rates(8.0, 0.3, 1.0, "measured in the worker")
+    assert timer.rates("smollm2/bnb-nf4") == gpu_time.Rates(8.0, 0.3, 0.01, "measured in the worker")
     assert timer.rates("smollm2/bf16") == rates["smollm2/bf16"]
 
 
@@ -216,3 +215,19 @@ def test_compare_battle_and_vote_through_the_api(client, zg, monkeypatch):
     monkeypatch.setattr(zg.gpu_time, "cap_s", 10)
     with pytest.raises(Exception, match="the limit here is 10 s"):  # one line, before anything runs
         client.predict(prompt=CLEAR_PROMPT, variants=VARIANTS, max_new_tokens=64, api_name="/compare")
+
+
+def test_a_variant_not_placed_at_start_up_is_unavailable_in_the_worker_with_its_reason():
+    from demo.errors import VariantUnavailable
+    from demo.running.zerogpu import _PlacedOnly
+
+    class Placed:
+        budget_mib = float("inf")
+
+        def get(self, variant_id):
+            return f"loaded {variant_id}"
+
+    manager = _PlacedOnly(Placed(), {"smollm2/gptq-4bit": "not quantized yet: run python -m demo.quantize"})
+    assert manager.get("smollm2/bf16") == "loaded smollm2/bf16" and manager.budget_mib == float("inf")
+    with pytest.raises(VariantUnavailable, match="^not placed when the app started: not quantized yet"):
+        manager.get("smollm2/gptq-4bit")

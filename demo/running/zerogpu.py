@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 from demo.config import ArenaConfig
-from demo.errors import ArenaError, ZeroGpuError
+from demo.errors import ArenaError, VariantUnavailable, ZeroGpuError
 from demo.running import gpu_time
 from demo.running.device import DeviceThread
 from demo.running.manager import ModelManager
@@ -111,12 +111,8 @@ class ZeroGpuArena(Arena):
 
     def validate(self, prompt: str, variant_ids: list[str], settings: GenerationSettings | None = None) -> None:
         super().validate(prompt, variant_ids)
-        unplaced = [v for v in variant_ids if v in self.placement.failed]
-        if unplaced:
-            raise ZeroGpuError(f"{unplaced[0]} was not placed when the app started "
-                               f"({self.placement.failed[unplaced[0]]}); choose another variant")
         if settings is not None:
-            self.gpu_time.check(self.gpu_time.compare_s(variant_ids, settings))
+            self.gpu_time.check(self.gpu_time.compare_s(variant_ids, settings, prompt))
 
     def compare(self, prompt: str, variant_ids: list[str], settings: GenerationSettings, *args, **kwargs):
         self.validate(prompt, variant_ids, settings)  # refused here, before anything runs or waits
@@ -126,7 +122,7 @@ class ZeroGpuArena(Arena):
 
     def _work(self, prompt: str, results: list[VariantResult], settings: GenerationSettings,
               stop: threading.Event) -> Iterator[list[VariantResult]]:
-        seconds = self.gpu_time.compare_s([r.variant for r in results], settings)
+        seconds = self.gpu_time.compare_s([r.variant for r in results], settings, prompt)
         stream = self._in_worker(compare_job, (prompt, [r.variant for r in results], settings), seconds)
         try:
             for shown in stream:
@@ -192,11 +188,28 @@ class WorkerArena(Arena):
     a forked process); its records' environment is read here, where the GPU is, with the call's ZeroGPU facts."""
 
     def __init__(self, placed: ZeroGpuArena):
-        super().__init__(placed.config, placed.manager, device=DeviceThread())
+        super().__init__(placed.config, _PlacedOnly(placed.manager, placed.placement.failed),  # type: ignore[arg-type]
+                         device=DeviceThread())
         self.placed, self.facts = placed, {}
 
     def environment(self) -> dict[str, Any]:
         return {**super().environment(), "zerogpu": dict(self.facts)}
+
+
+class _PlacedOnly:
+    """The placed variants' manager as the worker uses it: a variant that was not placed at start-up is unavailable,
+    with the reason its placement failed (its column says it; a battle draws another), never loaded in the worker."""
+
+    def __init__(self, manager: ModelManager, failed: dict[str, str]):
+        self._manager, self._failed = manager, failed
+
+    def get(self, variant_id: str):
+        if variant_id in self._failed:
+            raise VariantUnavailable(f"not placed when the app started: {self._failed[variant_id]}")
+        return self._manager.get(variant_id)
+
+    def __getattr__(self, name: str):
+        return getattr(self._manager, name)
 
 
 def gpu_task(job, args: tuple, sent_at_s: float, gpu_seconds: float) -> Iterator:
