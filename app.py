@@ -4,6 +4,11 @@ import argparse
 import logging
 import sys
 
+import os
+
+if os.environ.get("ARENA_ZEROGPU_EMULATE") == "1":  # the emulation runs on the CPU: CUDA started in the server
+    os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # could not be used in the worker it forks (see docs/zerogpu.md)
+
 try:  # first, before torch: on ZeroGPU the package patches torch's CUDA as it is imported
     import spaces  # noqa: F401
 except ImportError:  # outside a Space it is optional: only ZeroGPU mode needs it

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -20,6 +21,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # the emulation is a CPU one: both paths run on the CPU
 
 from demo.config import load_config  # noqa: E402
 from demo.running import zerogpu  # noqa: E402
@@ -40,7 +42,8 @@ def decode_rate(arena: Arena, variant_id: str, settings) -> float:
 def profile_of(models: str | None, variant_ids: list[str], folder: Path) -> Path:
     """The models file cut to the benchmarked variants: ZeroGPU mode places every variant of its profile."""
     raw = yaml.safe_load(Path(models or REPO / "models.yaml").read_text())
-    raw["variants"] = [v for v in raw["variants"] if v["id"] in variant_ids]
+    baselines = {base.get("baseline") for base in raw["bases"].values()}  # a profile keeps its baselines
+    raw["variants"] = [v for v in raw["variants"] if v["id"] in variant_ids or v["id"] in baselines]
     path = folder / "models.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path

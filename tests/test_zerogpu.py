@@ -92,8 +92,14 @@ def small_profile(folder, variants=VARIANTS):
 
 @pytest.fixture(scope="module")
 def zg(tmp_path_factory):
+    import torch
+
     from demo.config import load_config
     from demo.running import zerogpu
+
+    if torch.cuda.is_available():  # app.py hides the GPU when it emulates; a test process cannot any more
+        pytest.skip("the emulation runs on the CPU (CUDA cannot be used in a worker forked after CUDA started): "
+                    "run with CUDA_VISIBLE_DEVICES=")
 
     config = load_config(small_profile(tmp_path_factory.mktemp("profile")))
     arena = zerogpu.ZeroGpuArena.start(config, "emulated", cap_s=3600)
@@ -127,6 +133,8 @@ def test_greedy_answers_in_the_worker_are_the_normal_mode_s(zg, arena, clear_pro
         assert facts["execution"].startswith("emulated ZeroGPU") and facts["worker_pid"] != os.getpid()
         assert facts["placed_at_startup_ms"][after["variant"]] > 0 and after["cache_hit"] is True
         assert after["decode_tokens_per_s"] > 0 and after["weights_mib"] > 0
+        # read in the worker: its torch has the server's threads (a forked OpenMP runtime can fall back to one)
+        assert after["environment"]["device_name"] == before["environment"]["device_name"]
     assert emulated[1]["fidelity"]["kl_divergence"] == pytest.approx(normal[1]["fidelity"]["kl_divergence"], abs=1e-6)
     with pytest.raises(Exception, match="runs no model code"):  # after start-up the server runs none
         zg.device.call(lambda: None)
