@@ -239,3 +239,18 @@ def test_a_variant_not_placed_at_start_up_is_unavailable_in_the_worker_with_its_
     assert manager.get("smollm2/bf16") == "loaded smollm2/bf16" and manager.budget_mib == float("inf")
     with pytest.raises(VariantUnavailable, match="^not placed when the app started: not quantized yet"):
         manager.get("smollm2/gptq-4bit")
+
+
+def test_zerogpu_s_own_quota_error_reaches_the_client_as_it_is(client, zg, monkeypatch):
+    import gradio as gr
+
+    words = "You have exceeded your GPU quota (60s requested vs. 42s left). Try again in 3:10:00"
+
+    def refused(job, args, sent_at_s, gpu_seconds):  # what spaces.GPU raises before any worker runs
+        raise gr.Error(words)
+        yield
+
+    monkeypatch.setattr(zg, "_gpu", refused)
+    with pytest.raises(Exception) as info:
+        client.predict(prompt=CLEAR_PROMPT, variants=VARIANTS, max_new_tokens=8, api_name="/compare")
+    assert str(info.value).endswith(words)
