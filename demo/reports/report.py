@@ -71,6 +71,9 @@ def _percent_pair(p: float, q: float) -> tuple[str, str]:
 def load_text(record: dict[str, Any]) -> str:
     if record.get("load_ms") is None:
         return "–"
+    placed = ((record.get("environment") or {}).get("zerogpu") or {}).get("placed_at_startup_ms") or {}
+    if record.get("variant") in placed:  # ZeroGPU: the weights were placed when the app started
+        return f"placed at start-up ({placed[record['variant']] / 1e3:,.1f} s)"
     if record.get("cache_hit"):
         return f"cached ({record['load_ms']:.2f} ms)"
     return f"cold {record['load_ms'] / 1e3:,.1f} s"
