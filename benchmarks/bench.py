@@ -300,8 +300,6 @@ def main() -> int:
               f"[{row['ratio_low']:.3f}, {row['ratio_high']:.3f}] over {row['pairs']} pairs: target "
               f"{TARGET_RATIO} {row['target']}  cold load {row['cold_load_ms'] / 1e3:.1f} s", flush=True)
         arena.manager.evict(variant_id)  # one variant resident at a time: no cross-talk
-    # The scaling table (decode rate, time to first token, memory and achieved bandwidth per family at 135M
-    # and at the synthetic bases' shapes, issue 21) is added here once synthetic bases and bandwidth land.
     attention = attention_rows(config, attention_variant, args.attention_runs)
     _print_attention(attention)
     result = {
