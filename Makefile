@@ -67,6 +67,8 @@ bench: install
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_page.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_storm.py
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_zerogpu.py
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_scaling.py
 
 loadtest: install-dev
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/loadtest.py

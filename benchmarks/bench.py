@@ -1,13 +1,28 @@
 """make bench: the app's own generation path against a bare model.generate, start-to-ready and cold loads.
 
-For each variant: one cold load through the ModelManager, then RUNS interleaved pairs on the same
-loaded model and settings (app path, then bare, alternating which goes first). The app path is
-Arena.compare: streaming, tracking, decoding and snapshots included. "Bare" is model.generate with
-a streamer that only appends a perf_counter timestamp per token (needed to separate the first token
-from the decode phase), run on the same device thread as the app's generation (see demo.running.device for
-why that matters on CPU). Then a long-prompt row: time to first token for a prompt of about
-LONG_PROMPT_TOKENS tokens with the same weights under eager and sdpa attention (--attention-only runs just
-that row). Writes results/bench.json.
+First, in a separate process (python -m demo.quantize --variant ID, one process a variant), any GPTQ, AWQ or
+GGUF file the variants need and the cache lacks: quantizing inside the measuring process left it slower for
+every later row, bare loops included. Then the harness's own cost per token (benchmarks/harness_cost.py: a
+stand-in runtime through Arena.compare).
+
+For each variant: one cold load through the ModelManager, one uncounted warm-up of each path, then
+interleaved pairs on the same loaded model and settings (app path and bare back to back, alternating which
+goes first) until the app/bare ratio's interval lies within ±RESOLVE of it (at least --min-pairs, at most
+--max-pairs). The app path is Arena.compare: streaming, tracking, decoding and snapshots included. "Bare" is
+model.generate with a streamer that only appends a perf_counter timestamp per token (needed to separate the
+first token from the decode phase), run on the same device thread as the app's generation (see
+demo.running.device for why that matters on CPU).
+
+The ratio is the median of the per-pair app/bare ratios with its sign-test interval (95%,
+demo.measuring.paired_ratio): the two runs of a pair see the same machine, so load that comes and goes cancels
+in their ratio; a pair hit by a burst of other work moves the median and its order-statistic interval by one
+rank, not by its size; the interval's coverage holds for any distribution of pair ratios. Pairs stop on the
+interval's width alone, never on where it lies against the target, so stopping does not steer the verdict.
+The target check
+says "met" (the whole interval at or above TARGET_RATIO), "not met" (wholly below) or "can't tell".
+
+Then a long-prompt row: time to first token for a prompt of about LONG_PROMPT_TOKENS tokens with the same
+weights under eager and sdpa attention (--attention-only runs just that row). Writes results/bench.json.
 """
 
 from __future__ import annotations
@@ -28,14 +43,19 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks import harness_cost  # noqa: E402
+from demo.artifacts import sources  # noqa: E402
 from demo.config import load_config  # noqa: E402
+from demo.measuring.paired_ratio import PairedRatio, paired_ratio  # noqa: E402
 from demo.settings import prompt_ids  # noqa: E402
-from demo.artifacts.quantize import quantize_variant  # noqa: E402
 from demo.running.runner import Arena  # noqa: E402
 
 PROMPT = "Write a long story about a dragon who learns to cook."
 LONG_PROMPT_TOKENS = 1500  # prompt ids, chat template included
 ATTENTION = ("eager", "sdpa")
+TARGET_RATIO = 0.95
+RESOLVE = 0.02  # pairs are added until the ratio's interval lies within ±2 % of it (or --max-pairs is reached)
+HARNESS_TOKENS = 512  # the longest answer a request may ask for (models.yaml limits)
 BARE = {"transformers": "model.generate with a streamer that only timestamps tokens",
         "llama.cpp": "llama-cpp-python's Llama.generate loop that only timestamps tokens"}
 
@@ -51,6 +71,99 @@ def app_decode_tokens_per_s(arena: Arena, variant_id: str, settings) -> tuple[fl
     if record["error"]:
         raise RuntimeError(f"{variant_id}: {record['error']}")
     return record["decode_tokens_per_s"], record["new_tokens"]
+
+
+def needs_a_made_file(variant) -> bool:
+    """A GPTQ, AWQ or GGUF variant that loads a file demo.quantize makes into the cache."""
+    return variant.method in ("gptq", "awq", "gguf") and variant.checkpoint is None
+
+
+def made_file_present(config, variant) -> bool:
+    """Whether demo.quantize has finished the variant's file (the load checks it is undamaged)."""
+    base = config.bases[variant.base]
+    if variant.method == "gguf":
+        folder = sources.quantized_dir(base, "gguf", variant.file_settings)
+        return (folder / sources.METADATA_FILE).is_file() and (folder / "model.gguf").is_file()
+    return sources.is_complete_checkpoint(sources.quantized_dir(base, variant.method, variant.settings))
+
+
+def make_missing_files(config, models: str | None, variant_ids: list[str]) -> dict[str, str]:
+    """Make every missing quantized file in its own `python -m demo.quantize` process, before anything is
+    measured; returns {variant id: why it could not be made} for those that failed."""
+    failed = {}
+    for variant_id in variant_ids:
+        variant = config.variants[variant_id]
+        if not needs_a_made_file(variant) or made_file_present(config, variant):
+            continue
+        print(f"{variant_id}: making its {variant.method.upper()} file first, in its own process", flush=True)
+        cmd = [sys.executable, "-m", "demo.quantize", "--variant", variant_id] + (["--models", models] if models else [])
+        done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+        if done.returncode != 0:
+            lines = (done.stderr or done.stdout).strip().splitlines()
+            failed[variant_id] = lines[-1] if lines else f"demo.quantize exited {done.returncode}"
+            print(f"{variant_id}: not made ({failed[variant_id]}); left out", flush=True)
+    return failed
+
+
+def measure_pairs(app, bare, min_pairs: int, max_pairs: int,
+                  resolve: float = RESOLVE) -> tuple[list[float], list[float], set[int], PairedRatio]:
+    """Interleaved app/bare pairs (alternating which goes first) until the ratio's interval lies within ±resolve
+    of it, or max_pairs; app() and bare() each return (decode tokens/s, new tokens)."""
+    app_rates, bare_rates, tokens = [], [], set()
+    while True:
+        pair = [(app, app_rates), (bare, bare_rates)]
+        for measure, rates in pair if len(app_rates) % 2 == 0 else reversed(pair):
+            rate, n = measure()
+            rates.append(rate)
+            tokens.add(n)
+        if len(app_rates) >= min_pairs:
+            ratio = paired_ratio(app_rates, bare_rates)
+            if ratio.resolves(resolve) or len(app_rates) >= max_pairs:
+                return app_rates, bare_rates, tokens, ratio
+
+
+def variant_row(arena: Arena, variant_id: str, settings, min_pairs: int, max_pairs: int) -> dict:
+    variant = arena.config.variants[variant_id]
+    acquired = arena.device.call(arena.manager.get, variant_id)
+
+    def app():
+        return app_decode_tokens_per_s(arena, variant_id, settings)
+
+    def bare():
+        return arena.device.call(bare_decode_tokens_per_s, acquired.loaded, settings)
+
+    app(), bare()  # warm-up, not counted
+    app_rates, bare_rates, tokens, ratio = measure_pairs(app, bare, min_pairs, max_pairs)
+    return {
+        "variant": variant_id,
+        "runtime": variant.runtime,
+        "bare": BARE[variant.runtime],
+        "app_decode_tokens_per_s": round(statistics.median(app_rates), 2),
+        "bare_decode_tokens_per_s": round(statistics.median(bare_rates), 2),
+        "ratio": round(ratio.ratio, 4),  # median of the per-pair app/bare ratios
+        "ratio_low": round(ratio.low, 4),  # its sign-test interval
+        "ratio_high": round(ratio.high, 4),
+        "ratio_confidence": round(ratio.confidence, 4),  # the interval's exact coverage (at least 0.95)
+        "pairs": ratio.pairs,
+        "resolves_2_percent": ratio.resolves(RESOLVE),
+        "target": ratio.verdict(TARGET_RATIO),  # met | not met | can't tell
+        "cold_load_ms": round(acquired.load_ms, 1),
+        "new_tokens": sorted(tokens),
+        "app_runs_tokens_per_s": [round(x, 2) for x in app_rates],
+        "bare_runs_tokens_per_s": [round(x, 2) for x in bare_rates],
+    }
+
+
+def harness_row(config, runs: int = 5) -> dict:
+    """The arena's own cost per token (benchmarks/harness_cost.py) with the first base model's tokenizer and
+    token ids of real text, so the answer's periodic decode costs what it costs for a real answer."""
+    from transformers import AutoTokenizer
+
+    base = next(iter(config.bases.values()))
+    tokenizer = AutoTokenizer.from_pretrained(sources.resolve(base).location)
+    text = (REPO / "assets" / "evaluation.txt").read_text(encoding="utf-8")
+    tokens = tokenizer(text)["input_ids"]
+    return harness_cost.measure(tokenizer, tokens, PROMPT, HARNESS_TOKENS, runs)
 
 
 def long_prompt(tokenizer, tokens: int = LONG_PROMPT_TOKENS) -> str:
@@ -145,7 +258,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", help="models file (default: $ARENA_MODELS, else models.yaml)")
     parser.add_argument("--variants", help="comma-separated ids (default: every variant in the file)")
-    parser.add_argument("--runs", type=int, default=5, help="interleaved app/bare pairs per variant")
+    parser.add_argument("--min-pairs", type=int, default=10, help="interleaved app/bare pairs per variant, at least")
+    parser.add_argument("--max-pairs", type=int, default=60, help="at most, if the ratio's interval is still "
+                        f"wider than ±{RESOLVE:.0%}")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--out", default=str(REPO / "results" / "bench.json"))
     parser.add_argument("--attention-variant", help="weights for the long-prompt eager/sdpa row (default: the "
@@ -161,52 +276,47 @@ def main() -> int:
         _print_attention(rows)
         write_json({"long_prompt_attention": rows}, args.out)
         return 0
+    variant_ids = args.variants.split(",") if args.variants else list(config.variants)
+    not_made = make_missing_files(config, args.models, variant_ids)  # nothing is quantized in this process
+    harness = harness_row(config)
+    print(f"harness: {harness['harness_us_per_token']:.1f} us a token (goal under {harness['goal_us_per_token']:.0f}; "
+          f"free-running {harness['free']['through_us_per_token']:.1f}, paced at "
+          f"{harness['paced']['pace_us'] / 1e3:.1f} ms {harness['paced']['added_us_per_token']:.1f} added, "
+          f"{harness['paced']['cpu_us_per_token']:.1f} of CPU)", flush=True)
     arena = Arena(config)
     settings = arena.settings(max_new_tokens=args.max_new_tokens)
     ready_s = start_to_ready_s(args.models)
     print(f"start to ready: {ready_s:.1f} s", flush=True)
-    variant_ids = args.variants.split(",") if args.variants else list(config.variants)
     rows = []
     for variant_id in variant_ids:
-        variant = config.variants[variant_id]
-        if variant.method in ("gptq", "awq", "gguf") and variant.checkpoint is None:
-            print(f"{variant_id}: making its {variant.method.upper()} file first (once)", flush=True)
-            arena.device.call(quantize_variant, config, variant_id)
-        acquired = arena.device.call(arena.manager.get, variant_id)
-        app, bare, tokens = [], [], set()
-        for run in range(args.runs):
-            pair = [("app", lambda: app_decode_tokens_per_s(arena, variant_id, settings)),
-                    ("bare", lambda: arena.device.call(bare_decode_tokens_per_s, acquired.loaded, settings))]
-            for name, measure in pair if run % 2 == 0 else reversed(pair):
-                rate, n = measure()
-                (app if name == "app" else bare).append(rate)
-                tokens.add(n)
-        row = {
-            "variant": variant_id,
-            "runtime": variant.runtime,
-            "bare": BARE[variant.runtime],
-            "app_decode_tokens_per_s": round(statistics.median(app), 2),
-            "bare_decode_tokens_per_s": round(statistics.median(bare), 2),
-            "ratio": round(statistics.median(app) / statistics.median(bare), 3),
-            "cold_load_ms": round(acquired.load_ms, 1),
-            "runs": args.runs,
-            "new_tokens": sorted(tokens),
-            "app_runs_tokens_per_s": [round(x, 2) for x in app],
-            "bare_runs_tokens_per_s": [round(x, 2) for x in bare],
-        }
+        if variant_id in not_made:
+            rows.append({"variant": variant_id, "error": f"not measured: its file could not be made "
+                                                       f"({not_made[variant_id]})"})
+            continue
+        row = variant_row(arena, variant_id, settings, args.min_pairs, args.max_pairs)
         rows.append(row)
         print(f"{variant_id:<20} app {row['app_decode_tokens_per_s']:7.2f} tok/s  bare "
-              f"{row['bare_decode_tokens_per_s']:7.2f} tok/s  ratio {row['ratio']:.3f}  cold load "
-              f"{row['cold_load_ms'] / 1e3:.1f} s", flush=True)
+              f"{row['bare_decode_tokens_per_s']:7.2f} tok/s  app/bare {row['ratio']:.3f} "
+              f"[{row['ratio_low']:.3f}, {row['ratio_high']:.3f}] over {row['pairs']} pairs: target "
+              f"{TARGET_RATIO} {row['target']}  cold load {row['cold_load_ms'] / 1e3:.1f} s", flush=True)
         arena.manager.evict(variant_id)  # one variant resident at a time: no cross-talk
     attention = attention_rows(config, attention_variant, args.attention_runs)
     _print_attention(attention)
     result = {
         "environment": arena.environment(),
-        "conditions": {"prompt": PROMPT, "settings": settings.describe(), "statistic": "median",
-                       "bare": "each runtime's own generation loop on the same loaded variant, timestamps only"},
+        "conditions": {"prompt": PROMPT, "settings": settings.describe(),
+                       "statistic": "median of per-pair app/bare ratios, sign-test interval",
+                       "pairs": f"interleaved, alternating which goes first; {args.min_pairs} to {args.max_pairs}, "
+                                f"until the interval is within ±{RESOLVE:.0%} of the ratio",
+                       "target_ratio": TARGET_RATIO,
+                       "bare": "each runtime's own generation loop on the same loaded variant, timestamps only",
+                       "quantized_files": "made beforehand, each in its own python -m demo.quantize process",
+                       "load_average_1m": round(os.getloadavg()[0], 2), "cpu_count": os.cpu_count()},
+        "harness": harness,
         "start_to_ready_s": round(ready_s, 2),
         "variants": rows,
+        # every measured variant's app/bare interval at or above the target ("can't tell" counts as not shown)
+        "meets_target": all(row.get("target") == "met" for row in rows),
         "long_prompt_attention": attention,
     }
     write_json(result, args.out)

@@ -21,7 +21,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-from benchmarks.bench import app_server, write_json  # noqa: E402
+from benchmarks.bench import app_server, make_missing_files, write_json  # noqa: E402
+from demo.config import load_config  # noqa: E402
 from demo.ui import columns  # noqa: E402
 
 PROMPT = "Write a short story about a lighthouse keeper."
@@ -63,6 +64,9 @@ def main() -> int:
 
     from gradio_client import Client
 
+    not_made = make_missing_files(load_config(args.models), args.models, args.variants.split(","))
+    if not_made:
+        raise SystemExit(f"not measured: {not_made}")
     rows, load_before = [], os.getloadavg()[0]
     with app_server(args.models) as (url, _):
         client = Client(url, verbose=False)

@@ -2,9 +2,14 @@
 over its rate with nobody refreshing (target: at least 0.95).
 
 The app runs as its own process (python app.py) over a votes database filled beforehand (VOTES votes spread
-over the default base's variants, so every refresh has real statistics to show); ten gradio_client clients
-call the Results view's handler in a loop, as the Refresh button does, while one client times /compare. Quiet
-and storm runs are interleaved. Writes results/bench_storm.json.
+over the default base's variants, so every refresh has real statistics to show); ten gradio_client clients,
+made once before anything is timed, call the Results view's handler in a loop, as the Refresh button does,
+while one client times /compare. Quiet and storm runs are interleaved. Writes results/bench_storm.json.
+
+torch decodes on one thread per core by default, and its threads meet at a barrier at every operation, so
+any other work on the machine (the server answering refreshes, the refreshing clients themselves) stalls the
+decode far out of proportion to the CPU it takes (docs/results.md). Run it with OMP_NUM_THREADS set to compare
+thread counts; the record's environment names the count used.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-from benchmarks.bench import app_server, write_json  # noqa: E402
+from benchmarks.bench import app_server, make_missing_files, write_json  # noqa: E402
 from benchmarks.bench_page import PROMPT, _record  # noqa: E402
 
 TARGET_RATIO = 0.95
@@ -51,13 +56,19 @@ def fill_votes(path: Path, models: str | None) -> None:
     store.close()
 
 
-def storm(url: str, stop: threading.Event, refreshes: list[int], interval_s: float) -> None:
-    """One client pressing Refresh every interval_s seconds (0: again as soon as the last answer arrives)."""
+def storm_clients(url: str) -> list:
+    """The refreshing clients, made once before anything is timed: making a Client fetches and parses the whole
+    page's configuration (the server deep-copies it), a page load's cost, not a refresh's; made inside each storm
+    run, ten of them landed in the timed decode."""
     from gradio_client import Client
 
     # A browser shows the chart by URL; downloading every file back into the client (gradio_client's default)
     # cost the client 90 ms of CPU per refresh against the server's 18, on the machine being measured.
-    client = Client(url, verbose=False, download_files=False)
+    return [Client(url, verbose=False, download_files=False) for _ in range(CLIENTS)]
+
+
+def storm(client, stop: threading.Event, refreshes: list[int], interval_s: float) -> None:
+    """One client pressing Refresh every interval_s seconds (0: again as soon as the last answer arrives)."""
     while not stop.is_set():
         started = time.perf_counter()
         client.predict(api_name=RESULTS_API)
@@ -65,11 +76,11 @@ def storm(url: str, stop: threading.Event, refreshes: list[int], interval_s: flo
         stop.wait(max(0.0, interval_s - (time.perf_counter() - started)))
 
 
-def decode_under_storm(url: str, client, variant_id: str, max_new_tokens: int,
+def decode_under_storm(refreshers: list, client, variant_id: str, max_new_tokens: int,
                        interval_s: float) -> tuple[float, int]:
     stop, refreshes = threading.Event(), []
-    clients = [threading.Thread(target=storm, args=(url, stop, refreshes, interval_s), daemon=True)
-               for _ in range(CLIENTS)]
+    clients = [threading.Thread(target=storm, args=(refresher, stop, refreshes, interval_s), daemon=True)
+               for refresher in refreshers]
     for t in clients:
         t.start()
     try:
@@ -94,6 +105,11 @@ def main() -> int:
 
     from gradio_client import Client
 
+    from demo.config import load_config
+
+    not_made = make_missing_files(load_config(args.models), args.models, [args.variant])
+    if not_made:
+        raise SystemExit(f"not measured: {not_made}")
     with tempfile.TemporaryDirectory(prefix="bench-storm-") as folder:
         os.environ["ARENA_VOTES_DB"] = str(Path(folder) / "votes.sqlite3")  # the app under test reads this one
         fill_votes(Path(os.environ["ARENA_VOTES_DB"]), args.models)
@@ -101,13 +117,14 @@ def main() -> int:
         with app_server(args.models) as (url, _):
             client = Client(url, verbose=False)
             environment = _record(client, args.variant, args.max_new_tokens)["environment"]  # warm-up: loads it
+            refreshers = storm_clients(url)
             quiet, stormy, refreshes = [], [], []
             for run in range(args.runs):
                 for kind in (("quiet", "storm") if run % 2 == 0 else ("storm", "quiet")):
                     if kind == "quiet":
                         quiet.append(_record(client, args.variant, args.max_new_tokens)["decode_tokens_per_s"])
                     else:
-                        rate, count = decode_under_storm(url, client, args.variant, args.max_new_tokens,
+                        rate, count = decode_under_storm(refreshers, client, args.variant, args.max_new_tokens,
                                                          args.interval_s)
                         stormy.append(rate)
                         refreshes.append(count)

@@ -164,6 +164,11 @@ def _rebuild_commands(models: str | None) -> dict[str, str]:
         if variant.method in ("gptq", "awq") and variant.checkpoint is None:
             folder = sources.quantized_dir(base, variant.method, variant.settings)
             commands[folder.relative_to(root).as_posix()] = sources.quantize_command(variant.id) + option
+        if base.source.kind == "synthetic" and variant.runtime == "transformers":  # any of its variants makes it
+            from demo.artifacts.synthetic import synthetic_dir
+
+            commands.setdefault(synthetic_dir(base.source).relative_to(root).as_posix(),
+                                f"python -m demo compare{option} --variants {variant.id} --prompt hi --max-new-tokens 1")
         if base.source.kind == "bundled-gguf" and variant.id == base.baseline:
             try:
                 folder = sources.bundled_dir(base.source)

@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from demo.errors import ConfigError
+from demo.measuring.shapes import SHAPES
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODELS_FILE = REPO_ROOT / "models.yaml"
@@ -19,7 +20,7 @@ BUDGET_ENV = "ARENA_MEMORY_BUDGET_MIB"
 SPACE_ENV = "SPACE_ID"  # set by Hugging Face in every Space's environment (owner/name)
 
 DTYPES = ("float32", "float16", "bfloat16")
-SOURCE_KINDS = ("bundled-gguf", "hub", "local")
+SOURCE_KINDS = ("bundled-gguf", "hub", "local", "synthetic")  # synthetic: a named shape, random weights
 DEVICES = ("auto", "cuda", "cpu")
 # Engines a remote variant may name: each speaks OpenAI's /v1/completions, with its own extras (docs/remote.md,
 # "When the model outgrows one machine"). llamacpp is llama.cpp's llama-server; llamacpp-python is
@@ -159,6 +160,8 @@ class Source:
     package: str | None = None  # bundled-gguf: Python package that ships the file
     file: str | None = None  # bundled-gguf: file name inside that package; hub gguf checkpoint: file in the repo
     fallback_repo: str | None = None  # bundled-gguf: Hub repo used where the package is not installed
+    shape: str | None = None  # synthetic: a demo.measuring.shapes.SHAPES name, filled with random weights
+    seed: int = 0  # synthetic: the random initialisation's seed
 
 
 @dataclass(frozen=True)
@@ -169,6 +172,11 @@ class BaseModel:
     note: str = ""
     trust_remote_code: bool = False
     baseline: str | None = None  # variant id used as this base's reference
+
+    @property
+    def random_weights(self) -> bool:
+        """A named shape with random weights: speed and memory only, no fidelity or perplexity."""
+        return self.source.kind == "synthetic"
 
 
 @dataclass(frozen=True)
@@ -400,14 +408,40 @@ def _parse_source(path: Path, src: dict, field_: str, variant: str | None = None
     kind = src.get("kind")
     _expect(kind in SOURCE_KINDS, path, f"unknown source kind {kind!r} (allowed: {', '.join(SOURCE_KINDS)})",
             variant=variant, field=f"{field_}.kind")
-    needs = {"hub": ("repo",), "local": ("path",), "bundled-gguf": ("package", "file")}[kind]
-    _only(path, src, {"kind", "repo", "revision", "path", "package", "file", "fallback_repo"}, variant, field_)
+    needs = {"hub": ("repo",), "local": ("path",), "bundled-gguf": ("package", "file"), "synthetic": ("shape",)}[kind]
+    _only(path, src, {"kind", "repo", "revision", "path", "package", "file", "fallback_repo", "shape", "seed"},
+          variant, field_)
     for key in needs:
         _expect(isinstance(src.get(key), str) and src[key].strip(), path, "is required", variant=variant,
                 field=f"{field_}.{key}")
+    if kind == "synthetic" or "shape" in src or "seed" in src:
+        return _synthetic_source(path, src, field_, variant)
     local = (path.parent / src["path"]).resolve() if kind == "local" else None
     return Source(kind, src.get("repo"), src.get("revision"), local, src.get("package"), src.get("file"),
                   src.get("fallback_repo"))
+
+
+def _synthetic_source(path: Path, src: dict, field_: str, variant: str | None) -> Source:
+    """A named shape with a seeded random initialisation (a base's source only)."""
+    _expect(src.get("kind") == "synthetic" and variant is None, path,
+            "shape and seed belong to a base's source of kind synthetic", variant=variant, field=field_)
+    _only(path, src, {"kind", "shape", "seed"}, None, field_)
+    _expect(src["shape"] in SHAPES, path, f"unknown shape {src['shape']!r} (known: {', '.join(SHAPES)})",
+            field=f"{field_}.shape")
+    seed = src.get("seed", 0)
+    _expect(isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0, path,
+            f"must be a whole number, 0 or more, got {seed!r}", field=f"{field_}.seed")
+    return Source("synthetic", shape=src["shape"], seed=seed)
+
+
+def _check_synthetic_variant(path: Path, vid: str, method: str, entry: dict) -> None:
+    """A random-weights base's variants are made from its own materialised weights: nothing pre-made, nothing
+    served elsewhere."""
+    _expect(method != "remote", path, "a base with random weights (source kind synthetic) has no remote variants: "
+            "an engine elsewhere does not hold its weights", variant=vid, field="method")
+    _expect("checkpoint" not in entry, path, "a base with random weights (source kind synthetic) takes no "
+            "pre-made checkpoint: every variant is made from its materialised weights", variant=vid,
+            field="checkpoint")
 
 
 def _parse_variants(path: Path, raw: list, bases: dict[str, BaseModel]) -> dict[str, Variant]:
@@ -424,6 +458,8 @@ def _parse_variants(path: Path, raw: list, bases: dict[str, BaseModel]) -> dict[
         method = _required(path, entry, "method", str, variant=vid)
         _expect(method in METHODS, path, f"unknown method '{method}' (allowed: {', '.join(METHODS)})",
                 variant=vid, field="method")
+        if bases[base].random_weights:
+            _check_synthetic_variant(path, vid, method, entry)
         settings = entry.get("settings") or {}
         _expect(isinstance(settings, dict), path, "must be a mapping", variant=vid, field="settings")
         device = entry.get("device", "auto")

@@ -65,3 +65,12 @@ class RateLimited(Busy):
 
 class VoteStoreError(ArenaError):
     """The votes database cannot be opened, read or written (names the file)."""
+
+
+class GpuTimeTooLong(InvalidRequest):
+    """On ZeroGPU: a request would ask for more GPU time than the cap; refused before anything runs."""
+
+
+class ZeroGpuError(ArenaError):
+    """On ZeroGPU: the profile does not fit the GPU slice, the worker failed, or the serving process was asked
+    to run model code (it runs none after start-up there)."""

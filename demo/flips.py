@@ -168,6 +168,9 @@ def _baselines(arena: Arena, variant_ids: list[str]) -> dict[str, str]:
     baselines = {}
     for v in variant_ids:
         baseline = arena.config.base_of(v).baseline
+        if arena.config.base_of(v).random_weights:
+            raise InvalidRequest(f"variant '{v}' has random weights (speed and memory only): whether its answers "
+                                 "change says nothing about quantization, so flips are not computed for it")
         if baseline is None:
             raise InvalidRequest(f"variant '{v}' has no baseline to flip against (its base model names none)")
         baselines[v] = baseline

@@ -2,6 +2,8 @@
 the budget is refused before anything is evicted, and a failed load frees what it allocated."""
 
 import gc
+import threading
+import time
 import weakref
 
 import pytest
@@ -253,3 +255,119 @@ def test_forty_panel_reads_answer_at_once_while_a_cold_load_holds_the_manager(co
         release.set()
         loader.join(10)
     assert manager.loaded_ids() == ["a", "b"] and manager.resident_mib() == 8.0
+
+
+class Gated:
+    """Wraps a loader: a load of a gated variant starts, says so, then waits for the test to let it finish."""
+
+    def __init__(self, inner, gated: set[str], error: BaseException | None = None):
+        self.inner, self.gated, self.error = inner, gated, error
+        self.started = {v: threading.Event() for v in gated}
+        self.release = threading.Event()
+        self.log: list[str] = []  # "start x" / "end x", in order
+
+    def __call__(self, variant, base):
+        self.log.append(f"start {variant.id}")
+        if variant.id in self.gated:
+            self.started[variant.id].set()
+            self.release.wait(10)
+            if self.error is not None:
+                self.log.append(f"end {variant.id}")
+                raise self.error
+        loaded = self.inner(variant, base)
+        self.log.append(f"end {variant.id}")
+        return loaded
+
+
+def _in_thread(fn, *args):
+    out: dict = {}
+
+    def run():
+        try:
+            out["value"] = fn(*args)
+        except BaseException as exc:  # handed to the test
+            out["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, out
+
+
+def _answers_at_once(fn, *args):
+    started = time.perf_counter()
+    value = fn(*args)
+    assert time.perf_counter() - started < 1.0, f"{fn.__name__} waited for the load in flight"
+    return value
+
+
+def test_a_load_in_flight_holds_no_lock_and_a_second_request_shares_it(config):
+    manager, runtime = manager_with(config)
+    gate = Gated(runtime, {"b"})
+    manager._loader = gate
+    manager.get("a")
+    first, first_out = _in_thread(manager.get, "b")
+    try:
+        assert gate.started["b"].wait(5)
+        second, second_out = _in_thread(manager.get, "b")
+        assert _answers_at_once(manager.get, "a").cache_hit  # another variant, cached: no wait
+        assert _answers_at_once(manager.expected_mib, "c") == 4
+        assert _answers_at_once(manager.loaded_ids) == ["a"]
+        assert second.is_alive()  # waits for the first request's load, does not start its own
+    finally:
+        gate.release.set()
+        first.join(10), second.join(10)
+    assert gate.log.count("start b") == 1
+    assert second_out["value"].loaded is first_out["value"].loaded
+    assert not first_out["value"].cache_hit and second_out["value"].cache_hit
+    assert manager.loaded_ids() == ["a", "b"] and manager.resident_mib() == 8
+
+
+def test_a_failed_load_fails_every_request_that_waited_for_it_and_a_retry_loads_again(config):
+    manager, runtime = manager_with(config)
+    gate = Gated(runtime, {"b"}, error=torch.OutOfMemoryError("out of memory while loading"))
+    manager._loader = gate
+    first, first_out = _in_thread(manager.get, "b")
+    assert gate.started["b"].wait(5)
+    second, second_out = _in_thread(manager.get, "b")
+    gate.release.set()
+    first.join(10), second.join(10)
+    assert isinstance(first_out["error"], torch.OutOfMemoryError)
+    assert isinstance(second_out["error"], torch.OutOfMemoryError)
+    assert gate.log == ["start b", "end b"] and manager.loaded_ids() == []
+    gate.error = None
+    assert not manager.get("b").cache_hit and manager.loaded_ids() == ["b"]
+
+
+def test_the_room_reserved_for_a_load_in_flight_counts_against_the_budget(config):
+    # b in flight reserves 4 x 1.25 = 5 MiB; with a resident (4), c (5 more) fits only once a is evicted
+    manager, runtime = manager_with(config)
+    gate = Gated(runtime, {"b"})
+    manager._loader = gate
+    manager.get("a")
+    first, _ = _in_thread(manager.get, "b")
+    try:
+        assert gate.started["b"].wait(5)
+        assert _answers_at_once(manager.get, "c").cache_hit is False  # loads beside b, in the room a left
+        assert manager.loaded_ids() == ["c"]
+    finally:
+        gate.release.set()
+        first.join(10)
+    # a alone; c once a left; b's weights land beside c's 4 MiB (b reserved 5 while a was resident: 9 MiB)
+    assert runtime.resident_at_load == [0.0, 0.0, 4.0]
+    assert manager.loaded_ids() == ["c", "b"] and manager.resident_mib() <= BUDGET_MIB
+
+
+def test_a_load_that_does_not_fit_beside_one_in_flight_waits_for_it(config):
+    # estimated at 6 MiB each, a load reserves 7.5 of the 10 MiB: two cannot be in flight at once
+    manager, runtime = manager_with(config, estimator=lambda v, b: SizeEstimate(6 * MIB, "a high guess"))
+    gate = Gated(runtime, {"a"})
+    manager._loader = gate
+    first, _ = _in_thread(manager.get, "a")
+    assert gate.started["a"].wait(5)
+    second, second_out = _in_thread(manager.get, "b")
+    time.sleep(0.3)
+    assert gate.log == ["start a"] and second.is_alive()  # b waits for a's load to end
+    gate.release.set()
+    first.join(10), second.join(10)
+    assert gate.log == ["start a", "end a", "start b", "end b"]
+    assert not second_out["value"].cache_hit and manager.resident_mib() <= BUDGET_MIB

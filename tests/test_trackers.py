@@ -102,3 +102,24 @@ def test_the_environment_names_the_cpu_features_and_every_runtime_version():
     if os.path.exists("/proc/cpuinfo"):  # read independently: the flags line of the first processor
         flags = next(line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags"))
         assert env["cpu_features"] == [f for f in system._CPU_FEATURES if f in flags]
+
+
+def test_the_samplers_rss_reader_reads_what_psutil_reads():
+    import os
+
+    import psutil
+
+    from demo.measuring.trackers import RssReader
+
+    reader = RssReader()
+    block = bytearray(64 * 2**20)  # 64 MiB touched: resident
+    try:
+        ours, theirs = reader(), psutil.Process().memory_info().rss
+        assert abs(ours - theirs) < 2**20  # the same figure, allowing for pages touched between the two reads
+        assert ours > 64 * 2**20
+    finally:
+        del block
+        reader.close()
+    if os.path.exists("/proc/self/statm"):  # the descriptor is closed, and a later read opens it again
+        assert reader._fd is None and reader() > 0
+        reader.close()

@@ -12,6 +12,7 @@ quantized on a Space survive its restarts; `local_dir()` is always this machine'
 
 Layout under `cache_dir()`:
     bundled/<package>-<version>/<gguf stem>/        a bundled GGUF dequantized to safetensors
+    bundled/synthetic/<shape>-seed<n>-<digest>/      a named shape's seeded random weights (speed and memory only)
     quantized/<base>/<method>-<digest>/             a checkpoint made by demo.quantize
     quantized/<base>/gguf-<digest>.gguf             a GGUF file (sealed as a single file)
 """
@@ -36,6 +37,7 @@ from demo.errors import CacheError, DiskFull
 CACHE_ENV = "ARENA_CACHE_DIR"
 PERSISTENT_CACHE = "cache"  # the cache's folder inside the persistent folder
 BUNDLED, QUANTIZED = "bundled", "quantized"  # the two top-level folders; nothing else is ever removed
+SYNTHETIC = "synthetic"  # under bundled/: random-weights checkpoints of named shapes (demo.artifacts.synthetic)
 MANIFEST = ".manifest.json"  # inside a sealed folder; beside a sealed file as <file>.manifest.json
 MANIFEST_FORMAT = 1
 MIB = 2**20
@@ -65,7 +67,7 @@ class CacheEntry:
     """One derived thing in the cache, as `python -m demo cache list` shows it."""
 
     path: str  # relative to cache_dir()
-    kind: str  # "bundled" | "quantized checkpoint" | "gguf" | "leftover" (an interrupted write)
+    kind: str  # "bundled" | "random weights" | "quantized checkpoint" | "gguf" | "leftover" (an interrupted write)
     size_mib: float
     state: str  # as CacheCheck.state
     problem: str | None
@@ -389,8 +391,9 @@ def _entry_paths(root: Path) -> list[Path]:
 
 
 def _kind(path: Path) -> str:
-    if path.relative_to(cache_dir()).parts[0] == BUNDLED:
-        return "bundled"
+    parts = path.relative_to(cache_dir()).parts
+    if parts[0] == BUNDLED:
+        return "random weights" if parts[1] == SYNTHETIC else "bundled"
     return "gguf" if path.suffix == ".gguf" else "quantized checkpoint"
 
 

@@ -213,11 +213,14 @@ def source_file(base) -> tuple[Path, str]:
     folder = Path(weights.location) if not weights.is_hub else _download(weights)
     from demo.artifacts import cache
 
-    target = sources.quantized_dir(base, "gguf-convert", {"outtype": "f32"}) / "model-f32.gguf"
+    # A random-weights checkpoint is bfloat16 through and through: BF16 converts it exactly, at half F32's size.
+    outtype = "bf16" if source.kind == "synthetic" else "f32"
+    target = sources.quantized_dir(base, "gguf-convert", {"outtype": outtype}) / f"model-{outtype}.gguf"
     if not cache.check(target).ok:  # missing, or damaged since: converted (again)
-        with cache.staged_file(target, f"the F32 GGUF conversion of {base.label}") as partial:
-            convert_checkpoint(folder, partial)
-    return target, "converted from the transformers checkpoint to F32 GGUF with llama.cpp's converter, then quantized"
+        with cache.staged_file(target, f"the {outtype.upper()} GGUF conversion of {base.label}") as partial:
+            convert_checkpoint(folder, partial, outtype)
+    return target, (f"converted from the transformers checkpoint to {outtype.upper()} GGUF with llama.cpp's "
+                    "converter, then quantized")
 
 
 def make(base, gguf_type: str, out: Path) -> dict[str, Any]:

@@ -62,6 +62,7 @@ def check_output_folder(out: Path) -> None:
 def quantize(base: BaseModel, method: str, settings: dict, out: Path, calibration: Path = CALIBRATION_FILE, *,
              rebuild_command: str | None = None) -> dict:
     """Quantize `base` with `method` and `settings` into `out`, sealed; returns the metadata written there."""
+    check_calibration_size(base, method)
     check_output_folder(out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -163,6 +164,28 @@ def quantize_gguf_file(base: BaseModel, gguf_type: str, out: Path) -> dict:
         made = gguf.make(base, gguf_type, partial)
     return {**made, "wall_time_s": round(time.perf_counter() - started, 1),
             "size_on_disk_mib": round(out.stat().st_size / 2**20, 1)}
+
+
+# GPTQ and AWQ calibrate layer by layer: about 3 minutes for SmolLM2-135M on 2 CPU cores, growing with the
+# parameters, so hours at 1B. On a CPU they are refused above this for a base with random weights, which gives
+# calibration nothing to preserve anyway.
+CPU_CALIBRATION_MAX_PARAMETERS = 500_000_000
+
+
+def check_calibration_size(base: BaseModel, method: str) -> None:
+    """Refuse GPTQ / AWQ for a random-weights shape too large to calibrate on a CPU, with the reason."""
+    if method not in ("gptq", "awq") or not base.random_weights:
+        return
+    import torch
+
+    from demo.measuring.shapes import parameter_count, shape_named
+
+    shape = shape_named(base.source.shape)
+    count = parameter_count(shape).total
+    if count > CPU_CALIBRATION_MAX_PARAMETERS and not torch.cuda.is_available():
+        raise QuantizeError(f"{method.upper()} is not made for the {shape.label} shape on a CPU: calibrating "
+                            f"{count / 1e9:.2f} billion parameters takes hours there (minutes for 135 million), and "
+                            "random weights give calibration nothing to preserve; make it on a GPU")
 
 
 def check_group_size(model_config, group_size: int, method: str = "GPTQ") -> None:

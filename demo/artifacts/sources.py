@@ -39,6 +39,10 @@ def resolve(base: BaseModel) -> Weights:
 def resolve_source(source: Source) -> Weights:
     if source.kind == "hub":
         return Weights(source.repo, source.revision, is_hub=True)
+    if source.kind == "synthetic":  # a named shape with random weights, materialised once
+        from demo.artifacts import synthetic
+
+        return Weights(str(synthetic.materialize(source)))
     if source.kind == "local":
         if not (source.path / "config.json").is_file():
             raise VariantUnavailable(f"weights not available: no checkpoint in local folder '{source.path.name}'")
@@ -56,10 +60,19 @@ def bundled_file_usable(source: Source) -> bool:
 
 def quantized_dir(base: BaseModel, method: str, settings: dict) -> Path:
     """Where demo.quantize keeps the checkpoint for these exact settings: never made twice."""
-    identity = json.dumps({"source": dataclasses.asdict(base.source), "method": method, "settings": settings},
+    identity = json.dumps({"source": source_identity(base.source), "method": method, "settings": settings},
                           sort_keys=True, default=str)
     digest = hashlib.sha256(identity.encode()).hexdigest()[:12]
     return cache_dir() / cache.QUANTIZED / base.id / f"{method}-{digest}"
+
+
+def source_identity(source: Source) -> dict:
+    """The source's fields that name its weights; a synthetic base's shape and seed only where it is one (so the
+    folders made for other bases keep the names they had before synthetic bases existed)."""
+    fields = dataclasses.asdict(source)
+    if source.kind != "synthetic":
+        fields.pop("shape"), fields.pop("seed")
+    return fields
 
 
 def is_complete_checkpoint(folder: Path) -> bool:

@@ -27,6 +27,9 @@ class LoadedVariant(ABC):
     runtime: str = ""  # "transformers", "llama.cpp", "remote"
     # logits() gives every position's full distribution; False (remote engines): top_log_probs() instead
     full_distributions: bool = True
+    # A base with random weights (a named shape): every generation runs to exactly max_new_tokens, its stop
+    # tokens banned until then, so that runs are comparable for speed, which is all such a base measures.
+    random_weights: bool = False
 
     def __init__(self, variant: Variant, tokenizer: Any, device: str, weights_bytes: int,
                  stop_token_ids: frozenset[int], context_tokens: int | None):
@@ -42,6 +45,11 @@ class LoadedVariant(ABC):
                  on_token: OnToken) -> None:
         """Generate up to settings.max_new_tokens after prompt_ids, calling on_token for each new token
         (the stop token included) as soon as the runtime hands it over; return early once stop is set."""
+
+    def cancel(self) -> None:
+        """Called from another thread once stop is set (again while the run has not ended): end a wait the
+        runtime is blocked in, where one can be ended from outside (a remote engine's connection is shut
+        down). Local runtimes read stop themselves between steps (see docs/runtimes.md, Stop): nothing here."""
 
     @abstractmethod
     def logits(self, ids: list[int]) -> torch.Tensor:

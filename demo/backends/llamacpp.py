@@ -172,9 +172,39 @@ def load(variant: Variant, base: BaseModel) -> LlamaCppVariant:
                          if llama_cpp.llama_supports_gpu_offload() else
                          "runs on the CPU: this llama-cpp-python build has no GPU offload")
     loaded = LlamaCppVariant(variant, llm, tokenizer, device, _stop_ids(generation, tokenizer, llm), facts)
+    if base.random_weights:
+        loaded.random_weights = True
+        ban_stop_tokens(loaded)
     loaded.generate(tokenizer("Hello")["input_ids"], GenerationSettings(max_new_tokens=2), threading.Event(),
                     lambda token_id, at_s: None)  # warm-up: faults mmap'd weights in, as for transformers
     return loaded
+
+
+def ban_stop_tokens(loaded: LlamaCppVariant) -> None:
+    """Every sampler llama-cpp-python builds for this model (one per generate()) starts with llama.cpp's own
+    logit-bias sampler setting the variant's stop tokens to -inf, so a generation runs to max_new_tokens.
+
+    llama-cpp-python's logit_bias argument (create_completion only) is a Python callback over the whole
+    vocabulary on every token; the native sampler costs nothing measurable. Its chain can only be appended to,
+    so the samplers it built are moved behind the bias. The stop tokens are read when each sampler is built."""
+    import llama_cpp
+    from llama_cpp._internals import LlamaSampler
+
+    llm = loaded.llm
+    build = llm._init_sampler
+
+    def init_sampler(*args, **kwargs):
+        built = build(*args, **kwargs)
+        if built.custom_samplers:  # Python callbacks are indexed by position: leave such a chain as it is
+            raise VariantUnavailable("not available: a Python logits processor cannot follow the stop-token ban")
+        chain = LlamaSampler()
+        chain.add_logit_bias(llm.n_vocab(), {int(token): float("-inf") for token in loaded.stop_token_ids})
+        while llama_cpp.llama_sampler_chain_n(built.sampler):
+            llama_cpp.llama_sampler_chain_add(chain.sampler, llama_cpp.llama_sampler_chain_remove(built.sampler, 0))
+        built.close()
+        return chain
+
+    llm._init_sampler = init_sampler
 
 
 def _offload(variant: Variant) -> tuple[int, str]:

@@ -44,6 +44,7 @@ class RemoteVariant(LoadedVariant):
         self.engine_adds_bos = engine_adds_bos  # a text prompt gets the engine's own BOS in front
         self._engine_texts: _EngineTexts | None = None
         self._round_trip_ms: float | None = None  # measured just before a run, outside its clock
+        self._cancelled = False  # cancel() ended this run's wait: the engine is not asked for its memory after it
 
     def generate(self, prompt_ids: list[int], settings: GenerationSettings, stop: threading.Event,
                  on_token: OnToken) -> None:
@@ -55,6 +56,8 @@ class RemoteVariant(LoadedVariant):
                 run.add(at_s, chunk)
         except EndpointError as exc:
             self.client.reset()  # a broken pooled connection must not fail the next request too
+            if stop.is_set():  # the connection was shut down on purpose (cancel): a stopped answer, not a failure
+                return
             partial = f"; the answer so far ({run.emitted} tokens) is kept, marked partial" if run.emitted else ""
             raise EndpointError(self._scrub(f"{exc}{partial}")) from None
         finally:
@@ -80,6 +83,11 @@ class RemoteVariant(LoadedVariant):
         self.generate(prompt_ids, settings, threading.Event(), lambda token_id, at_s: times.append(at_s))
         return times
 
+    def cancel(self) -> None:
+        """Shut the engine's connections down: a wait for the first token (or any chunk) ends at once."""
+        self._cancelled = True
+        self.client.abort()
+
     def free(self) -> None:
         self.client.close()
 
@@ -94,6 +102,7 @@ class RemoteVariant(LoadedVariant):
         """The engine's own memory figures, read after the run; this process's RSS is not the variant's.
 
         Entered before the run's clock starts, so the network round trip is timed here, on its own."""
+        self._cancelled = False
         try:
             self._round_trip_ms = round(self.client.round_trip_ms(), 2)
         except EndpointError as exc:
@@ -103,7 +112,7 @@ class RemoteVariant(LoadedVariant):
         try:
             yield holder
         finally:
-            reading = self.client.memory()
+            reading = None if self._cancelled else self.client.memory()  # a stalled engine is not asked again
             if reading is None:
                 holder.result = Memory(NOT_REPORTED, None, None, None, None, None)
             else:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -57,13 +59,34 @@ class EndpointClient:
                                          "endpoint's key) is not set")
             headers["Authorization"], self._key = f"Bearer {key}", key
         self._headers = headers
+        self._sockets: weakref.WeakSet[socket.socket] = weakref.WeakSet()  # this client's open connections
         self._http = self._client()
         self.root = re.sub(r"/v1$", "", endpoint.url)  # engine extras (/metrics, /get_server_info) live there
 
     def _client(self) -> httpx.Client:
         timeout = httpx.Timeout(self.endpoint.total_timeout_s, connect=self.endpoint.connect_timeout_s,
                                 read=self.endpoint.first_token_timeout_s)
-        return httpx.Client(headers=self._headers, timeout=timeout, follow_redirects=False)
+        return httpx.Client(headers=self._headers, timeout=timeout, follow_redirects=False,
+                            event_hooks={"request": [self._traced]})
+
+    def _traced(self, request: httpx.Request) -> None:
+        request.extensions["trace"] = self._trace  # httpcore's trace extension: see each new connection
+
+    def _trace(self, event: str, info: dict[str, Any]) -> None:
+        if event == "connection.connect_tcp.complete":
+            sock = info["return_value"].get_extra_info("socket")
+            if sock is not None:
+                self._sockets.add(sock)
+
+    def abort(self) -> None:
+        """End every wait on this endpoint now, from any thread: its connections are shut down, so a read
+        blocked on an engine that sends nothing (not even headers) returns at once with the connection closed.
+        Closing a socket would not wake a read blocked in another thread; shutting it down does."""
+        for sock in list(self._sockets):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:  # already closed or shut down
+                pass
 
     def close(self) -> None:
         self._http.close()
@@ -98,7 +121,8 @@ class EndpointClient:
     def stream(self, prompt: list[int] | str, body: dict[str, Any], stop: threading.Event) -> Iterator[tuple[float, Chunk]]:
         """The answer's chunks with their arrival time (perf_counter seconds) at the client, until [DONE].
 
-        Setting stop closes the connection after the current chunk (the engine sees the client go away).
+        Setting stop closes the connection after the current chunk (the engine sees the client go away);
+        abort() from another thread ends a wait for a chunk (or for the headers) at once.
         """
         deadline = time.perf_counter() + self.endpoint.total_timeout_s
         request = {"model": self.endpoint.model, "prompt": prompt, "stream": True, **body,
@@ -107,6 +131,8 @@ class EndpointClient:
         with self._guard("answer"):
             with self._http.stream("POST", f"{self.endpoint.url}/completions", json=request) as response:
                 _check_status(response, read=True)
+                if stop.is_set():  # stopped while the request went out: an abort() may have come before it
+                    return
                 for payload in remote_stream.events(response.iter_lines()):
                     now = time.perf_counter()
                     if payload is None:

@@ -53,10 +53,17 @@ class TransformersVariant(LoadedVariant):
                  on_token: OnToken) -> None:
         if settings.do_sample:
             torch.manual_seed(settings.seed)
-        kwargs = {**self._inputs(prompt_ids), **_generate_kwargs(settings), "pad_token_id": self.tokenizer.pad_token_id,
-                  "streamer": _TimestampStreamer(on_token), "stopping_criteria": StoppingCriteriaList([_StopOn(stop)])}
-        with torch.inference_mode():
-            self.model.generate(**kwargs)
+        reading = _StopsWhileReading(self.model, stop)
+        kwargs = {**self._inputs(prompt_ids), **_generate_kwargs(settings), **self._length_kwargs(settings),
+                  "pad_token_id": self.tokenizer.pad_token_id, "streamer": _TimestampStreamer(reading.then(on_token)),
+                  "stopping_criteria": StoppingCriteriaList([_StopOn(stop)])}
+        try:
+            with torch.inference_mode():
+                self.model.generate(**kwargs)
+        except _Stopped:  # stopped while the prompt was read: no token
+            pass
+        finally:
+            reading.remove()
 
     def logits(self, ids: list[int]) -> torch.Tensor:
         with torch.inference_mode():
@@ -67,13 +74,19 @@ class TransformersVariant(LoadedVariant):
         if settings.do_sample:
             torch.manual_seed(settings.seed)
         with torch.inference_mode():
-            self.model.generate(**self._inputs(prompt_ids), **_generate_kwargs(settings),
+            self.model.generate(**self._inputs(prompt_ids), **_generate_kwargs(settings), **self._length_kwargs(settings),
                                 pad_token_id=self.tokenizer.pad_token_id,
                                 streamer=_TimestampStreamer(lambda token_id, at_s: times.append(at_s)))
         return times
 
     def free(self) -> None:
         self.model = None
+
+    def _length_kwargs(self, settings: GenerationSettings) -> dict[str, Any]:
+        """Random weights: the stop tokens banned until max_new_tokens (transformers' min_new_tokens)."""
+        if not self.random_weights:
+            return {}
+        return {"min_new_tokens": settings.max_new_tokens, "eos_token_id": sorted(self.stop_token_ids)}
 
     def details(self) -> dict[str, Any]:
         # the attention implementation actually in use, read back from the model (transformers may have
@@ -119,6 +132,43 @@ class _TimestampStreamer(BaseStreamer):
 
     def end(self) -> None:
         pass
+
+
+class _Stopped(Exception):
+    """Ends the prompt's forward pass between two layers once stop is set (caught in generate)."""
+
+
+class _StopsWhileReading:
+    """Stop while the prompt is read: the first forward pass, one step that takes seconds for a long prompt on a
+    CPU. Until the first token, each decoder layer checks stop before it runs; from the first token the hooks
+    are gone and the StoppingCriteria checks once per token, so decoding pays nothing for this."""
+
+    def __init__(self, model: torch.nn.Module, stop: threading.Event):
+        self._stop = stop
+        self._handles = [layer.register_forward_pre_hook(self._check) for layer in decoder_layers(model)]
+
+    def _check(self, module, args) -> None:
+        if self._stop.is_set():
+            raise _Stopped
+
+    def then(self, on_token: OnToken) -> OnToken:
+        def first_token_ends_reading(token_id: int, at_s: float) -> None:
+            if self._handles:
+                self.remove()
+            on_token(token_id, at_s)
+        return first_token_ends_reading
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+
+def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The model's decoder layers: the module list as long as its config's num_hidden_layers; [] if none is."""
+    count = getattr(model.config, "num_hidden_layers", None)
+    found = next((m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) == count), None)
+    return list(found) if found is not None else []
 
 
 class _StopOn(StoppingCriteria):
@@ -278,10 +328,11 @@ def load(variant: Variant, base: BaseModel) -> TransformersVariant:
         log.warning("loading %s failed", variant.id, exc_info=True)
         raise VariantUnavailable(f"not available: weights for '{base.label}' could not be reached "
                                  f"({first_line(exc)})") from None
-    return _ready(variant, model, prompting, device)
+    return _ready(variant, model, prompting, device, base.random_weights)
 
 
-def _ready(variant: Variant, model: Any, prompting: Prompting, device: str) -> TransformersVariant:
+def _ready(variant: Variant, model: Any, prompting: Prompting, device: str,
+           random_weights: bool = False) -> TransformersVariant:
     """The loaded model with the base's tokenizer and stop ids, warmed up, its weights counted as they now sit."""
     model.eval()
     if prompting.generation_config is not None:  # the base's stop ids, not the checkpoint's own
@@ -291,6 +342,7 @@ def _ready(variant: Variant, model: Any, prompting: Prompting, device: str) -> T
         tokenizer.pad_token = tokenizer.eos_token
     facts = {**_method_facts(variant, model), **prompting.facts}
     loaded = TransformersVariant(variant, model, tokenizer, device, facts)
+    loaded.random_weights = random_weights
     warm_up(loaded)
     # counted after the warm-up: bitsandbytes' CPU kernel repacks 4-bit weights and their state on the first pass
     loaded.weights_bytes = stored_bytes(model)

@@ -58,7 +58,9 @@ class BlindTest:
         return [b for b in self.arena.config.bases if self._base_ready(b)]
 
     def _base_ready(self, base_id: str) -> bool:
-        return bool(self.arena.config.bases[base_id].baseline) and bool(self.candidates(base_id))
+        base = self.arena.config.bases[base_id]
+        # random weights (speed and memory only): telling their answers apart says nothing about quantization
+        return bool(base.baseline) and not base.random_weights and bool(self.candidates(base_id))
 
     def candidates(self, base_id: str) -> list[str]:
         """Variants that may face the base's baseline (models.yaml blind.variants, else all of the base's)."""

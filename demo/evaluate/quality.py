@@ -12,10 +12,14 @@ from demo.evaluate.plan import Plan, ids_of, piece_log_probs
 from demo.evaluate.records import VariantEvaluation
 from demo.measuring import kl_stats, metrics, noise_floor, protocols
 from demo.measuring.protocols import windows
+from demo.measuring.shapes import QUALITY_NOT_COMPUTED
 from demo.running.runner import Arena
 
 
 def measure(arena: Arena, result: VariantEvaluation, plan: Plan, baselines: dict) -> None:
+    if arena.config.base_of(result.variant).random_weights:  # speed and memory only: the row says why
+        result.quality_note = f"perplexity and KL {QUALITY_NOT_COMPUTED}"
+        return
     # All model work runs as one job on the device thread, in the arena's turn: torch ops on a second
     # thread start a second OpenMP team (see demo.running.device), and acquiring each variant inside the job
     # means an eviction in between (the baseline pushing the variant out of the budget) cannot leave

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Callable
+from typing import Callable, Iterator
 
 from tqdm.auto import tqdm
 
@@ -25,7 +25,8 @@ def evaluate(arena: Arena, variant_ids: list[str], text: str, runs: int = 5, max
              protocol: Protocol | None = None) -> list[VariantEvaluation]:
     """Evaluate each variant; a variant that fails gets its error and the others go on.
 
-    Once `stop` is set, the variants not yet started are left out: the result holds those finished."""
+    Once `stop` is set, the variants not yet started are left out: the result holds those finished. The model
+    work is one job (evaluation_steps) that the arena runs: here, or whole in a ZeroGPU worker."""
     _check_variants(arena, variant_ids)
     protocol = protocol or Protocol()
     protocol.check()
@@ -35,18 +36,40 @@ def evaluate(arena: Arena, variant_ids: list[str], text: str, runs: int = 5, max
         raise InvalidRequest("the evaluation text is empty")
     settings = arena.settings(max_new_tokens=max_new_tokens)
     report = progress or (lambda fraction, message: None)
+    seconds = (arena.gpu_time.evaluation_s(variant_ids, runs, max_new_tokens, len(text))
+               if arena.gpu_time is not None else None)
+    results: list[VariantEvaluation] = []
+    if stop is not None and stop.is_set():
+        report(1.0, "done")
+        return results
+    steps = arena.run_job(evaluation_steps, list(variant_ids), text, runs, settings, protocol, gpu_seconds=seconds)
+    try:
+        for step in steps:
+            if isinstance(step, VariantEvaluation):
+                results.append(step)
+                if stop is not None and stop.is_set():
+                    break  # the next variant is not started
+            else:
+                report(*step)
+    finally:
+        steps.close()
+    report(1.0, "done")
+    return results
+
+
+def evaluation_steps(arena: Arena, variant_ids: list[str], text: str, runs: int, settings,
+                     protocol: Protocol) -> Iterator[tuple[float, str] | VariantEvaluation]:
+    """The evaluation's model work, variant after variant: yields (fraction, message) progress and each finished
+    row (plain data: in ZeroGPU mode they cross from the worker by pickle)."""
     plan, baselines = Plan(protocol, text), {}  # baseline variant id -> its reference (see quality.measure)
-    results = []
     bar = tqdm(variant_ids, desc="Evaluating variants", unit="variant")
     for index, variant_id in enumerate(bar):
-        if stop is not None and stop.is_set():
-            break
         bar.set_postfix_str(variant_id)
         result = VariantEvaluation(variant_id, arena.config.base_of(variant_id).baseline, protocol=protocol.name)
         try:
-            report(index / len(variant_ids), f"{variant_id}: quality ({protocol.name})")
+            yield index / len(variant_ids), f"{variant_id}: quality ({protocol.name})"
             quality.measure(arena, result, plan, baselines)
-            report((index + 0.5) / len(variant_ids), f"{variant_id}: speed")
+            yield (index + 0.5) / len(variant_ids), f"{variant_id}: speed"
             speed.measure(arena, result, settings, runs)
             result.disk_mib = speed.disk_mib(arena, variant_id)
         except ArenaError as exc:
@@ -56,9 +79,7 @@ def evaluate(arena: Arena, variant_ids: list[str], text: str, runs: int = 5, max
             result.error = describe_failure("evaluating", exc)
             if is_oom(exc):
                 arena.device.call(arena.manager.evict, variant_id)
-        results.append(result)
-    report(1.0, "done")
-    return results
+        yield result
 
 
 def _check_variants(arena: Arena, variant_ids: list[str]) -> None:

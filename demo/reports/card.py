@@ -19,7 +19,7 @@ CSV_FIELDS = ["model", "base", "created_utc", "variant", "method", "bits", "devi
               "peak_memory_mib", "memory_kind", "achieved_bandwidth_gb_s", "measured_bandwidth_gb_s", "bandwidth_share",
               "energy_joules_per_token", "energy_source", "kl_divergence", "nonfinite_positions", "top1_agreement",
               "first_top1_disagreement", "scored_tokens", "margin_at_disagreement", "answer_departs_at_token",
-              "answer_departs_at_char", "quantization", "text", "error"]
+              "answer_departs_at_char", "quantization", "random_weights", "text", "error"]
 
 # Shared by every variant: written once at the top of the JSON document, not in each variant.
 _SHARED = ("prompt", "settings", "environment", "created_utc")
@@ -90,7 +90,8 @@ def csv_rows(records: list[dict[str, Any]], created_utc: str | None = None) -> l
                    first_top1_disagreement=fid.get("first_top1_disagreement"), scored_tokens=fid.get("scored_tokens"),
                    margin_at_disagreement=json.dumps(margin, ensure_ascii=False) if margin else None,
                    answer_departs_at_char=r.get("answer_departs_at_char"),
-                   quantization=json.dumps(r["quantization"], sort_keys=True))
+                   quantization=json.dumps(r["quantization"], sort_keys=True),
+                   random_weights=report.random_weights_text(r["random_weights"]) if r.get("random_weights") else None)
         rows.append(row)
     return rows
 
@@ -102,7 +103,7 @@ def markdown_card(records: list[dict[str, Any]], created_utc: str | None = None)
     created_utc = created_utc or first.get("created_utc") or utc_now()
     lines = ["## Quantization Arena comparison", "",
              f"**Model:** {inline(model_label(records))} · **Date:** {inline(created_utc)} (UTC) · "
-             f"**Machine:** {inline(_machine(env))}", "",
+             f"**Machine:** {inline(_machine(env))}", "", *_random_weights_lines(records),
              f"**Prompt** ({inline(settings_text(settings))}, the same for every variant, run one at a time)", "",
              fenced(first["prompt"]), "",
              "| variant | bits | TTFT (ms) | decode (tok/s) | weights (MiB) | peak (MiB) | bandwidth (GB/s, share) "
@@ -122,6 +123,21 @@ def markdown_card(records: list[dict[str, Any]], created_utc: str | None = None)
     lines += [f"{inline(note)}." for note in report.machine_notes(env, records)]
     lines += _attention_lines(records)
     return "\n".join(lines) + "\n"
+
+
+def _random_weights_lines(records: list[dict[str, Any]]) -> list[str]:
+    """Above everything else: which variants have random weights, and that their figures are speed and memory only."""
+    described: dict[str, list[str]] = {}
+    for r in records:
+        if r.get("random_weights"):
+            described.setdefault(report.random_weights_text(r["random_weights"]), []).append(r["variant"])
+    lines = []
+    for text, ids in described.items():
+        random = next(r["random_weights"] for r in records if r["variant"] == ids[0])
+        lines += [f"**{inline(text[0].upper() + text[1:])}:** {inline(', '.join(ids))}. Tokenizer: "
+                  f"{inline(random['tokenizer'])}; every answer runs to exactly the requested number of tokens. "
+                  f"Fidelity and perplexity are {inline(random['quality'])}.", ""]
+    return lines
 
 
 def _attention_lines(records: list[dict[str, Any]]) -> list[str]:

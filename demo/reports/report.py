@@ -30,6 +30,8 @@ FIDELITY_HELP = (
     "and when sampling, each own answer follows random draws, while teacher forcing compares most likely tokens."
 )
 
+NOT_COMPUTED_CELL = "not computed: random weights"  # a summary cell's words where quality is not computed
+
 # The divergence view shows this much of the variant's text before the departure and of the departed part;
 # the rest is collapsed into a count, so a long answer is never shown twice in full.
 CONTEXT_CHARS = 200
@@ -69,6 +71,9 @@ def _percent_pair(p: float, q: float) -> tuple[str, str]:
 def load_text(record: dict[str, Any]) -> str:
     if record.get("load_ms") is None:
         return "–"
+    placed = ((record.get("environment") or {}).get("zerogpu") or {}).get("placed_at_startup_ms") or {}
+    if record.get("variant") in placed:  # ZeroGPU: the weights were placed when the app started
+        return f"placed at start-up ({placed[record['variant']] / 1e3:,.1f} s)"
     if record.get("cache_hit"):
         return f"cached ({record['load_ms']:.2f} ms)"
     return f"cold {record['load_ms'] / 1e3:,.1f} s"
@@ -89,8 +94,7 @@ def figures(record: dict[str, Any]) -> list[tuple[str, str]]:
         ("memory bandwidth", bandwidth_text(record)),
         ("energy", energy_text(record)),
         *remote_figures(record),
-        ("own answer", own_answer_text(record)),
-        ("teacher-forced", teacher_forced_text(record)),
+        *quality_figures(record),
     ]
 
 
@@ -138,6 +142,36 @@ def machine_notes(env: dict[str, Any], records: list[dict[str, Any]]) -> list[st
 
 def _digits(value: float) -> int:
     return 1 if value >= 1 else 3
+
+
+def quality_figures(record: dict[str, Any]) -> list[tuple[str, str]]:
+    """The fidelity lines; for a base with random weights, what its weights are and why there is no fidelity."""
+    random = record.get("random_weights")
+    if random:
+        return [("weights are", random_weights_text(random)), ("fidelity", random["quality"])]
+    return [("own answer", own_answer_text(record)), ("teacher-forced", teacher_forced_text(record))]
+
+
+def random_weights_lines(records: list[dict[str, Any]]) -> list[str]:
+    """One line per base with random weights, for the summary's conditions: which variants, and why no quality."""
+    by_base: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        if r.get("random_weights"):
+            by_base.setdefault(r.get("base") or r["variant"], []).append(r)
+    return [f"**{_sentence(random_weights_text(group[0]['random_weights']))}:** "
+            f"{', '.join(markdown_inline(r['variant']) for r in group)}; tokenizer: "
+            f"{markdown_inline(group[0]['random_weights']['tokenizer'])}; every answer runs to exactly the requested "
+            f"number of tokens; fidelity and perplexity {group[0]['random_weights']['quality']}."
+            for group in by_base.values()]
+
+
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def random_weights_text(random: dict[str, Any]) -> str:
+    """"random weights: speed and memory only (the Llama-3.2-1B shape, seed 0)"."""
+    return f"{random['note']} (the {random['shape_label']} shape, seed {random['seed']})"
 
 
 def remote_figures(record: dict[str, Any]) -> list[tuple[str, str]]:
@@ -237,6 +271,8 @@ def margin_text(margin: dict[str, Any]) -> str:
 
 def fidelity_text(record: dict[str, Any]) -> str:
     """Both fidelity figures on one line, each labelled (for a table cell or one line of text)."""
+    if record.get("random_weights"):
+        return f"{random_weights_text(record['random_weights'])}; fidelity {record['random_weights']['quality']}"
     if not record.get("fidelity"):
         return "–"
     if _is_baseline(record):
@@ -317,6 +353,8 @@ def _bandwidth_cells(record: dict[str, Any]) -> list[float | None]:
 
 def _fidelity_cells(record: dict[str, Any]) -> list[Any]:
     """KL (nats), top-1 agreement (%), own answer's departure: None without a baseline."""
+    if record.get("random_weights"):
+        return [NOT_COMPUTED_CELL, NOT_COMPUTED_CELL, NOT_COMPUTED_CELL]
     fid = record.get("fidelity")
     if not fid:
         return [None, None, None]
@@ -339,6 +377,8 @@ def text_report(records: list[dict[str, Any]]) -> str:
     blocks = []
     for rec in records:
         head = f"== {rec['variant']} ({rec['method']}, {rec['bits']}-bit, {rec.get('device') or '?'}) [{rec['status']}]"
+        if rec.get("random_weights"):
+            head += f" [{random_weights_text(rec['random_weights'])}]"
         if rec.get("error"):
             partial = f"\n[partial answer] {rec['text'].strip()}" if (rec.get("text") or "").strip() else ""
             blocks.append(f"{head}\n{rec['error']}{partial}")

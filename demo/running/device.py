@@ -9,6 +9,7 @@ a property of the design rather than of locking discipline.
 
 from __future__ import annotations
 
+import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, TypeVar
@@ -28,6 +29,10 @@ class DeviceThread:
     def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return self.submit(fn, *args, **kwargs).result()
 
+    def close(self) -> None:
+        """End the thread once its queued work is done (a device thread used once, at start-up)."""
+        self._executor.shutdown(wait=True)
+
 
 _shared: DeviceThread | None = None
 _shared_lock = threading.Lock()
@@ -40,3 +45,12 @@ def shared_device() -> DeviceThread:
         if _shared is None:
             _shared = DeviceThread()
         return _shared
+
+
+def _forget_after_fork() -> None:
+    """A forked child has none of its parent's threads: its first shared_device() starts its own."""
+    global _shared, _shared_lock
+    _shared, _shared_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)

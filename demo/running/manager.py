@@ -5,8 +5,11 @@ Before a load it makes room for the variant's size, measured when it has loaded 
 beside the weights (activations, the KV cache, a layer being quantized). A variant whose size exceeds the
 budget is refused before anything is evicted. A failed load frees whatever it allocated.
 
-Readers (the System panel, every open page every 2 s) never wait for the lock, which a load holds for
-seconds to minutes: they read a snapshot the manager replaces, under the lock, on every change.
+A load (seconds to minutes) runs outside the manager's lock. While it runs, the variant is marked loading: a
+second request for it waits for that load's result instead of loading it again, and the room made for it (its
+size plus headroom) stays reserved, so a load beside it makes room for both or waits for it to finish. Readers
+(the System panel, every open page every 2 s) never wait for the lock: they read a snapshot the manager
+replaces, under the lock, on every change.
 """
 
 from __future__ import annotations
@@ -40,6 +43,15 @@ class Acquired:
     load_ms: float  # cold: the full load; warm: the cache lookup
 
 
+class _Loading:
+    """One load in flight: the room reserved for it, and its outcome for the requests that wait on it."""
+
+    def __init__(self, reserved_mib: float):
+        self.reserved_mib = reserved_mib
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+
+
 class ModelManager:
     """The one shared object: a lock-guarded LRU cache of loaded variants under a budget in MiB."""
 
@@ -51,6 +63,8 @@ class ModelManager:
         self._sizes_mib: dict[str, float] = {}  # measured footprints, used to make room before a reload
         self._estimates: dict[str, size_estimate.SizeEstimate | None] = {}  # before a first load, computed once
         self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)  # notified whenever a load ends
+        self._loading: dict[str, _Loading] = {}  # variant id -> its load in flight (outside the lock)
         # (loaded ids least recently used first, their weights in MiB): replaced whole on every change, read
         # without the lock (one attribute read is atomic)
         self._view: tuple[tuple[str, ...], float] = ((), 0.0)
@@ -60,30 +74,67 @@ class ModelManager:
         self._view = (tuple(self._cache), sum(m.weights_bytes for m in self._cache.values()) / MIB)
 
     def get(self, variant_id: str) -> Acquired:
-        """The loaded variant, from cache or loaded now (evicting least recently used ones to fit)."""
+        """The loaded variant, from cache or loaded now (evicting least recently used ones to fit). A request for a
+        variant another request is loading waits for that load and shares its result (or its error)."""
         start = time.perf_counter()
-        with self._lock:
-            if variant_id in self._cache:
-                self._cache.move_to_end(variant_id)
-                self._publish()
-                return Acquired(self._cache[variant_id], True, (time.perf_counter() - start) * 1e3)
-            variant = self._config.variants[variant_id]
-            size_mib, how = self._expected_mib(variant)
-            if size_mib > self.budget_mib:  # refused before evicting anything
-                raise self._over_budget(size_mib, how)
-            self._make_room(size_mib * (1 + LOAD_HEADROOM_FRACTION), keep=None)
+        variant = self._config.variants[variant_id]
+        while True:
+            with self._lock:
+                if variant_id in self._cache:
+                    self._cache.move_to_end(variant_id)
+                    self._publish()
+                    return Acquired(self._cache[variant_id], True, (time.perf_counter() - start) * 1e3)
+                pending = self._loading.get(variant_id)
+                if pending is None:
+                    size_mib, how = self._expected_mib(variant)
+                    if size_mib > self.budget_mib:  # refused before evicting anything
+                        raise self._over_budget(size_mib, how)
+                    reserve_mib = size_mib * (1 + LOAD_HEADROOM_FRACTION)
+                    if self._make_room(reserve_mib, keep=None) or not self._loading:
+                        pending = self._loading[variant_id] = _Loading(reserve_mib)
+                        break
+                    self._changed.wait()  # loads in flight hold the room this one needs: wait for one to end
+                    continue
+            pending.done.wait()  # outside the lock: another request loads this variant
+            if pending.error is not None:
+                raise pending.error
+        loaded = self._load_reserved(variant, pending)
+        return Acquired(loaded, False, (time.perf_counter() - start) * 1e3)
+
+    def _load_reserved(self, variant: Variant, pending: _Loading) -> LoadedVariant:
+        """Load outside the lock into the room reserved for it; then cache it, or refuse it if it turned out
+        over the budget. Whoever waits on `pending` gets the same outcome."""
+        try:
             loaded = self._load(variant)
-            size = loaded.weights_bytes / MIB
-            self._sizes_mib[variant_id] = size
-            if size > self.budget_mib:
-                loaded.free()
-                del loaded
-                self._free()
-                raise self._over_budget(size, "measured")
-            self._cache[variant_id] = loaded
+        except BaseException as exc:
+            self._settle(variant.id, pending, None, exc)
+            raise
+        size = loaded.weights_bytes / MIB
+        if size > self.budget_mib:
+            loaded.free()
+            del loaded
+            self._free()
+            error = self._over_budget(size, "measured")
+            self._settle(variant.id, pending, None, error, size)
+            raise error
+        self._settle(variant.id, pending, loaded, None, size)
+        return loaded
+
+    def _settle(self, variant_id: str, pending: _Loading, loaded: LoadedVariant | None,
+                error: BaseException | None, size_mib: float | None = None) -> None:
+        """End a load: its reserve is released, the variant cached (or not), and its waiters woken."""
+        with self._lock:
+            del self._loading[variant_id]
+            if size_mib is not None:
+                self._sizes_mib[variant_id] = size_mib
+            if loaded is not None:
+                self._cache[variant_id] = loaded
             self._publish()
-            self._make_room(0.0, keep=variant_id)
-            return Acquired(loaded, False, (time.perf_counter() - start) * 1e3)
+            if loaded is not None:
+                self._make_room(0.0, keep=variant_id)
+            self._changed.notify_all()
+        pending.error = error
+        pending.done.set()
 
     def expected_mib(self, variant_id: str) -> float:
         """The size a get() makes room for: measured once loaded, else estimated, else 0 (unknown)."""
@@ -140,12 +191,22 @@ class ModelManager:
         """The loaded variants' weights in MiB: at once, even while a load holds the lock."""
         return self._view[1]
 
-    def _make_room(self, incoming_mib: float, keep: str | None) -> None:
-        while self._cache and self.resident_mib() + incoming_mib > self.budget_mib:
+    def _make_room(self, incoming_mib: float, keep: str | None) -> bool:
+        """Evict least recently used variants (never `keep`) until the resident weights, the room reserved for
+        loads in flight and `incoming_mib` fit the budget; False if they cannot. While loads are in flight and
+        evicting everything would not be enough, nothing is evicted: waiting for a load to end is better."""
+        reserved = sum(p.reserved_mib for p in self._loading.values())
+        needed = reserved + incoming_mib
+        if self._loading:
+            kept = self._cache[keep].weights_bytes / MIB if keep in self._cache else 0.0
+            if kept + needed > self.budget_mib:
+                return False
+        while self._cache and self.resident_mib() + needed > self.budget_mib:
             victim = next(iter(self._cache))
             if victim == keep:
                 break
             self.evict(victim)
+        return self.resident_mib() + needed <= self.budget_mib
 
     @staticmethod
     def _free() -> None:

@@ -12,6 +12,7 @@ import threading
 from contextlib import contextmanager
 from typing import Any, Iterator
 
+from demo.artifacts.synthetic import random_weights
 from demo.config import ArenaConfig
 from demo.errors import Busy
 from demo.measuring.system import environment
@@ -48,6 +49,7 @@ class Arena:
         self._runner = VariantRunner(self.device, self.manager)
         self._scorer = FidelityScorer(config, self.device, self.manager)
         self._facts: dict[str, Any] = {}  # shared with the arenas for_client makes: computed once per process
+        self.gpu_time = None  # ZeroGPU only: what a request will ask for (demo.running.gpu_time.GpuTime)
 
     def environment(self) -> dict[str, Any]:
         if "environment" not in self._facts:  # on the device thread: the bandwidth benchmark never overlaps a timed run
@@ -59,9 +61,15 @@ class Arena:
         """Settings with models.yaml defaults filled in, validated against its limits."""
         return requests.checked_settings(self.config, max_new_tokens, do_sample, temperature, top_p, seed)
 
-    def validate(self, prompt: str, variant_ids: list[str]) -> None:
-        """Reject a request that is not runnable, with a message that says what is allowed."""
+    def validate(self, prompt: str, variant_ids: list[str], settings: GenerationSettings | None = None) -> None:
+        """Reject a request that is not runnable, with a message that says what is allowed (with its settings,
+        ZeroGPU also refuses one that would ask for more GPU time than its cap)."""
         requests.check_request(self.config, prompt, variant_ids)
+
+    def run_job(self, job, *args, gpu_seconds: float | None = None) -> Iterator:
+        """A request's model work that is not a comparison (an evaluation): job(arena, *args) yields plain data.
+        Here it runs in this process; ZeroGPU runs it whole in a worker process (gpu_seconds is its ask)."""
+        return job(self, *args)
 
     def compare(self, prompt: str, variant_ids: list[str], settings: GenerationSettings,
                 stop: threading.Event | None = None) -> Iterator[list[VariantResult]]:
@@ -137,24 +145,31 @@ class Arena:
         ticket = self.turns.join(self.client)
         try:
             yield from self._wait_for_turn(ticket, results, stop)
-            generated: dict[str, list[int]] = {}  # variant id -> its new token ids
-            for result in results:
-                if stop.is_set():
-                    result.status = "stopped"
-                    continue
-                for _ in self._runner.run(result, prompt, settings, stop, generated):
-                    yield snapshot(results)
-            if not stop.is_set():
-                yield from self._scorer.add_fidelity(results, prompt, generated, stop)
+            yield from self._work(prompt, results, settings, stop)
         finally:
             self.turns.leave(ticket)
         yield snapshot(results)
+
+    def _work(self, prompt: str, results: list[VariantResult], settings: GenerationSettings,
+              stop: threading.Event) -> Iterator[list[VariantResult]]:
+        """A comparison's model work, in its turn: each variant's run, then the fidelity scoring. The seam where
+        ZeroGPU (demo.running.zerogpu) hands the work to a worker process instead."""
+        generated: dict[str, list[int]] = {}  # variant id -> its new token ids
+        for result in results:
+            if stop.is_set():
+                result.status = "stopped"
+                continue
+            for _ in self._runner.run(result, prompt, settings, stop, generated):
+                yield snapshot(results)
+        if not stop.is_set():
+            yield from self._scorer.add_fidelity(results, prompt, generated, stop)
 
     def _new_results(self, prompt: str, variant_ids: list[str], settings: GenerationSettings) -> list[VariantResult]:
         env, described = self.environment(), settings.describe()
         variants = [self.config.variants[i] for i in variant_ids]
         return [VariantResult(v.id, v.method, v.bits, dict(v.settings), v.base, self.config.bases[v.base].label,
-                              v.runtime, prompt=prompt, settings=described, environment=env) for v in variants]
+                              v.runtime, prompt=prompt, settings=described, environment=env,
+                              random_weights=random_weights(self.config.bases[v.base])) for v in variants]
 
     def _wait_for_turn(self, ticket: Ticket, results: list[VariantResult],
                        stop: threading.Event) -> Iterator[list[VariantResult]]:

@@ -29,6 +29,8 @@ class FidelityScorer:
         answer teacher-forced through each variant (see demo.measuring.fidelity)."""
         bases = {base.id: base for base in (self.config.base_of(r.variant) for r in results)}
         for base in bases.values():
+            if base.random_weights:  # nothing to score: each record's random_weights says why
+                continue
             group = [r for r in results if self.config.variants[r.variant].base == base.id]
             reference = next((r for r in group if r.variant == base.baseline and r.status == "done"), None)
             answer = generated.get(base.baseline or "")

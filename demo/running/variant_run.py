@@ -13,7 +13,7 @@ from typing import Any, Iterator
 from demo.backends import LoadedVariant
 from demo.errors import ArenaError, InvalidRequest
 from demo.measuring import bandwidth
-from demo.measuring.energy import joules_per_token, track_energy
+from demo.measuring.energy import joules_per_token
 from demo.measuring.trackers import LatencyTracker
 from demo.running.device import DeviceThread
 from demo.running.manager import ModelManager
@@ -69,6 +69,10 @@ class VariantResult:
     energy_joules_per_token: float | None = None
     energy_source: str | None = None
     stored: dict[str, Any] | None = None  # facts read back from the loaded weights (runtime, types, bits/weight)
+    # A base with random weights (a named shape): {"note": "random weights: speed and memory only", "shape",
+    # "shape_label", "seed", "parameters", "checkpoint_dtype", "tokenizer", "quality": why fidelity and perplexity
+    # are not computed}; None for a real model. Its answers run to exactly max_new_tokens.
+    random_weights: dict[str, Any] | None = None
     error: str | None = None
     fidelity: dict[str, Any] | None = None  # vs the base model's baseline on this prompt; None without one
     # Where this variant's own answer departs from the baseline's own answer (see demo.measuring.fidelity): the first
@@ -135,40 +139,43 @@ class VariantRunner:
             raise InvalidRequest(f"the prompt is {result.prompt_tokens:,} tokens; with {settings.max_new_tokens} new "
                                  f"tokens that exceeds this variant's context of {context:,} tokens: shorten it")
         token_ids: list[int] = []
-        with loaded.track_memory() as memory, track_energy(loaded.device) as energy:
-            tracker = LatencyTracker(loaded.sync)
-            generation = StreamingGeneration(self.device, loaded, ids, settings)
-            tracker.start(generation.started_s)
-            try:
-                result.status = "reading"
-                yield  # a consumer that goes away here still reaches close() below
-                last_yield = 0.0
-                for event in generation:
-                    tracker.token(event.at_s)
-                    token_ids.append(event.token_id)
-                    if stop.is_set():
-                        generation.stop.set()
-                    if time.perf_counter() - last_yield >= STREAM_INTERVAL_S:
-                        result.status = "generating"
-                        _fill_latency(result, tracker, loaded.tokenizer, token_ids)
-                        last_yield = time.perf_counter()
-                        yield
-                tracker.finish()
-            finally:
-                generation.close()  # reached also when the consumer goes away: the generation stops
-                _fill_latency(result, tracker, loaded.tokenizer, token_ids)  # a failed run keeps its partial text
-        _fill_memory(result, memory.result)
+        generation = StreamingGeneration(self.device, loaded, ids, settings, stop)
+        try:
+            result.status = "reading"
+            yield  # a consumer that goes away here still reaches close() below
+            last_yield = 0.0
+            for event in generation:
+                token_ids.append(event.token_id)
+                if time.perf_counter() - last_yield >= STREAM_INTERVAL_S:
+                    result.status = "generating"
+                    _fill_latency(result, generation.tracker, loaded.tokenizer, token_ids)
+                    last_yield = time.perf_counter()
+                    yield
+        except BaseException:
+            # Never waits for the device: a consumer that goes away is closed on Gradio's event loop, which
+            # every session's stream shares. The runtime stops at its next check; the device runs the next
+            # job once this one has ended.
+            generation.close()
+            if generation.finished:  # a failed run keeps its partial text
+                _fill_latency(result, generation.tracker, loaded.tokenizer, token_ids)
+            raise
+        _fill_latency(result, generation.tracker, loaded.tokenizer, token_ids)
+        if generation.memory is not None:  # None: stopped while a remote engine's round trip was cut
+            _fill_memory(result, generation.memory)
         generated[result.variant] = token_ids
         result.truncated = len(token_ids) >= settings.max_new_tokens and token_ids[-1] not in loaded.stop_token_ids
         _fill_run_facts(result, loaded.run_facts())
         _fill_bandwidth(result)
-        _fill_energy(result, energy.result)
+        if generation.energy is not None:
+            _fill_energy(result, generation.energy)
         result.status = "stopped" if stop.is_set() else "done"
 
 
 def _fill_latency(result: VariantResult, tracker: LatencyTracker, tokenizer, token_ids: list[int]) -> None:
-    latency = tracker.result()
     result.text = decode_whole(tokenizer, token_ids)
+    if tracker.start_s is None:  # the run failed before its clock started (a remote engine's round trip)
+        return
+    latency = tracker.result()
     result.new_tokens, result.ttft_ms = latency.new_tokens, latency.ttft_ms
     result.decode_tokens_per_s, result.total_ms = latency.decode_tokens_per_s, latency.total_ms
 

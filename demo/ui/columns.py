@@ -7,6 +7,7 @@ import math
 from html import escape
 
 from demo.artifacts.sources import PRESS_QUANTIZE_NOW
+from demo.measuring.shapes import RANDOM_WEIGHTS_NOTE
 from demo.reports import report
 from demo.reports.escaping import html_text
 from demo.running.runner import Arena, VariantResult
@@ -153,8 +154,9 @@ def head_markdown(arena: Arena, rec: dict) -> str:
     variant = arena.config.variants[rec["variant"]]
     label = variant.label or variant.id
     device = rec.get("device") or "…"
+    random = arena.config.bases[variant.base].random_weights  # said in every heading, from the first snapshot on
     return (f"### {label}\n`{rec['variant']}` · {rec['method']} · {rec['bits']}-bit · {device}  \n"
-            f"**{status_text(rec)}**")
+            + (f"**{RANDOM_WEIGHTS_NOTE}**  \n" if random else "") + f"**{status_text(rec)}**")
 
 
 def divergence_html(arena: Arena, rec: dict, baseline_text: str | None) -> str:

@@ -14,6 +14,7 @@ from demo.errors import ArenaError
 from demo.reports import card, report, scratch
 from demo.running.runner import Arena, VariantResult
 from demo.ui import summary as summary_view
+from demo.ui import zerogpu_view
 from demo.ui.clients import client_of
 from demo.ui.columns import ColumnsView, divergence_html, wants_quantize
 
@@ -88,6 +89,7 @@ class CompareTab:
         with gr.Row():
             self.run = gr.Button("Run", variant="primary", elem_id="run")
             self.stop = gr.Button("Stop", variant="stop", elem_id="stop")
+        zerogpu_view.gpu_time_line(arena, self.variants, self.max_new)
         self.slots = self._build_columns()
         self.fidelity_help = gr.Markdown(report.FIDELITY_HELP, visible=False, elem_classes=["small-print"],
                                          elem_id="fidelity-help")
@@ -190,7 +192,7 @@ class CompareTab:
         try:
             settings = self.arena.settings(_whole(max_new_tokens), bool(sample), temp, p,
                                            _whole(seed_value) if sample else None)
-            self.arena.validate(prompt_text, list(variant_ids or []))
+            self.arena.validate(prompt_text, list(variant_ids or []), settings)
         except ArenaError as exc:
             raise gr.Error(str(exc)) from None
         return settings

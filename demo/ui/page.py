@@ -8,7 +8,7 @@ from typing import Any
 import gradio as gr
 
 from demo.running.runner import Arena
-from demo.ui import blind, compare, evaluate, summary, system_panel
+from demo.ui import blind, compare, evaluate, summary, system_panel, zerogpu_view
 
 HOW_TO_READ = """
 **How to read the figures.** Variants run one after another under one device lock, with the same
@@ -56,6 +56,8 @@ def build_demo(arena: Arena) -> gr.Blocks:
     with gr.Blocks(title="Quantization Arena") as page:
         gr.Markdown("# Quantization Arena\nOne prompt, several quantized variants of the same model, side by side: "
                     "their answers, latency and memory, and how far each strays from the full-precision baseline.")
+        if zerogpu_view.is_zerogpu(arena):
+            gr.Markdown(zerogpu_view.notice_markdown(arena), elem_id="zerogpu-notice")
         notes = [f"**{b.label}.** {b.note}" for b in arena.config.bases.values() if b.note]
         if notes:  # closed by default: the controls stay at the top of the page
             with gr.Accordion("About the model", open=False):

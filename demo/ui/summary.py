@@ -113,6 +113,7 @@ def conditions_markdown(records: list[dict]) -> str:
              f"Settings: {', '.join(f'{k}={v}' for k, v in settings.items())}; same prompt for every variant."]
     lines += [f"Peak memory = {report.MEMORY_KINDS[k]}." for k in kinds]
     lines += [f"{note}." for note in report.machine_notes(env, records)]
+    lines += report.random_weights_lines(records)
     lines += [f"KL against `{r['variant']}`{report.noise_floor_text(r['fidelity'])}." for r in records
               if r.get("fidelity") and r["fidelity"]["baseline"] == r["variant"] and r["fidelity"].get("noise_floor")]
     return "  \n".join(lines)

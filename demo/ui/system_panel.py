@@ -7,6 +7,7 @@ import gradio as gr
 
 from demo.measuring import system
 from demo.running.runner import Arena
+from demo.ui import zerogpu_view
 
 REFRESH_S = 2.0
 NOTE = ("<small>USS counts the pages only this process holds (freed if it exits). RSS also counts file-backed "
@@ -44,7 +45,10 @@ def system_markdown(arena: Arena, shared: system.SharedSnapshot | None = None) -
         lines.append(f"**VRAM used (device-wide, NVML):** {snap.gpu.used_mib:,.0f} / {snap.gpu.total_mib:,.0f} MiB "
                      f"· driver {snap.gpu.driver}")
     loaded = manager.loaded_ids()
-    lines.append(f"**Loaded variants:** {', '.join(loaded) if loaded else 'none yet (loaded on first use)'} · "
-                 f"weights {manager.resident_mib():,.0f} of a {manager.budget_mib:,.0f} MiB budget")
+    if zerogpu_view.is_zerogpu(arena):  # everything placed at start-up, no budget
+        lines.append(zerogpu_view.loaded_line(arena))
+    else:
+        lines.append(f"**Loaded variants:** {', '.join(loaded) if loaded else 'none yet (loaded on first use)'} · "
+                     f"weights {manager.resident_mib():,.0f} of a {manager.budget_mib:,.0f} MiB budget")
     lines.append(NOTE)
     return "  \n".join(lines)

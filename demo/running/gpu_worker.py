@@ -1,0 +1,170 @@
+"""ZeroGPU's process model without a GPU (ARENA_ZEROGPU_EMULATE=1): emulated_gpu(task) is what `spaces.GPU` makes
+of a generator function on a ZeroGPU Space (spaces.zero.wrappers.generator_function_wrapper, spaces 0.51).
+
+- The first call forks a worker from the serving process (by then every thread the server starts is running, and
+  none of them exists in the worker). The worker stays and serves later calls, one at a time (one emulated GPU).
+- Arguments go to the worker pickled; each yielded value comes back pickled, in order.
+- A caller that closes the generator (Stop, a client gone) sets the worker's stop event; the worker checks it after
+  each value the task yields and then closes the task, which ends its generation. The caller waits for the
+  worker to end the call, so the next call never overlaps it.
+- In the worker, a call of the decorated function runs the task inline, as `spaces` does once forked.
+- An exception in the task reaches the caller as its class name only ("ZeroGPU worker error"), as on ZeroGPU,
+  where only a gradio Error keeps its words: a task passes its own errors back as yielded data.
+- A worker that dies ends the call with "GPU task aborted".
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pickle import PicklingError
+from typing import Any, Callable, Iterator
+
+from demo.errors import ZeroGpuError
+
+log = logging.getLogger(__name__)
+_FORK = multiprocessing.get_context("fork")
+forked = False  # True in a worker: a decorated call there runs inline
+
+
+@dataclass
+class _Value:
+    value: Any
+
+
+@dataclass
+class _Failed:
+    error_cls: str
+
+
+class _End:
+    pass
+
+
+class _Worker:
+    """One forked worker process and its three channels: arguments in, results out, a stop event."""
+
+    def __init__(self, serve: Callable):
+        self.args = _FORK.SimpleQueue()
+        self.results = _FORK.SimpleQueue()
+        self.stop = _FORK.Event()
+        self.process = _FORK.Process(target=serve, args=(self.args, self.results, self.stop), daemon=True)
+        self.process.start()
+        # As spaces' sentinel: a worker that dies hands the caller None, so no call waits forever.
+        threading.Thread(target=self._closed_on_exit, daemon=True, name="zerogpu-sentinel").start()
+
+    def _closed_on_exit(self) -> None:
+        self.process.join()
+        self.results.put(None)
+
+    def close(self) -> None:
+        self.process.terminate()
+        self.process.join(timeout=10)
+
+
+class EmulatedGpu:
+    """The decorated generator: call it like the task; it yields what the task yields in the worker."""
+
+    def __init__(self, task: Callable[..., Iterator], duration: Callable[..., float] | float | None = None):
+        self.task, self.duration = task, duration
+        self._worker: _Worker | None = None
+        self._lock = threading.Lock()  # one emulated GPU: one call at a time
+        self.calls = 0  # calls that reached a worker, for the tests and the bench
+        self.workers_started = 0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Iterator:
+        if forked:
+            yield from self.task(*args, **kwargs)
+            return
+        # ZeroGPU asks for the duration before anything runs; the emulation has no quota to hold it against.
+        if callable(self.duration):
+            self.duration(*args, **kwargs)
+        with self._lock:
+            worker = self._worker
+            if worker is None or not worker.process.is_alive():
+                worker = self._worker = _Worker(self._serve)
+                self.workers_started += 1
+            self.calls += 1
+            worker.args.put((args, kwargs))  # pickled here: an unpicklable argument fails in the caller
+            ended = False
+            try:
+                while True:
+                    item = worker.results.get()
+                    if item is None:
+                        ended = True
+                        self._worker = None
+                        raise ZeroGpuError("ZeroGPU worker error: GPU task aborted")
+                    if isinstance(item, _End):
+                        ended = True
+                        return
+                    if isinstance(item, _Failed):
+                        self._drain(worker)
+                        ended = True
+                        raise ZeroGpuError(f"ZeroGPU worker error: {item.error_cls}")
+                    try:
+                        yield item.value
+                    except GeneratorExit:
+                        worker.stop.set()
+                        raise
+            finally:
+                if not ended:
+                    self._drain(worker)
+
+    def _drain(self, worker: _Worker) -> None:
+        """Wait for the worker to end the call (after a stop it closes the task at its next yield)."""
+        while True:
+            item = worker.results.get()
+            if item is None:
+                self._worker = None
+                return
+            if isinstance(item, _End):
+                return
+
+    def _serve(self, args_queue, results, stop) -> None:
+        """The worker's loop: one call at a time, each run in a fresh thread as spaces runs it."""
+        global forked
+        forked = True
+        while True:
+            try:
+                args, kwargs = args_queue.get()
+            except (EOFError, OSError):
+                return
+            stop.clear()
+            with ThreadPoolExecutor(1) as executor:
+                executor.submit(self._iterate, args, kwargs, results, stop).result()
+            results.put(_End())
+
+    def _iterate(self, args, kwargs, results, stop) -> None:
+        task = self.task(*args, **kwargs)
+        while True:
+            try:
+                value = next(task)
+            except StopIteration:
+                return
+            except Exception as exc:
+                log.exception("the ZeroGPU task failed")
+                results.put(_Failed(type(exc).__name__))
+                return
+            if stop.is_set():
+                task.close()
+                return
+            try:
+                results.put(_Value(value))
+            except (PicklingError, TypeError, AttributeError) as exc:  # pickle says TypeError for a lock
+                results.put(_Failed(type(exc).__name__))
+                task.close()
+                return
+
+    def shutdown(self) -> None:
+        """Stop the worker process (tests; the app's worker ends with it, as a daemon)."""
+        with self._lock:
+            if self._worker is not None:
+                self._worker.close()
+                self._worker = None
+
+
+def emulated_gpu(task: Callable[..., Iterator], duration: Callable[..., float] | float | None = None) -> EmulatedGpu:
+    return EmulatedGpu(task, duration)

@@ -1,0 +1,300 @@
+"""ZeroGPU mode: used by itself when the `spaces` package reports ZeroGPU, and emulated (the same process model on
+the CPU, demo.running.gpu_worker) with ARENA_ZEROGPU_EMULATE=1.
+
+At start-up, in the main thread, every variant of the profile is placed (loaded) and, where the serving process
+can run it, its rates measured (demo.running.gpu_time); a profile whose weights do not fit the GPU slice is
+refused with its sizes. There is no memory budget or eviction: everything stays placed. After start-up the
+serving process runs no model code: a request's whole model work (a comparison with its streaming and fidelity,
+so a blind battle too, or an evaluation) is one call of one decorated generator, gpu_task, which runs in a
+worker process forked from the server. Only plain data crosses: the job (a module-level function, pickled by
+name), its arguments, and the snapshots and records it yields. Stop, and a client that leaves, close the
+generator, which sets the worker's stop event and ends its generation.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from demo.config import ArenaConfig
+from demo.errors import ArenaError, VariantUnavailable, ZeroGpuError
+from demo.running import gpu_time
+from demo.running.device import DeviceThread
+from demo.running.manager import ModelManager
+from demo.running.runner import Arena
+from demo.running.variant_run import VariantResult, snapshot
+from demo.settings import GenerationSettings
+
+log = logging.getLogger(__name__)
+MIB = 2**20
+EMULATE_ENV = "ARENA_ZEROGPU_EMULATE"
+SLICE_ENV = "ARENA_ZEROGPU_SLICE_MIB"  # the emulation's GPU slice (ZeroGPU's own is read from `spaces`)
+CAP_ENV = "ARENA_ZEROGPU_MAX_S"  # the most GPU seconds one request may ask for
+DEFAULT_SLICE_MIB = 48 * 1024  # ZeroGPU's default slice: half a 96 GB Blackwell card
+DEFAULT_CAP_S = {"zerogpu": 120.0, "emulated": 600.0}  # the emulation runs on a CPU, several times slower
+EXECUTION = {"zerogpu": "ZeroGPU (a shared GPU slice)", "emulated": "emulated ZeroGPU (a worker process on the CPU)"}
+
+
+def mode() -> str | None:
+    """"emulated" with ARENA_ZEROGPU_EMULATE=1, "zerogpu" where the `spaces` package reports ZeroGPU, else None."""
+    if os.environ.get(EMULATE_ENV) == "1":
+        return "emulated"
+    try:
+        from spaces.config import Config
+    except ImportError:
+        return None
+    return "zerogpu" if Config.zero_gpu else None
+
+
+@dataclass(frozen=True)
+class Placement:
+    """What start-up placed: each variant's load time and weights, or why it could not be placed."""
+
+    load_ms: dict[str, float]
+    weights_mib: dict[str, float]
+    failed: dict[str, str]  # variant id -> one-line reason (its column says it)
+    slice_mib: float
+
+
+class _ServingDevice:
+    """The serving process's stand-in for the device thread: after start-up it runs no model code."""
+
+    def submit(self, fn, *args, **kwargs):
+        raise ZeroGpuError("on ZeroGPU the serving process runs no model code: this is not offered here")
+
+    call = submit
+
+
+class ZeroGpuArena(Arena):
+    """An Arena whose model work runs in the ZeroGPU worker; everything else (validation, admission, turns, the
+    page) is the Arena's own."""
+
+    def __init__(self, config: ArenaConfig, mode_name: str, manager: ModelManager, placement: Placement,
+                 rates: dict[str, gpu_time.Rates], cap_s: float):
+        super().__init__(config, manager, device=_ServingDevice())  # type: ignore[arg-type]
+        self.mode, self.placement = mode_name, placement
+        self.execution = EXECUTION[mode_name]
+        self.gpu_time = gpu_time.GpuTime(config, rates, cap_s)
+        self._gpu = _decorated(mode_name)
+
+    @classmethod
+    def start(cls, config: ArenaConfig, mode_name: str, cap_s: float | None = None) -> "ZeroGpuArena":
+        """Place every variant in this (the main) thread and measure its rates; refuses a profile that does not
+        fit the slice (ZeroGpuError, with the sizes)."""
+        manager = ModelManager(config, budget_mib=math.inf)  # no budget, no eviction: everything stays placed
+        slice_mib = _slice_mib(mode_name)
+        _check_fits(config, manager, slice_mib, "estimated")
+        load_ms, failed = {}, {}
+        for variant_id in config.variants:
+            try:
+                load_ms[variant_id] = manager.get(variant_id).load_ms
+            except Exception as exc:  # one variant that cannot load leaves the others placed; its column says why
+                failed[variant_id] = _one_line(exc)
+                log.warning("ZeroGPU: %s not placed: %s", variant_id, failed[variant_id])
+        weights = {v: manager.get(v).loaded.weights_bytes / MIB for v in load_ms}
+        _refuse_if_over(weights, slice_mib, "measured")
+        rates = {}
+        if mode_name == "emulated":  # on ZeroGPU the serving process's CUDA is emulated: the worker measures
+            rates = _measured_rates(manager, list(load_ms))
+        cap = cap_s if cap_s is not None else float(os.environ.get(CAP_ENV) or DEFAULT_CAP_S[mode_name])
+        arena = cls(config, mode_name, manager, Placement(load_ms, weights, failed, slice_mib), rates, cap)
+        global _PLACED
+        _PLACED = arena  # what a forked worker finds (see gpu_task)
+        return arena
+
+    # --- the request's checks, in the serving process ---------------------------------------------------
+
+    def validate(self, prompt: str, variant_ids: list[str], settings: GenerationSettings | None = None) -> None:
+        super().validate(prompt, variant_ids)
+        if settings is not None:
+            self.gpu_time.check(self.gpu_time.compare_s(variant_ids, settings, prompt))
+
+    def compare(self, prompt: str, variant_ids: list[str], settings: GenerationSettings, *args, **kwargs):
+        self.validate(prompt, variant_ids, settings)  # refused here, before anything runs or waits
+        return super().compare(prompt, variant_ids, settings, *args, **kwargs)
+
+    # --- the work, in the worker ----------------------------------------------------------------------------
+
+    def _work(self, prompt: str, results: list[VariantResult], settings: GenerationSettings,
+              stop: threading.Event) -> Iterator[list[VariantResult]]:
+        seconds = self.gpu_time.compare_s([r.variant for r in results], settings, prompt)
+        stream = self._in_worker(compare_job, (prompt, [r.variant for r in results], settings), seconds)
+        try:
+            for shown in stream:
+                results[:] = shown
+                yield snapshot(results)
+                if stop.is_set():
+                    break
+        finally:
+            stream.close()  # sets the worker's stop event when the run is not over; waits until the worker ended
+        if stop.is_set():  # the worker's last snapshot never came: what was shown is what there is
+            for result in results:
+                if result.status == "scoring":
+                    result.status = "done"
+                elif not result.finished:
+                    result.status = "stopped"
+        else:
+            self.gpu_time.observe([r.to_record() for r in results])
+        worker_env = next((r.environment for r in results if "zerogpu" in r.environment), None)
+        if worker_env is not None:  # the System panel names the worker's device, not the server's (emulated) one
+            self._facts["environment"] = {k: v for k, v in worker_env.items() if k != "zerogpu"}
+
+    def run_job(self, job, *args, gpu_seconds: float | None = None) -> Iterator:
+        """A whole job (an evaluation) in the worker, in the device's turn; refused first if over the cap."""
+        seconds = gpu_seconds if gpu_seconds is not None else gpu_time.OVERHEAD_S
+        self.gpu_time.check(seconds, "evaluation")
+
+        def held() -> Iterator:
+            with self.exclusive():
+                yield from self._in_worker(job, args, seconds)
+
+        return held()
+
+    def _in_worker(self, job, args: tuple, seconds: float) -> Iterator:
+        stream = self._gpu(job, args, time.time(), seconds)
+        try:
+            for item in stream:
+                if isinstance(item, _Raised):
+                    raise item.rebuilt()
+                yield item
+        finally:
+            stream.close()  # closed early (Stop, a client gone): the worker's stop event is set
+
+
+@dataclass
+class _Raised:
+    """A typed error from the worker, carried as data (its class and words): ZeroGPU passes only gradio's errors
+    through with their words, so the arena's own (busy, invalid request) would reach the page as a class name."""
+
+    kind: type
+    message: str
+
+    def rebuilt(self) -> ArenaError:
+        error = self.kind.__new__(self.kind)
+        Exception.__init__(error, self.message)
+        return error
+
+
+# --- what runs in the worker ---------------------------------------------------------------------------------
+
+_PLACED: ZeroGpuArena | None = None  # set at start-up, before any fork: a worker inherits it
+_WORKER: "WorkerArena | None" = None  # the worker's own Arena, made on its first call
+
+
+class WorkerArena(Arena):
+    """The worker's Arena over the placed variants, with its own device thread (the server's does not exist in
+    a forked process); its records' environment is read here, where the GPU is, with the call's ZeroGPU facts."""
+
+    def __init__(self, placed: ZeroGpuArena):
+        super().__init__(placed.config, _PlacedOnly(placed.manager, placed.placement.failed),  # type: ignore[arg-type]
+                         device=DeviceThread())
+        self.placed, self.facts = placed, {}
+
+    def environment(self) -> dict[str, Any]:
+        return {**super().environment(), "zerogpu": dict(self.facts)}
+
+
+class _PlacedOnly:
+    """The placed variants' manager as the worker uses it: a variant that was not placed at start-up is unavailable,
+    with the reason its placement failed (its column says it; a battle draws another), never loaded in the worker."""
+
+    def __init__(self, manager: ModelManager, failed: dict[str, str]):
+        self._manager, self._failed = manager, failed
+
+    def get(self, variant_id: str):
+        if variant_id in self._failed:
+            raise VariantUnavailable(f"not placed when the app started: {self._failed[variant_id]}")
+        return self._manager.get(variant_id)
+
+    def __getattr__(self, name: str):
+        return getattr(self._manager, name)
+
+
+def gpu_task(job, args: tuple, sent_at_s: float, gpu_seconds: float) -> Iterator:
+    """The one decorated generator: job(worker arena, *args), its typed errors handed back as data."""
+    global _WORKER
+    cold = _WORKER is None
+    if cold:
+        if _PLACED is None:
+            raise ZeroGpuError("no variants were placed at start-up")
+        _WORKER = WorkerArena(_PLACED)
+    placed = _WORKER.placed
+    _WORKER.facts = {"execution": placed.execution, "worker_pid": os.getpid(), "worker": "cold" if cold else "warm",
+                     "handoff_ms": round((time.time() - sent_at_s) * 1e3, 1), "gpu_seconds_asked": gpu_seconds,
+                     "slice_mib": round(placed.placement.slice_mib), "placed_at_startup_ms": placed.placement.load_ms}
+    try:
+        yield from job(_WORKER, *args)
+    except ArenaError as exc:
+        yield _Raised(type(exc), str(exc))
+
+
+def gpu_duration(job, args: tuple, sent_at_s: float, gpu_seconds: float) -> float:
+    """ZeroGPU's duration callable: the seconds computed (and checked against the cap) before the call."""
+    return gpu_seconds
+
+
+def compare_job(arena: Arena, prompt: str, variant_ids: list[str], settings: GenerationSettings) -> Iterator:
+    """A comparison's model work in the worker, inline: every variant's streamed answer, then fidelity."""
+    results = arena._new_results(prompt, variant_ids, settings)
+    yield snapshot(results)
+    yield from arena._work(prompt, results, settings, threading.Event())  # the worker's stop closes this generator
+    yield snapshot(results)
+
+
+def _decorated(mode_name: str):
+    if mode_name == "zerogpu":
+        import spaces
+
+        return spaces.GPU(duration=gpu_duration)(gpu_task)
+    from demo.running.gpu_worker import emulated_gpu
+
+    return emulated_gpu(gpu_task, duration=gpu_duration)
+
+
+# --- start-up checks -------------------------------------------------------------------------------------------
+
+def _measured_rates(manager: ModelManager, variant_ids: list[str]) -> dict[str, gpu_time.Rates]:
+    """Each placed variant's rates, on a device thread of its own that ends before the app serves (torch in the
+    main thread ran several times slower here than on a fresh thread, as the worker runs it)."""
+    device, rates = DeviceThread(), {}
+    try:
+        for variant_id in variant_ids:
+            try:
+                rates[variant_id] = device.call(gpu_time.measure, manager.get(variant_id).loaded)
+            except Exception as exc:
+                log.warning("ZeroGPU: rates of %s not measured (%s); assumed", variant_id, _one_line(exc))
+    finally:
+        device.close()
+    return rates
+
+
+def _slice_mib(mode_name: str) -> float:
+    if mode_name == "zerogpu":
+        from spaces.config import Config
+
+        return Config.zerogpu_cuda_total_memory / MIB
+    return float(os.environ.get(SLICE_ENV) or DEFAULT_SLICE_MIB)
+
+
+def _check_fits(config: ArenaConfig, manager: ModelManager, slice_mib: float, how: str) -> None:
+    _refuse_if_over({v: manager.expected_mib(v) for v in config.variants}, slice_mib, how)
+
+
+def _refuse_if_over(sizes_mib: dict[str, float], slice_mib: float, how: str) -> None:
+    total = sum(sizes_mib.values())
+    if total > slice_mib:
+        listed = ", ".join(f"{v} {mib:,.0f} MiB" for v, mib in sizes_mib.items())
+        raise ZeroGpuError(f"this profile's weights ({how}) take {total:,.0f} MiB but the ZeroGPU slice has "
+                           f"{slice_mib:,.0f} MiB; every variant is placed at start-up there, so choose a smaller "
+                           f"profile ({listed})")
+
+
+def _one_line(exc: BaseException) -> str:
+    from demo.running.variant_run import describe_failure
+
+    return str(exc).splitlines()[0][:200] if isinstance(exc, ArenaError) and str(exc) else describe_failure("loading", exc)

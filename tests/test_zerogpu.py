@@ -1,0 +1,256 @@
+"""ZeroGPU mode in its emulation (ARENA_ZEROGPU_EMULATE=1): the process model itself on a toy task, then the arena
+over a two-variant profile: greedy answers identical to the normal mode, Stop, the cap, /compare, /battle and
+/vote, an evaluation."""
+
+import os
+import threading
+import time
+
+import pytest
+import yaml
+
+from tests.conftest import CLEAR_PROMPT, REPO, free_port, require_clear_answer
+
+VARIANTS = ["smollm2/fp32", "smollm2/bf16"]
+
+
+# --- the process model, on a toy task ---------------------------------------------------------------------------
+
+def toy_task(count: int, delay_s: float, fail_at: int | None = None):
+    """Yields (pid, thread names, i) count times; raises at fail_at."""
+    for i in range(count):
+        if i == fail_at:
+            raise ValueError("secret words that ZeroGPU does not pass on")
+        time.sleep(delay_s)
+        yield os.getpid(), sorted(t.name for t in threading.enumerate()), i
+
+
+def test_the_worker_is_forked_later_gets_pickles_and_stops():
+    from demo.errors import ZeroGpuError
+    from demo.running.gpu_worker import emulated_gpu
+
+    asked = []
+    gpu = emulated_gpu(toy_task, duration=lambda *args, **kwargs: asked.append(args) or 10)
+    started = threading.Thread(target=threading.Event().wait, args=(30,), name="server-thread", daemon=True)
+    started.start()  # a thread of the server, started before the first call
+    try:
+        values = list(gpu(3, 0.0))
+        assert [v[2] for v in values] == [0, 1, 2]
+        pid = values[0][0]
+        assert pid != os.getpid() and "server-thread" not in values[0][1]  # forked: the server's threads are not there
+        assert asked == [(3, 0.0)]  # the duration is asked with the call's own arguments
+        # a closed generator (Stop, a client gone) sets the stop event: the task ends at its next yield
+        stream = gpu(1000, 0.01)
+        next(stream)
+        began = time.perf_counter()
+        stream.close()
+        assert time.perf_counter() - began < 2
+        # the same warm worker serves the next call; an error reaches the caller as its class name only
+        with pytest.raises(ZeroGpuError, match=r"^ZeroGPU worker error: ValueError$"):
+            list(gpu(3, 0.0, fail_at=1))
+        assert [v[0] for v in gpu(1, 0.0)] == [pid] and gpu.workers_started == 1
+        with pytest.raises(TypeError):  # arguments cross by pickle: a lock cannot
+            list(gpu(threading.Lock(), 0.0))
+    finally:
+        gpu.shutdown()
+
+
+def test_the_gpu_time_asked_adds_up():
+    from demo.config import load_config
+    from demo.errors import GpuTimeTooLong
+    from demo.running import gpu_time
+    from demo.settings import GenerationSettings
+
+    config = load_config(REPO / "models.yaml")
+    rates = {"smollm2/fp32": gpu_time.Rates(10.0, 0.5, 0.01, "measured at start-up"),
+             "smollm2/bf16": gpu_time.Rates(20.0, 0.25, 0.005, "measured at start-up")}
+    timer = gpu_time.GpuTime(config, rates, cap_s=60)
+    settings = GenerationSettings(max_new_tokens=24)
+    # answers: 0.5 + 24/10 and 0.25 + 24/20; fidelity over 64 prompt + 24 answer tokens: the baseline twice, bf16 once
+    assert timer.compare_s(["smollm2/fp32", "smollm2/bf16"], settings) == 15.0  # ceil(6.55 * 1.5 + 5)
+    assert timer.compare_s(["smollm2/bf16"], settings) == 8.0  # no baseline, no scoring: ceil(1.45 * 1.5 + 5)
+    # a 600-character prompt is 200 tokens: 136 past a short prompt's, read at 0.005 s a token
+    assert timer.compare_s(["smollm2/bf16"], settings, "x" * 600) == 9.0  # ceil((1.45 + 0.68) * 1.5 + 5)
+    with pytest.raises(GpuTimeTooLong, match="about 61 s of GPU time; the limit here is 60 s"):
+        timer.check(61)
+    # a run measured in the worker replaces an assumed rate, never a measured one
+    timer.observe([{"variant": "smollm2/bnb-nf4", "status": "done", "decode_tokens_per_s": 8.0, "ttft_ms": 300.0},
+                   {"variant": "smollm2/bf16", "status": "done", "decode_tokens_per_s": 1.0, "ttft_ms": 9000.0}])
+    assert timer.rates("smollm2/bnb-nf4") == gpu_time.Rates(8.0, 0.3, 0.01, "measured in the worker")
+    assert timer.rates("smollm2/bf16") == rates["smollm2/bf16"]
+
+
+# --- the arena in emulated ZeroGPU mode ------------------------------------------------------------------------
+
+def small_profile(folder, variants=VARIANTS):
+    raw = yaml.safe_load((REPO / "models.yaml").read_text())
+    raw["variants"] = [v for v in raw["variants"] if v["id"] in variants]
+    path = folder / "models.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.fixture(scope="module")
+def zg(tmp_path_factory):
+    import torch
+
+    from demo.config import load_config
+    from demo.running import zerogpu
+
+    if torch.cuda.is_available():  # app.py hides the GPU when it emulates; a test process cannot any more
+        pytest.skip("the emulation runs on the CPU (CUDA cannot be used in a worker forked after CUDA started): "
+                    "run with CUDA_VISIBLE_DEVICES=")
+
+    config = load_config(small_profile(tmp_path_factory.mktemp("profile")))
+    arena = zerogpu.ZeroGpuArena.start(config, "emulated", cap_s=3600)
+    yield arena
+    arena._gpu.shutdown()
+
+
+def test_a_profile_that_does_not_fit_is_refused_at_start_up_with_its_sizes(tmp_path, monkeypatch):
+    from demo.config import load_config
+    from demo.errors import ZeroGpuError
+    from demo.running import zerogpu
+
+    monkeypatch.setenv(zerogpu.SLICE_ENV, "600")
+    config = load_config(small_profile(tmp_path))
+    # refused from the estimates, before any variant loads
+    with pytest.raises(ZeroGpuError, match=r"\(estimated\) take 7\d\d MiB but the ZeroGPU slice has 600 MiB.*"
+                                           r"smollm2/fp32 5\d\d MiB"):
+        zerogpu.ZeroGpuArena.start(config, "emulated")
+
+
+def test_greedy_answers_in_the_worker_are_the_normal_mode_s(zg, arena, clear_prompt):
+    for variant_id in VARIANTS:
+        require_clear_answer(arena, variant_id)
+    settings = arena.settings(max_new_tokens=12)
+    normal = arena.compare_records(clear_prompt, VARIANTS, settings)
+    emulated = zg.compare_records(clear_prompt, VARIANTS, settings)
+    for before, after in zip(normal, emulated):
+        assert after["status"] == "done" and after["error"] is None
+        assert after["text"] == before["text"] and "Paris" in after["text"]
+        facts = after["environment"]["zerogpu"]
+        assert facts["execution"].startswith("emulated ZeroGPU") and facts["worker_pid"] != os.getpid()
+        assert facts["placed_at_startup_ms"][after["variant"]] > 0 and after["cache_hit"] is True
+        assert after["decode_tokens_per_s"] > 0 and after["weights_mib"] > 0
+        # read in the worker: its torch has the server's threads (a forked OpenMP runtime can fall back to one)
+        assert after["environment"]["device_name"] == before["environment"]["device_name"]
+    assert emulated[1]["fidelity"]["kl_divergence"] == pytest.approx(normal[1]["fidelity"]["kl_divergence"], abs=1e-6)
+    with pytest.raises(Exception, match="runs no model code"):  # after start-up the server runs none
+        zg.device.call(lambda: None)
+
+
+def test_stop_and_a_client_that_leaves_end_the_worker_s_generation(zg):
+    settings = zg.settings(max_new_tokens=300)
+    stop = threading.Event()
+    shown = []
+    for shown in zg.compare("Write a very long story about a dragon.", VARIANTS, settings, stop):
+        if shown[0].new_tokens >= 3 and not stop.is_set():
+            stop.set()
+            began = time.perf_counter()
+    assert time.perf_counter() - began < 5
+    assert [r.status for r in shown] == ["stopped", "stopped"] and 3 <= shown[0].new_tokens < 300
+    stream = zg.compare("Write a very long story about a dragon.", VARIANTS, settings)
+    for shown in stream:
+        if shown[0].new_tokens >= 3:
+            break
+    began = time.perf_counter()
+    stream.close()  # what Gradio does when the client goes away
+    assert time.perf_counter() - began < 5
+    [record] = zg.compare_records(CLEAR_PROMPT, ["smollm2/bf16"], zg.settings(max_new_tokens=4))
+    assert record["status"] == "done" and record["environment"]["zerogpu"]["worker"] == "warm"
+
+
+def test_a_run_over_the_cap_is_refused_before_anything_runs(zg, monkeypatch):
+    from demo.errors import GpuTimeTooLong
+
+    calls = zg._gpu.calls
+    monkeypatch.setattr(zg.gpu_time, "cap_s", 10)
+    with pytest.raises(GpuTimeTooLong, match=r"would ask for about \d+ s of GPU time; the limit here is 10 s"):
+        zg.compare("Hi", VARIANTS, zg.settings(max_new_tokens=64))
+    assert zg._gpu.calls == calls
+
+
+def raising_job(arena, words):
+    from demo.errors import Busy
+
+    raise Busy(words)
+    yield  # a generator, as every job is
+
+
+def test_the_arena_s_own_errors_cross_with_their_words(zg):
+    from demo.errors import Busy
+
+    with pytest.raises(Busy, match="^busy: these exact words$"):
+        list(zg.run_job(raising_job, "busy: these exact words", gpu_seconds=10))
+
+
+def test_an_evaluation_runs_whole_in_the_worker(zg, arena):
+    from demo import evaluate
+
+    text = "The lighthouse keeper climbed the stairs every evening to light the lamp for the ships. " * 3
+    seen = []
+    rows = evaluate.evaluate(zg, VARIANTS, text, runs=1, max_new_tokens=8, progress=lambda f, m: seen.append(m))
+    normal = evaluate.evaluate(arena, VARIANTS, text, runs=1, max_new_tokens=8)
+    assert [r.variant for r in rows] == VARIANTS and all(r.error is None for r in rows)
+    assert [r.perplexity for r in rows] == [r.perplexity for r in normal]  # the same computation, in the worker
+    assert rows[1].kl_divergence == normal[1].kl_divergence and rows[1].decode_tokens_per_s_p50 > 0
+    assert "smollm2/bf16: speed" in seen
+
+
+@pytest.fixture(scope="module")
+def client(zg):
+    from gradio_client import Client
+
+    from demo import ui
+
+    demo = ui.build_demo(zg)
+    demo.queue()
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True,
+                            **ui.launch_kwargs())
+    yield Client(url, verbose=False)
+    demo.close()
+
+
+def test_compare_battle_and_vote_through_the_api(client, zg, monkeypatch):
+    records = client.predict(prompt=CLEAR_PROMPT, variants=VARIANTS, max_new_tokens=8, api_name="/compare")
+    assert [r["status"] for r in records] == ["done", "done"]
+    assert all(r["environment"]["zerogpu"]["worker_pid"] != os.getpid() for r in records)
+    issued = client.predict(prompt=CLEAR_PROMPT, base="", api_name="/battle")
+    assert set(issued) == {"battle", "a", "b"}
+    shown = client.predict(battle=issued["battle"], choice="tie", api_name="/vote")
+    assert {shown["a"]["variant"], shown["b"]["variant"]} == set(VARIANTS)
+    monkeypatch.setattr(zg.gpu_time, "cap_s", 10)
+    with pytest.raises(Exception, match="the limit here is 10 s"):  # one line, before anything runs
+        client.predict(prompt=CLEAR_PROMPT, variants=VARIANTS, max_new_tokens=64, api_name="/compare")
+
+
+def test_a_variant_not_placed_at_start_up_is_unavailable_in_the_worker_with_its_reason():
+    from demo.errors import VariantUnavailable
+    from demo.running.zerogpu import _PlacedOnly
+
+    class Placed:
+        budget_mib = float("inf")
+
+        def get(self, variant_id):
+            return f"loaded {variant_id}"
+
+    manager = _PlacedOnly(Placed(), {"smollm2/gptq-4bit": "not quantized yet: run python -m demo.quantize"})
+    assert manager.get("smollm2/bf16") == "loaded smollm2/bf16" and manager.budget_mib == float("inf")
+    with pytest.raises(VariantUnavailable, match="^not placed when the app started: not quantized yet"):
+        manager.get("smollm2/gptq-4bit")
+
+
+def test_zerogpu_s_own_quota_error_reaches_the_client_as_it_is(client, zg, monkeypatch):
+    import gradio as gr
+
+    words = "You have exceeded your GPU quota (60s requested vs. 42s left). Try again in 3:10:00"
+
+    def refused(job, args, sent_at_s, gpu_seconds):  # what spaces.GPU raises before any worker runs
+        raise gr.Error(words)
+        yield
+
+    monkeypatch.setattr(zg, "_gpu", refused)
+    with pytest.raises(Exception) as info:
+        client.predict(prompt=CLEAR_PROMPT, variants=VARIANTS, max_new_tokens=8, api_name="/compare")
+    assert str(info.value).endswith(words)
