@@ -219,7 +219,8 @@ class Limits:
     max_new_tokens: int = 512
     max_variants: int = 6
     max_prompt_chars: int = 20000
-    max_pending: int = 16  # comparisons running or waiting at once; more get a "busy, try again"
+    max_pending: int = 16  # requests running or waiting for the device at once; more get a "busy, try again"
+    max_pending_per_client: int = 4  # of those, the most from one client (session, or address behind a proxy)
 
 
 @dataclass(frozen=True)
@@ -312,6 +313,9 @@ def _parse(path: Path, data: Any) -> ArenaConfig:
         if base.baseline is not None and base.baseline not in variants:
             raise ConfigError(path, f"baseline '{base.baseline}' is not a variant id", field=f"bases.{base.id}.baseline")
     limits = _dataclass_from(path, Limits, data.get("limits") or {}, "limits")
+    _expect("max_pending_per_client" not in (data.get("limits") or {}) or
+            limits.max_pending_per_client <= limits.max_pending, path,
+            f"must be at most limits.max_pending ({limits.max_pending})", field="limits.max_pending_per_client")
     generation = _dataclass_from(path, GenerationDefaults, data.get("generation") or {}, "generation")
     _expect(1 <= generation.max_new_tokens <= limits.max_new_tokens, path,
             f"must be between 1 and limits.max_new_tokens ({limits.max_new_tokens})", field="generation.max_new_tokens")

@@ -31,7 +31,7 @@ class MemoryBudgetExceeded(ArenaError):
 
 
 class Busy(ArenaError):
-    """Too many comparisons are already running or waiting; the caller should try again later."""
+    """Too many requests are already running or waiting, in all or from this client; try again later."""
 
 
 class NotQuantized(VariantUnavailable):

@@ -196,7 +196,7 @@ def test_busy_when_the_arena_is_full(tmp_path):
     local = Arena(make_config(tmp_path, "limits: {max_pending: 1}\n"))
     first = local.compare(PROMPT, ["smollm2/bf16"], local.settings(max_new_tokens=4))
     next(first)  # admitted and running
-    with pytest.raises(Busy, match="busy: 1 comparisons are already running or waiting; try again"):
+    with pytest.raises(Busy, match="busy: the device already has 1 request running or waiting; try again"):
         next(local.compare(PROMPT, ["smollm2/bf16"], local.settings(max_new_tokens=4)))
     list(first)  # finishes and leaves
     assert local.compare_records(PROMPT, ["smollm2/bf16"], local.settings(max_new_tokens=4))[0]["status"] == "done"

@@ -7,6 +7,7 @@ their baselines (scoring). Every torch call runs on the one device thread (devic
 
 from __future__ import annotations
 
+import copy
 import threading
 from contextlib import contextmanager
 from typing import Any, Iterator
@@ -19,34 +20,41 @@ from demo.running import requests
 from demo.running.device import DeviceThread, shared_device
 from demo.running.manager import ModelManager
 from demo.running.scoring import FidelityScorer
-from demo.running.turns import Admission, Turns
+from demo.running.turns import LOCAL, Admission, Client, Ticket, Turns
 from demo.running.variant_run import VariantResult, VariantRunner, snapshot
 from demo.settings import GenerationSettings
 
-__all__ = ["Arena", "VariantResult"]
+__all__ = ["Arena", "Client", "VariantResult"]
 
-WAIT_POLL_S = 0.5  # how often a comparison waiting for its turn reports its place in line
+WAIT_POLL_S = 0.5  # how often a request waiting for its turn reports its place in line (and returns to its caller)
 
 
 class Arena:
-    """Runs comparisons: validates requests, then each variant in turn, one comparison at a time."""
+    """Runs comparisons: validates requests, then each variant in turn, one comparison at a time.
+
+    Every model run is admitted (a place among limits.max_pending, within its client's share) and takes its turn on
+    the device round-robin across clients. An arena runs for one client: `for_client` gives the same arena (device,
+    turns, admission, models) for another; this one's is the command line's, "local".
+    """
 
     def __init__(self, config: ArenaConfig, manager: ModelManager | None = None, device: DeviceThread | None = None):
         self.config = config
         self.manager = manager or ModelManager(config)
         self.device = device or shared_device()  # every torch call runs there (see demo.running.device)
-        # Held for a comparison's whole load + run + scoring, first come first served (see Turns).
+        # Held for a comparison's whole load + run + scoring, round-robin across clients (see Turns).
         self.turns = Turns()
-        self._admission = Admission(config.limits.max_pending)
+        self.admission = Admission(config.limits.max_pending, config.limits.max_pending_per_client)
+        self.client: Client = LOCAL
+        self._admitted = False  # True in the arena `admitted()` yields: its requests hold that one place
         self._runner = VariantRunner(self.device, self.manager)
         self._scorer = FidelityScorer(config, self.device, self.manager)
-        self._environment: dict[str, Any] | None = None
+        self._facts: dict[str, Any] = {}  # shared with the arenas for_client makes: computed once per process
         self.gpu_time = None  # ZeroGPU only: what a request will ask for (demo.running.gpu_time.GpuTime)
 
     def environment(self) -> dict[str, Any]:
-        if self._environment is None:  # on the device thread: the bandwidth benchmark never overlaps a timed run
-            self._environment = self.device.call(environment, measure_bandwidth=True)
-        return self._environment
+        if "environment" not in self._facts:  # on the device thread: the bandwidth benchmark never overlaps a timed run
+            self._facts["environment"] = self.device.call(environment, measure_bandwidth=True)
+        return self._facts["environment"]
 
     def settings(self, max_new_tokens: int | None = None, do_sample: bool = False, temperature: float | None = None,
                  top_p: float | None = None, seed: int | None = None) -> GenerationSettings:
@@ -67,8 +75,8 @@ class Arena:
                 stop: threading.Event | None = None) -> Iterator[list[VariantResult]]:
         """Yield snapshots of every variant's result as they change; the last snapshot is final."""
         self.validate(prompt, variant_ids)
-        with self._admission.place():
-            yield from self._compare(prompt, variant_ids, settings, stop or threading.Event())
+        with self.admitted() as arena:
+            yield from arena._compare(prompt, variant_ids, settings, stop or threading.Event())
 
     def compare_records(self, prompt: str, variant_ids: list[str], settings: GenerationSettings) -> list[dict]:
         """The final records of a comparison, as the CLI and the /compare endpoint return them."""
@@ -77,24 +85,64 @@ class Arena:
             pass
         return [r.to_record() for r in final]
 
+    def for_client(self, client: Client) -> Arena:
+        """This arena as `client` uses it: the same device, turns, admission and models; its requests count
+        against the client's share and take the client's turns."""
+        bound = copy.copy(self)
+        bound.client, bound._admitted = client, False
+        return bound
+
+    @contextmanager
+    def admitted(self) -> Iterator[Arena]:
+        """One place for a series of model runs (an evaluation, a battle and its retries): the arena it yields
+        runs them all in that place, each still taking its own turn. Busy at once when there is none."""
+        if self._admitted:
+            yield self
+            return
+        with self.admission.place(self.client):
+            bound = copy.copy(self)
+            bound._admitted = True
+            yield bound
+
+    @contextmanager
+    def device_turn(self, stop: threading.Event | None = None) -> Iterator[Iterator[int]]:
+        """Admit this client's model work that is not a comparison (quantizing, evaluation scoring) and join the
+        line for the device. Yields the wait: an iterator of how many turns are ahead, every WAIT_POLL_S, that
+        ends when the turn comes, so a handler can report it and return to Gradio between checks. Busy when
+        there is no place, or when `stop` is set before the turn comes."""
+        with self.admitted():
+            ticket = self.turns.join(self.client)
+            try:
+                yield self._device_wait(ticket, stop)
+            finally:
+                self.turns.leave(ticket)
+
     @contextmanager
     def exclusive(self, stop: threading.Event | None = None) -> Iterator[None]:
-        """Hold the device's turn for model work that is not a comparison (quantizing, evaluation scoring),
-        so it never lands inside a comparison's measurement window."""
-        ticket = self.turns.join()
-        try:
-            while not self.turns.wait(ticket, WAIT_POLL_S):
-                if stop is not None and stop.is_set():
-                    raise Busy("stopped while waiting for the device")
+        """Hold the device's turn for model work that is not a comparison, so it never lands inside a
+        comparison's measurement window; waits here (the command line, an evaluation already running)."""
+        with self.device_turn(stop) as wait:
+            for _ in wait:
+                pass
             yield
-        finally:
-            self.turns.leave(ticket)
+
+    def _device_wait(self, ticket: Ticket, stop: threading.Event | None) -> Iterator[int]:
+        yield from self._waiting(ticket, stop or threading.Event())
+        if not self.turns.holds(ticket):
+            raise Busy("stopped while waiting for the device")
+
+    def _waiting(self, ticket: Ticket, stop: threading.Event) -> Iterator[int]:
+        """How many turns are ahead of ticket, every WAIT_POLL_S until it holds the turn or stop is set."""
+        while not self.turns.wait(ticket, WAIT_POLL_S):
+            if stop.is_set():
+                return
+            yield self.turns.ahead(ticket)
 
     def _compare(self, prompt: str, variant_ids: list[str], settings: GenerationSettings,
                  stop: threading.Event) -> Iterator[list[VariantResult]]:
         results = self._new_results(prompt, variant_ids, settings)
         yield snapshot(results)
-        ticket = self.turns.join()
+        ticket = self.turns.join(self.client)
         try:
             yield from self._wait_for_turn(ticket, results, stop)
             yield from self._work(prompt, results, settings, stop)
@@ -123,14 +171,12 @@ class Arena:
                               v.runtime, prompt=prompt, settings=described, environment=env,
                               random_weights=random_weights(self.config.bases[v.base])) for v in variants]
 
-    def _wait_for_turn(self, ticket: object, results: list[VariantResult],
+    def _wait_for_turn(self, ticket: Ticket, results: list[VariantResult],
                        stop: threading.Event) -> Iterator[list[VariantResult]]:
         """Say each variant's place in line until the turn comes (or the comparison is stopped)."""
-        while not self.turns.wait(ticket, WAIT_POLL_S):
-            if stop.is_set():
-                break
+        for ahead in self._waiting(ticket, stop):
             for result in results:
-                result.status, result.queue_ahead = "waiting", self.turns.ahead(ticket)
+                result.status, result.queue_ahead = "waiting", ahead
             yield snapshot(results)
         for result in results:
             result.status, result.queue_ahead = "queued", None

@@ -142,7 +142,7 @@ class ZeroGpuArena(Arena):
             self.gpu_time.observe([r.to_record() for r in results])
         worker_env = next((r.environment for r in results if "zerogpu" in r.environment), None)
         if worker_env is not None:  # the System panel names the worker's device, not the server's (emulated) one
-            self._environment = {k: v for k, v in worker_env.items() if k != "zerogpu"}
+            self._facts["environment"] = {k: v for k, v in worker_env.items() if k != "zerogpu"}
 
     def run_job(self, job, *args, gpu_seconds: float | None = None) -> Iterator:
         """A whole job (an evaluation) in the worker, in the device's turn; refused first if over the cap."""

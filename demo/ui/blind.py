@@ -23,6 +23,7 @@ from demo.errors import ArenaError
 from demo.reports import report, scratch
 from demo.reports.escaping import markdown_inline
 from demo.running.runner import Arena
+from demo.ui.clients import client_of, forwarded_address, session_of
 
 # The results' names stay importable from here too.
 __all__ = ["BlindTab", "CSV_FIELDS", "HEADERS", "build_tab", "csv_row", "endpoints", "load_prompts",
@@ -53,20 +54,11 @@ def load_prompts(path: Path = PROMPTS_FILE) -> list[str]:
     return list(json.loads(path.read_text(encoding="utf-8"))["prompts"])
 
 
-def session_of(request: gr.Request | None) -> str:
-    """Gradio's session: one per page load in a browser, one per gradio_client Client."""
-    return (request.session_hash if request is not None else None) or "anonymous"
-
-
 def address_of(request: gr.Request | None) -> str | None:
     """The client's address: the first of X-Forwarded-For where a proxy (a Space's) supplies it, else the
     connection's peer; None when neither is known. Only its digest is ever stored."""
-    if request is None:
-        return None
-    forwarded = (request.headers or {}).get("x-forwarded-for") or ""
-    first = forwarded.split(",")[0].strip()
     client = getattr(request, "client", None)
-    return first or getattr(client, "host", None) or None
+    return forwarded_address(request) or getattr(client, "host", None) or None
 
 
 def build_tab(arena: Arena, blind: BlindTest | None = None) -> BlindTest:
@@ -164,13 +156,19 @@ class BlindTab:
         return random.choice(self.prompts)
 
     def on_start(self, prompt_text: str, base_id: str | None, request: gr.Request):
+        """While the battle waits for the device, the status line says how many turns are ahead (and the handler
+        returns to Gradio between checks); then both answers at once."""
         try:
-            issued = self.blind.battle(prompt_text, base_id, session_of(request), address_of(request))
+            for step in self.blind.battle_steps(prompt_text, base_id, session_of(request), address_of(request),
+                                                client_of(request)):
+                if not isinstance(step, dict):
+                    yield {self.status: f"{WAITING} Waiting for the device: {step} ahead of this."}
+                    continue
+                yield {self.battle_id: step["battle"], self.answer_a: _shown_answer(step["a"]),
+                       self.answer_b: _shown_answer(step["b"]), self.answers: gr.update(visible=True),
+                       self.status: READY, **{button: gr.update(interactive=True) for button in self.buttons}}
         except ArenaError as exc:
             raise gr.Error(str(exc)) from None
-        return {self.battle_id: issued["battle"], self.answer_a: _shown_answer(issued["a"]),
-                self.answer_b: _shown_answer(issued["b"]), self.answers: gr.update(visible=True), self.status: READY,
-                **{button: gr.update(interactive=True) for button in self.buttons}}
 
     def on_vote(self, choice: str, current: str | None, request: gr.Request):
         if not current:
@@ -215,7 +213,7 @@ def endpoints(blind: BlindTest):
         order: returns {"battle": id, "a": answer, "b": answer} and nothing that tells them apart. Vote with
         /vote from the same client (session)."""
         try:
-            return blind.battle(prompt, base or None, session_of(request), address_of(request))
+            return blind.battle(prompt, base or None, session_of(request), address_of(request), client_of(request))
         except ArenaError as exc:
             raise gr.Error(str(exc)) from None
 

@@ -15,6 +15,7 @@ from demo.reports import card, report, scratch
 from demo.running.runner import Arena, VariantResult
 from demo.ui import summary as summary_view
 from demo.ui import zerogpu_view
+from demo.ui.clients import client_of
 from demo.ui.columns import ColumnsView, divergence_html, wants_quantize
 
 FIDELITY_GUIDE = """
@@ -153,9 +154,10 @@ class CompareTab:
                                      file_count="multiple", interactive=False, elem_id="downloads")
 
     def wire(self) -> None:
-        """The events. The arena admits limits.max_pending comparisons and its turns run them one at a time
-        on the device thread, so Gradio holds no model-running event back (concurrency_limit=None); a full
-        arena answers "busy, try again" instead of a silent wait."""
+        """The events. The arena admits limits.max_pending requests (limits.max_pending_per_client from one
+        client) and its turns run them one at a time on the device thread, round-robin across clients, so Gradio
+        holds no model-running event back (concurrency_limit=None); a full arena answers "busy, try again"
+        instead of a silent wait, and a waiting request returns to Gradio with its place in line."""
         slots = self.slots
         run_inputs = [self.prompt, self.variants, self.max_new, self.do_sample, self.temperature, self.top_p,
                       self.seed]
@@ -217,8 +219,11 @@ class CompareTab:
             self.stops[key] = stop_event
         try:
             results: list[VariantResult] = []
-            for index, results in enumerate(self.arena.compare(prompt_text, list(variant_ids), settings, stop_event)):
+            arena = self.arena.for_client(client_of(request))
+            for index, results in enumerate(arena.compare(prompt_text, list(variant_ids), settings, stop_event)):
                 values = view.start(results) if index == 0 else view.step(results, time.perf_counter())
+                if values is None and results[0].status == "waiting":
+                    values = view.flat()  # still waiting: back to Gradio between checks, not a loop in here
                 if values is not None:  # nothing changed that the page shows: no update at all
                     yield [*values, []]
             final = [r.to_record() for r in results]
@@ -250,23 +255,27 @@ class CompareTab:
                         self.downloads: [str(paths[k]) for k in ("json", "csv", "markdown")]})
         return updates
 
-    def on_quantize(self, index: int, ids: list[str], progress=gr.Progress(track_tqdm=True)):
+    def on_quantize(self, index: int, ids: list[str], request: gr.Request = None,
+                    progress=gr.Progress(track_tqdm=True)):
+        """Admitted and given its turn like a comparison; while it waits, the note says its place in line."""
         variant_id = ids[index] if index < len(ids) else None
         if variant_id is None:
             raise gr.Error("run a comparison first")
         if not self.config.quantize_now_offered():  # the button is hidden; a direct call is refused the same way
             raise gr.Error("Quantize now is off on this Space (the models file's quantize_now_on_space turns it on)")
+        note, button = self.slots[index].quantize_note, self.slots[index].quantize_now
         gguf = self.config.variants[variant_id].method == "gguf"
-        progress(0, desc=f"Quantizing {variant_id} ({'seconds' if gguf else 'about 1.5 minutes on a CPU'})…")
-        started = time.perf_counter()
         try:
-            with self.arena.exclusive():
+            with self.arena.for_client(client_of(request)).device_turn() as wait:
+                for ahead in wait:
+                    yield {note: gr.update(value=f"**Waiting for the device:** {ahead} ahead of this…", visible=True)}
+                progress(0, desc=f"Quantizing {variant_id} ({'seconds' if gguf else 'about 1.5 minutes on a CPU'})…")
+                started = time.perf_counter()
                 self.arena.device.call(quantize_variant, self.config, variant_id)
         except ArenaError as exc:
             raise gr.Error(str(exc)) from None
         done = f"**Quantized in {time.perf_counter() - started:.0f} s:** press Run again to compare it."
-        return {self.slots[index].quantize_note: gr.update(value=done, visible=True),
-                self.slots[index].quantize_now: gr.update(visible=False)}
+        yield {note: gr.update(value=done, visible=True), button: gr.update(visible=False)}
 
     def on_stop(self, request: gr.Request):
         with self.stops_lock:
@@ -292,13 +301,13 @@ def compare_endpoint(arena: Arena):
 
     def compare(prompt: str, variants: list[str], max_new_tokens: int = defaults.max_new_tokens,
                 do_sample: bool = False, temperature: float = defaults.temperature, top_p: float = defaults.top_p,
-                seed: int | None = None) -> Iterator[list[dict]]:
+                seed: int | None = None, request: gr.Request = None) -> Iterator[list[dict]]:
         """Run one prompt on the given variant ids, one after another; the last output is one record per
         variant. It streams every snapshot: Gradio can only close a generator between yields, and closing
         it is what stops the generation when a client cancels or goes away."""
         try:
             settings = arena.settings(max_new_tokens, do_sample, temperature, top_p, seed)
-            for results in arena.compare(prompt, variants, settings):
+            for results in arena.for_client(client_of(request)).compare(prompt, variants, settings):
                 yield [r.to_record() for r in results]
         except ArenaError as exc:
             raise gr.Error(str(exc)) from None

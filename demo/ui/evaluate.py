@@ -13,6 +13,7 @@ from demo import evaluate
 from demo.errors import ArenaError
 from demo.reports import scratch
 from demo.running.runner import Arena
+from demo.ui.clients import client_of
 
 # evaluate.FIELDS in words, with units; the files keep the field names.
 HEADERS = {
@@ -171,16 +172,19 @@ class EvaluateTab:
 
     def on_evaluate(self, variant_ids, run_count, max_new_tokens, protocol_name=None, request: gr.Request = None,
                     progress=gr.Progress()):
-        """Evaluate the ticked variants (in the models file's order) until done or stopped, and show the results."""
+        """Evaluate the ticked variants (in the models file's order) until done or stopped, and show the results.
+        The whole evaluation holds one of the arena's places, in this client's share: its model runs take their
+        turns among everyone's, and a client with its share in use is refused at once."""
         key = request.session_hash if request else None
         self.stops[key] = stop_event = threading.Event()
         order = [v for v in self.config.variants if v in (variant_ids or [])]  # rows in the models file's order
         text = evaluate.EVALUATION_FILE.read_text(encoding="utf-8")
         protocol = evaluate.Protocol(protocol_name or "sliding")
         try:
-            results = evaluate.evaluate(self.arena, order or list(variant_ids or []), text, int(run_count),
-                                        int(max_new_tokens), progress=lambda f, m: progress(f, desc=m),
-                                        stop=stop_event, protocol=protocol)
+            with self.arena.for_client(client_of(request)).admitted() as arena:
+                results = evaluate.evaluate(arena, order or list(variant_ids or []), text, int(run_count),
+                                            int(max_new_tokens), progress=lambda f, m: progress(f, desc=m),
+                                            stop=stop_event, protocol=protocol)
         except ArenaError as exc:
             raise gr.Error(str(exc)) from None
         finally:
