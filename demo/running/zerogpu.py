@@ -23,6 +23,7 @@ from typing import Any, Iterator
 
 from demo.config import ArenaConfig
 from demo.errors import ArenaError, VariantUnavailable, ZeroGpuError
+from demo.measuring.system import environment
 from demo.running import gpu_time
 from demo.running.device import DeviceThread
 from demo.running.manager import ModelManager
@@ -106,6 +107,14 @@ class ZeroGpuArena(Arena):
         global _PLACED
         _PLACED = arena  # what a forked worker finds (see gpu_task)
         return arena
+
+    def environment(self) -> dict[str, Any]:
+        """The serving process's own environment until a worker has answered (then the worker's, see _work): read
+        here, not on the device, which the serving process does not have; no bandwidth benchmark (that is model-side
+        work, measured in the worker)."""
+        if "environment" not in self._facts:
+            self._facts["environment"] = environment()
+        return self._facts["environment"]
 
     # --- the request's checks, in the serving process ---------------------------------------------------
 
