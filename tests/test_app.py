@@ -214,7 +214,7 @@ def test_status_text_for_every_stage():
     from demo.ui.columns import status_text
 
     assert status_text({"status": "waiting", "queue_ahead": 2}) == \
-        "waiting for the device: another comparison is running (2 comparisons ahead of this one)"
+        "waiting for the device: another request is using it (2 requests ahead of this one)"
     assert status_text({"status": "reading", "prompt_tokens": 4321}) == "reading the prompt (4,321 tokens)…"
     assert status_text({"status": "scoring"}) == "scoring fidelity…"
     assert status_text({"status": "done", "truncated": True, "new_tokens": 64}) == "done · cut at 64 tokens"

@@ -259,7 +259,7 @@ def test_a_comparison_behind_another_says_it_is_waiting(browser, app_url):
     choose(page, ["smollm2/bf16"])
     page.locator("#run").click()
     column = page.locator("#variant-0")
-    column.get_by_text("waiting for the device: another comparison is running").wait_for(timeout=30_000)
+    column.get_by_text("waiting for the device: another request is using it").wait_for(timeout=30_000)
     assert "generating" not in column.inner_text()
     other.cancel()
     column.get_by_text("done").wait_for(timeout=120_000)

@@ -38,10 +38,10 @@ class VariantResult:
     base: str = ""  # base model id
     model: str = ""  # base model label, e.g. SmolLM2-135M-Instruct
     runtime: str = ""  # transformers | llama.cpp
-    # queued | waiting (another comparison holds the device) | loading | reading (prompt, no token yet)
+    # queued | waiting (another request holds the device) | loading | reading (prompt, no token yet)
     # | generating | scoring (fidelity, after every variant's answer) | done | stopped | error
     status: str = "queued"
-    queue_ahead: int | None = None  # while waiting: comparisons ahead of this one (the running one included)
+    queue_ahead: int | None = None  # while waiting: requests ahead of this one, in the turn order (the running one included)
     device: str | None = None
     text: str = ""
     prompt_tokens: int | None = None

@@ -19,7 +19,7 @@ TEXT_INTERVAL_S = 0.4
 # The same words in a variant's column and in the summary table.
 STATUS_TEXT = {
     "queued": "queued",
-    "waiting": "waiting for the device: another comparison is running",
+    "waiting": "waiting for the device: another request is using it",
     "loading": "loading weights…",
     "reading": "reading the prompt…",
     "generating": "generating…",
@@ -48,7 +48,7 @@ def status_text(rec: dict) -> str:
     words = STATUS_TEXT.get(status, str(status))
     if status == "waiting" and rec.get("queue_ahead"):
         ahead = rec["queue_ahead"]
-        words += f" ({ahead} comparison{'s' if ahead != 1 else ''} ahead of this one)"
+        words += f" ({ahead} request{'s' if ahead != 1 else ''} ahead of this one)"
     elif status == "reading" and rec.get("prompt_tokens"):
         words = f"reading the prompt ({rec['prompt_tokens']:,} tokens)…"
     if rec.get("truncated") and status in ("done", "stopped"):
