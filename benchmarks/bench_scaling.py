@@ -16,6 +16,7 @@ medians. Only one variant is resident at a time. Writes results/scaling.json and
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -59,7 +60,7 @@ def measure(arena: Arena, variant_id: str, settings, runs: int) -> dict:
 
     last = records[-1]
     return {
-        "variant": variant_id, "base": last["base"], "base_label": last["base_label"], "method": last["method"],
+        "variant": variant_id, "base": last["base"], "base_label": last["model"], "method": last["method"],
         "random_weights": bool(last.get("random_weights")), "device": last["device"],
         "new_tokens": sorted({r["new_tokens"] for r in records}),
         "decode_tokens_per_s": _round(median("decode_tokens_per_s"), 2),
@@ -79,21 +80,23 @@ def _round(value: float | None, digits: int) -> float | None:
     return None if value is None else round(value, digits)
 
 
-def chart(rows: list[dict], bandwidth_gb_s: float | None, out: Path) -> None:
-    """Decode tokens/s against weights size (log-log), with the line a runtime reading its weights once per token
-    at the measured bandwidth would follow."""
+def chart(rows: list[dict], bandwidth_gb_s: float | None, out: Path, machine: str = "") -> None:
+    """Decode tokens/s against weights size (log-log), one colour per family and one marker per size, with the line
+    a runtime reading its weights once per token at the measured bandwidth would follow."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5.5))
-    sizes = sorted({r["base_label"] for r in rows})
-    markers = dict(zip(sizes, "osD^v"))
-    rows = [r for r in rows if r.get("decode_tokens_per_s") is not None]
+    rows = [r for r in rows if r.get("decode_tokens_per_s") is not None]  # not error rows
+    markers = dict(zip(sorted({r["base_label"] for r in rows}), "osD^v"))
+    families = list(dict.fromkeys(r["variant"].split("/", 1)[1] for r in rows))
+    colours = {f: plt.get_cmap("tab10")(i % 10) for i, f in enumerate(families)}
     for row in rows:
         x = row["weights_mib"] * 2**20 / 1e9
-        ax.scatter(x, row["decode_tokens_per_s"], marker=markers[row["base_label"]], s=40)
+        ax.scatter(x, row["decode_tokens_per_s"], marker=markers[row["base_label"]], s=40,
+                   color=colours[row["variant"].split("/", 1)[1]])
         ax.annotate(row["variant"].split("/", 1)[1], (x, row["decode_tokens_per_s"]), fontsize=7,
                     xytext=(4, 2), textcoords="offset points")
     xs = [r["weights_mib"] * 2**20 / 1e9 for r in rows]
@@ -108,13 +111,19 @@ def chart(rows: list[dict], bandwidth_gb_s: float | None, out: Path) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("weights (GB, as the runtime stores them)")
     ax.set_ylabel("decode tokens/s (batch 1)")
-    ax.set_title("Decode speed against weights size", fontsize=11)
+    ax.set_title("Decode speed against weights size" + (f"\n{machine}" if machine else ""), fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
     plt.close(fig)
     print(f"wrote {out}")
+
+
+def machine_name(environment: dict | None) -> str:
+    env = environment or {}
+    features = ", ".join(f for f in env.get("cpu_features") or [] if f.startswith(("avx512f", "amx"))) or "no AVX-512"
+    return f"{env.get('device_name', '')} ({features})"
 
 
 def main() -> int:
@@ -125,7 +134,13 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3, help="timed comparisons per variant, after one warm-up")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--out", default=str(REPO / "results" / "scaling.json"))
+    parser.add_argument("--chart-only", action="store_true", help="redraw the chart from the JSON already written")
     args = parser.parse_args()
+    if args.chart_only:
+        done = json.loads(Path(args.out).read_text())
+        bandwidth_gb_s = ((done["environment"] or {}).get("memory_bandwidth", {}).get("cpu") or {}).get("gb_s")
+        chart(done["variants"], bandwidth_gb_s, Path(args.out).with_suffix(".png"), machine_name(done["environment"]))
+        return 0
 
     wanted = set(args.variants.split(",")) if args.variants else None
     rows, environment = [], None
@@ -162,7 +177,7 @@ def main() -> int:
     }
     out = Path(args.out)
     write_json(result, out)
-    chart(rows, measured.get("gb_s"), out.with_suffix(".png"))
+    chart(rows, measured.get("gb_s"), out.with_suffix(".png"), machine_name(environment))
     return 0
 
 
