@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 
+from demo.ui import summary
 from demo.ui.summary import axis_top, y_limits
 
 
@@ -44,3 +45,17 @@ def test_limits_start_at_zero_and_skip_missing_values():
     assert y_limits([np.float64(257.0), np.float64(162.0)]) == [0, 300]
     assert y_limits([]) == [0, None]
     assert y_limits([math.nan]) == [0, None]
+
+
+def test_summary_table_shows_every_missing_value_as_a_dash():
+    """A variant that never loaded has no load text and no figures: the table says "–", never "nan" or "None"."""
+    failed = {"variant": "m/gguf", "method": "gguf", "bits": 8, "status": "error", "error": "not quantized yet",
+              "new_tokens": 0, "ttft_ms": None, "decode_tokens_per_s": None, "total_ms": None, "load_ms": None,
+              "weights_mib": None, "peak_memory_mib": None}
+    done = {**failed, "variant": "m/bf16", "method": "bf16", "bits": 16, "status": "done", "error": None,
+            "new_tokens": 8, "ttft_ms": 40.0, "decode_tokens_per_s": 30.0, "total_ms": 300.0, "load_ms": 900.0,
+            "cache_hit": False, "weights_mib": 256.0, "peak_memory_mib": 260.0}
+    frame = summary.summary_frame([failed, done])
+    html = summary.table_style(frame, {"m/gguf": "#000000", "m/bf16": "#ffffff"}).to_html()
+    assert "nan" not in html and "None" not in html
+    assert html.count("–") >= 8  # the failed row's load, times, sizes, bandwidth and fidelity cells

@@ -31,15 +31,27 @@ def build_plots() -> list[gr.BarPlot]:
             for eid, y, title, _ in CHARTS]
 
 
+def summary_frame(records: list[dict]) -> pd.DataFrame:
+    frame = pd.DataFrame(report.summary_rows(records), columns=report.SUMMARY_HEADERS)
+    frame["status"] = [status_text(r) for r in records]
+    return frame
+
+
+def table_style(frame: pd.DataFrame, colours: dict[str, str]):
+    """The summary table as shown: each variant's colour, numbers with units' precision, and every missing value
+    (numeric, or a text such as an unloaded variant's load) as "–", never "nan" or "None"."""
+    numeric = list(frame.select_dtypes("number").columns)
+    styled = frame.style.apply(lambda column: [f"border-left: 6px solid {colours[v]}" for v in column],
+                               subset=["variant"]).format(number_text, na_rep="–", subset=numeric)
+    return styled.format(na_rep="–", subset=[c for c in frame.columns if c not in numeric])
+
+
 def summary_updates(arena: Arena, records: list[dict], table, plots, chart_note) -> dict:
     """The table and the charts: the columns' order, one colour per variant, gaps said in words."""
     colours = charts.variant_colours(list(arena.config.variants))
     names = charts.short_names([r["variant"] for r in records])
-    frame = pd.DataFrame(report.summary_rows(records), columns=report.SUMMARY_HEADERS)
-    frame["status"] = [status_text(r) for r in records]
-    styled = frame.style.apply(lambda column: [f"border-left: 6px solid {colours[v]}" for v in column],
-                               subset=["variant"]).format(number_text, na_rep="–",
-                                                          subset=list(frame.select_dtypes("number").columns))
+    frame = summary_frame(records)
+    styled = table_style(frame, colours)
     done = frame[[r["status"] in ("done", "stopped") for r in records]].rename(columns=SUMMARY_COLUMN)
     done = done.assign(variant=[names[v] for v in done["variant"]])
     order = [names[r["variant"]] for r in records]
