@@ -17,14 +17,14 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 VARIANTS = ["smollm2/bf16", "smollm2/bnb-int8", "smollm2/bnb-nf4"]
 
 
-def start_app(log_dir, **env_extra):
+def start_app(log_dir, start_up_s: float = 60, **env_extra):
     """app.py in a subprocess on a free port; yields its URL and stops it afterwards."""
     port = free_port()
     env = {**os.environ, "GRADIO_SERVER_PORT": str(port), **env_extra}
     log = (log_dir / "app.log").open("w")  # a file: an unread pipe would fill and block
     proc = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 60
+    deadline = time.time() + start_up_s
     while time.time() < deadline:
         try:
             urllib.request.urlopen(url, timeout=1)
@@ -34,7 +34,7 @@ def start_app(log_dir, **env_extra):
             time.sleep(0.3)
     else:
         proc.kill()
-        pytest.fail("the app did not answer within 60 s")
+        pytest.fail(f"the app did not answer within {start_up_s:.0f} s")
     yield url
     proc.terminate()
     proc.wait(timeout=30)

@@ -1,15 +1,11 @@
 """The page in headless Chromium with ARENA_ZEROGPU_EMULATE=1: a comparison streamed from the forked worker, and Stop."""
 
-import os
-import subprocess
-import sys
 import time
-import urllib.request
 
 import pytest
 
-from tests.conftest import REPO, free_port, require_clear_answer
-from tests.test_browser import browser, choose, open_page  # noqa: F401 (browser is a fixture)
+from tests.conftest import require_clear_answer
+from tests.test_browser import browser, choose, open_page, start_app  # noqa: F401 (browser is a fixture)
 from tests.test_zerogpu import VARIANTS, small_profile
 
 pytestmark = pytest.mark.browser
@@ -19,27 +15,8 @@ START_UP_S = 600  # every variant placed and its rates measured before the page 
 @pytest.fixture(scope="module")
 def zerogpu_url(tmp_path_factory):
     folder = tmp_path_factory.mktemp("zerogpu-app")
-    port = free_port()
-    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "ARENA_ZEROGPU_EMULATE": "1",
-           "ARENA_MODELS": str(small_profile(folder)), "ARENA_ZEROGPU_MAX_S": "3600"}
-    log = (folder / "app.log").open("w")
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + START_UP_S
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(url, timeout=1)
-            break
-        except OSError:
-            assert proc.poll() is None, open(log.name).read()
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail(f"the app did not answer within {START_UP_S} s")
-    yield url
-    proc.terminate()
-    proc.wait(timeout=30)
-    log.close()
+    yield from start_app(folder, START_UP_S, ARENA_ZEROGPU_EMULATE="1", ARENA_MODELS=str(small_profile(folder)),
+                         ARENA_ZEROGPU_MAX_S="3600")
 
 
 def test_a_streamed_comparison_then_stop_in_emulated_zerogpu(browser, zerogpu_url, arena, clear_prompt):  # noqa: F811
