@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     if not mode:  # the machine's memory bandwidth, measured now, before any run can be timed beside it (under
         arena.environment()  # ZeroGPU the worker measures its own device)
     demo = ui.build_demo(arena)
-    demo.queue().launch(**ui.launch_kwargs())
+    demo.queue().launch(**ui.launch_kwargs(demo))
     return 0
 
 

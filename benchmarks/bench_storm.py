@@ -2,9 +2,10 @@
 over its rate with nobody refreshing (target: at least 0.95).
 
 The app runs as its own process (python app.py) over a votes database filled beforehand (VOTES votes spread
-over the default base's variants, so every refresh has real statistics to show); ten gradio_client clients,
-made once before anything is timed, call the Results view's handler in a loop, as the Refresh button does,
-while one client times /compare. Quiet and storm runs are interleaved. Writes results/bench_storm.json.
+over the default base's variants, so every refresh has real statistics to show); ten clients fetch the Results
+view as the Refresh button does in a browser (GET /arena/blind/results, revalidated with the ETag of the copy
+they hold), while one gradio_client client times /compare. Quiet and storm runs are interleaved. Writes
+results/bench_storm.json.
 
 torch decodes on one thread per core by default, and its threads meet at a barrier at every operation, so
 any other work on the machine (the server answering refreshes, the refreshing clients themselves) stalls the
@@ -35,7 +36,7 @@ TARGET_RATIO = 0.95
 CLIENTS = 10
 VOTES = 300
 INTERVAL_S = 1.0  # each client presses Refresh once a second: ten people doing nothing else
-RESULTS_API = "/on_results"  # the Refresh button's event (undocumented, named after its handler)
+RESULTS_PATH = "arena/blind/results"  # what the Refresh button fetches (demo.ui.routes)
 
 
 def fill_votes(path: Path, models: str | None) -> None:
@@ -56,22 +57,48 @@ def fill_votes(path: Path, models: str | None) -> None:
     store.close()
 
 
-def storm_clients(url: str) -> list:
-    """The refreshing clients, made once before anything is timed: making a Client fetches and parses the whole
-    page's configuration (the server deep-copies it), a page load's cost, not a refresh's; made inside each storm
-    run, ten of them landed in the timed decode."""
-    from gradio_client import Client
+class Refresher:
+    """One visitor's Results tab: fetches the view as the browser does, sending back the ETag of the copy it
+    holds (the browser's cache does so for the page's fetch), and reading the chart only when its URL changes
+    (an immutable URL, which the browser keeps)."""
 
-    # A browser shows the chart by URL; downloading every file back into the client (gradio_client's default)
-    # cost the client 90 ms of CPU per refresh against the server's 18, on the machine being measured.
-    return [Client(url, verbose=False, download_files=False) for _ in range(CLIENTS)]
+    def __init__(self, url: str):
+        self.url, self.etag, self.chart, self.answers = url, None, None, {}
+
+    def refresh(self) -> None:
+        import re
+        import urllib.error
+        import urllib.request
+
+        request = urllib.request.Request(self.url + RESULTS_PATH, headers={"If-None-Match": self.etag} if self.etag else {})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as answer:
+                self.etag, html = answer.headers["ETag"], answer.read().decode()
+                status = answer.status
+        except urllib.error.HTTPError as exc:
+            if exc.code != 304:
+                raise
+            status, html = 304, None
+        self.answers[status] = self.answers.get(status, 0) + 1
+        chart = re.search(r'<img src="([^"]+)"', html) if html else None
+        if chart and chart.group(1) != self.chart:
+            self.chart = chart.group(1)
+            urllib.request.urlopen(self.url + self.chart, timeout=60).read()
 
 
-def storm(client, stop: threading.Event, refreshes: list[int], interval_s: float) -> None:
+def storm_clients(url: str) -> list[Refresher]:
+    """The refreshing clients, each having read the view once before anything is timed (a page load's cost)."""
+    clients = [Refresher(url) for _ in range(CLIENTS)]
+    for client in clients:
+        client.refresh()
+    return clients
+
+
+def storm(client: Refresher, stop: threading.Event, refreshes: list[int], interval_s: float) -> None:
     """One client pressing Refresh every interval_s seconds (0: again as soon as the last answer arrives)."""
     while not stop.is_set():
         started = time.perf_counter()
-        client.predict(api_name=RESULTS_API)
+        client.refresh()
         refreshes.append(1)
         stop.wait(max(0.0, interval_s - (time.perf_counter() - started)))
 
@@ -136,8 +163,9 @@ def main() -> int:
         "conditions": {"prompt": PROMPT, "variant": args.variant, "max_new_tokens": args.max_new_tokens,
                        "decoding": "greedy", "server": "python app.py, its own process", "runs": args.runs,
                        "statistic": "median", "order": "interleaved, alternating which goes first",
-                       "storm": f"{CLIENTS} gradio_client clients calling {RESULTS_API}, each once per "
-                                f"{args.interval_s} s (0: as fast as the answers come back)",
+                       "storm": f"{CLIENTS} clients fetching /{RESULTS_PATH} as the page's Refresh does "
+                                f"(revalidated with the ETag held), each once per {args.interval_s} s "
+                                "(0: as fast as the answers come back)",
                        "clients_run_on": "the same machine as the app (their own CPU use counts against it)",
                        "votes_in_database": VOTES, "target_ratio": TARGET_RATIO,
                        "load_average_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
@@ -145,6 +173,8 @@ def main() -> int:
         "quiet_decode_tokens_per_s": [round(x, 2) for x in quiet],
         "storm_decode_tokens_per_s": [round(x, 2) for x in stormy],
         "refreshes_during_each_storm_run": refreshes,
+        "answers_by_status": {str(k): sum(r.answers.get(k, 0) for r in refreshers)
+                              for k in sorted({k for r in refreshers for k in r.answers})},
         "ratio": round(ratio, 3),
         "meets_target": ratio >= TARGET_RATIO,
     }, args.out)

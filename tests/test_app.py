@@ -20,7 +20,7 @@ def app(default_config):
     demo = ui.build_demo(arena)
     demo.queue()
     _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True,
-                            **ui.launch_kwargs())
+                            **ui.launch_kwargs(demo))
     yield url, arena
     demo.close()
 

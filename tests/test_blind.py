@@ -364,7 +364,7 @@ def app(arena, tmp_path_factory):
             os.environ["ARENA_VOTES_DB"] = previous
     demo.queue()
     _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True,
-                            **ui.launch_kwargs())
+                            **ui.launch_kwargs(demo))
     yield url, folder / "votes.sqlite3"
     demo.close()
 
@@ -404,6 +404,46 @@ def test_the_results_say_where_votes_are_kept(app):
     shown = [c["props"].get("value") for c in config["components"]
              if c.get("props", {}).get("elem_id") == "blind-storage"]
     assert shown == [f"Votes are kept in `{path}`."]  # no persistent folder in this test: the database alone
+
+
+def test_the_results_view_is_a_cached_route_with_its_chart_and_files(app):
+    """The Refresh button fetches /arena/blind/results from the browser: a plain GET answered from memory, 304
+    while no vote has changed it, a new body after a vote, with the chart and the files it links to."""
+    import re
+    import urllib.error
+    import urllib.request
+
+    url, _ = app
+
+    def get(path: str, etag: str | None = None):
+        request = urllib.request.Request(url + path, headers={"If-None-Match": etag} if etag else {})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                return answer.status, answer.headers, answer.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.headers, exc.read()
+
+    status, headers, before = get("arena/blind/results")
+    assert status == 200 and headers["Content-Type"].startswith("text/html") and headers["Cache-Control"] == "no-cache"
+    assert b'id="blind-table"' in before and b'id="blind-summary"' in before
+    assert get("arena/blind/results", headers["ETag"])[0] == 304  # nothing changed: no body at all
+    me = client(url)
+    issued = me.predict(prompt="Name a colour.", api_name="/battle")
+    me.predict(battle=issued["battle"], choice="a", api_name="/vote")
+    status, after_headers, after = get("arena/blind/results", headers["ETag"])
+    assert status == 200 and after != before and after_headers["ETag"] != headers["ETag"]
+    html = after.decode()
+    assert "smollm2/bf16" in html and "vote" in html
+    chart = re.search(r'<img src="([^"]+)"', html).group(1)
+    status, chart_headers, png = get(chart)
+    assert status == 200 and png.startswith(b"\x89PNG") and "immutable" in chart_headers["Cache-Control"]
+    links = dict((name, href) for href, name in re.findall(r'<a href="([^"]+)" download="([^"]+)"', html))
+    assert set(links) == {"blind_results.json", "blind_results.csv"}
+    shown = json.loads(get(links["blind_results.json"])[2])
+    assert any(r["variant"] == "smollm2/bf16" and r["votes"] >= 1 for r in shown["variants"])
+    assert get(links["blind_results.csv"])[2].startswith(b"variant,")
+    assert get("arena/blind/files/0-0/blind_results.json")[0] == 404  # a version no longer kept
+    assert get(chart.rsplit("/", 1)[0] + "/../../../etc/passwd")[0] == 404
 
 
 def test_sixteen_users_vote_at_once(app):

@@ -207,7 +207,7 @@ def client(zg):
     demo = ui.build_demo(zg)
     demo.queue()
     _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True,
-                            **ui.launch_kwargs())
+                            **ui.launch_kwargs(demo))
     yield Client(url, verbose=False)
     demo.close()
 

@@ -1,5 +1,5 @@
-"""The blind test's results as the page shows and offers them: the summary line, the table's rows, and the
-JSON and CSV files. Plain text and files: no gradio, nothing from ui."""
+"""The blind test's results as the page shows and offers them: the summary line, the table's rows, the JSON and
+CSV files, and the whole view as one HTML fragment. Plain text and files: no gradio, nothing from ui."""
 
 from __future__ import annotations
 
@@ -7,6 +7,10 @@ import csv
 import json
 from pathlib import Path
 from typing import Any
+
+from markdown_it import MarkdownIt
+
+from demo.reports.escaping import html_text
 
 HEADERS = ["variant", "votes", "quantized preferred", "tie", "baseline preferred", "indistinguishable",
            "rating (Elo, baseline 0)"]
@@ -71,3 +75,20 @@ def write_results(shown: dict, out: Path) -> dict[str, Path]:
         for r in shown["variants"]:
             writer.writerow(csv_row(r))
     return paths
+
+
+def view_html(shown: dict, counts: tuple[int, int], chart_url: str | None, file_urls: dict[str, str]) -> str:
+    """The Results view: the summary, the chart (by URL), the table and the download links, as one fragment
+    (every name escaped: labels come from the models file, which the page does not trust to be HTML)."""
+    summary = MarkdownIt("commonmark", {"html": False}).render(summary_markdown(shown, counts))
+    chart = (f'<img src="{html_text(chart_url)}" alt="Votes against the baseline, per variant" '
+             'style="max-width: 100%;">' if chart_url else "")
+    head = "".join(f"<th>{html_text(h)}</th>" for h in HEADERS)
+    body = "".join("<tr>" + "".join(f"<td>{html_text(str(cell))}</td>" for cell in row) + "</tr>"
+                   for row in table_rows(shown))
+    links = " · ".join(f'<a href="{html_text(url)}" download="{html_text(name)}">{html_text(name)}</a>'
+                       for name, url in file_urls.items())
+    return (f'<div id="blind-summary">{summary}</div>'
+            f'<div id="blind-chart">{chart}</div>'
+            f'<table id="blind-table"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+            f'<p id="blind-files">Download the results: {links}</p>')

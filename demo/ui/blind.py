@@ -7,15 +7,16 @@ from __future__ import annotations
 import json
 import random
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
-import pandas as pd
 
 from demo.blind import vote_chart
 from demo.blind.battle import BlindTest
-from demo.blind.results_view import CSV_FIELDS, HEADERS, csv_row, summary_markdown, table_rows, write_results
+from demo.blind.results_view import (CSV_FIELDS, HEADERS, csv_row, summary_markdown, table_rows, view_html,
+                                     write_results)
 from demo.blind.durable import open_store, storage_line
 from demo.blind.votes import votes_path
 from demo.config import REPO_ROOT
@@ -23,6 +24,7 @@ from demo.errors import ArenaError
 from demo.reports import report, scratch
 from demo.reports.escaping import markdown_inline
 from demo.running.runner import Arena
+from demo.ui import routes
 from demo.ui.clients import client_of, forwarded_address, session_of
 
 # The results' names stay importable from here too.
@@ -30,6 +32,8 @@ __all__ = ["BlindTab", "CSV_FIELDS", "HEADERS", "build_tab", "csv_row", "endpoin
            "open_blind_test", "reveal_markdown", "session_of", "address_of", "summary_markdown", "table_rows", "write_results"]
 
 PROMPTS_FILE = REPO_ROOT / "assets" / "blind_prompts.json"
+RESULTS_PATH, FILES_PATH = "/blind/results", "/blind/files"
+MEDIA_TYPES = {".png": "image/png", ".json": "application/json", ".csv": "text/csv; charset=utf-8"}
 CHOICES = (("a", "A is better"), ("b", "B is better"), ("tie", "Tie"), ("both_bad", "Both are bad"))
 
 # Nothing here may name a variant: this text is in the page before the vote.
@@ -61,14 +65,14 @@ def address_of(request: gr.Request | None) -> str | None:
     return forwarded_address(request) or getattr(client, "host", None) or None
 
 
-def build_tab(arena: Arena, blind: BlindTest | None = None) -> BlindTest:
-    """The tab's components and events (inside a gr.Tab), and the /battle and /vote endpoints; returns the
-    BlindTest they share (by default over the configured votes database)."""
+def build_tab(arena: Arena, blind: BlindTest | None = None) -> BlindTab:
+    """The tab's components and events (inside a gr.Tab), and the /battle and /vote endpoints, over one BlindTest
+    (by default over the configured votes database); returns the tab, whose routes() serve its Results view."""
     if blind is None:
         blind = open_blind_test(arena)
     tab = BlindTab(arena, blind)
     tab.wire()
-    return blind
+    return tab
 
 
 def open_blind_test(arena: Arena) -> BlindTest:
@@ -90,9 +94,9 @@ class BlindTab:
                 self._build_vote(bases)
             with gr.Tab("Results", id="blind-results-tab", elem_id="blind-results") as self.results_tab:
                 self._build_results()
-        self.result_outputs = [self.summary, self.chart, self.table, self.files]
-        self._files_lock = threading.Lock()
-        self._files: dict[tuple[int, int], tuple[Path | None, list[Path]]] = {}  # vote mark -> chart, files
+        self.result_outputs = [self.view]
+        self._shown_lock = threading.Lock()
+        self._shown: dict[str, ShownResults] = {}  # version (the vote mark) -> the view and its files, newest last
 
     def _build_vote(self, bases: list[tuple[str, str]]) -> None:
         gr.Markdown(INTRO)
@@ -117,15 +121,12 @@ class BlindTab:
         self.battle_id = gr.State(None)  # kept on the server: the page never holds the id
 
     def _build_results(self) -> None:
+        """One HTML view (summary, chart, table, download links), fetched by the browser from a plain route:
+        a Refresh costs the server a cached lookup, not a Gradio event (demo.ui.routes)."""
         self.refresh = gr.Button("Refresh", size="sm", elem_id="blind-refresh")
-        self.summary = gr.Markdown(elem_id="blind-summary")
-        self.chart = gr.Image(label="Votes against the baseline, per variant", type="filepath", interactive=False,
-                              elem_id="blind-chart")
-        self.table = gr.Dataframe(headers=HEADERS, interactive=False, wrap=True, elem_id="blind-table")
+        self.view = gr.HTML(elem_id="blind-results-view")
         gr.Markdown(RESULTS_NOTE, elem_classes=["small-print"])
         gr.Markdown(storage_line(self.blind.store), elem_classes=["small-print"], elem_id="blind-storage")
-        self.files = gr.File(label="Download the results: JSON, CSV", file_count="multiple", interactive=False,
-                             elem_id="blind-files")
 
     def wire(self) -> None:
         """The events and the two endpoints. None is held back by Gradio (concurrency_limit=None): the arena
@@ -144,10 +145,9 @@ class BlindTab:
             button.click(self.on_vote, [gr.State(choice), self.battle_id],
                          [self.battle_id, self.revealed, self.status, *buttons, *self.result_outputs],
                          concurrency_limit=None, api_visibility="undocumented")
-        self.refresh.click(self.on_results, None, self.result_outputs, concurrency_limit=None,
-                           api_visibility="undocumented")
-        self.results_tab.select(self.on_results, None, self.result_outputs, concurrency_limit=None,
-                                api_visibility="undocumented")
+        refresh = routes.fetch_js(RESULTS_PATH)  # in the browser: no server function, no queue
+        self.refresh.click(None, None, self.view, js=refresh, queue=False, api_visibility="private")
+        self.results_tab.select(None, None, self.view, js=refresh, queue=False, api_visibility="private")
         battle, vote = endpoints(self.blind)
         gr.api(battle, api_name="battle", concurrency_limit=None)
         gr.api(vote, api_name="vote", concurrency_limit=None)
@@ -180,28 +180,51 @@ class BlindTab:
         return {self.battle_id: None, self.revealed: reveal_markdown(shown), self.status: VOTED,
                 **{button: gr.update(interactive=False) for button in self.buttons}, **self.results_updates()}
 
-    def on_results(self):
-        return self.results_updates()
-
     def results_updates(self) -> dict:
-        mark, shown = self.blind.marked_results()
-        chart_path, paths = self.results_files(mark, shown)
-        return {self.summary: summary_markdown(shown, self.blind.store.counts()),
-                self.chart: str(chart_path) if chart_path else None,
-                self.table: pd.DataFrame(table_rows(shown), columns=HEADERS),
-                self.files: [str(p) for p in paths]}
+        return {self.view: self.shown_results().view.body.decode("utf-8")}
 
-    def results_files(self, mark: tuple[int, int], shown: dict) -> tuple[Path | None, list[Path]]:
-        """The chart and the JSON and CSV files, written and drawn once per new vote (and again if the scratch
-        space swept them): a refresh draws nothing."""
-        with self._files_lock:
-            kept = self._files.get(mark)
-            if kept is None or not all(p.exists() for p in [*kept[1], *([kept[0]] if kept[0] else [])]):
-                out = scratch.folder("blind-results-")
-                paths = list(write_results(shown, out).values())
-                kept = (vote_chart.write_chart(shown, out / "blind_test.png"), paths)
-                self._files = {mark: kept}
+    def routes(self) -> list:
+        """GET /arena/blind/results (the view) and /arena/blind/files/{version}/{name} (its chart and files)."""
+        return [routes.view_route(RESULTS_PATH, lambda: self.shown_results().view),
+                routes.file_route(FILES_PATH, self.shown_file)]
+
+    def shown_results(self) -> ShownResults:
+        """The view and its files for the current vote mark: drawn and written once per new vote, shared by
+        every viewer; the two newest versions are kept, so a page that read the view just before a vote still
+        gets its chart."""
+        mark, shown = self.blind.marked_results()
+        version = f"{mark[0]}-{mark[1]}"
+        with self._shown_lock:
+            kept = self._shown.get(version)
+            if kept is None:
+                kept = self._render(version, shown)
+                self._shown = {**dict(list(self._shown.items())[-1:]), version: kept}
             return kept
+
+    def shown_file(self, version: str, name: str) -> routes.Cached | None:
+        with self._shown_lock:
+            kept = self._shown.get(version)
+        return kept.files.get(name) if kept else None
+
+    def _render(self, version: str, shown: dict) -> ShownResults:
+        out = scratch.folder("blind-results-")
+        written = {p.name: p for p in write_results(shown, out).values()}
+        chart = vote_chart.write_chart(shown, out / "blind_test.png")
+        if chart is not None:
+            written[chart.name] = chart
+        files = {name: routes.Cached(path.read_bytes(), MEDIA_TYPES[path.suffix]) for name, path in written.items()}
+        url = f"{routes.PREFIX.lstrip('/')}{FILES_PATH}/{version}/"
+        html = view_html(shown, self.blind.store.counts(), url + chart.name if chart else None,
+                         {name: url + name for name in files if name != "blind_test.png"})
+        return ShownResults(routes.Cached(html.encode("utf-8"), "text/html; charset=utf-8"), files)
+
+
+@dataclass(frozen=True)
+class ShownResults:
+    """One version of the Results view: its HTML and the files it links to, by name."""
+
+    view: routes.Cached
+    files: dict[str, routes.Cached]
 
 
 def endpoints(blind: BlindTest):

@@ -67,9 +67,10 @@ def build_demo(arena: Arena) -> gr.Blocks:
         with gr.Tab("Evaluate", id="evaluate"):
             evaluate.build_tab(arena, choices)
         with gr.Tab("Blind test", id="blind", elem_id="blind"):
-            blind.build_tab(arena)
+            blind_tab = blind.build_tab(arena)
         system_panel.build(arena, page)
         gr.Markdown(HOW_TO_READ)
+    page.arena_routes = blind_tab.routes()  # launch_kwargs(page) hands them to the server
     return page
 
 
@@ -128,6 +129,8 @@ def theme() -> gr.themes.Base:
     )
 
 
-def launch_kwargs() -> dict[str, Any]:
-    """Theme, CSS and JS go to launch() in Gradio 6."""
-    return {"theme": theme(), "css": CSS, "js": PAGE_JS, "footer_links": ["api", "gradio"]}
+def launch_kwargs(page: gr.Blocks) -> dict[str, Any]:
+    """Theme, CSS and JS go to launch() in Gradio 6; so do the page's own routes (demo.ui.routes), as routes of
+    the server's FastAPI app, ahead of Gradio's."""
+    return {"theme": theme(), "css": CSS, "js": PAGE_JS, "footer_links": ["api", "gradio"],
+            "app_kwargs": {"routes": list(getattr(page, "arena_routes", []))}}
