@@ -259,6 +259,30 @@ def test_system_panel_adds_up(arena):
     assert "(USS)" in text and "not a cap" in text and "file-backed" in text
 
 
+def test_system_panel_is_a_shared_route(app_url):
+    """Every open page polls the panel: it is a plain GET (no Gradio event), rendered once a period for all."""
+    import urllib.request
+
+    with urllib.request.urlopen(app_url + "arena/system", timeout=30) as answer:
+        first, etag = answer.read().decode(), answer.headers["ETag"]
+        assert answer.headers["Content-Type"].startswith("text/html")
+    assert "<strong>Loaded variants:</strong>" in first and "<small>USS counts" in first
+    assert "Device:" in first and "<br" in first  # one figure a line
+    with urllib.request.urlopen(app_url + "arena/system", timeout=30) as again:
+        assert again.headers["ETag"] == etag or again.read().decode() != first  # the same body, the same tag
+
+
+def test_system_panel_view_renders_once_a_period(arena):
+    from demo.ui.system_panel import PanelView
+
+    now = [0.0]
+    view = PanelView(arena, 1.0, clock=lambda: now[0])
+    first = view()
+    assert view() is first  # a second viewer within the period: the same rendering
+    now[0] += 1.0
+    assert view() is not first and b"Loaded variants" in view().body
+
+
 def test_evaluate_table_in_words_and_percentages():
     from demo.evaluate import VariantEvaluation
     from demo.ui.evaluate import HEADERS, table_rows

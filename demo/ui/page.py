@@ -68,9 +68,9 @@ def build_demo(arena: Arena) -> gr.Blocks:
             evaluate.build_tab(arena, choices)
         with gr.Tab("Blind test", id="blind", elem_id="blind"):
             blind_tab = blind.build_tab(arena)
-        system_panel.build(arena, page)
+        system_route = system_panel.build(arena, page)
         gr.Markdown(HOW_TO_READ)
-    page.arena_routes = blind_tab.routes()  # launch_kwargs(page) hands them to the server
+    page.arena_routes = [*blind_tab.routes(), system_route]  # launch_kwargs(page) hands them to the server
     return page
 
 

@@ -74,4 +74,4 @@ def fetch_js(path: str) -> str:
     """The browser side of a view route: an event's `js` that fetches the view and returns its text as the
     output's new value. The URL is relative to the page, so it works under a proxy's path prefix too."""
     return (f"async () => {{ const r = await fetch('{PREFIX.lstrip('/')}{path}', {{cache: 'no-cache'}}); "
-            "return r.ok ? await r.text() : `<p>The results could not be read (${r.status}): refresh.</p>`; }")
+            "return r.ok ? await r.text() : `<p>Could not be read (${r.status}); tried again on the next refresh.</p>`; }")

@@ -1,13 +1,21 @@
 """The System panel: the device, this process's memory, the machine's RAM, VRAM, and which variants are loaded,
-refreshed every few seconds while the page is open."""
+refreshed every few seconds while the page is open. Every open page polls it, so the page fetches it from a
+plain route (demo.ui.routes), not through a Gradio event: one rendering a period, shared by every viewer."""
 
 from __future__ import annotations
 
+import threading
+import time
+
 import gradio as gr
+from markdown_it import MarkdownIt
+from starlette.routing import Route
 
 from demo.measuring import system
 from demo.running.runner import Arena
-from demo.ui import zerogpu_view
+from demo.ui import routes, zerogpu_view
+
+PATH = "/system"
 
 REFRESH_S = 2.0
 NOTE = ("<small>USS counts the pages only this process holds (freed if it exits). RSS also counts file-backed "
@@ -17,18 +25,34 @@ NOTE = ("<small>USS counts the pages only this process holds (freed if it exits)
         "the process's RAM.</small>")
 
 
-def build(arena: Arena, page: gr.Blocks) -> None:
-    """The panel, filled when the page loads and on a timer; it reads figures only (queue=False)."""
+def build(arena: Arena, page: gr.Blocks) -> Route:
+    """The panel, filled when the page loads and on a timer, both in the browser (no server function, no queue);
+    returns the route they fetch."""
     with gr.Accordion("System", open=True):
-        shown = gr.Markdown(elem_id="system")
+        shown = gr.HTML(elem_id="system")
     timer = gr.Timer(REFRESH_S)
-    shared = system.SharedSnapshot(max_age_s=REFRESH_S)  # every viewer's timer reads the same figures
+    fetch = routes.fetch_js(PATH)
+    timer.tick(None, None, shown, js=fetch, queue=False, api_visibility="private", show_progress="hidden")
+    page.load(None, None, shown, js=fetch, queue=False, api_visibility="private")
+    return routes.view_route(PATH, PanelView(arena, REFRESH_S / 2))
 
-    def on_tick() -> str:
-        return system_markdown(arena, shared)
 
-    timer.tick(on_tick, None, shown, queue=False, api_visibility="undocumented", show_progress="hidden")
-    page.load(on_tick, None, shown, queue=False, api_visibility="undocumented")
+class PanelView:
+    """The panel as HTML, rendered at most once per `max_age_s` for every viewer (its snapshot is shared too)."""
+
+    def __init__(self, arena: Arena, max_age_s: float, clock=time.monotonic):
+        self.arena, self.max_age_s, self._clock = arena, max_age_s, clock
+        self._shared = system.SharedSnapshot(max_age_s=REFRESH_S)
+        self._lock = threading.Lock()
+        self._latest: tuple[float, routes.Cached] | None = None
+
+    def __call__(self) -> routes.Cached:
+        with self._lock:
+            now = self._clock()
+            if self._latest is None or now - self._latest[0] >= self.max_age_s:
+                html = MarkdownIt("commonmark").render(system_markdown(self.arena, self._shared))  # its <small> note
+                self._latest = (now, routes.Cached(html.encode("utf-8"), "text/html; charset=utf-8"))
+            return self._latest[1]
 
 
 def system_markdown(arena: Arena, shared: system.SharedSnapshot | None = None) -> str:
