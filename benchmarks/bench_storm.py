@@ -123,8 +123,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", help="models file (default: $ARENA_MODELS, else models.yaml)")
     parser.add_argument("--variant", default="smollm2/bf16")
-    parser.add_argument("--runs", type=int, default=3, help="interleaved quiet/storm pairs")
-    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--runs", type=int, default=5, help="interleaved quiet/storm pairs")
+    parser.add_argument("--max-new-tokens", type=int, default=256, help="long enough for each client to refresh"
+                        " several times within one timed decode")
     parser.add_argument("--interval-s", type=float, default=INTERVAL_S,
                         help="each client refreshes once per this many seconds; 0: as fast as answers come back")
     parser.add_argument("--out", default=str(REPO / "results" / "bench_storm.json"))

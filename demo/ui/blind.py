@@ -24,7 +24,7 @@ from demo.errors import ArenaError
 from demo.reports import report, scratch
 from demo.reports.escaping import markdown_inline
 from demo.running.runner import Arena
-from demo.ui import routes
+from demo.ui import offpool, routes
 from demo.ui.clients import client_of, forwarded_address, session_of
 
 # The results' names stay importable from here too.
@@ -156,19 +156,31 @@ class BlindTab:
         return random.choice(self.prompts)
 
     def on_start(self, prompt_text: str, base_id: str | None, request: gr.Request):
-        """While the battle waits for the device, the status line says how many turns are ahead (and the handler
-        returns to Gradio between checks); then both answers at once."""
+        """The battle runs on a thread of its own (demo.ui.offpool); while it waits for the device the status line
+        says how many turns are ahead, and this handler returns its thread to Gradio between checks; then both
+        answers at once."""
+        steps = self.blind.battle_steps(prompt_text, base_id, session_of(request), address_of(request),
+                                        client_of(request))
+
+        def run(report) -> dict:
+            for step in steps:
+                if isinstance(step, dict):
+                    return step
+                report(step)
+            raise AssertionError("a battle ends with its answers or an error")
+
+        work = offpool.Work(run, name="battle")
         try:
-            for step in self.blind.battle_steps(prompt_text, base_id, session_of(request), address_of(request),
-                                                client_of(request)):
-                if not isinstance(step, dict):
-                    yield {self.status: f"{WAITING} Waiting for the device: {step} ahead of this."}
-                    continue
-                yield {self.battle_id: step["battle"], self.answer_a: _shown_answer(step["a"]),
-                       self.answer_b: _shown_answer(step["b"]), self.answers: gr.update(visible=True),
-                       self.status: READY, **{button: gr.update(interactive=True) for button in self.buttons}}
+            while not work.wait():
+                changed, ahead = work.news()
+                yield {self.status: f"{WAITING} Waiting for the device: {ahead} ahead of this."} if changed \
+                    else gr.skip()
+            issued = work.result()
         except ArenaError as exc:
             raise gr.Error(str(exc)) from None
+        yield {self.battle_id: issued["battle"], self.answer_a: _shown_answer(issued["a"]),
+               self.answer_b: _shown_answer(issued["b"]), self.answers: gr.update(visible=True),
+               self.status: READY, **{button: gr.update(interactive=True) for button in self.buttons}}
 
     def on_vote(self, choice: str, current: str | None, request: gr.Request):
         if not current:
@@ -231,12 +243,13 @@ def endpoints(blind: BlindTest):
     """The /battle and /vote API functions: gradio reads their names, signatures (the gr.Request parameter
     included) and docstrings, so they stay plain functions."""
 
-    def battle(prompt: str, base: str = "", request: gr.Request = None) -> dict:
+    async def battle(prompt: str, base: str = "", request: gr.Request = None) -> dict:
         """Answer a prompt with a base model's baseline and one of its variants, drawn by the server, in random
         order: returns {"battle": id, "a": answer, "b": answer} and nothing that tells them apart. Vote with
         /vote from the same client (session)."""
-        try:
-            return blind.battle(prompt, base or None, session_of(request), address_of(request), client_of(request))
+        try:  # on a thread of its own, awaited: the wait for the device holds none of Gradio's threads
+            return await offpool.run_off_pool(blind.battle, prompt, base or None, session_of(request),
+                                              address_of(request), client_of(request), name="battle")
         except ArenaError as exc:
             raise gr.Error(str(exc)) from None
 
