@@ -202,6 +202,32 @@ def test_a_cold_load_leaves_the_panel_stop_and_votes_answering_at_once(default_c
     assert loader.final[0].status == "error" and "the test's load ended" in loader.final[0].error
 
 
+def test_stop_during_its_own_cold_load_ends_the_column_at_once_and_the_load_stays_cached(default_config):
+    loading, release, loaded = threading.Event(), threading.Event(), threading.Event()
+    fake = _ThreadRecorder()
+
+    def slow_loader(variant, base):
+        loading.set()
+        release.wait(10)  # a cold load of several seconds
+        loaded.set()
+        return fake
+
+    arena = Arena(default_config, manager=ModelManager(default_config, slow_loader))
+    column = Stream(arena, "smollm2/bf16").start()
+    try:
+        assert loading.wait(10)
+        started = time.perf_counter()
+        column.stop.set()
+        column.thread.join(5)
+        assert not column.thread.is_alive() and time.perf_counter() - started < 1.0
+        assert column.final[0].status == "stopped" and not loaded.is_set()  # ended while the load went on
+    finally:
+        release.set()
+    assert loaded.wait(10)
+    arena.device.call(lambda: None)  # the load's job has ended on the device thread
+    assert "smollm2/bf16" in arena.manager.loaded_ids()  # kept for the next comparison that wants it
+
+
 def test_a_transformers_prompt_read_stops_between_two_layers():
     from demo.backends.transformers import TransformersVariant, decoder_layers
 

@@ -7,6 +7,7 @@ import logging
 import re
 import threading
 import time
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Iterator
 
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 
 # Columns refresh at most this often while tokens stream; the generation thread never waits for them.
 STREAM_INTERVAL_S = 0.1
+STOP_POLL_S = 0.1  # how often a column waiting on its own cold load checks for Stop
 _PATH = re.compile(r"(?:[A-Za-z]:)?[/\\][^\s'\"]*[/\\][^\s'\"]*")  # local paths never reach a user
 
 
@@ -108,7 +110,10 @@ class VariantRunner:
         result.status = "loading"
         yield
         try:
-            acquired = self.device.call(self.manager.get, result.variant)
+            acquired = self._acquire(result.variant, stop)
+            if acquired is None:  # stopped during its own load: the load goes on and is cached for later
+                result.status = "stopped"
+                return
         except ArenaError as exc:
             result.status, result.error = "error", str(exc)
             return
@@ -129,6 +134,20 @@ class VariantRunner:
             result.status, result.error = "error", describe_failure("generating", exc)
             if is_oom(exc):
                 self.device.call(self.manager.evict, result.variant)
+
+    def _acquire(self, variant_id: str, stop: threading.Event):
+        """The variant from the cache, loading it on the device thread if need be; None if `stop` is set before
+        it is ready (checked every STOP_POLL_S: a cold load takes seconds to minutes, and Stop should not wait
+        for it). The load itself is not cut short: it finishes on the device thread and stays cached, or its
+        failure is logged there."""
+        future = self.device.submit(self.manager.get, variant_id)
+        while True:
+            try:
+                return future.result(timeout=STOP_POLL_S)
+            except FutureTimeout:
+                if stop.is_set():
+                    future.add_done_callback(_log_unattended_failure(variant_id))
+                    return None
 
     def _generate(self, result: VariantResult, loaded: LoadedVariant, prompt: str, settings: GenerationSettings,
                   stop: threading.Event, generated: dict[str, list[int]]) -> Iterator[None]:
@@ -225,3 +244,11 @@ def describe_failure(stage: str, exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     detail = _PATH.sub("<path>", lines[0])[:200] if lines else ""
     return f"failed while {stage}: {exc.__class__.__name__}" + (f": {detail}" if detail else "")
+
+
+def _log_unattended_failure(variant_id: str):
+    def logged(future) -> None:
+        if future.exception() is not None:
+            log.warning("loading %s failed after its comparison was stopped: %s", variant_id, future.exception())
+
+    return logged
