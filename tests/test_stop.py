@@ -23,6 +23,7 @@ from demo.errors import VariantUnavailable
 from demo.running.device import DeviceThread
 from demo.running.manager import ModelManager
 from demo.running.runner import Arena
+from demo.running.turns import Client
 from demo.running.streaming import StreamingGeneration
 from demo.settings import GenerationSettings
 from demo.ui.compare import CompareTab
@@ -202,7 +203,9 @@ def test_a_cold_load_leaves_the_panel_stop_and_votes_answering_at_once(default_c
     assert loader.final[0].status == "error" and "the test's load ended" in loader.final[0].error
 
 
-def test_stop_during_its_own_cold_load_ends_the_column_at_once_and_the_load_stays_cached(default_config):
+def test_stop_during_its_own_cold_load_says_stopped_at_once_and_keeps_the_turn_until_the_load_ends(default_config):
+    """The column says "stopped" within a second; the load is not abandoned midway, and until it ends the
+    comparison keeps its turn (stopping never lets a client queue loads past its share); then it is cached."""
     loading, release, loaded = threading.Event(), threading.Event(), threading.Event()
     fake = _ThreadRecorder()
 
@@ -218,14 +221,32 @@ def test_stop_during_its_own_cold_load_ends_the_column_at_once_and_the_load_stay
         assert loading.wait(10)
         started = time.perf_counter()
         column.stop.set()
-        column.thread.join(5)
-        assert not column.thread.is_alive() and time.perf_counter() - started < 1.0
-        assert column.final[0].status == "stopped" and not loaded.is_set()  # ended while the load went on
+        deadline = started + 1.0
+        while time.perf_counter() < deadline and column.final[0].status != "stopped":
+            time.sleep(0.01)
+        assert column.final[0].status == "stopped" and not loaded.is_set()  # said at once, the load going on
+        assert column.thread.is_alive() and arena.turns.waiting() == 0
+        following = arena.turns.join(Client("next"))
+        assert arena.turns.ahead(following) == 1  # the turn is still the stopped comparison's
+        arena.turns.leave(following)
     finally:
         release.set()
-    assert loaded.wait(10)
-    arena.device.call(lambda: None)  # the load's job has ended on the device thread
+    column.thread.join(10)
+    assert not column.thread.is_alive() and column.final[0].status == "stopped" and column.final[0].text == ""
     assert "smollm2/bf16" in arena.manager.loaded_ids()  # kept for the next comparison that wants it
+
+
+def test_stop_before_a_queued_load_starts_cancels_it(default_config):
+    gate, calls = threading.Event(), []
+    arena = Arena(default_config, manager=ModelManager(default_config, lambda v, b: calls.append(v.id) or _ThreadRecorder()))
+    arena.device.submit(gate.wait, 10)  # the device is busy with other work: the load waits behind it
+    column = Stream(arena, "smollm2/bf16").start()
+    time.sleep(0.3)
+    column.stop.set()
+    column.thread.join(5)
+    gate.set()
+    arena.device.call(lambda: None)
+    assert column.final[0].status == "stopped" and calls == []  # never loaded
 
 
 def test_a_transformers_prompt_read_stops_between_two_layers():

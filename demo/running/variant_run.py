@@ -110,17 +110,18 @@ class VariantRunner:
         result.status = "loading"
         yield
         try:
-            acquired = self._acquire(result.variant, stop)
-            if acquired is None:  # stopped during its own load: the load goes on and is cached for later
-                result.status = "stopped"
-                return
+            acquired = yield from self._acquire(result, stop)
         except ArenaError as exc:
-            result.status, result.error = "error", str(exc)
+            if result.status != "stopped":
+                result.status, result.error = "error", str(exc)
             return
         except Exception as exc:  # anything else from a loader belongs to this variant alone
             log.exception("loading %s failed", result.variant)
-            result.status, result.error = "error", describe_failure("loading", exc)
+            if result.status != "stopped":
+                result.status, result.error = "error", describe_failure("loading", exc)
             self.device.call(self.manager.evict, result.variant)
+            return
+        if result.status == "stopped":
             return
         loaded = acquired.loaded
         result.load_ms, result.cache_hit, result.device = acquired.load_ms, acquired.cache_hit, loaded.device
@@ -135,19 +136,24 @@ class VariantRunner:
             if is_oom(exc):
                 self.device.call(self.manager.evict, result.variant)
 
-    def _acquire(self, variant_id: str, stop: threading.Event):
-        """The variant from the cache, loading it on the device thread if need be; None if `stop` is set before
-        it is ready (checked every STOP_POLL_S: a cold load takes seconds to minutes, and Stop should not wait
-        for it). The load itself is not cut short: it finishes on the device thread and stays cached, or its
-        failure is logged there."""
-        future = self.device.submit(self.manager.get, variant_id)
+    def _acquire(self, result: VariantResult, stop: threading.Event) -> Iterator[None]:
+        """The variant from the cache, loading it on the device thread if need be (returned from the generator).
+
+        Stop is checked every STOP_POLL_S while the load is under way (seconds to minutes): a load not started yet
+        is cancelled; one under way is not cut short (no loader offers a safe point to abandon it), but the
+        column says "stopped" at once (a snapshot is yielded) while the comparison keeps its turn and its place
+        until the load it started has ended, so stopping never lets one client queue loads past its share; the
+        variant then stays cached."""
+        future = self.device.submit(self.manager.get, result.variant)
         while True:
             try:
                 return future.result(timeout=STOP_POLL_S)
             except FutureTimeout:
-                if stop.is_set():
-                    future.add_done_callback(_log_unattended_failure(variant_id))
-                    return None
+                if stop.is_set() and result.status != "stopped":
+                    result.status = "stopped"
+                    if future.cancel():
+                        return None
+                    yield
 
     def _generate(self, result: VariantResult, loaded: LoadedVariant, prompt: str, settings: GenerationSettings,
                   stop: threading.Event, generated: dict[str, list[int]]) -> Iterator[None]:
@@ -245,10 +251,3 @@ def describe_failure(stage: str, exc: BaseException) -> str:
     detail = _PATH.sub("<path>", lines[0])[:200] if lines else ""
     return f"failed while {stage}: {exc.__class__.__name__}" + (f": {detail}" if detail else "")
 
-
-def _log_unattended_failure(variant_id: str):
-    def logged(future) -> None:
-        if future.exception() is not None:
-            log.warning("loading %s failed after its comparison was stopped: %s", variant_id, future.exception())
-
-    return logged
