@@ -3,7 +3,7 @@ over its rate with nobody refreshing (target: at least 0.95).
 
 The app runs as its own process (python app.py) over a votes database filled beforehand (VOTES votes spread
 over the default base's variants, so every refresh has real statistics to show); ten clients fetch the Results
-view as the Refresh button does in a browser (GET /arena/blind/results, revalidated with the ETag of the copy
+view as the Refresh button does in a browser (GET /gradio_api/arena/blind/results, revalidated with the ETag of the copy
 they hold), while one gradio_client client times /compare. Quiet and storm runs are interleaved. Writes
 results/bench_storm.json.
 
@@ -36,7 +36,7 @@ TARGET_RATIO = 0.95
 CLIENTS = 10
 VOTES = 300
 INTERVAL_S = 1.0  # each client presses Refresh once a second: ten people doing nothing else
-RESULTS_PATH = "arena/blind/results"  # what the Refresh button fetches (demo.ui.routes)
+RESULTS_PATH = "gradio_api/arena/blind/results"  # what the Refresh button fetches (demo.ui.routes)
 
 
 def fill_votes(path: Path, models: str | None) -> None:

@@ -263,12 +263,12 @@ def test_system_panel_is_a_shared_route(app_url):
     """Every open page polls the panel: it is a plain GET (no Gradio event), rendered once a period for all."""
     import urllib.request
 
-    with urllib.request.urlopen(app_url + "arena/system", timeout=30) as answer:
+    with urllib.request.urlopen(app_url + "gradio_api/arena/system", timeout=30) as answer:
         first, etag = answer.read().decode(), answer.headers["ETag"]
         assert answer.headers["Content-Type"].startswith("text/html")
     assert "<strong>Loaded variants:</strong>" in first and "<small>USS counts" in first
     assert "Device:" in first and "<br" in first  # one figure a line
-    with urllib.request.urlopen(app_url + "arena/system", timeout=30) as again:
+    with urllib.request.urlopen(app_url + "gradio_api/arena/system", timeout=30) as again:
         assert again.headers["ETag"] == etag or again.read().decode() != first  # the same body, the same tag
 
 
@@ -281,6 +281,15 @@ def test_system_panel_view_renders_once_a_period(arena):
     assert view() is first  # a second viewer within the period: the same rendering
     now[0] += 1.0
     assert view() is not first and b"Loaded variants" in view().body
+
+
+def test_system_panel_shows_a_models_file_name_as_text_not_html(arena, monkeypatch):
+    from demo.ui.system_panel import PanelView
+
+    monkeypatch.setattr(arena.manager, "loaded_ids", lambda: ["<img src=x onerror=alert(1)>"])
+    body = PanelView(arena, 1.0)().body.decode()
+    assert "<img" not in body and "&lt;img src=x onerror=alert(1)&gt;" in body
+    assert "<small>USS counts" in body  # the panel's own note stays HTML
 
 
 def test_evaluate_table_in_words_and_percentages():

@@ -407,7 +407,7 @@ def test_the_results_say_where_votes_are_kept(app):
 
 
 def test_the_results_view_is_a_cached_route_with_its_chart_and_files(app):
-    """The Refresh button fetches /arena/blind/results from the browser: a plain GET answered from memory, 304
+    """The Refresh button fetches /gradio_api/arena/blind/results from the browser: a plain GET answered from memory, 304
     while no vote has changed it, a new body after a vote, with the chart and the files it links to."""
     import re
     import urllib.error
@@ -423,14 +423,16 @@ def test_the_results_view_is_a_cached_route_with_its_chart_and_files(app):
         except urllib.error.HTTPError as exc:
             return exc.code, exc.headers, exc.read()
 
-    status, headers, before = get("arena/blind/results")
+    status, headers, before = get("gradio_api/arena/blind/results")
     assert status == 200 and headers["Content-Type"].startswith("text/html") and headers["Cache-Control"] == "no-cache"
     assert b'id="blind-table"' in before and b'id="blind-summary"' in before
-    assert get("arena/blind/results", headers["ETag"])[0] == 304  # nothing changed: no body at all
+    assert get("gradio_api/arena/blind/results", headers["ETag"])[0] == 304  # nothing changed: no body at all
     me = client(url)
     issued = me.predict(prompt="Name a colour.", api_name="/battle")
+    status, _, issued_view = get("gradio_api/arena/blind/results", headers["ETag"])
+    assert status == 200 and issued_view != before  # a battle issued, no vote yet: the count of battles moved on
     me.predict(battle=issued["battle"], choice="a", api_name="/vote")
-    status, after_headers, after = get("arena/blind/results", headers["ETag"])
+    status, after_headers, after = get("gradio_api/arena/blind/results", headers["ETag"])
     assert status == 200 and after != before and after_headers["ETag"] != headers["ETag"]
     html = after.decode()
     assert "smollm2/bf16" in html and "vote" in html
@@ -442,7 +444,8 @@ def test_the_results_view_is_a_cached_route_with_its_chart_and_files(app):
     shown = json.loads(get(links["blind_results.json"])[2])
     assert any(r["variant"] == "smollm2/bf16" and r["votes"] >= 1 for r in shown["variants"])
     assert get(links["blind_results.csv"])[2].startswith(b"variant,")
-    assert get("arena/blind/files/0-0/blind_results.json")[0] == 404  # a version no longer kept
+    assert get("gradio_api/arena/blind/files/0123456789abcdef0123/blind_results.json")[0] == 404  # not a kept one
+    assert get("gradio_api/arena/blind/results", "W/" + after_headers["ETag"])[0] == 304  # a proxy's weakened tag
     assert get(chart.rsplit("/", 1)[0] + "/../../../etc/passwd")[0] == 404
 
 

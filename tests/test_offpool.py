@@ -1,6 +1,6 @@
 """Work that waits for the device holds none of Gradio's shared handler threads: an evaluation and a battle run on
-threads of their own; the page's handlers check on them every half second (returning their thread between checks)
-and the /battle API function awaits its battle on the event loop."""
+threads of their own (in the caller's context), and the page's handlers and the /battle API function are async and
+await them on the event loop; a client gone stops its work."""
 
 import asyncio
 import inspect
@@ -27,35 +27,55 @@ REQUEST = SimpleNamespace(session_hash="visitor", headers={}, client=SimpleNames
 def test_work_hands_back_its_result_its_error_and_its_news():
     gate = threading.Event()
 
-    def job(report):
-        report("half way")
+    def job(work):
+        work.report("half way")
         gate.wait(5)
         return 42
 
     work = offpool.Work(job, name="test-work")
-    assert not work.wait(0.05) and work.news() == (True, "half way") and work.news() == (False, "half way")
+    time.sleep(0.05)
+    assert not work.done() and work.news() == (True, "half way") and work.news() == (False, "half way")
     gate.set()
-    assert work.wait(5) and work.result() == 42
-    failed = offpool.Work(lambda report: (_ for _ in ()).throw(InvalidRequest("bad input")))
-    assert failed.wait(5)
+    assert work.result() == 42
+    failed = offpool.Work(lambda work: (_ for _ in ()).throw(InvalidRequest("bad input")))
     with pytest.raises(InvalidRequest, match="bad input"):
         failed.result()
 
 
-def test_run_off_pool_leaves_the_event_loop_free():
+def test_work_runs_in_the_callers_context():
+    """Gradio's request context goes with the work (a ZeroGPU Space charges a run to the visitor through it)."""
+    import contextvars
+
+    visitor = contextvars.ContextVar("visitor", default=None)
+    visitor.set("someone")
+    assert offpool.Work(lambda work: visitor.get()).result() == "someone"
+
+
+def test_awaiting_work_leaves_the_event_loop_free_and_a_cancelled_wait_sets_stop():
     gate = threading.Event()
+    stops = []
+
+    def job(stop):
+        stops.append(stop)
+        return gate.wait(5) and "done"
 
     async def main():
-        ticks = 0
-        task = asyncio.ensure_future(offpool.run_off_pool(lambda: gate.wait(5) and "done"))
-        while ticks < 10:  # the loop keeps running other coroutines while the work waits
+        task = asyncio.ensure_future(offpool.run_off_pool(job))
+        for _ in range(10):  # the loop keeps running other coroutines while the work waits
             await asyncio.sleep(0.01)
-            ticks += 1
         assert not task.done()
         gate.set()
-        return await task
+        assert await task == "done"
+        gate.clear()
+        task = asyncio.ensure_future(offpool.run_off_pool(job))
+        await asyncio.sleep(0.05)
+        task.cancel()  # its client has gone
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert stops[-1].is_set()
+        gate.set()
 
-    assert asyncio.run(main()) == "done"
+    asyncio.run(main())
 
 
 @pytest.fixture
@@ -79,25 +99,51 @@ def held_device(default_config, tmp_path):
     release()
 
 
-def _next_timed(iterator):
-    started = time.perf_counter()
-    value = next(iterator)
-    return value, time.perf_counter() - started
+async def _collect(agen, into: list, stamps: list):
+    async for value in agen:
+        into.append(value)
+        stamps.append(time.perf_counter())
 
 
-def test_the_page_battle_returns_its_thread_while_it_waits(held_device):
+def test_the_page_battle_awaits_its_battle_and_says_its_place_in_line(held_device):
     arena, blind, release = held_device
     with gr.Blocks():
         tab = BlindTab(arena, blind)
-    steps = tab.on_start("Name a colour.", None, REQUEST)
-    shown = [_next_timed(steps) for _ in range(3)]  # the turn is someone else's: each check comes back
-    assert all(seconds < 1.5 for _, seconds in shown), shown
-    assert any(tab.status in value and "1 ahead" in value[tab.status] for value, _ in shown if isinstance(value, dict)
-               and tab.status in value)
-    release()
-    with pytest.raises(gr.Error, match="could not answer"):  # the loads fail: the error is the handler's own
-        for _ in steps:
-            pass
+    assert inspect.isasyncgenfunction(tab.on_start)
+
+    async def main():
+        shown, stamps = [], []
+        task = asyncio.ensure_future(_collect(tab.on_start("Name a colour.", None, REQUEST), shown, stamps))
+        started = time.perf_counter()
+        while not shown and time.perf_counter() - started < 5:
+            await asyncio.sleep(0.05)  # the loop is free while the battle waits for someone else's turn
+        assert shown and "1 ahead" in shown[0][tab.status] and stamps[0] - started < 1.5
+        release()
+        with pytest.raises(gr.Error, match="could not answer"):  # the loads fail: the error is the handler's own
+            await asyncio.wait_for(task, 30)
+
+    asyncio.run(main())
+
+
+def test_a_page_gone_takes_its_battle_out_of_the_line(held_device):
+    arena, blind, release = held_device
+    with gr.Blocks():
+        tab = BlindTab(arena, blind)
+
+    async def main():
+        task = asyncio.ensure_future(_collect(tab.on_start("Name a colour.", None, REQUEST), [], []))
+        await asyncio.sleep(0.3)
+        assert arena.turns.waiting() == 1
+        task.cancel()  # Gradio cancels a gone client's event
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    deadline = time.perf_counter() + 3
+    while arena.turns.waiting() and time.perf_counter() < deadline:
+        time.sleep(0.05)
+    assert arena.turns.waiting() == 0  # out of the line while the turn is still someone else's
+    assert blind.store.counts()[0] == 0  # no battle issued
 
 
 def test_the_battle_api_awaits_its_battle_on_the_event_loop(held_device):
@@ -117,18 +163,25 @@ def test_the_battle_api_awaits_its_battle_on_the_event_loop(held_device):
     asyncio.run(main())
 
 
-def test_the_evaluate_handler_returns_its_thread_and_a_page_gone_stops_it(held_device):
+def test_the_evaluate_handler_awaits_its_evaluation_and_a_page_gone_stops_it(held_device):
     arena, _, release = held_device
     with gr.Blocks():
         tab = EvaluateTab(arena, [("fp32", "smollm2/fp32"), ("bf16", "smollm2/bf16")])
-    steps = tab.on_evaluate(["smollm2/fp32", "smollm2/bf16"], 1, 4, "sliding", REQUEST, progress=lambda *a, **k: None)
-    shown = [_next_timed(steps) for _ in range(3)]
-    assert all(seconds < 1.5 for _, seconds in shown), shown
-    stop = tab.stops["visitor"]
-    steps.close()  # the page went away (Gradio closes the generator)
-    assert stop.is_set() and "visitor" not in tab.stops
+    assert inspect.iscoroutinefunction(tab.on_evaluate)
+
+    async def main():
+        task = asyncio.ensure_future(tab.on_evaluate(["smollm2/fp32", "smollm2/bf16"], 1, 4, "sliding", REQUEST,
+                                                     progress=lambda *a, **k: None))
+        for _ in range(20):  # the turn is someone else's: the loop stays free
+            await asyncio.sleep(0.05)
+        stop = tab.stops["visitor"]
+        task.cancel()  # the page went away
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert stop.is_set() and "visitor" not in tab.stops
+
+    asyncio.run(main())
     release()
-    evaluations = [t for t in threading.enumerate() if t.name == "evaluate"]
-    for thread in evaluations:
+    for thread in [t for t in threading.enumerate() if t.name == "evaluate"]:
         thread.join(30)
         assert not thread.is_alive()  # it ended: no variant after the one it was on

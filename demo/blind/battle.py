@@ -21,7 +21,7 @@ import time
 from typing import Any, Iterator
 
 from demo.blind import ratings
-from demo.errors import InvalidRequest, VariantUnavailable
+from demo.errors import Busy, InvalidRequest, VariantUnavailable
 from demo.blind.ratelimit import SessionRateLimit
 from demo.running.runner import Arena, Client
 from demo.settings import GenerationSettings
@@ -95,17 +95,19 @@ class BlindTest:
     # --- battles and votes ----------------------------------------------------------------------------
 
     def battle(self, prompt: str, base: str | None, session: str, address: str | None = None,
-               client: Client | None = None) -> dict[str, str]:
+               client: Client | None = None, stop: threading.Event | None = None) -> dict[str, str]:
         """Answer `prompt` with the baseline and a drawn variant; {"battle": id, "a": text, "b": text} only.
         `address` is the client's (stored only as a digest); None where unknown. `client` is who the arena admits
-        (by default the session alone): the battle and its retries hold one place in its share."""
-        for step in self.battle_steps(prompt, base, session, address, client):
+        (by default the session alone): the battle and its retries hold one place in its share. `stop` (its
+        client gone) ends the battle unissued."""
+        for step in self.battle_steps(prompt, base, session, address, client, stop):
             if isinstance(step, dict):
                 return step
         raise AssertionError("a battle ends with its answers or an error")
 
     def battle_steps(self, prompt: str, base: str | None, session: str, address: str | None = None,
-                     client: Client | None = None) -> Iterator[int | dict[str, str]]:
+                     client: Client | None = None, stop: threading.Event | None = None
+                     ) -> Iterator[int | dict[str, str]]:
         """battle() as it goes: how many turns are ahead while it waits for the device (a page shows them and
         returns to Gradio between them), then the battle."""
         base_id = self.resolve_base(base)
@@ -114,19 +116,21 @@ class BlindTest:
         digest = self.store.address_digest(address)
         self._take(self.battle_limit, self.address_battle_limit, session, digest)
         with self.arena.for_client(client or Client(session)).admitted() as arena:
-            yield from self._answer(arena, prompt, base_id, baseline, session, digest)
+            yield from self._answer(arena, prompt, base_id, baseline, session, digest, stop or threading.Event())
 
     def _answer(self, arena: Arena, prompt: str, base_id: str, baseline: str, session: str,
-                digest: str | None) -> Iterator[int | dict[str, str]]:
+                digest: str | None, stop: threading.Event) -> Iterator[int | dict[str, str]]:
         """The baseline's and a challenger's answers; another challenger, up to MAX_ATTEMPTS, when one fails."""
         settings = self.sampling()
         tried: set[str] = set()
         while len(tried) < MAX_ATTEMPTS and (challenger := self.draw(base_id, tried)) is not None:
             tried.add(challenger)
             final = []
-            for final in arena.compare(prompt, [baseline, challenger], settings):
+            for final in arena.compare(prompt, [baseline, challenger], settings, stop):
                 if final[0].status == "waiting":
                     yield final[0].queue_ahead or 0
+            if stop.is_set():
+                raise Busy("the battle was stopped: its client has gone")
             records = {r.variant: r.to_record() for r in final}
             if records[baseline]["status"] != "done":
                 raise VariantUnavailable(f"the baseline could not answer: {records[baseline]['error']}")

@@ -4,10 +4,10 @@ demo.blind.results_view's."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ __all__ = ["BlindTab", "CSV_FIELDS", "HEADERS", "build_tab", "csv_row", "endpoin
 
 PROMPTS_FILE = REPO_ROOT / "assets" / "blind_prompts.json"
 RESULTS_PATH, FILES_PATH = "/blind/results", "/blind/files"
+CHART = "blind_test.png"
 MEDIA_TYPES = {".png": "image/png", ".json": "application/json", ".csv": "text/csv; charset=utf-8"}
 CHOICES = (("a", "A is better"), ("b", "B is better"), ("tie", "Tie"), ("both_bad", "Both are bad"))
 
@@ -94,9 +95,10 @@ class BlindTab:
                 self._build_vote(bases)
             with gr.Tab("Results", id="blind-results-tab", elem_id="blind-results") as self.results_tab:
                 self._build_results()
-        self.result_outputs = [self.view]
         self._shown_lock = threading.Lock()
-        self._shown: dict[str, ShownResults] = {}  # version (the vote mark) -> the view and its files, newest last
+        self._view: tuple[tuple, routes.Cached] | None = None  # (vote mark, battle and vote counts) -> the view
+        self._files: tuple[tuple, str] | None = None  # vote mark -> the version of its files
+        self._versions: dict[str, dict[str, routes.Cached]] = {}  # version -> its files by name, the two newest
 
     def _build_vote(self, bases: list[tuple[str, str]]) -> None:
         gr.Markdown(INTRO)
@@ -141,11 +143,12 @@ class BlindTab:
             [self.battle_id, self.answer_a, self.answer_b, self.answers, self.status, *buttons],
             concurrency_limit=None, api_visibility="undocumented", show_progress_on=[self.status],
         ).failure(lambda: "", None, self.status, queue=False, api_visibility="undocumented")  # the error says why
+        refresh = routes.fetch_js(RESULTS_PATH)  # in the browser: no server function, no queue
         for button, (choice, _) in zip(buttons, CHOICES):
             button.click(self.on_vote, [gr.State(choice), self.battle_id],
-                         [self.battle_id, self.revealed, self.status, *buttons, *self.result_outputs],
-                         concurrency_limit=None, api_visibility="undocumented")
-        refresh = routes.fetch_js(RESULTS_PATH)  # in the browser: no server function, no queue
+                         [self.battle_id, self.revealed, self.status, *buttons],
+                         concurrency_limit=None, api_visibility="undocumented").success(
+                None, None, self.view, js=refresh, queue=False, api_visibility="private")
         self.refresh.click(None, None, self.view, js=refresh, queue=False, api_visibility="private")
         self.results_tab.select(None, None, self.view, js=refresh, queue=False, api_visibility="private")
         battle, vote = endpoints(self.blind)
@@ -155,27 +158,24 @@ class BlindTab:
     def on_draw(self) -> str:
         return random.choice(self.prompts)
 
-    def on_start(self, prompt_text: str, base_id: str | None, request: gr.Request):
-        """The battle runs on a thread of its own (demo.ui.offpool); while it waits for the device the status line
-        says how many turns are ahead, and this handler returns its thread to Gradio between checks; then both
-        answers at once."""
-        steps = self.blind.battle_steps(prompt_text, base_id, session_of(request), address_of(request),
-                                        client_of(request))
+    async def on_start(self, prompt_text: str, base_id: str | None, request: gr.Request):
+        """The battle runs on a thread of its own, awaited here on the event loop (demo.ui.offpool): while it
+        waits for the device the status line says how many turns are ahead; then both answers at once. A page
+        that goes away ends its battle unissued (out of the line, or after the generation under way)."""
+        session, address, client = session_of(request), address_of(request), client_of(request)
 
-        def run(report) -> dict:
-            for step in steps:
+        def run(work: offpool.Work) -> dict:
+            for step in self.blind.battle_steps(prompt_text, base_id, session, address, client, work.stop):
                 if isinstance(step, dict):
                     return step
-                report(step)
+                work.report(step)
             raise AssertionError("a battle ends with its answers or an error")
 
         work = offpool.Work(run, name="battle")
         try:
-            while not work.wait():
-                changed, ahead = work.news()
-                yield {self.status: f"{WAITING} Waiting for the device: {ahead} ahead of this."} if changed \
-                    else gr.skip()
-            issued = work.result()
+            async for ahead in work.updates():
+                yield {self.status: f"{WAITING} Waiting for the device: {ahead} ahead of this."}
+            issued = await work.outcome()
         except ArenaError as exc:
             raise gr.Error(str(exc)) from None
         yield {self.battle_id: issued["battle"], self.answer_a: _shown_answer(issued["a"]),
@@ -190,53 +190,48 @@ class BlindTab:
         except ArenaError as exc:
             raise gr.Error(str(exc)) from None
         return {self.battle_id: None, self.revealed: reveal_markdown(shown), self.status: VOTED,
-                **{button: gr.update(interactive=False) for button in self.buttons}, **self.results_updates()}
-
-    def results_updates(self) -> dict:
-        return {self.view: self.shown_results().view.body.decode("utf-8")}
+                **{button: gr.update(interactive=False) for button in self.buttons}}
 
     def routes(self) -> list:
-        """GET /arena/blind/results (the view) and /arena/blind/files/{version}/{name} (its chart and files)."""
-        return [routes.view_route(RESULTS_PATH, lambda: self.shown_results().view),
-                routes.file_route(FILES_PATH, self.shown_file)]
+        """GET /gradio_api/arena/blind/results (the view) and /gradio_api/arena/blind/files/{version}/{name} (its
+        chart and files)."""
+        return [routes.view_route(RESULTS_PATH, self.results_view), routes.file_route(FILES_PATH, self.results_file)]
 
-    def shown_results(self) -> ShownResults:
-        """The view and its files for the current vote mark: drawn and written once per new vote, shared by
-        every viewer; the two newest versions are kept, so a page that read the view just before a vote still
-        gets its chart."""
+    def results_view(self) -> routes.Cached:
+        """The view as it stands: rendered again only when a vote or a battle has been added, shared by every
+        viewer in between."""
         mark, shown = self.blind.marked_results()
-        version = f"{mark[0]}-{mark[1]}"
+        counts = self.blind.store.counts()
+        with self._shown_lock:  # viewers arriving while it renders wait and share it
+            if self._view is None or self._view[0] != (mark, counts):
+                url = f"{routes.PREFIX.lstrip('/')}{FILES_PATH}/{self._files_version(mark, shown)}/"
+                files = self._versions[self._files[1]]
+                html = view_html(shown, counts, url + CHART if CHART in files else None,
+                                 {name: url + name for name in files if name != CHART})
+                self._view = ((mark, counts), routes.Cached(html.encode("utf-8"), "text/html; charset=utf-8"))
+            return self._view[1]
+
+    def results_file(self, version: str, name: str) -> routes.Cached | None:
         with self._shown_lock:
-            kept = self._shown.get(version)
-            if kept is None:
-                kept = self._render(version, shown)
-                self._shown = {**dict(list(self._shown.items())[-1:]), version: kept}
-            return kept
+            return self._versions.get(version, {}).get(name)
 
-    def shown_file(self, version: str, name: str) -> routes.Cached | None:
-        with self._shown_lock:
-            kept = self._shown.get(version)
-        return kept.files.get(name) if kept else None
-
-    def _render(self, version: str, shown: dict) -> ShownResults:
-        out = scratch.folder("blind-results-")
-        written = {p.name: p for p in write_results(shown, out).values()}
-        chart = vote_chart.write_chart(shown, out / "blind_test.png")
-        if chart is not None:
-            written[chart.name] = chart
-        files = {name: routes.Cached(path.read_bytes(), MEDIA_TYPES[path.suffix]) for name, path in written.items()}
-        url = f"{routes.PREFIX.lstrip('/')}{FILES_PATH}/{version}/"
-        html = view_html(shown, self.blind.store.counts(), url + chart.name if chart else None,
-                         {name: url + name for name in files if name != "blind_test.png"})
-        return ShownResults(routes.Cached(html.encode("utf-8"), "text/html; charset=utf-8"), files)
-
-
-@dataclass(frozen=True)
-class ShownResults:
-    """One version of the Results view: its HTML and the files it links to, by name."""
-
-    view: routes.Cached
-    files: dict[str, routes.Cached]
+    def _files_version(self, mark: tuple, shown: dict) -> str:
+        """The chart and the JSON and CSV files for this vote mark, drawn and written once per new vote; their
+        version (in their URL) is a digest of their contents, so a URL always names the same bytes (the browser
+        keeps them), across restarts too. The two newest versions are kept: a page that read the view just
+        before a vote still gets its chart."""
+        if self._files is None or self._files[0] != mark:
+            out = scratch.folder("blind-results-")
+            written = {p.name: p for p in write_results(shown, out).values()}
+            chart = vote_chart.write_chart(shown, out / CHART)
+            if chart is not None:
+                written[CHART] = chart
+            files = {name: routes.Cached(path.read_bytes(), MEDIA_TYPES[path.suffix])
+                     for name, path in sorted(written.items())}
+            version = hashlib.blake2b(b"".join(f.body for f in files.values()), digest_size=10).hexdigest()
+            self._versions = {**dict(list(self._versions.items())[-1:]), version: files}
+            self._files = (mark, version)
+        return self._files[1]
 
 
 def endpoints(blind: BlindTest):

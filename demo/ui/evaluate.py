@@ -171,13 +171,13 @@ class EvaluateTab:
         ).then(lambda: idle, None, [start, stop], queue=False, api_visibility="undocumented")
         stop.click(self.on_stop, None, stop, queue=False, api_visibility="undocumented")
 
-    def on_evaluate(self, variant_ids, run_count, max_new_tokens, protocol_name=None, request: gr.Request = None,
-                    progress=gr.Progress()):
+    async def on_evaluate(self, variant_ids, run_count, max_new_tokens, protocol_name=None,
+                          request: gr.Request = None, progress=gr.Progress()):
         """Evaluate the ticked variants (in the models file's order) until done or stopped, and show the results.
         The whole evaluation holds one of the arena's places, in this client's share: its model runs take their
         turns among everyone's, and a client with its share in use is refused at once. It runs on a thread of its
-        own (demo.ui.offpool): this handler checks on it every half second, returning its thread to Gradio between
-        checks; a page that goes away stops it after the variant it is on."""
+        own, awaited here on the event loop (demo.ui.offpool), which also writes its files and charts; a page that
+        goes away stops it after the variant it is on."""
         key = request.session_hash if request else None
         self.stops[key] = stop_event = threading.Event()
         order = [v for v in self.config.variants if v in (variant_ids or [])]  # rows in the models file's order
@@ -185,32 +185,28 @@ class EvaluateTab:
         protocol = evaluate.Protocol(protocol_name or "sliding")
         arena = self.arena.for_client(client_of(request))
 
-        def run(report) -> list[evaluate.VariantEvaluation]:
+        def run(work: offpool.Work) -> dict:
             with arena.admitted() as admitted:
-                return evaluate.evaluate(admitted, order or list(variant_ids or []), text, int(run_count),
-                                         int(max_new_tokens), progress=lambda f, m: report((f, m)), stop=stop_event,
-                                         protocol=protocol)
+                results = evaluate.evaluate(admitted, order or list(variant_ids or []), text, int(run_count),
+                                            int(max_new_tokens), progress=lambda f, m: work.report((f, m)),
+                                            stop=stop_event, protocol=protocol)
+            if not results:
+                return {self.status: "**Stopped** before the first variant finished."}
+            head = (f"**Stopped** after {len(results)} of {len(order)} variants." if stop_event.is_set()
+                    and len(results) < len(order) else "**Done.**")
+            return self._results(results, head, int(run_count), int(max_new_tokens), protocol)
 
         work = offpool.Work(run, name="evaluate")
         try:
-            while not work.wait():
-                changed, latest = work.news()
-                if changed:
-                    progress(latest[0], desc=latest[1])
-                yield gr.skip()  # nothing new to show: the thread goes back to Gradio until the next check
-            results = work.result()
+            async for fraction, message in work.updates():
+                progress(fraction, desc=message)
+            return await work.outcome()
         except ArenaError as exc:
             raise gr.Error(str(exc)) from None
         finally:
             if not work.done():  # the page went away: the evaluation stops after the variant it is on
                 stop_event.set()
             self.stops.pop(key, None)
-        if not results:
-            yield {self.status: "**Stopped** before the first variant finished."}
-            return
-        head = (f"**Stopped** after {len(results)} of {len(order)} variants." if stop_event.is_set()
-                and len(results) < len(order) else "**Done.**")
-        yield self._results(results, head, int(run_count), int(max_new_tokens), protocol)
 
     def _results(self, results: list[evaluate.VariantEvaluation], head: str, run_count: int,
                  max_new_tokens: int, protocol: evaluate.Protocol) -> dict:

@@ -1,39 +1,48 @@
-"""Long model work run on a thread of its own, so the handler that asked for it holds none of Gradio's shared
-handler threads while it waits for the device.
+"""Long model work run on a thread of its own, awaited on the event loop, so the handler that asked for it holds
+none of Gradio's shared threads while it waits for the device.
 
-Gradio runs every sync handler (and every plain route) on one pool of 40 threads. A handler that waited inside
+Gradio runs every sync handler (and every plain route) on one pool of 40 threads. A sync handler that waited
 for an evaluation (minutes) or a battle (two generations, behind everyone else's turns) held one of them the
-whole time. Here the work runs on its own thread; a page handler is a generator that checks on it every
-POLL_S and yields what changed (returning its thread to Gradio between checks), and an API function awaits it
-on the event loop (holding no thread at all). How many such threads exist at once is bounded by the arena's
-admission: work that finds no place is refused at once and its thread ends.
+whole time, and so did one that polled (it sleeps in its thread between polls). The handlers that start such
+work are async: the work runs on its own thread, and the handler awaits it on the event loop, reading its
+news as it comes. How many such threads exist at once is bounded by the arena's admission: work that finds no
+place is refused at once and its thread ends.
+
+The thread runs in a copy of the handler's context variables (Gradio's request context, through which a
+ZeroGPU Space finds the visitor whose GPU quota a run is charged to). When the handler is cancelled (its
+client has gone), the work's `stop` event is set; work that reads it ends early.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 from concurrent.futures import Future
-from typing import Any, Callable, Generic, TypeVar
+from typing import Any, AsyncIterator, Callable, Generic, TypeVar
 
 T = TypeVar("T")
-POLL_S = 0.5  # how often a page handler checks on its work (and may say how it is going)
+POLL_S = 0.5  # how often a handler that shows progress reads the work's news
 
 
 class Work(Generic[T]):
-    """fn(report, *args) started at once on a daemon thread named `name`; fn calls report(news) to say how it is
-    going, and the waiting handler reads it with news()."""
+    """fn(work) started at once on a daemon thread named `name`: fn calls work.report(news) to say how it is
+    going and reads work.stop (set when whoever awaited it has gone)."""
 
-    def __init__(self, fn: Callable[..., T], *args: Any, name: str = "work"):
+    def __init__(self, fn: Callable[[Work], T], name: str = "work"):
+        self.stop = threading.Event()
         self._future: Future = Future()
         self._lock = threading.Lock()
         self._latest: Any = None
         self._changed = False
-        threading.Thread(target=self._run, args=(fn, args), daemon=True, name=name).start()
+        context = contextvars.copy_context()
+        threading.Thread(target=context.run, args=(self._run, fn), daemon=True, name=name).start()
 
-    def _run(self, fn: Callable[..., T], args: tuple) -> None:
+    def _run(self, fn: Callable[[Work], T]) -> None:
+        if not self._future.set_running_or_notify_cancel():
+            return
         try:
-            self._future.set_result(fn(self.report, *args))
+            self._future.set_result(fn(self))
         except BaseException as exc:  # handed to whoever waits: the handler raises it as its own
             self._future.set_exception(exc)
 
@@ -47,26 +56,39 @@ class Work(Generic[T]):
             changed, self._changed = self._changed, False
             return changed, self._latest
 
-    def wait(self, timeout_s: float = POLL_S) -> bool:
-        """True once the work has ended (done or failed), else False after timeout_s."""
-        try:
-            self._future.exception(timeout=timeout_s)
-        except TimeoutError:
-            return False
-        return True
-
     def done(self) -> bool:
         return self._future.done()
 
     def result(self) -> T:
-        """The work's result, or its exception raised here."""
+        """The work's result, or its exception raised here (waits for it: not for the event loop)."""
         return self._future.result()
 
     async def outcome(self) -> T:
-        """result(), awaited on the event loop."""
-        return await asyncio.wrap_future(self._future)
+        """result(), awaited on the event loop; a cancelled await sets `stop` (the work runs on to its end)."""
+        try:
+            return await asyncio.shield(asyncio.wrap_future(self._future))
+        except asyncio.CancelledError:
+            self.stop.set()
+            raise
+
+    async def updates(self, every_s: float = POLL_S) -> AsyncIterator[Any]:
+        """The work's news, each time it has changed (read every `every_s`), until the work ends; then
+        outcome()'s result is available at once. A cancelled handler sets `stop` here too."""
+        waiting = asyncio.wrap_future(self._future)
+        try:
+            while True:
+                finished, _ = await asyncio.wait({waiting}, timeout=every_s)
+                changed, latest = self.news()
+                if changed:
+                    yield latest
+                if finished:
+                    return
+        except (asyncio.CancelledError, GeneratorExit):
+            self.stop.set()
+            raise
 
 
-async def run_off_pool(fn: Callable[..., T], *args: Any, name: str = "work") -> T:
-    """fn(*args) on a thread of its own, awaited: for API functions (async, so Gradio gives them no thread)."""
-    return await Work(lambda report: fn(*args), name=name).outcome()
+async def run_off_pool(fn: Callable[..., T], *args: Any, name: str = "work", **kwargs: Any) -> T:
+    """fn(*args, stop=<event>, **kwargs) on a thread of its own, awaited: for API functions (async, so Gradio gives
+    them no thread). The event is set if the caller goes away before the work ends."""
+    return await Work(lambda work: fn(*args, stop=work.stop, **kwargs), name=name).outcome()

@@ -22,7 +22,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-PREFIX = "/arena"  # every route the app adds lives under it, clear of Gradio's own paths
+# Every route the app adds lives under it: clear of Gradio's own paths, and under /gradio_api, the prefix Gradio's
+# server-side rendering proxy (ssr_mode, on by default on some hosts) hands on to Python; any other path it
+# answers itself.
+PREFIX = "/gradio_api/arena"
 
 
 @dataclass(frozen=True)
@@ -45,9 +48,16 @@ def answer(request: Request, cached: Cached | None, immutable: bool = False) -> 
         return Response("not found (the results have moved on: refresh)", status_code=404, media_type="text/plain")
     etag = cached.etag
     headers = {"ETag": etag, "Cache-Control": "public, max-age=31536000, immutable" if immutable else "no-cache"}
-    if etag in {tag.strip() for tag in request.headers.get("if-none-match", "").split(",")}:
+    if matches(request.headers.get("if-none-match", ""), etag):
         return Response(status_code=304, headers=headers)
     return Response(cached.body, media_type=cached.media_type, headers=headers)
+
+
+def matches(if_none_match: str, etag: str) -> bool:
+    """RFC 9110's weak comparison, as If-None-Match uses: "*", or any listed tag equal once "W/" is dropped (a
+    proxy that compresses may weaken the tag it passes on)."""
+    tags = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
+    return "*" in tags or etag.removeprefix("W/") in tags
 
 
 def view_route(path: str, view: Callable[[], Cached]) -> Route:
@@ -72,6 +82,12 @@ def file_route(path: str, lookup: Callable[[str, str], Cached | None]) -> Route:
 
 def fetch_js(path: str) -> str:
     """The browser side of a view route: an event's `js` that fetches the view and returns its text as the
-    output's new value. The URL is relative to the page, so it works under a proxy's path prefix too."""
-    return (f"async () => {{ const r = await fetch('{PREFIX.lstrip('/')}{path}', {{cache: 'no-cache'}}); "
-            "return r.ok ? await r.text() : `<p>Could not be read (${r.status}); tried again on the next refresh.</p>`; }")
+    output's new value. URLs are resolved against the app's root as Gradio's own page knows it
+    (`gradio_config.root`: right under a proxy's path prefix, with or without its trailing slash), and so are the
+    links inside the view, which the server writes relative (`gradio_api/arena/...`)."""
+    relative = PREFIX.lstrip("/")
+    return ("async () => { const c = window.gradio_config; "
+            "const root = ((c && c.root) || new URL('.', document.baseURI).href).replace(/\\/?$/, '/'); "
+            f"const r = await fetch(root + '{relative}{path}', {{cache: 'no-cache'}}); "
+            "if (!r.ok) return `<p>Could not be read (${r.status}); tried again on the next refresh.</p>`; "
+            f"return (await r.text()).replaceAll('=\"{relative}/', '=\"' + root + '{relative}/'); }}")

@@ -50,12 +50,14 @@ class PanelView:
         with self._lock:
             now = self._clock()
             if self._latest is None or now - self._latest[0] >= self.max_age_s:
-                html = MarkdownIt("commonmark").render(system_markdown(self.arena, self._shared))  # its <small> note
+                # raw HTML off: the figures name variants from the models file; the note is the panel's own HTML
+                html = MarkdownIt("commonmark", {"html": False}).render(
+                    system_markdown(self.arena, self._shared, note=False)) + NOTE
                 self._latest = (now, routes.Cached(html.encode("utf-8"), "text/html; charset=utf-8"))
             return self._latest[1]
 
 
-def system_markdown(arena: Arena, shared: system.SharedSnapshot | None = None) -> str:
+def system_markdown(arena: Arena, shared: system.SharedSnapshot | None = None, note: bool = True) -> str:
     device = arena.environment()["device_name"]
     snap = shared.get(device) if shared is not None else system.snapshot(device)
     manager = arena.manager
@@ -74,5 +76,6 @@ def system_markdown(arena: Arena, shared: system.SharedSnapshot | None = None) -
     else:
         lines.append(f"**Loaded variants:** {', '.join(loaded) if loaded else 'none yet (loaded on first use)'} · "
                      f"weights {manager.resident_mib():,.0f} of a {manager.budget_mib:,.0f} MiB budget")
-    lines.append(NOTE)
+    if note:
+        lines.append(NOTE)
     return "  \n".join(lines)
