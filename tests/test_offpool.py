@@ -185,3 +185,30 @@ def test_the_evaluate_handler_awaits_its_evaluation_and_a_page_gone_stops_it(hel
     for thread in [t for t in threading.enumerate() if t.name == "evaluate"]:
         thread.join(30)
         assert not thread.is_alive()  # it ended: no variant after the one it was on
+
+
+def test_a_comparison_waiting_its_turn_holds_no_thread_and_a_client_gone_leaves_the_line(held_device):
+    """The /compare API function (and the Compare tab's handler, built the same way) is an async generator: it
+    reads the comparison's snapshots on the event loop while the comparison runs on a thread of its own."""
+    from demo.ui.compare import CompareTab, compare_endpoint
+
+    arena, _, release = held_device
+    compare = compare_endpoint(arena)
+    assert inspect.isasyncgenfunction(compare) and inspect.isasyncgenfunction(CompareTab.on_run)
+    assert inspect.isasyncgenfunction(CompareTab.on_quantize)
+
+    async def main():
+        stream = compare("Name a colour.", ["smollm2/fp32"], 4, request=REQUEST)
+        first = await asyncio.wait_for(stream.__anext__(), 5)
+        assert first[0]["variant"] == "smollm2/fp32"
+        deadline = time.perf_counter() + 3
+        while arena.turns.waiting() == 0 and time.perf_counter() < deadline:
+            await asyncio.sleep(0.05)  # the loop is free while the comparison waits for someone else's turn
+        assert arena.turns.waiting() == 1
+        await stream.aclose()  # Gradio closes a gone client's stream
+        deadline = time.perf_counter() + 3
+        while arena.turns.waiting() and time.perf_counter() < deadline:
+            await asyncio.sleep(0.05)
+        assert arena.turns.waiting() == 0  # out of the line while the turn is still someone else's
+
+    asyncio.run(main())

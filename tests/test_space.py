@@ -2,6 +2,7 @@
 llama-cpp-python say how a Space gets it, Quantize now is off unless the models file turns it on, and every
 package the app imports is one requirements.txt installs (a Space installs nothing else)."""
 
+import asyncio
 import ast
 import importlib.metadata
 import re
@@ -78,8 +79,8 @@ def test_a_space_column_does_not_say_press_quantize_now(default_config, monkeypa
 
 def test_quantize_now_called_directly_on_a_space_is_refused(default_config, on_space):
     tab = SimpleNamespace(config=default_config)
-    with pytest.raises(gr.Error, match="Quantize now is off on this Space"):  # a generator: refused at its first step
-        next(compare.CompareTab.on_quantize(tab, 0, ["smollm2/awq-4bit"]))
+    with pytest.raises(gr.Error, match="Quantize now is off on this Space"):  # an async generator: its first step
+        asyncio.run(compare.CompareTab.on_quantize(tab, 0, ["smollm2/awq-4bit"]).__anext__())
 
 
 # ---- GGUF without llama-cpp-python ----

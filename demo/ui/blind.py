@@ -178,6 +178,8 @@ class BlindTab:
             issued = await work.outcome()
         except ArenaError as exc:
             raise gr.Error(str(exc)) from None
+        finally:
+            work.stop.set()  # a page gone: the battle leaves the line, or ends after the generation under way
         yield {self.battle_id: issued["battle"], self.answer_a: _shown_answer(issued["a"]),
                self.answer_b: _shown_answer(issued["b"]), self.answers: gr.update(visible=True),
                self.status: READY, **{button: gr.update(interactive=True) for button in self.buttons}}

@@ -69,11 +69,13 @@ class ColumnsView:
         self.text_at_s: dict[int, float] = {}  # when each column's text was last sent
         self.finished: set[int] = set()
         self.quantize_offered = arena.config.quantize_now_offered()
+        self.started = False  # start() has shown the first snapshot
 
     def start(self, results: list[VariantResult]) -> list[str]:
         """The first snapshot: the chosen columns' headings, empty answers."""
         for i, result in enumerate(results[:len(self.values)]):
             self.values[i] = [head_markdown(self.arena, _status_fields(result)), "", ""]
+        self.started = True
         return self.flat()
 
     def step(self, results: list[VariantResult], now_s: float) -> list[str] | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Iterator, NamedTuple
+from typing import Any, AsyncIterator, NamedTuple
 
 import gradio as gr
 
@@ -14,7 +14,7 @@ from demo.errors import ArenaError
 from demo.reports import card, report, scratch
 from demo.running.runner import Arena, VariantResult
 from demo.ui import summary as summary_view
-from demo.ui import zerogpu_view
+from demo.ui import offpool, zerogpu_view
 from demo.ui.clients import client_of
 from demo.ui.columns import ColumnsView, divergence_html, wants_quantize
 
@@ -49,6 +49,7 @@ QUANTIZE_OFF_NOTE = ("**Quantize now is off on this Space**: quantizing holds th
                      "true`. The Space's owner can turn it on, make the file once and turn it off again, or name a "
                      "pre-made checkpoint in the models file.")
 # The live count, in the browser: no server round trip per keystroke. Counts code points, as the server does.
+STREAM_S = 0.1  # how often a comparison's handler reads its latest snapshot
 COUNT_JS = """
 (text) => {
   const n = [...(text || '')].length, limit = %d;
@@ -211,21 +212,32 @@ class CompareTab:
                                 slot.quantize_note: gr.update(visible=False)})
         return updates
 
-    def on_run(self, prompt_text, variant_ids, max_new_tokens, sample, temp, p, seed_value, request: gr.Request):
+    async def on_run(self, prompt_text, variant_ids, max_new_tokens, sample, temp, p, seed_value,
+                     request: gr.Request):
+        """The comparison runs on a thread of its own, awaited here on the event loop (demo.ui.offpool): this
+        handler holds none of Gradio's shared threads while it waits for its turn or streams. The page gets the
+        latest snapshot every STREAM_S (the columns show text at most every TEXT_INTERVAL_S anyway)."""
         settings = self.checked(prompt_text, variant_ids, max_new_tokens, sample, temp, p, seed_value)
         stop_event, view = threading.Event(), ColumnsView(self.arena, len(self.slots))
         key = request.session_hash if request else None
         with self.stops_lock:
             self.stops[key] = stop_event
+        arena = self.arena.for_client(client_of(request))
+
+        def run(work: offpool.Work) -> None:
+            for results in arena.compare(prompt_text, list(variant_ids), settings, stop_event):
+                work.report(results)
+
+        work = offpool.Work(run, name="compare")
         try:
             results: list[VariantResult] = []
-            arena = self.arena.for_client(client_of(request))
-            for index, results in enumerate(arena.compare(prompt_text, list(variant_ids), settings, stop_event)):
-                values = view.start(results) if index == 0 else view.step(results, time.perf_counter())
+            async for results in work.updates(STREAM_S):
+                values = view.step(results, time.perf_counter()) if view.started else view.start(results)
                 if values is None and results[0].status == "waiting":
-                    values = view.flat()  # still waiting: back to Gradio between checks, not a loop in here
+                    values = view.flat()  # still waiting: a message now and then, so a gone client is noticed
                 if values is not None:  # nothing changed that the page shows: no update at all
                     yield [*values, []]
+            await work.outcome()
             final = [r.to_record() for r in results]
             yield [*view.final(final), final]
         except ArenaError as exc:  # busy, or refused after validation: the same words as the API
@@ -255,9 +267,10 @@ class CompareTab:
                         self.downloads: [str(paths[k]) for k in ("json", "csv", "markdown")]})
         return updates
 
-    def on_quantize(self, index: int, ids: list[str], request: gr.Request = None,
-                    progress=gr.Progress(track_tqdm=True)):
-        """Admitted and given its turn like a comparison; while it waits, the note says its place in line."""
+    async def on_quantize(self, index: int, ids: list[str], request: gr.Request = None,
+                          progress=gr.Progress(track_tqdm=True)):
+        """Admitted and given its turn like a comparison; while it waits, the note says its place in line. The
+        wait and the quantizing run on a thread of their own, awaited here (demo.ui.offpool)."""
         variant_id = ids[index] if index < len(ids) else None
         if variant_id is None:
             raise gr.Error("run a comparison first")
@@ -265,16 +278,32 @@ class CompareTab:
             raise gr.Error("Quantize now is off on this Space (the models file's quantize_now_on_space turns it on)")
         note, button = self.slots[index].quantize_note, self.slots[index].quantize_now
         gguf = self.config.variants[variant_id].method == "gguf"
-        try:
-            with self.arena.for_client(client_of(request)).device_turn() as wait:
+        arena = self.arena.for_client(client_of(request))
+
+        def run(work: offpool.Work) -> float:
+            with arena.device_turn(work.stop) as wait:
                 for ahead in wait:
-                    yield {note: gr.update(value=f"**Waiting for the device:** {ahead} ahead of this…", visible=True)}
-                progress(0, desc=f"Quantizing {variant_id} ({'seconds' if gguf else 'about 1.5 minutes on a CPU'})…")
+                    work.report(ahead)
+                work.report(None)  # its turn: quantizing
                 started = time.perf_counter()
                 self.arena.device.call(quantize_variant, self.config, variant_id)
+                return time.perf_counter() - started
+
+        work = offpool.Work(run, name="quantize")
+        try:
+            async for ahead in work.updates():
+                if ahead is None:
+                    progress(0, desc=f"Quantizing {variant_id} "
+                                     f"({'seconds' if gguf else 'about 1.5 minutes on a CPU'})…")
+                else:
+                    yield {note: gr.update(value=f"**Waiting for the device:** {ahead} ahead of this…",
+                                           visible=True)}
+            seconds = await work.outcome()
         except ArenaError as exc:
             raise gr.Error(str(exc)) from None
-        done = f"**Quantized in {time.perf_counter() - started:.0f} s:** press Run again to compare it."
+        finally:
+            work.stop.set()  # a page gone while it waits takes it out of the line
+        done = f"**Quantized in {seconds:.0f} s:** press Run again to compare it."
         yield {note: gr.update(value=done, visible=True), button: gr.update(visible=False)}
 
     def on_stop(self, request: gr.Request):
@@ -299,16 +328,27 @@ def compare_endpoint(arena: Arena):
     """The /compare API function: gradio reads its name, signature and docstring, so it stays a plain function."""
     defaults = arena.config.generation
 
-    def compare(prompt: str, variants: list[str], max_new_tokens: int = defaults.max_new_tokens,
-                do_sample: bool = False, temperature: float = defaults.temperature, top_p: float = defaults.top_p,
-                seed: int | None = None, request: gr.Request = None) -> Iterator[list[dict]]:
+    async def compare(prompt: str, variants: list[str], max_new_tokens: int = defaults.max_new_tokens,
+                      do_sample: bool = False, temperature: float = defaults.temperature, top_p: float = defaults.top_p,
+                      seed: int | None = None, request: gr.Request = None) -> AsyncIterator[list[dict]]:
         """Run one prompt on the given variant ids, one after another; the last output is one record per
-        variant. It streams every snapshot: Gradio can only close a generator between yields, and closing
-        it is what stops the generation when a client cancels or goes away."""
+        variant. It streams the records as they change (the latest every 0.1 s); a client that cancels or goes
+        away stops the generation."""
         try:
             settings = arena.settings(max_new_tokens, do_sample, temperature, top_p, seed)
-            for results in arena.for_client(client_of(request)).compare(prompt, variants, settings):
-                yield [r.to_record() for r in results]
+            bound = arena.for_client(client_of(request))
+
+            def run(work: offpool.Work) -> None:
+                for results in bound.compare(prompt, variants, settings, work.stop):
+                    work.report(results)
+
+            work = offpool.Work(run, name="compare")
+            try:
+                async for results in work.updates(STREAM_S):
+                    yield [r.to_record() for r in results]
+                await work.outcome()
+            finally:
+                work.stop.set()  # a closed stream (client gone) ends the generation; after the end, nothing
         except ArenaError as exc:
             raise gr.Error(str(exc)) from None
 
