@@ -4,6 +4,7 @@ CSV files, and the whole view as one HTML fragment. Plain text and files: no gra
 from __future__ import annotations
 
 import csv
+import html
 import json
 from pathlib import Path
 from typing import Any
@@ -81,14 +82,19 @@ def view_html(shown: dict, counts: tuple[int, int], chart_url: str | None, file_
     """The Results view: the summary, the chart (by URL), the table and the download links, as one fragment
     (every name escaped: labels come from the models file, which the page does not trust to be HTML)."""
     summary = MarkdownIt("commonmark", {"html": False}).render(summary_markdown(shown, counts))
-    chart = (f'<img src="{html_text(chart_url)}" alt="Votes against the baseline, per variant" '
+    chart = (f'<img src="{attribute(chart_url)}" alt="Votes against the baseline, per variant" '
              'style="max-width: 100%;">' if chart_url else "")
     head = "".join(f"<th>{html_text(h)}</th>" for h in HEADERS)
     body = "".join("<tr>" + "".join(f"<td>{html_text(str(cell))}</td>" for cell in row) + "</tr>"
                    for row in table_rows(shown))
-    links = " · ".join(f'<a href="{html_text(url)}" download="{html_text(name)}">{html_text(name)}</a>'
+    links = " · ".join(f'<a href="{attribute(url)}" download="{attribute(name)}">{html_text(name)}</a>'
                        for name, url in file_urls.items())
     return (f'<div id="blind-summary">{summary}</div>'
             f'<div id="blind-chart">{chart}</div>'
             f'<table id="blind-table"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
             f'<p id="blind-files">Download the results: {links}</p>')
+
+
+def attribute(value: str) -> str:
+    """`value` inside a double-quoted HTML attribute: quotes escaped too."""
+    return html.escape(value, quote=True)
