@@ -108,8 +108,8 @@ class BlindTest:
     def battle_steps(self, prompt: str, base: str | None, session: str, address: str | None = None,
                      client: Client | None = None, stop: threading.Event | None = None
                      ) -> Iterator[int | dict[str, str]]:
-        """battle() as it goes: how many turns are ahead while it waits for the device (a page shows them and
-        returns to Gradio between them), then the battle."""
+        """battle() as it goes: how many turns are ahead while it waits for the device, 0 when its turn has come
+        (for each challenger tried), then the battle."""
         base_id = self.resolve_base(base)
         baseline = self.arena.config.bases[base_id].baseline
         self.arena.validate(prompt, [baseline])  # a bad prompt is refused before it costs the session a battle
@@ -125,10 +125,13 @@ class BlindTest:
         tried: set[str] = set()
         while len(tried) < MAX_ATTEMPTS and (challenger := self.draw(base_id, tried)) is not None:
             tried.add(challenger)
-            final = []
+            final, turn_came = [], False
             for final in arena.compare(prompt, [baseline, challenger], settings, stop):
                 if final[0].status == "waiting":
-                    yield final[0].queue_ahead or 0
+                    yield final[0].queue_ahead or 1
+                elif not turn_came and final[0].status != "queued":
+                    turn_came = True
+                    yield 0  # its turn: generating
             if stop.is_set():
                 raise Busy("the battle was stopped: its client has gone")
             records = {r.variant: r.to_record() for r in final}

@@ -44,7 +44,8 @@ class FidelityScorer:
             try:
                 baseline_lp = self.device.call(self._answer_log_probs, base.baseline, prompt, answer)
                 floor = self.device.call(self._noise_floor, base.baseline, prompt, answer, baseline_lp)
-                reference.fidelity["noise_floor"] = floor
+                # new dicts, never changed in place: a snapshot already handed on (to another thread) shares the old
+                reference.fidelity = {**reference.fidelity, "noise_floor": floor}
                 for result in scored:
                     if stop.is_set():
                         break
@@ -52,7 +53,7 @@ class FidelityScorer:
                         self._score, result.variant, base.baseline, baseline_lp, prompt, answer,
                         generated[result.variant])
                     result.answer_departs_at_token = fidelity.first_difference(generated[result.variant], answer)
-                    result.fidelity["noise_floor"] = floor
+                    result.fidelity = {**result.fidelity, "noise_floor": floor}
             except Exception:  # fidelity is extra information: a failure leaves it null, the run stands
                 log.exception("fidelity against %s failed", base.baseline)
             finally:

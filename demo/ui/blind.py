@@ -9,7 +9,7 @@ import json
 import random
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, AsyncIterator
 
 import gradio as gr
 
@@ -173,8 +173,12 @@ class BlindTab:
 
         work = offpool.Work(run, name="battle")
         try:
-            async for ahead in work.updates():
-                yield {self.status: f"{WAITING} Waiting for the device: {ahead} ahead of this."}
+            async for changed, ahead in work.updates():
+                if changed:
+                    yield {self.status: f"{WAITING} Waiting for the device: {ahead} ahead of this." if ahead
+                           else WAITING}
+                else:
+                    yield gr.skip()  # so that Gradio notices a page that has gone
             issued = await work.outcome()
         except ArenaError as exc:
             raise gr.Error(str(exc)) from None
@@ -240,15 +244,30 @@ def endpoints(blind: BlindTest):
     """The /battle and /vote API functions: gradio reads their names, signatures (the gr.Request parameter
     included) and docstrings, so they stay plain functions."""
 
-    async def battle(prompt: str, base: str = "", request: gr.Request = None) -> dict:
+    async def battle(prompt: str, base: str = "", request: gr.Request = None) -> AsyncIterator[dict]:
         """Answer a prompt with a base model's baseline and one of its variants, drawn by the server, in random
-        order: returns {"battle": id, "a": answer, "b": answer} and nothing that tells them apart. Vote with
-        /vote from the same client (session)."""
-        try:  # on a thread of its own, awaited: the wait for the device holds none of Gradio's threads
-            return await offpool.run_off_pool(blind.battle, prompt, base or None, session_of(request),
-                                              address_of(request), client_of(request), name="battle")
+        order: the last output is {"battle": id, "a": answer, "b": answer}, with nothing that tells them apart;
+        before it, while the battle waits for the device, {"ahead": turns ahead of it} every half second.
+        Vote with /vote from the same client (session). A client that goes away ends its battle unissued."""
+        session, address, client = session_of(request), address_of(request), client_of(request)
+
+        def run(work: offpool.Work) -> dict:
+            for step in blind.battle_steps(prompt, base or None, session, address, client, work.stop):
+                if isinstance(step, dict):
+                    return step
+                work.report(step)
+            raise AssertionError("a battle ends with its answers or an error")
+
+        work = offpool.Work(run, name="battle")  # on a thread of its own: the wait holds none of Gradio's threads
+        try:
+            async for _, ahead in work.updates():  # every half second: so that Gradio notices a client gone
+                if ahead is not None:
+                    yield {"ahead": ahead}
+            yield await work.outcome()
         except ArenaError as exc:
             raise gr.Error(str(exc)) from None
+        finally:
+            work.stop.set()
 
     def vote(battle: str, choice: str, request: gr.Request = None) -> dict:
         """Vote on a battle this client was issued: choice "a", "b", "tie" or "both_bad"; returns both sides

@@ -228,17 +228,20 @@ class CompareTab:
             for results in arena.compare(prompt_text, list(variant_ids), settings, stop_event):
                 work.report(results)
 
-        work = offpool.Work(run, name="compare")
+        work, pace = offpool.Work(run, name="compare"), offpool.Pace()
         try:
-            results: list[VariantResult] = []
-            async for results in work.updates(STREAM_S):
-                values = view.step(results, time.perf_counter()) if view.started else view.start(results)
-                if values is None and results[0].status == "waiting":
-                    values = view.flat()  # still waiting: a message now and then, so a gone client is noticed
-                if values is not None:  # nothing changed that the page shows: no update at all
+            results: list[VariantResult] | None = None
+            async for changed, results in work.updates(STREAM_S):
+                values = None
+                if changed:
+                    values = view.step(results, time.perf_counter()) if view.started else view.start(results)
+                if values is not None:
+                    pace.sent()
                     yield [*values, []]
+                elif pace.due():  # nothing new to show: a message now and then, so a gone client is noticed
+                    yield gr.skip()
             await work.outcome()
-            final = [r.to_record() for r in results]
+            final = [r.to_record() for r in results or []]
             yield [*view.final(final), final]
         except ArenaError as exc:  # busy, or refused after validation: the same words as the API
             raise gr.Error(str(exc)) from None
@@ -267,8 +270,7 @@ class CompareTab:
                         self.downloads: [str(paths[k]) for k in ("json", "csv", "markdown")]})
         return updates
 
-    async def on_quantize(self, index: int, ids: list[str], request: gr.Request = None,
-                          progress=gr.Progress(track_tqdm=True)):
+    async def on_quantize(self, index: int, ids: list[str], request: gr.Request = None):
         """Admitted and given its turn like a comparison; while it waits, the note says its place in line. The
         wait and the quantizing run on a thread of their own, awaited here (demo.ui.offpool)."""
         variant_id = ids[index] if index < len(ids) else None
@@ -284,20 +286,21 @@ class CompareTab:
             with arena.device_turn(work.stop) as wait:
                 for ahead in wait:
                     work.report(ahead)
-                work.report(None)  # its turn: quantizing
+                work.report(None)  # its turn: quantizing (None too before the first report: not in line yet)
                 started = time.perf_counter()
                 self.arena.device.call(quantize_variant, self.config, variant_id)
                 return time.perf_counter() - started
 
-        work = offpool.Work(run, name="quantize")
+        work, began = offpool.Work(run, name="quantize"), None
         try:
-            async for ahead in work.updates():
-                if ahead is None:
-                    progress(0, desc=f"Quantizing {variant_id} "
-                                     f"({'seconds' if gguf else 'about 1.5 minutes on a CPU'})…")
+            async for _, ahead in work.updates():  # every half second: so that Gradio notices a page gone
+                if ahead is None:  # its turn (or not yet in line): how long it has been quantizing
+                    began = began or time.perf_counter()
+                    said = (f"**Quantizing {variant_id}…** {time.perf_counter() - began:.0f} s so far "
+                            f"({'seconds' if gguf else 'about 1.5 minutes on a CPU'} in all).")
                 else:
-                    yield {note: gr.update(value=f"**Waiting for the device:** {ahead} ahead of this…",
-                                           visible=True)}
+                    said = f"**Waiting for the device:** {ahead} ahead of this…"
+                yield {note: gr.update(value=said, visible=True)}
             seconds = await work.outcome()
         except ArenaError as exc:
             raise gr.Error(str(exc)) from None
@@ -342,10 +345,12 @@ def compare_endpoint(arena: Arena):
                 for results in bound.compare(prompt, variants, settings, work.stop):
                     work.report(results)
 
-            work = offpool.Work(run, name="compare")
+            work, pace = offpool.Work(run, name="compare"), offpool.Pace()
             try:
-                async for results in work.updates(STREAM_S):
-                    yield [r.to_record() for r in results]
+                async for changed, results in work.updates(STREAM_S):
+                    if results is not None and (changed or pace.due()):  # now and then: a gone client is noticed
+                        pace.sent()
+                        yield [r.to_record() for r in results]
                 await work.outcome()
             finally:
                 work.stop.set()  # a closed stream (client gone) ends the generation; after the end, nothing

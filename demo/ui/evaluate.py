@@ -80,6 +80,11 @@ def _cell(result: evaluate.VariantEvaluation, field: str) -> str:
     return str(value)
 
 
+def progress_line(fraction: float, message: str) -> str:
+    """Where an evaluation stands, for the status line: what it is doing and how far along the whole it is."""
+    return f"**Evaluating… {100 * min(max(fraction, 0.0), 1.0):.0f}%** · {message}"
+
+
 def _path(paths: dict[str, Path], name: str) -> str | None:
     return str(paths[name]) if name in paths else None
 
@@ -172,7 +177,7 @@ class EvaluateTab:
         stop.click(self.on_stop, None, stop, queue=False, api_visibility="undocumented")
 
     async def on_evaluate(self, variant_ids, run_count, max_new_tokens, protocol_name=None,
-                          request: gr.Request = None, progress=gr.Progress()):
+                          request: gr.Request = None):
         """Evaluate the ticked variants (in the models file's order) until done or stopped, and show the results.
         The whole evaluation holds one of the arena's places, in this client's share: its model runs take their
         turns among everyone's, and a client with its share in use is refused at once. It runs on a thread of its
@@ -198,9 +203,10 @@ class EvaluateTab:
 
         work = offpool.Work(run, name="evaluate")
         try:
-            async for fraction, message in work.updates():
-                progress(fraction, desc=message)
-            return await work.outcome()
+            async for _, latest in work.updates():  # every half second: so that Gradio notices a page gone
+                # as the status line's text: once a handler has yielded, Gradio no longer draws its progress bar
+                yield {self.status: progress_line(*latest) if latest else "**Evaluating…**"}
+            yield await work.outcome()
         except ArenaError as exc:
             raise gr.Error(str(exc)) from None
         finally:

@@ -9,8 +9,10 @@ news as it comes. How many such threads exist at once is bounded by the arena's 
 place is refused at once and its thread ends.
 
 The thread runs in a copy of the handler's context variables (Gradio's request context, through which a
-ZeroGPU Space finds the visitor whose GPU quota a run is charged to). When the handler is cancelled (its
-client has gone), the work's `stop` event is set; work that reads it ends early.
+ZeroGPU Space finds the visitor whose GPU quota a run is charged to). Gradio notices a client that has gone
+only between the values a handler yields, and then closes the handler: so handlers yield now and then even
+with nothing new to show (Pace), and a closed or cancelled handler sets the work's `stop` event; work that
+reads it ends early.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import threading
+import time
 from concurrent.futures import Future
 from typing import Any, AsyncIterator, Callable, Generic, TypeVar
 
@@ -66,26 +69,51 @@ class Work(Generic[T]):
     async def outcome(self) -> T:
         """result(), awaited on the event loop; a cancelled await sets `stop` (the work runs on to its end)."""
         try:
-            return await asyncio.shield(asyncio.wrap_future(self._future))
+            waiting = asyncio.wrap_future(self._future)
+            waiting.add_done_callback(_retrieved)
+            return await asyncio.shield(waiting)
         except asyncio.CancelledError:
             self.stop.set()
             raise
 
-    async def updates(self, every_s: float = POLL_S) -> AsyncIterator[Any]:
-        """The work's news, each time it has changed (read every `every_s`), until the work ends; then
-        outcome()'s result is available at once. A cancelled handler sets `stop` here too."""
+    async def updates(self, every_s: float = POLL_S) -> AsyncIterator[tuple[bool, Any]]:
+        """(whether the news changed, the latest news) every `every_s` until the work ends, and once more at its
+        end; then outcome() has its result at once. Gradio notices a client that has gone only between the values
+        a handler yields (it never cancels a running handler), so a handler yields something now and then even
+        when nothing changed (gr.skip()); closing the handler sets `stop`."""
         waiting = asyncio.wrap_future(self._future)
+        waiting.add_done_callback(_retrieved)  # its error is raised by outcome(), not logged as never retrieved
         try:
             while True:
                 finished, _ = await asyncio.wait({waiting}, timeout=every_s)
-                changed, latest = self.news()
-                if changed:
-                    yield latest
+                yield self.news()
                 if finished:
                     return
         except (asyncio.CancelledError, GeneratorExit):
             self.stop.set()
             raise
+
+
+def _retrieved(future: asyncio.Future) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+class Pace:
+    """Whether a handler with nothing new to show should still yield (gr.skip()), so that Gradio can notice a
+    client that has gone: at most once per `every_s`."""
+
+    def __init__(self, every_s: float = POLL_S, clock: Callable[[], float] = time.monotonic):
+        self.every_s, self._clock, self._last = every_s, clock, clock()
+
+    def sent(self) -> None:
+        self._last = self._clock()
+
+    def due(self) -> bool:
+        if self._clock() - self._last >= self.every_s:
+            self._last = self._clock()
+            return True
+        return False
 
 
 async def run_off_pool(fn: Callable[..., T], *args: Any, name: str = "work", **kwargs: Any) -> T:
