@@ -239,9 +239,13 @@ def test_stop_during_its_own_cold_load_says_stopped_at_once_and_keeps_the_turn_u
 def test_stop_before_a_queued_load_starts_cancels_it(default_config):
     gate, calls = threading.Event(), []
     arena = Arena(default_config, manager=ModelManager(default_config, lambda v, b: calls.append(v.id) or _ThreadRecorder()))
+    arena.environment()  # read on the device thread (the bandwidth, once): before the device is kept busy
     arena.device.submit(gate.wait, 10)  # the device is busy with other work: the load waits behind it
     column = Stream(arena, "smollm2/bf16").start()
-    time.sleep(0.3)
+    deadline = time.perf_counter() + 10
+    while not (column.final and column.final[0].status == "loading") and time.perf_counter() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)  # the load is queued behind the busy device
     column.stop.set()
     column.thread.join(5)
     gate.set()
