@@ -55,19 +55,19 @@ def test_awaiting_work_leaves_the_event_loop_free_and_a_cancelled_wait_sets_stop
     gate = threading.Event()
     stops = []
 
-    def job(stop):
-        stops.append(stop)
+    def job(work):
+        stops.append(work.stop)
         return gate.wait(5) and "done"
 
     async def main():
-        task = asyncio.ensure_future(offpool.run_off_pool(job))
+        task = asyncio.ensure_future(offpool.Work(job).outcome())
         for _ in range(10):  # the loop keeps running other coroutines while the work waits
             await asyncio.sleep(0.01)
         assert not task.done()
         gate.set()
         assert await task == "done"
         gate.clear()
-        task = asyncio.ensure_future(offpool.run_off_pool(job))
+        task = asyncio.ensure_future(offpool.Work(job).outcome())
         await asyncio.sleep(0.05)
         task.cancel()  # its client has gone
         with pytest.raises(asyncio.CancelledError):

@@ -18,7 +18,7 @@ import logging
 import secrets
 import threading
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from demo.blind import ratings
 from demo.errors import Busy, InvalidRequest, VariantUnavailable
@@ -95,14 +95,17 @@ class BlindTest:
     # --- battles and votes ----------------------------------------------------------------------------
 
     def battle(self, prompt: str, base: str | None, session: str, address: str | None = None,
-               client: Client | None = None, stop: threading.Event | None = None) -> dict[str, str]:
+               client: Client | None = None, stop: threading.Event | None = None,
+               report: Callable[[int], None] | None = None) -> dict[str, str]:
         """Answer `prompt` with the baseline and a drawn variant; {"battle": id, "a": text, "b": text} only.
         `address` is the client's (stored only as a digest); None where unknown. `client` is who the arena admits
         (by default the session alone): the battle and its retries hold one place in its share. `stop` (its
-        client gone) ends the battle unissued."""
+        client gone) ends the battle unissued. `report` is told each of battle_steps' turn counts."""
         for step in self.battle_steps(prompt, base, session, address, client, stop):
             if isinstance(step, dict):
                 return step
+            if report is not None:
+                report(step)
         raise AssertionError("a battle ends with its answers or an error")
 
     def battle_steps(self, prompt: str, base: str | None, session: str, address: str | None = None,

@@ -9,7 +9,6 @@ a property of the design rather than of locking discipline.
 
 from __future__ import annotations
 
-import contextvars
 import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -25,9 +24,7 @@ class DeviceThread:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="device")
 
     def submit(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Future:
-        """Queue fn(*args, **kwargs), run in a copy of the caller's context variables (a page's progress bar
-        follows a quantization's tqdm through them)."""
-        return self._executor.submit(contextvars.copy_context().run, fn, *args, **kwargs)
+        return self._executor.submit(fn, *args, **kwargs)
 
     def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return self.submit(fn, *args, **kwargs).result()

@@ -250,4 +250,3 @@ def describe_failure(stage: str, exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     detail = _PATH.sub("<path>", lines[0])[:200] if lines else ""
     return f"failed while {stage}: {exc.__class__.__name__}" + (f": {detail}" if detail else "")
-

@@ -162,16 +162,7 @@ class BlindTab:
         """The battle runs on a thread of its own, awaited here on the event loop (demo.ui.offpool): while it
         waits for the device the status line says how many turns are ahead; then both answers at once. A page
         that goes away ends its battle unissued (out of the line, or after the generation under way)."""
-        session, address, client = session_of(request), address_of(request), client_of(request)
-
-        def run(work: offpool.Work) -> dict:
-            for step in self.blind.battle_steps(prompt_text, base_id, session, address, client, work.stop):
-                if isinstance(step, dict):
-                    return step
-                work.report(step)
-            raise AssertionError("a battle ends with its answers or an error")
-
-        work = offpool.Work(run, name="battle")
+        work = battle_work(self.blind, prompt_text, base_id, request)
         try:
             async for changed, ahead in work.updates():
                 if changed:
@@ -210,8 +201,8 @@ class BlindTab:
         counts = self.blind.store.counts()
         with self._shown_lock:  # viewers arriving while it renders wait and share it
             if self._view is None or self._view[0] != (mark, counts):
-                url = f"{routes.PREFIX.lstrip('/')}{FILES_PATH}/{self._files_version(mark, shown)}/"
-                files = self._versions[self._files[1]]
+                version = self._files_version(mark, shown)
+                url, files = routes.relative_url(f"{FILES_PATH}/{version}/"), self._versions[version]
                 html = view_html(shown, counts, url + CHART if CHART in files else None,
                                  {name: url + name for name in files if name != CHART})
                 self._view = ((mark, counts), routes.Cached(html.encode("utf-8"), "text/html; charset=utf-8"))
@@ -240,6 +231,14 @@ class BlindTab:
         return self._files[1]
 
 
+def battle_work(blind: BlindTest, prompt: str, base: str | None, request: gr.Request | None) -> offpool.Work:
+    """A battle for this request's client, on a thread of its own (the wait holds none of Gradio's threads): it
+    reports its turns ahead, and its `stop` ends it unissued."""
+    session, address, client = session_of(request), address_of(request), client_of(request)
+    return offpool.Work(lambda work: blind.battle(prompt, base, session, address, client, work.stop, work.report),
+                        name="battle")
+
+
 def endpoints(blind: BlindTest):
     """The /battle and /vote API functions: gradio reads their names, signatures (the gr.Request parameter
     included) and docstrings, so they stay plain functions."""
@@ -249,16 +248,7 @@ def endpoints(blind: BlindTest):
         order: the last output is {"battle": id, "a": answer, "b": answer}, with nothing that tells them apart;
         before it, while the battle waits for the device, {"ahead": turns ahead of it} every half second.
         Vote with /vote from the same client (session). A client that goes away ends its battle unissued."""
-        session, address, client = session_of(request), address_of(request), client_of(request)
-
-        def run(work: offpool.Work) -> dict:
-            for step in blind.battle_steps(prompt, base or None, session, address, client, work.stop):
-                if isinstance(step, dict):
-                    return step
-                work.report(step)
-            raise AssertionError("a battle ends with its answers or an error")
-
-        work = offpool.Work(run, name="battle")  # on a thread of its own: the wait holds none of Gradio's threads
+        work = battle_work(blind, prompt, base or None, request)
         try:
             async for _, ahead in work.updates():  # every half second: so that Gradio notices a client gone
                 if ahead is not None:

@@ -48,8 +48,8 @@ QUANTIZE_OFF_NOTE = ("**Quantize now is off on this Space**: quantizing holds th
                      "CPU: 20 or more), so a Space offers it only where its models file sets `quantize_now_on_space: "
                      "true`. The Space's owner can turn it on, make the file once and turn it off again, or name a "
                      "pre-made checkpoint in the models file.")
-# The live count, in the browser: no server round trip per keystroke. Counts code points, as the server does.
 STREAM_S = 0.1  # how often a comparison's handler reads its latest snapshot
+# The live count, in the browser: no server round trip per keystroke. Counts code points, as the server does.
 COUNT_JS = """
 (text) => {
   const n = [...(text || '')].length, limit = %d;

@@ -114,9 +114,3 @@ class Pace:
             self._last = self._clock()
             return True
         return False
-
-
-async def run_off_pool(fn: Callable[..., T], *args: Any, name: str = "work", **kwargs: Any) -> T:
-    """fn(*args, stop=<event>, **kwargs) on a thread of its own, awaited: for API functions (async, so Gradio gives
-    them no thread). The event is set if the caller goes away before the work ends."""
-    return await Work(lambda work: fn(*args, stop=work.stop, **kwargs), name=name).outcome()

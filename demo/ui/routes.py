@@ -80,12 +80,17 @@ def file_route(path: str, lookup: Callable[[str, str], Cached | None]) -> Route:
     return Route(PREFIX + path + "/{version}/{name}", endpoint, methods=["GET"])
 
 
+def relative_url(path: str) -> str:
+    """PREFIX + path without its leading slash: how a view links to its routes (fetch_js resolves it)."""
+    return PREFIX.lstrip("/") + path
+
+
 def fetch_js(path: str) -> str:
     """The browser side of a view route: an event's `js` that fetches the view and returns its text as the
     output's new value. URLs are resolved against the app's root as Gradio's own page knows it
     (`gradio_config.root`: right under a proxy's path prefix, with or without its trailing slash), and so are the
     links inside the view, which the server writes relative (`gradio_api/arena/...`)."""
-    relative = PREFIX.lstrip("/")
+    relative = relative_url("")
     return ("async () => { const c = window.gradio_config; "
             "const root = ((c && c.root) || new URL('.', document.baseURI).href).replace(/\\/?$/, '/'); "
             f"const r = await fetch(root + '{relative}{path}', {{cache: 'no-cache'}}); "

@@ -4,7 +4,6 @@ plain route (demo.ui.routes), not through a Gradio event: one rendering a period
 
 from __future__ import annotations
 
-import threading
 import time
 
 import gradio as gr
@@ -38,23 +37,22 @@ def build(arena: Arena, page: gr.Blocks) -> Route:
 
 
 class PanelView:
-    """The panel as HTML, rendered at most once per `max_age_s` for every viewer (its snapshot is shared too)."""
+    """The panel as HTML, rendered at most once per `max_age_s` for every viewer (its snapshot is shared too):
+    the same sharing as the snapshot's (system.SharedSnapshot), over the rendering."""
 
     def __init__(self, arena: Arena, max_age_s: float, clock=time.monotonic):
-        self.arena, self.max_age_s, self._clock = arena, max_age_s, clock
+        self.arena = arena
         self._shared = system.SharedSnapshot(max_age_s=REFRESH_S)
-        self._lock = threading.Lock()
-        self._latest: tuple[float, routes.Cached] | None = None
+        self._rendered = system.SharedSnapshot(max_age_s, take=lambda _: self._render(), clock=clock)
 
     def __call__(self) -> routes.Cached:
-        with self._lock:
-            now = self._clock()
-            if self._latest is None or now - self._latest[0] >= self.max_age_s:
-                # raw HTML off: the figures name variants from the models file; the note is the panel's own HTML
-                html = MarkdownIt("commonmark", {"html": False}).render(
-                    system_markdown(self.arena, self._shared, note=False)) + NOTE
-                self._latest = (now, routes.Cached(html.encode("utf-8"), "text/html; charset=utf-8"))
-            return self._latest[1]
+        return self._rendered.get()
+
+    def _render(self) -> routes.Cached:
+        # raw HTML off: the figures name variants from the models file; the note is the panel's own HTML
+        html = MarkdownIt("commonmark", {"html": False}).render(
+            system_markdown(self.arena, self._shared, note=False)) + NOTE
+        return routes.Cached(html.encode("utf-8"), "text/html; charset=utf-8")
 
 
 def system_markdown(arena: Arena, shared: system.SharedSnapshot | None = None, note: bool = True) -> str:
