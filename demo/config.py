@@ -29,6 +29,12 @@ ENGINES = ("vllm", "sglang", "tgi", "llamacpp", "llamacpp-python", "openai")
 # transformers' attention implementations a variant may ask for (flash attention needs a GPU and the
 # flash-attn package; the loader refuses it elsewhere, in the variant's column).
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flex_attention", "flash_attention_2", "flash_attention_3")
+# Where each runtime runs unless a variant says (`process:`). llama.cpp gets a process of its own: its native code
+# faults on some CPUs (its AMX backend on some Intel Xeons) and must not take the server down. transformers stays
+# in the serving process by default (its variants share the base's tokenizer and torch's one OpenMP team; a
+# variant may still ask for `process: own`); a remote engine already runs elsewhere.
+PROCESS_DEFAULTS = {"llama.cpp": "own", "transformers": "shared", "remote": "shared"}
+PROCESSES = ("own", "shared")
 # torchao schemes (demo.backends.torchao_quant) and the bits each stores per quantized weight.
 TORCHAO_SCHEMES = {"int8_weight_only": 8, "int4_weight_only": 4, "int8_dynamic": 8}
 
@@ -192,6 +198,9 @@ class Variant:
     endpoint: Endpoint | None = None  # remote variants only
     declared: dict[str, Any] | None = None  # remote variants: the models file's `quantization:` block
     attn_implementation: str | None = None  # one of ATTN_IMPLEMENTATIONS; None: transformers' default
+    # Which process runs the runtime: "own" (a worker process of its own, so a native crash ends that worker, not
+    # the server) or "shared" (the serving process); None: the runtime's default (PROCESS_DEFAULTS).
+    process: str | None = None
 
     @property
     def bits(self) -> int | None:
@@ -208,6 +217,11 @@ class Variant:
         return METHODS[self.method].runtime
 
     @property
+    def own_process(self) -> bool:
+        """Whether this variant's runtime runs in a worker process of its own (demo.running.runtime_process)."""
+        return (self.process or PROCESS_DEFAULTS[self.runtime]) == "own"
+
+    @property
     def file_settings(self) -> dict[str, Any]:
         """The settings that define the file demo.quantize makes for this variant (never made twice)."""
         names = METHODS[self.method].file_settings
@@ -221,6 +235,12 @@ class Limits:
     max_prompt_chars: int = 20000
     max_pending: int = 16  # requests running or waiting for the device at once; more get a "busy, try again"
     max_pending_per_client: int = 4  # of those, the most from one client (session, or address behind a proxy)
+    # A runtime in a process of its own that says nothing for this long while it loads, generates or scores (no
+    # token, no answer) is taken as hung: its process is ended and the variant's column says so.
+    runtime_stall_s: float = 300.0
+    # A variant whose runtime crashed this many times in a row is refused (until the app restarts) instead of
+    # being loaded again for the next request.
+    max_runtime_crashes: int = 3
 
 
 @dataclass(frozen=True)
@@ -316,6 +336,8 @@ def _parse(path: Path, data: Any) -> ArenaConfig:
     _expect("max_pending_per_client" not in (data.get("limits") or {}) or
             limits.max_pending_per_client <= limits.max_pending, path,
             f"must be at most limits.max_pending ({limits.max_pending})", field="limits.max_pending_per_client")
+    _expect(limits.runtime_stall_s > 0 and limits.max_runtime_crashes >= 1, path,
+            "runtime_stall_s must be positive and max_runtime_crashes at least 1", field="limits")
     generation = _dataclass_from(path, GenerationDefaults, data.get("generation") or {}, "generation")
     _expect(1 <= generation.max_new_tokens <= limits.max_new_tokens, path,
             f"must be between 1 and limits.max_new_tokens ({limits.max_new_tokens})", field="generation.max_new_tokens")
@@ -452,7 +474,7 @@ def _parse_variants(path: Path, raw: list, bases: dict[str, BaseModel]) -> dict[
         _expect(isinstance(vid, str) and vid.strip(), path, "is required", field=f"variants[{index}].id")
         _expect(vid not in variants, path, "duplicate variant id", variant=vid, field="id")
         _only(path, entry, {"id", "base", "method", "settings", "label", "device", "dtype", "checkpoint", "endpoint",
-                            "quantization", "attn_implementation"}, vid)
+                            "quantization", "attn_implementation", "process"}, vid)
         base = _required(path, entry, "base", str, variant=vid)
         _expect(base in bases, path, f"unknown base '{base}' (bases: {', '.join(bases)})", variant=vid, field="base")
         method = _required(path, entry, "method", str, variant=vid)
@@ -487,11 +509,16 @@ def _parse_variants(path: Path, raw: list, bases: dict[str, BaseModel]) -> dict[
         _expect(attn is None or METHODS[method].runtime == "transformers", path,
                 f"applies to transformers variants only, not to method '{method}'", variant=vid,
                 field="attn_implementation")
+        process = entry.get("process")
+        _expect(process is None or process in PROCESSES, path, f"must be one of {', '.join(PROCESSES)}, got {process!r}",
+                variant=vid, field="process")
+        _expect(process != "own" or METHODS[method].runtime != "remote", path,
+                "a remote variant already runs in its engine's process", variant=vid, field="process")
         settings = _check_settings(path, vid, METHODS[method], settings)
         if method == "torchao":
             _check_torchao(path, vid, settings)
         variants[vid] = Variant(vid, base, method, settings, str(entry.get("label", "")), device, dtype, checkpoint,
-                                endpoint=endpoint, declared=declared, attn_implementation=attn)
+                                endpoint=endpoint, declared=declared, attn_implementation=attn, process=process)
     _expect(bool(variants), path, "must list at least one variant", field="variants")
     return variants
 

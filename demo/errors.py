@@ -26,6 +26,12 @@ class VariantUnavailable(ArenaError):
     """A variant cannot run here: backend missing, weights unreachable, GPU needed, and so on."""
 
 
+class RuntimeCrashed(ArenaError):
+    """The process running a variant's runtime died (a signal, abort, the kernel's OOM killer) or hung past its
+    deadline and was ended: that variant's failure alone (the serving process and every other variant go on).
+    Like vLLM's EngineDeadError: the caller reports it and the next request gets a fresh runtime."""
+
+
 class MemoryBudgetExceeded(ArenaError):
     """A variant does not fit in the configured memory budget even with every other variant evicted."""
 

@@ -72,6 +72,10 @@ class LoadedVariant(ABC):
         """The runtime's own generation loop with nothing of the arena around it, timestamping each new
         token (perf_counter seconds): the reference the benchmark holds the arena's path against."""
 
+    def alive(self) -> bool:
+        """False once the runtime can no longer answer (its own process died): the cache then loads it afresh."""
+        return True
+
     @abstractmethod
     def free(self) -> None:
         """Drop every reference to the runtime's objects so their memory can be returned."""

@@ -24,6 +24,7 @@ from typing import Callable
 
 from demo import backends
 from demo.backends import LoadedVariant, size_estimate
+from demo.running.runtime_process import ProcessLoader
 from demo.config import ArenaConfig, BaseModel, Variant
 from demo.errors import MemoryBudgetExceeded
 
@@ -55,9 +56,11 @@ class _Loading:
 class ModelManager:
     """The one shared object: a lock-guarded LRU cache of loaded variants under a budget in MiB."""
 
-    def __init__(self, config: ArenaConfig, loader: Loader = backends.load, budget_mib: float | None = None,
+    def __init__(self, config: ArenaConfig, loader: Loader | None = None, budget_mib: float | None = None,
                  estimator: Estimator = size_estimate.estimate):
-        self._config, self._loader, self._estimator = config, loader, estimator
+        # the default loader gives variants with `process: own` a worker process (demo.running.runtime_process)
+        self._config, self._estimator = config, estimator
+        self._loader = ProcessLoader(config.limits) if loader is None else loader
         self.budget_mib = config.memory_budget_mib if budget_mib is None else budget_mib
         self._cache: OrderedDict[str, LoadedVariant] = OrderedDict()  # least recently used first
         self._sizes_mib: dict[str, float] = {}  # measured footprints, used to make room before a reload
@@ -80,6 +83,8 @@ class ModelManager:
         variant = self._config.variants[variant_id]
         while True:
             with self._lock:
+                if variant_id in self._cache and not self._cache[variant_id].alive():
+                    self.evict(variant_id)  # its own process died (demo.running.runtime_process): load it afresh
                 if variant_id in self._cache:
                     self._cache.move_to_end(variant_id)
                     self._publish()

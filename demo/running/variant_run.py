@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Iterator
 
 from demo.backends import LoadedVariant
-from demo.errors import ArenaError, InvalidRequest
+from demo.errors import ArenaError, InvalidRequest, RuntimeCrashed
 from demo.measuring import bandwidth
 from demo.measuring.energy import joules_per_token
 from demo.measuring.trackers import LatencyTracker
@@ -128,6 +128,9 @@ class VariantRunner:
         result.weights_mib, result.stored = loaded.weights_bytes / 2**20, loaded.details()
         try:
             yield from self._generate(result, loaded, prompt, settings, stop, generated)
+        except RuntimeCrashed as exc:  # its process is gone: free its place in the cache now, not at the next request
+            result.status, result.error = "error", str(exc)
+            self.device.call(self.manager.evict, result.variant)
         except ArenaError as exc:
             result.status, result.error = "error", str(exc)
         except Exception as exc:

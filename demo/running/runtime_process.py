@@ -1,0 +1,308 @@
+"""A variant whose runtime runs in a worker process of its own (demo.running.runtime_worker), behind the same
+LoadedVariant interface as one in this process: vLLM v1's engine-core client, in small.
+
+Native code can fault, abort, hang or run out of memory on some CPU or GPU (llama.cpp's AMX backend segfaults on
+some Intel Xeons). In a worker of its own that ends the worker, never the server: the call that was waiting
+raises RuntimeCrashed, which the variant's column, the CLI, Evaluate and the blind test report as that variant's
+failure; the cache drops the dead variant (alive() is False) and the next request loads it afresh, unless it
+crashed `limits.max_runtime_crashes` times in a row (then it is refused until the app restarts).
+
+What crosses the process boundary is plain data: prompt ids and settings in; token ids with the runtime's own
+perf_counter timestamps (CLOCK_MONOTONIC, one clock for every process on the machine), logits as arrays and the
+run's facts out. Memory is sampled from the worker's own RSS. The worker is started from one long-lived thread
+per process, so that the kernel's parent-death signal (tied to the starting thread) fires only when this process
+ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+
+from demo import backends
+from demo.backends.base import LoadedVariant, OnToken
+from demo.config import BaseModel, Limits, Variant
+from demo.errors import RuntimeCrashed, VariantUnavailable
+from demo.measuring.trackers import MemoryTracker, track_memory
+from demo.settings import GenerationSettings
+
+log = logging.getLogger(__name__)
+POLL_S = 0.05  # how often a wait for the worker looks at Stop, the worker's life and the deadline
+STOP_GRACE_S = 10.0  # after a Stop, how long the runtime may take to reach its next check before it is ended
+CLOSE_GRACE_S = 5.0  # how long free() waits for the worker to leave before ending it
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])  # the folder that holds demo/
+
+
+class CrashLedger:
+    """Crashes in a row per variant: a success clears the count; at `limit` the variant is refused."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._counts: dict[str, tuple[int, str]] = {}  # variant id -> (crashes in a row, the last one's reason)
+
+    def crashed(self, variant_id: str, reason: str) -> None:
+        with self._lock:
+            count = self._counts.get(variant_id, (0, ""))[0] + 1
+            self._counts[variant_id] = (count, reason)
+
+    def succeeded(self, variant_id: str) -> None:
+        with self._lock:
+            self._counts.pop(variant_id, None)
+
+    def check(self, variant_id: str) -> None:
+        with self._lock:
+            count, reason = self._counts.get(variant_id, (0, ""))
+        if count >= self.limit:
+            raise VariantUnavailable(f"refused: its runtime crashed {count} times in a row (last: {reason}); the "
+                                     "other variants are unaffected; restart the app once the runtime is fixed")
+
+
+class ProcessLoader:
+    """The model manager's loader: a variant with its own process gets a worker, any other loads here."""
+
+    def __init__(self, limits: Limits, in_process: Callable[[Variant, BaseModel], LoadedVariant] = backends.load):
+        self.stall_s = limits.runtime_stall_s
+        self.crashes = CrashLedger(limits.max_runtime_crashes)
+        self._in_process = in_process
+
+    def __call__(self, variant: Variant, base: BaseModel) -> LoadedVariant:
+        if not variant.own_process:
+            return self._in_process(variant, base)
+        self.crashes.check(variant.id)
+        return ProcessVariant.start(variant, base, self.stall_s, self.crashes)
+
+
+class ProcessVariant(LoadedVariant):
+    """A LoadedVariant whose runtime is in a worker process; every call is a request/answer exchange with it."""
+
+    def __init__(self, variant: Variant, worker: "_WorkerHandle", facts: dict[str, Any], stall_s: float,
+                 crashes: CrashLedger):
+        super().__init__(variant, facts["tokenizer"], facts["device"], facts["weights_bytes"],
+                         facts["stop_token_ids"], facts["context_tokens"])
+        self.runtime, self.random_weights = facts["runtime"], facts["random_weights"]
+        self.full_distributions = facts["full_distributions"]
+        self._details, self._memory_kind = facts["details"], facts["memory_kind"]
+        self._worker, self._stall_s, self._crashes = worker, stall_s, crashes
+
+    @classmethod
+    def start(cls, variant: Variant, base: BaseModel, stall_s: float, crashes: CrashLedger) -> "ProcessVariant":
+        worker = _WorkerHandle.start(variant.runtime)
+        try:
+            facts = worker.ask("load", (variant, base, torch.get_num_threads()), stall_s)
+        except RuntimeCrashed as exc:
+            crashes.crashed(variant.id, str(exc))
+            raise
+        except BaseException:
+            worker.end()
+            raise
+        return cls(variant, worker, facts, stall_s, crashes)
+
+    def generate(self, prompt_ids: list[int], settings: GenerationSettings, stop: threading.Event,
+                 on_token: OnToken) -> None:
+        self._ask("generate", (prompt_ids, settings), stop=stop, on_token=on_token)
+
+    def logits(self, ids: list[int]) -> torch.Tensor:
+        return torch.from_numpy(self._ask("logits", (ids,)))
+
+    def bare_token_times(self, prompt_ids: list[int], settings: GenerationSettings) -> list[float]:
+        return self._ask("bare_token_times", (prompt_ids, settings))
+
+    def _ask(self, kind: str, payload: tuple, stop: threading.Event | None = None,
+             on_token: OnToken | None = None) -> Any:
+        try:
+            answer = self._worker.ask(kind, payload, self._stall_s, stop, on_token)
+        except RuntimeCrashed as exc:
+            self._crashes.crashed(self.variant.id, str(exc))
+            raise
+        self._crashes.succeeded(self.variant.id)
+        return answer
+
+    def alive(self) -> bool:
+        return self._worker.running()
+
+    def free(self) -> None:
+        self._worker.end()
+
+    def details(self) -> dict[str, Any]:
+        return {**self._details, "process": "own"}
+
+    def memory_kind(self) -> str | None:
+        return self._memory_kind
+
+    @contextmanager
+    def track_memory(self) -> Iterator[MemoryTracker]:
+        """The worker's RSS: the memory this variant's runtime holds, with nothing of the server in it."""
+        with track_memory(self.device, self.weights_bytes, self.memory_kind(), pid=self._worker.pid) as tracker:
+            yield tracker
+
+
+class _WorkerHandle:
+    """The worker process and this end of its socket: one request at a time (the device thread's), each with an
+    id its answers repeat, so an answer left unread by a process that forked from this one and died is skipped."""
+
+    def __init__(self, process: subprocess.Popen, conn: Connection, runtime: str):
+        self.process, self.conn, self.runtime = process, conn, runtime
+        self.pid, self._owner = process.pid, os.getpid()
+        self._send_lock = threading.Lock()
+        self.dead: str | None = None  # why it ended, once it has
+
+    @classmethod
+    def start(cls, runtime: str) -> "_WorkerHandle":
+        ours, theirs = socket.socketpair()
+        try:
+            process = _launcher().submit(_spawn, theirs.fileno()).result()
+        finally:
+            theirs.close()
+        return cls(process, Connection(ours.detach()), runtime)
+
+    def ask(self, kind: str, payload: tuple, stall_s: float, stop: threading.Event | None = None,
+            on_token: OnToken | None = None) -> Any:
+        if self.dead is not None:
+            raise RuntimeCrashed(self.dead)
+        request_id = uuid.uuid4().hex
+        self._send((request_id, kind, payload))
+        deadline = time.monotonic() + stall_s
+        stop_sent_at: float | None = None
+        while True:
+            if stop is not None and stop.is_set() and stop_sent_at is None:
+                self._send((request_id, "stop", ()))
+                stop_sent_at = time.monotonic()
+            message = self._next(deadline, stop_sent_at, stall_s)
+            if message is None:
+                continue
+            answer_id, what, body = message
+            if answer_id != request_id:
+                continue
+            if what == "token":
+                deadline = time.monotonic() + stall_s
+                on_token(*body)
+            elif what == "result":
+                return body
+            elif what == "error":
+                raise body
+            else:  # "out-of-memory": the worker leaves after saying so
+                raise self._ended(f"out of memory in {self.runtime}; its process was ended, the other variants "
+                                  "are unaffected")
+
+    def _next(self, deadline: float, stop_sent_at: float | None, stall_s: float):
+        """The next message, or None after POLL_S of silence; RuntimeCrashed once the worker died or hung."""
+        try:
+            if self.conn.poll(POLL_S):
+                return self.conn.recv()
+        except (EOFError, OSError):
+            raise self._ended(None) from None
+        if not self.running():
+            raise self._ended(None)
+        now = time.monotonic()
+        if stop_sent_at is not None and now - stop_sent_at > STOP_GRACE_S:
+            raise self._ended(f"hung: {self.runtime} did not stop within {STOP_GRACE_S:.0f} s of Stop; its process "
+                              "was ended, the other variants are unaffected")
+        if now > deadline:
+            raise self._ended(f"hung: {self.runtime} said nothing for {stall_s:.0f} s; its process was ended, the "
+                              "other variants are unaffected")
+        return None
+
+    def _ended(self, reason: str | None) -> RuntimeCrashed:
+        """End the worker if it still runs, and the error that says why it is gone."""
+        code = self._stop_process()
+        if reason is None:
+            how = (f"signal {-code} ({_signal_name(-code)})" if code is not None and code < 0
+                   else f"exit code {code}" if code is not None else "its process vanished")
+            reason = f"crashed: {how} in {self.runtime}; the other variants are unaffected"
+        log.warning("%s runtime (pid %d): %s", self.runtime, self.pid, reason)
+        self.dead = reason
+        return RuntimeCrashed(reason)
+
+    def _send(self, message: tuple) -> None:
+        try:
+            with self._send_lock:
+                self.conn.send(message)
+        except OSError:
+            raise self._ended(None) from None
+
+    def running(self) -> bool:
+        if self.dead is not None:
+            return False
+        if os.getpid() == self._owner:
+            return self.process.poll() is None
+        try:  # a process forked from the owner (a ZeroGPU worker) cannot wait for it: ask /proc
+            with open(f"/proc/{self.pid}/stat") as stat:
+                return stat.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+        except OSError:
+            return False
+
+    def end(self) -> None:
+        """Ask the worker to leave, end it if it does not, and close this end; safe to call twice."""
+        if self.dead is None and self.running():
+            try:
+                with self._send_lock:
+                    self.conn.send((uuid.uuid4().hex, "close", ()))
+            except OSError:
+                pass
+        self._stop_process(CLOSE_GRACE_S)
+        self.dead = self.dead or "ended"
+        self.conn.close()
+
+    def _stop_process(self, grace_s: float = 2.0) -> int | None:
+        """Wait up to grace_s for the worker to exit, kill it if need be; its exit code (None: not ours to wait)."""
+        if os.getpid() != self._owner:
+            if self.running():
+                os.kill(self.pid, signal.SIGKILL)
+            return None
+        try:
+            return self.process.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return "unknown"
+
+
+def _spawn(fd: int) -> subprocess.Popen:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_ROOT, env.get("PYTHONPATH")]))
+    return subprocess.Popen([sys.executable, "-m", "demo.running.runtime_worker", str(fd), str(os.getpid())],
+                            pass_fds=(fd,), stdin=subprocess.DEVNULL, env=env, cwd=_PACKAGE_ROOT)
+
+
+_launchers: dict[int, ThreadPoolExecutor] = {}
+_launchers_lock = threading.Lock()
+
+
+def _forget_after_fork() -> None:
+    """A forked child has none of its parent's threads (and may have inherited the lock held)."""
+    global _launchers_lock
+    _launchers_lock = threading.Lock()
+    _launchers.clear()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
+
+
+def _launcher() -> ThreadPoolExecutor:
+    """This process's one thread that starts workers (it lives as long as the process: see die_with_parent)."""
+    with _launchers_lock:
+        pid = os.getpid()
+        if pid not in _launchers:
+            _launchers[pid] = ThreadPoolExecutor(max_workers=1, thread_name_prefix="runtime-launcher")
+        return _launchers[pid]

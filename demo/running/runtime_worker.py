@@ -1,0 +1,130 @@
+"""One variant's runtime in a process of its own: `python -m demo.running.runtime_worker FD PARENT_PID`.
+
+Started by demo.running.runtime_process with one end of a socket pair as descriptor FD. It loads the variant with
+its runtime's backend (in this process), then serves requests one at a time: generate (a message per token, with
+the runtime's own timestamp), logits, bare token times. Messages are tuples (request id, kind, payload) pickled by
+multiprocessing's Connection. A reader thread takes "stop" out of turn, so a Stop reaches the runtime at its next
+check while it generates. The process ends when the parent closes its end, when the parent dies (demo.running
+.lifeline), on "close", or after running out of memory (a runtime that did is not trusted with the next request).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import sys
+import threading
+from multiprocessing.connection import Connection
+from typing import Any
+
+log = logging.getLogger("demo.running.runtime_worker")
+
+
+class _Inbox:
+    """Requests in arrival order; "stop" sets the event at once. A generate request clears the event as it is
+    read, before any stop sent after it, so a Stop for one run never leaks into the next."""
+
+    def __init__(self, conn: Connection):
+        self.requests: queue.SimpleQueue = queue.SimpleQueue()
+        self.stop = threading.Event()
+        threading.Thread(target=self._read, args=(conn,), daemon=True, name="runtime-inbox").start()
+
+    def _read(self, conn: Connection) -> None:
+        while True:
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):  # the parent closed its end or died: nothing will ask any more
+                os._exit(0)
+            if message[1] == "stop":
+                self.stop.set()
+                continue
+            if message[1] == "generate":
+                self.stop.clear()
+            self.requests.put(message)
+
+
+class _Worker:
+    def __init__(self, conn: Connection, inbox: _Inbox):
+        self.conn, self.inbox = conn, inbox
+        self.loaded = None
+        self.fault = None
+
+    def serve(self) -> None:
+        while True:
+            request_id, kind, payload = self.inbox.requests.get()
+            if kind == "close":
+                return
+            try:
+                self.conn.send((request_id, "result", getattr(self, "_" + kind)(request_id, *payload)))
+            except MemoryError:
+                self.conn.send((request_id, "out-of-memory", None))
+                return
+            except BaseException as exc:  # the runtime's own error: the parent raises it in the variant's column
+                log.debug("request %s failed", kind, exc_info=True)
+                self.conn.send((request_id, "error", _portable(exc)))
+
+    def _load(self, request_id: str, variant, base, threads: int) -> dict[str, Any]:
+        import torch
+
+        from demo import backends
+        from demo.running import faults
+
+        torch.set_num_threads(threads)  # as many as the serving process would have used
+        self.fault = faults.planned(variant.id)
+        if self.fault is not None and self.fault.at_token is None:
+            faults.trigger(self.fault.kind)
+        loaded = self.loaded = backends.load(variant, base)
+        return {"runtime": loaded.runtime, "device": loaded.device, "weights_bytes": loaded.weights_bytes,
+                "stop_token_ids": loaded.stop_token_ids, "context_tokens": loaded.context_tokens,
+                "random_weights": loaded.random_weights, "full_distributions": loaded.full_distributions,
+                "details": loaded.details(), "memory_kind": loaded.memory_kind(), "tokenizer": loaded.tokenizer}
+
+    def _generate(self, request_id: str, ids: list[int], settings) -> dict[str, Any]:
+        count = 0
+        fault_at = self.fault.at_token if self.fault is not None else None
+
+        def on_token(token_id: int, at_s: float) -> None:
+            nonlocal count
+            self.conn.send((request_id, "token", (token_id, at_s)))
+            count += 1
+            if count == fault_at:
+                from demo.running import faults
+
+                faults.trigger(self.fault.kind)
+
+        self.loaded.generate(ids, settings, self.inbox.stop, on_token)
+        return self.loaded.run_facts()
+
+    def _logits(self, request_id: str, ids: list[int]):
+        return self.loaded.logits(ids).numpy()
+
+    def _bare_token_times(self, request_id: str, ids: list[int], settings) -> list[float]:
+        return self.loaded.bare_token_times(ids, settings)
+
+
+def _portable(exc: BaseException) -> BaseException:
+    """The error itself where it survives pickling (every ArenaError does), else a RuntimeError with its words."""
+    import pickle
+
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc.with_traceback(None)
+    except Exception:
+        return RuntimeError(f"{exc.__class__.__name__}: {exc}")
+
+
+def main(argv: list[str]) -> None:
+    from demo.running import lifeline
+
+    fd, parent_pid = int(argv[1]), int(argv[2])
+    lifeline.die_with_parent(parent_pid, kernel_signal=True)
+    logging.basicConfig(level=os.environ.get("ARENA_LOG_LEVEL", "WARNING"))
+    conn = Connection(fd)
+    _Worker(conn, _Inbox(conn)).serve()
+    conn.close()
+    os._exit(0)  # no interpreter teardown: a runtime's native destructors are not run at exit
+
+
+if __name__ == "__main__":
+    main(sys.argv)
