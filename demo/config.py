@@ -238,6 +238,7 @@ class Limits:
     # A runtime in a process of its own that says nothing for this long while it loads, generates or scores (no
     # token, no answer) is taken as hung: its process is ended and the variant's column says so.
     runtime_stall_s: float = 300.0
+    runtime_load_s: float = 900.0  # the same for a load in a process of its own (the process starts, then loads)
     # A variant whose runtime crashed this many times in a row is refused (until the app restarts) instead of
     # being loaded again for the next request.
     max_runtime_crashes: int = 3
@@ -336,8 +337,8 @@ def _parse(path: Path, data: Any) -> ArenaConfig:
     _expect("max_pending_per_client" not in (data.get("limits") or {}) or
             limits.max_pending_per_client <= limits.max_pending, path,
             f"must be at most limits.max_pending ({limits.max_pending})", field="limits.max_pending_per_client")
-    _expect(limits.runtime_stall_s > 0 and limits.max_runtime_crashes >= 1, path,
-            "runtime_stall_s must be positive and max_runtime_crashes at least 1", field="limits")
+    _expect(limits.runtime_stall_s > 0 and limits.runtime_load_s > 0 and limits.max_runtime_crashes >= 1, path,
+            "runtime_stall_s and runtime_load_s must be positive, max_runtime_crashes at least 1", field="limits")
     generation = _dataclass_from(path, GenerationDefaults, data.get("generation") or {}, "generation")
     _expect(1 <= generation.max_new_tokens <= limits.max_new_tokens, path,
             f"must be between 1 and limits.max_new_tokens ({limits.max_new_tokens})", field="generation.max_new_tokens")

@@ -2,12 +2,15 @@
 config, a tiny model built in-process, and a guard that the run left the machine as it found it."""
 
 import atexit
+import gc
 import os
 import shutil
 import socket
 import stat
 import subprocess
 import tempfile
+import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -16,6 +19,11 @@ REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.pop("ARENA_MODELS", None)
+os.environ.pop("ARENA_INJECT_FAULT", None)  # tests that inject a runtime fault set it for their own processes
+# Every process the run starts (apps, forked workers, runtime workers) inherits this tag; one still alive at the end
+# that is no longer a descendant of the run has outlived it (see _orphans).
+RUN_TAG = f"ARENA_TEST_RUN_TAG={uuid.uuid4().hex}"
+os.environ["ARENA_TEST_RUN_TAG"] = RUN_TAG.split("=", 1)[1]
 os.environ.pop("ARENA_MEMORY_BUDGET_MIB", None)
 # The persistent folder is never the real /data: a test that wants one names a temporary folder in ARENA_DATA_DIR.
 for _variable in ("ARENA_DATA_DIR", "ARENA_VOTES_DB", "SPACE_ID"):
@@ -80,9 +88,59 @@ def _is_character_device(path: str) -> bool:
 _DEVICES_AT_START = {path: _is_character_device(path) for path in GUARDED_DEVICES}
 
 
+def _tagged_pids() -> dict[int, int]:
+    """pid -> parent pid of every other process that carries this run's tag."""
+    found = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as environ:
+                if RUN_TAG.encode() not in environ.read().split(b"\0"):
+                    continue
+            with open(f"/proc/{name}/stat") as stat_file:
+                fields = stat_file.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] not in ("Z", "X"):
+            found[int(name)] = int(fields[1])
+    return found
+
+
+def _orphans(wait_s: float = 10.0) -> list[int]:
+    """Processes the run started that no longer descend from it (their parent died and left them running), after
+    giving them wait_s to notice and leave; they are then ended. A child of this process still alive ends with it
+    (every worker the arena starts dies with its parent)."""
+    gc.collect()  # runtime workers of arenas no test holds any more are ended when collected
+    deadline = time.monotonic() + wait_s
+    while True:
+        tagged = _tagged_pids()
+        orphans = [pid for pid in tagged if not _descends(pid, tagged)]
+        if not orphans or time.monotonic() > deadline:
+            break
+        time.sleep(0.25)
+    for pid in orphans:
+        try:
+            os.kill(pid, 9)
+        except OSError:
+            pass
+    return orphans
+
+
+def _descends(pid: int, parents: dict[int, int]) -> bool:
+    seen = set()
+    while pid in parents and pid not in seen:
+        seen.add(pid)
+        pid = parents[pid]
+    return pid == os.getpid()
+
+
 def pytest_sessionfinish(session, exitstatus):
     problems = [f"{p} is no longer a character device" for p, was in _DEVICES_AT_START.items()
                 if was and not _is_character_device(p)]
+    orphans = _orphans()
+    if orphans:
+        problems.append(f"processes started by the run outlived their parent: pids {orphans} (ended now)")
     checkout = _checkout_status()
     if _CHECKOUT_AT_START is not None and checkout is not None and checkout != _CHECKOUT_AT_START:
         changed = set(checkout.splitlines()) ^ set(_CHECKOUT_AT_START.splitlines())

@@ -27,13 +27,20 @@ class RssReader:
         self._path = _STATM if pid is None else f"/proc/{pid}/statm"  # pid: a runtime's own worker process
         self._statm = os.path.exists(self._path)
         self._process = None if self._statm else psutil.Process(pid)
+        self._pid, self._last = pid, 0  # another process may end while it is watched: its last figure stands
 
     def __call__(self) -> int:
-        if self._process is not None:
-            return self._process.memory_info().rss
-        if self._fd is None:
-            self._fd = os.open(self._path, os.O_RDONLY)
-        return int(os.pread(self._fd, 256, 0).split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        try:
+            if self._process is not None:
+                self._last = self._process.memory_info().rss
+            else:
+                if self._fd is None:
+                    self._fd = os.open(self._path, os.O_RDONLY)
+                self._last = int(os.pread(self._fd, 256, 0).split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, IndexError, psutil.Error):
+            if self._pid is None:
+                raise
+        return self._last
 
     def close(self) -> None:
         if self._fd is not None:

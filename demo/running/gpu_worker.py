@@ -11,12 +11,16 @@ of a generator function on a ZeroGPU Space (spaces.zero.wrappers.generator_funct
 - An exception in the task reaches the caller as its class name only ("ZeroGPU worker error"), as on ZeroGPU,
   where only a gradio Error keeps its words: a task passes its own errors back as yielded data.
 - A worker that dies ends the call with "GPU task aborted".
+- A worker dies with the serving process (even one ended by SIGTERM or SIGKILL, where multiprocessing's own clean-up
+  of daemon children never runs) and first drops the listening sockets it inherited, so a restarted app can bind its
+  port and no client waits in a dead server's backlog (demo.running.lifeline).
 """
 
 from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,6 +28,7 @@ from pickle import PicklingError
 from typing import Any, Callable, Iterator
 
 from demo.errors import ZeroGpuError
+from demo.running import lifeline
 
 log = logging.getLogger(__name__)
 _FORK = multiprocessing.get_context("fork")
@@ -51,7 +56,7 @@ class _Worker:
         self.args = _FORK.SimpleQueue()
         self.results = _FORK.SimpleQueue()
         self.stop = _FORK.Event()
-        self.process = _FORK.Process(target=serve, args=(self.args, self.results, self.stop), daemon=True)
+        self.process = _FORK.Process(target=serve, args=(self.args, self.results, self.stop, os.getpid()), daemon=True)
         self.process.start()
         # As spaces' sentinel: a worker that dies hands the caller None, so no call waits forever.
         threading.Thread(target=self._closed_on_exit, daemon=True, name="zerogpu-sentinel").start()
@@ -123,10 +128,13 @@ class EmulatedGpu:
             if isinstance(item, _End):
                 return
 
-    def _serve(self, args_queue, results, stop) -> None:
+    def _serve(self, args_queue, results, stop, parent_pid: int) -> None:
         """The worker's loop: one call at a time, each run in a fresh thread as spaces runs it."""
         global forked
         forked = True
+        lifeline.close_listening_sockets()
+        # forked from whichever thread made the first call, which may end first: no kernel parent-death signal
+        lifeline.die_with_parent(parent_pid, kernel_signal=False)
         while True:
             try:
                 args, kwargs = args_queue.get()

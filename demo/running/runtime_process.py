@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 import uuid
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from multiprocessing.connection import Connection
@@ -76,7 +77,7 @@ class ProcessLoader:
     """The model manager's loader: a variant with its own process gets a worker, any other loads here."""
 
     def __init__(self, limits: Limits, in_process: Callable[[Variant, BaseModel], LoadedVariant] = backends.load):
-        self.stall_s = limits.runtime_stall_s
+        self.stall_s, self.load_s = limits.runtime_stall_s, limits.runtime_load_s
         self.crashes = CrashLedger(limits.max_runtime_crashes)
         self._in_process = in_process
 
@@ -84,7 +85,7 @@ class ProcessLoader:
         if not variant.own_process:
             return self._in_process(variant, base)
         self.crashes.check(variant.id)
-        return ProcessVariant.start(variant, base, self.stall_s, self.crashes)
+        return ProcessVariant.start(variant, base, self.stall_s, self.load_s, self.crashes)
 
 
 class ProcessVariant(LoadedVariant):
@@ -100,10 +101,11 @@ class ProcessVariant(LoadedVariant):
         self._worker, self._stall_s, self._crashes = worker, stall_s, crashes
 
     @classmethod
-    def start(cls, variant: Variant, base: BaseModel, stall_s: float, crashes: CrashLedger) -> "ProcessVariant":
+    def start(cls, variant: Variant, base: BaseModel, stall_s: float, load_s: float,
+              crashes: CrashLedger) -> "ProcessVariant":
         worker = _WorkerHandle.start(variant.runtime)
         try:
-            facts = worker.ask("load", (variant, base, torch.get_num_threads()), stall_s)
+            facts = worker.ask("load", (variant, base, torch.get_num_threads()), load_s)
         except RuntimeCrashed as exc:
             crashes.crashed(variant.id, str(exc))
             raise
@@ -160,6 +162,8 @@ class _WorkerHandle:
         self.pid, self._owner = process.pid, os.getpid()
         self._send_lock = threading.Lock()
         self.dead: str | None = None  # why it ended, once it has
+        # a variant dropped without free() (an arena nobody holds any more) takes its worker with it
+        weakref.finalize(self, _reap, process, self._owner)
 
     @classmethod
     def start(cls, runtime: str) -> "_WorkerHandle":
@@ -269,6 +273,12 @@ class _WorkerHandle:
         except subprocess.TimeoutExpired:
             self.process.kill()
             return self.process.wait()
+
+
+def _reap(process: subprocess.Popen, owner: int) -> None:
+    if os.getpid() == owner and process.poll() is None:
+        process.kill()
+        process.wait()
 
 
 def _signal_name(number: int) -> str:

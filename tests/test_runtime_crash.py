@@ -1,0 +1,243 @@
+"""A runtime that faults, aborts, hangs or runs out of memory takes down its own column, never the arena: GGUF variants
+run in a worker process of their own (demo.running.runtime_process), and faults are injected into that worker
+(demo.running.faults) since no machine at hand reproduces llama.cpp's AMX fault on demand."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import yaml
+
+from demo.artifacts.quantize import quantize_variant
+from demo.config import load_config
+from demo.errors import VariantUnavailable
+from demo.running import faults, lifeline
+from demo.running.runner import Arena
+from demo.running.runtime_process import CrashLedger
+from tests.conftest import REPO, require_clear_answer
+
+FP32, Q8, Q4 = "smollm2/fp32", "smollm2/gguf-q8_0", "smollm2/gguf-q4_k_m"
+THREE = [FP32, Q8, Q4]
+
+
+@pytest.fixture(scope="module")
+def gguf_files(default_config):
+    return {v: quantize_variant(default_config, v) for v in (Q8, Q4)}
+
+
+def config_with(tmp_path, **limits):
+    """The default profile with other limits, as a models file of its own."""
+    data = yaml.safe_load((REPO / "models.yaml").read_text())
+    data["limits"].update(limits)
+    path = tmp_path / "models.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return load_config(path)
+
+
+def compare(arena, variant_ids, prompt="Name the capital of France.", max_new_tokens=12, stop=None):
+    final = None
+    for final in arena.compare(prompt, variant_ids, arena.settings(max_new_tokens=max_new_tokens), stop):
+        pass
+    return {r.variant: r for r in final}
+
+
+# --- the pieces ---------------------------------------------------------------------------------------------
+
+def test_fault_plans_are_parsed_and_bad_ones_refused():
+    spec = "a/x=segv@token3, b/y=hang@load"
+    assert faults.planned("a/x", spec) == faults.Fault("segv", 3)
+    assert faults.planned("b/y", spec) == faults.Fault("hang", None)
+    assert faults.planned("c/z", spec) is None
+    with pytest.raises(ValueError, match="ARENA_INJECT_FAULT"):
+        faults.planned("a/x", "a/x=explode@token1")
+
+
+def test_the_ledger_refuses_after_crashes_in_a_row_and_forgets_them_after_a_success():
+    ledger = CrashLedger(limit=2)
+    ledger.crashed("v", "crashed: signal 11")
+    ledger.check("v")
+    ledger.succeeded("v")
+    ledger.crashed("v", "crashed: signal 11")
+    ledger.check("v")
+    ledger.crashed("v", "crashed: signal 6 (SIGABRT) in llama.cpp")
+    with pytest.raises(VariantUnavailable, match=r"crashed 2 times in a row \(last: crashed: signal 6"):
+        ledger.check("v")
+
+
+def test_a_forked_worker_keeps_no_listening_socket_of_its_parent():
+    server = socket.create_server(("127.0.0.1", 0))
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report how many listening sockets it dropped, and whether the server's is gone
+        try:
+            dropped = lifeline.close_listening_sockets()
+            still = server.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+            os.write(write_end, f"{dropped} {still}".encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    answer = os.read(read_end, 64).decode()
+    os.waitpid(pid, 0)
+    os.close(read_end)
+    dropped, still = map(int, answer.split())
+    assert dropped >= 1 and still == 0
+    assert server.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1  # the parent's is untouched
+    server.close()
+
+
+def test_a_worker_dies_with_its_parent_even_when_the_parent_is_killed(tmp_path):
+    """A parent that starts a child with die_with_parent, then dies by SIGKILL: the child ends within a second."""
+    pid_file = tmp_path / "child.pid"
+    parent = subprocess.Popen([sys.executable, "-c", f"""
+import os, subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", "import os, time; from demo.running import lifeline; "
+                          "lifeline.die_with_parent(os.getppid(), kernel_signal=False); time.sleep(600)"])
+open({str(pid_file)!r}, "w").write(str(child.pid))
+time.sleep(600)
+"""], cwd=REPO)
+    try:
+        deadline = time.monotonic() + 30
+        while not pid_file.exists() or not pid_file.read_text():
+            assert time.monotonic() < deadline, "the child never started"
+            time.sleep(0.1)
+        child = int(pid_file.read_text())
+        time.sleep(1.5)  # the child imports the package and starts its watch
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 5
+        while _running(child):
+            assert time.monotonic() < deadline, "the child outlived its parent"
+            time.sleep(0.1)
+    finally:
+        parent.kill()
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+# --- in the arena ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fault, says", [("segv@token3", "crashed: signal 11 (SIGSEGV) in llama.cpp"),
+                                         ("abort@token2", "crashed: signal 6 (SIGABRT) in llama.cpp"),
+                                         ("oom@token2", "out of memory in llama.cpp")])
+def test_a_faulting_runtime_fails_its_column_alone_and_runs_afresh_next_time(default_config, gguf_files, monkeypatch,
+                                                                             fault, says):
+    arena = Arena(default_config)
+    require_clear_answer(arena, FP32, tokens=None)
+    monkeypatch.setenv(faults.ENV, f"{Q8}={fault}")
+    first = compare(arena, THREE)
+    assert first[Q8].status == "error" and first[Q8].error.startswith(says), first[Q8].error
+    assert "the other variants are unaffected" in first[Q8].error
+    assert first[Q8].text  # what it said before the fault stays in its column
+    for other in (FP32, Q4):
+        assert first[other].status == "done" and "Paris" in first[other].text
+    assert first[Q4].fidelity is not None and first[Q4].fidelity["kl_divergence"] is not None
+    assert Q8 not in arena.manager.loaded_ids()  # its dead runtime was dropped at once
+
+    monkeypatch.delenv(faults.ENV)
+    again = compare(arena, THREE)
+    assert all(r.status == "done" for r in again.values()), {v: r.error for v, r in again.items()}
+    assert again[Q8].cache_hit is False and "Paris" in again[Q8].text  # a fresh runtime, loaded again
+    assert again[Q8].fidelity["kl_divergence"] < 0.1
+    assert again[Q8].stored["process"] == "own"
+    arena.manager.clear()
+
+
+def test_killing_the_runtime_mid_comparison_leaves_the_others_done(default_config, gguf_files):
+    """What a SIGSEGV from outside does (the kernel's fault, as on an AMX Xeon): the column fails with its reason, the
+    others finish, and the same comparison answers correctly a moment later."""
+    arena = Arena(default_config)
+    compare(arena, [Q8], max_new_tokens=2)  # loaded, so its process can be found while it generates
+    pid = arena.manager._cache[Q8]._worker.pid
+    killed = threading.Event()
+
+    def kill_when_generating(records):
+        if not killed.is_set() and records[Q8].status == "generating":
+            os.kill(pid, signal.SIGSEGV)
+            killed.set()
+
+    final = None
+    prompt = "Write a long story about a lighthouse keeper and the sea, with many details."
+    for final in arena.compare(prompt, [FP32, Q8, Q4], arena.settings(max_new_tokens=300)):
+        kill_when_generating({r.variant: r for r in final})
+    records = {r.variant: r for r in final}
+    assert killed.is_set(), "the GGUF column finished before it could be killed"
+    assert records[Q8].status == "error" and records[Q8].error.startswith("crashed: signal 11 (SIGSEGV) in llama.cpp")
+    assert records[FP32].status == "done" and records[Q4].status == "done"
+    again = compare(arena, [FP32, Q8, Q4])
+    assert all(r.status == "done" and "Paris" in r.text for r in again.values())
+    arena.manager.clear()
+
+
+def test_a_hung_runtime_is_ended_at_its_deadline(tmp_path, gguf_files, monkeypatch):
+    arena = Arena(config_with(tmp_path, runtime_stall_s=3))
+    monkeypatch.setenv(faults.ENV, f"{Q8}=hang@token2")
+    started = time.monotonic()
+    records = compare(arena, [Q8, Q4])
+    assert time.monotonic() - started < 60
+    assert records[Q8].status == "error" and records[Q8].error.startswith("hung: llama.cpp said nothing for 3 s")
+    assert records[Q4].status == "done"
+    arena.manager.clear()
+
+
+def test_stop_reaches_a_runtime_in_its_own_process(default_config, gguf_files):
+    arena = Arena(default_config)
+    compare(arena, [Q8], max_new_tokens=2)
+    stop = threading.Event()
+    final = None
+    started = None
+    for final in arena.compare("Write a long story about the sea.", [Q8], arena.settings(max_new_tokens=400), stop):
+        if final[0].status == "generating" and not stop.is_set():
+            stop.set()
+            started = time.monotonic()
+    assert started is not None and time.monotonic() - started < 2
+    assert final[0].status == "stopped" and final[0].new_tokens < 400
+    again = compare(arena, [Q8])  # the same runtime, still alive, answers the next request
+    assert again[Q8].status == "done" and again[Q8].cache_hit is True
+    arena.manager.clear()
+
+
+def test_a_runtime_that_keeps_crashing_is_refused(tmp_path, gguf_files, monkeypatch):
+    arena = Arena(config_with(tmp_path, max_runtime_crashes=2))
+    monkeypatch.setenv(faults.ENV, f"{Q8}=segv@load")
+    for _ in range(2):
+        assert compare(arena, [Q8])[Q8].error.startswith("crashed: signal 11 (SIGSEGV) in llama.cpp")
+    refused = compare(arena, [Q8, Q4])
+    assert refused[Q8].error.startswith("refused: its runtime crashed 2 times in a row")
+    assert refused[Q4].status == "done"
+    arena.manager.clear()
+
+
+def test_the_cli_reports_a_crashed_variant_in_its_record(gguf_files):
+    env = {**os.environ, faults.ENV: f"{Q8}=segv@token2"}
+    done = subprocess.run([sys.executable, "-m", "demo", "compare", "--variants", ",".join(THREE), "--json",
+                           "--max-new-tokens", "8", "--prompt", "Name the capital of France."],
+                          cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    records = {r["variant"]: r for r in map(json.loads, filter(None, done.stdout.splitlines()))} \
+        if not done.stdout.lstrip().startswith("[") else {r["variant"]: r for r in json.loads(done.stdout)}
+    assert records[Q8]["status"] == "error" and records[Q8]["error"].startswith("crashed: signal 11")
+    assert records[FP32]["status"] == "done" and records[Q4]["status"] == "done"
+
+
+def test_evaluate_reports_a_crash_in_that_variants_row(default_config, gguf_files, monkeypatch):
+    from demo.evaluate.run import evaluate
+
+    arena = Arena(default_config)
+    monkeypatch.setenv(faults.ENV, f"{Q8}=segv@token1")
+    text = (REPO / "assets" / "evaluation.txt").read_text()[:3000]
+    rows = {row.variant: row for row in evaluate(arena, [Q8, Q4], text, runs=1, max_new_tokens=8)}
+    assert rows[Q8].error.startswith("crashed: signal 11 (SIGSEGV) in llama.cpp")
+    assert rows[Q4].error is None
+    arena.manager.clear()
