@@ -29,11 +29,13 @@ ENGINES = ("vllm", "sglang", "tgi", "llamacpp", "llamacpp-python", "openai")
 # transformers' attention implementations a variant may ask for (flash attention needs a GPU and the
 # flash-attn package; the loader refuses it elsewhere, in the variant's column).
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flex_attention", "flash_attention_2", "flash_attention_3")
-# Where each runtime runs unless a variant says (`process:`). llama.cpp gets a process of its own: its native code
-# faults on some CPUs (its AMX backend on some Intel Xeons) and must not take the server down. transformers stays
-# in the serving process by default (its variants share the base's tokenizer and torch's one OpenMP team; a
-# variant may still ask for `process: own`); a remote engine already runs elsewhere.
-PROCESS_DEFAULTS = {"llama.cpp": "own", "transformers": "shared", "remote": "shared"}
+# Where each runtime runs unless a variant says (`process:`). Every local runtime gets a process of its own: native
+# code (llama.cpp, whose AMX backend faults on some Intel Xeons; bitsandbytes, GPTQ/AWQ kernels, torchao, oneDNN)
+# can fault, abort, hang or run out of memory, and must not take the server down. A remote engine already runs
+# elsewhere. In ZeroGPU mode transformers variants stay in the serving process (ZEROGPU_PROCESS_DEFAULTS): they
+# must be placed on the GPU there at start-up, and each request's model work already runs in a forked worker.
+PROCESS_DEFAULTS = {"llama.cpp": "own", "transformers": "own", "remote": "shared"}
+ZEROGPU_PROCESS_DEFAULTS = {**PROCESS_DEFAULTS, "transformers": "shared"}
 PROCESSES = ("own", "shared")
 # torchao schemes (demo.backends.torchao_quant) and the bits each stores per quantized weight.
 TORCHAO_SCHEMES = {"int8_weight_only": 8, "int4_weight_only": 4, "int8_dynamic": 8}
@@ -216,10 +218,9 @@ class Variant:
     def runtime(self) -> str:
         return METHODS[self.method].runtime
 
-    @property
-    def own_process(self) -> bool:
+    def own_process(self, defaults: dict[str, str] = PROCESS_DEFAULTS) -> bool:
         """Whether this variant's runtime runs in a worker process of its own (demo.running.runtime_process)."""
-        return (self.process or PROCESS_DEFAULTS[self.runtime]) == "own"
+        return (self.process or defaults[self.runtime]) == "own"
 
     @property
     def file_settings(self) -> dict[str, Any]:

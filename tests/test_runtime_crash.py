@@ -241,3 +241,61 @@ def test_evaluate_reports_a_crash_in_that_variants_row(default_config, gguf_file
     assert rows[Q8].error.startswith("crashed: signal 11 (SIGSEGV) in llama.cpp")
     assert rows[Q4].error is None
     arena.manager.clear()
+
+
+def _kill_when_generating(final, variant_id: str, pid: int, killed: threading.Event) -> None:
+    records = {r.variant: r for r in final}
+    if not killed.is_set() and records[variant_id].status == "generating":
+        os.kill(pid, signal.SIGSEGV)
+        killed.set()
+
+
+def test_in_emulated_zerogpu_a_runtime_crash_is_its_column_alone(tmp_path, gguf_files, default_config):
+    """Placed at start-up in the serving process, the GGUF runtime's own process is used from the forked GPU worker;
+    killed mid-generation, its column fails, the baseline's finishes, and the next request loads it afresh there."""
+    import torch
+
+    from demo.running import zerogpu
+    from tests.test_zerogpu import small_profile
+
+    if torch.cuda.is_available():
+        pytest.skip("the emulation runs on the CPU: run with CUDA_VISIBLE_DEVICES=")
+    zg = zerogpu.ZeroGpuArena.start(load_config(small_profile(tmp_path, [FP32, Q8])), "emulated", cap_s=3600)
+    try:
+        pid = zg.manager._cache[Q8]._worker.pid
+        killed, final = threading.Event(), None
+        prompt = "Write a long story about a lighthouse keeper and the sea, with many details."
+        for final in zg.compare(prompt, [FP32, Q8], zg.settings(max_new_tokens=300)):
+            _kill_when_generating(final, Q8, pid, killed)
+        records = {r.variant: r for r in final}
+        assert killed.is_set(), "the GGUF column finished before it could be killed"
+        assert records[Q8].status == "error" and records[Q8].error.startswith("crashed: signal 11 (SIGSEGV)")
+        assert records[FP32].status == "done"
+        again = {r["variant"]: r for r in zg.compare_records("Name the capital of France.", [FP32, Q8],
+                                                            zg.settings(max_new_tokens=8))}
+        assert again[Q8]["status"] == "done" and again[Q8]["cache_hit"] is False, again[Q8]["error"]
+    finally:
+        zg._gpu.shutdown()
+        zg.manager.clear()
+
+
+def test_a_battle_whose_challenger_crashed_is_never_issued_or_scored(tmp_path, gguf_files, monkeypatch):
+    """blind.variants [Q8, Q4]: Q8's runtime crashes mid-answer, so the battle that reaches the voter is against Q4,
+    and no stored battle names Q8."""
+    from demo.blind.battle import BlindTest
+    from demo.blind.votes import VoteStore
+
+    data = yaml.safe_load((REPO / "models.yaml").read_text())
+    data["blind"] = {"max_new_tokens": 6, "variants": [Q8, Q4], "battles_per_minute": 60, "votes_per_minute": 60}
+    (tmp_path / "models.yaml").write_text(yaml.safe_dump(data))
+    arena = Arena(load_config(tmp_path / "models.yaml"))
+    monkeypatch.setenv(faults.ENV, f"{Q8}=segv@token1")
+    blind = BlindTest(arena, VoteStore(tmp_path / "votes.sqlite3"))
+    monkeypatch.setattr(blind, "draw", lambda base, tried=frozenset(): next((v for v in (Q8, Q4) if v not in tried),
+                                                                             None))
+    issued = blind.battle("Name the capital of France.", None, "s1")
+    stored = blind.store.battle(issued["battle"])
+    assert {stored.variant_a, stored.variant_b} == {FP32, Q4}
+    shown = blind.vote(issued["battle"], "a", "s1")
+    assert Q8 not in json.dumps(shown)
+    arena.manager.clear()

@@ -62,6 +62,12 @@ class LoadedVariant(ABC):
         saying why it has none. Only runtimes with full_distributions False implement it."""
         raise NotImplementedError(f"the {self.runtime} runtime gives full distributions: use logits()")
 
+    def run_here(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """fn(the runtime's own loaded variant, *args) where the runtime runs (in its own process, when it has one):
+        for what needs the runtime's objects (a transformers model's layers). fn is a module-level function; its
+        arguments and result are plain data."""
+        return fn(self, *args)
+
     def run_facts(self) -> dict[str, Any]:
         """What only the runtime knows about the last generate() (a remote engine's own token count and
         finish reason, the network round trip), merged into the record; {} where on_token tells it all."""

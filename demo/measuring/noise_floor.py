@@ -107,11 +107,17 @@ def noisy_logits(loaded: Any, ids_list: Sequence[list[int]], epsilon: float = EP
                  seed: int = DEFAULT_SEED) -> list[torch.Tensor] | NoiseFloorUnavailable:
     """loaded.logits(ids) for each ids in ids_list, with noise after every decoder layer: float32
     [len(ids), vocab] on the CPU each, row i predicting token i + 1."""
+    return loaded.run_here(_noisy_logits_here, [list(ids) for ids in ids_list], epsilon, seed)
+
+
+def _noisy_logits_here(loaded: Any, ids_list: list[list[int]], epsilon: float,
+                       seed: int) -> list[torch.Tensor] | NoiseFloorUnavailable:
+    """noisy_logits where the runtime runs: its model's layers are reachable only there."""
     unavailable = _unavailable(loaded)
     if unavailable is not None:
         return unavailable
     with multiplicative_noise(loaded.model, epsilon, seed):
-        return [loaded.logits(list(ids)) for ids in ids_list]
+        return [loaded.logits(ids) for ids in ids_list]
 
 
 def summarise(kl: torch.Tensor, epsilon: float, seed: int) -> NoiseFloor | NoiseFloorUnavailable:
@@ -130,14 +136,13 @@ def noise_floor(loaded: Any, scored: Sequence[ScoredWindow], epsilon: float = EP
     """The baseline's noise floor over the positions the evaluation scores: `scored` holds each window's ids
     and the rows of its logits that are scored; `clean_log_probs`, where the caller has them already, the
     baseline's log-probabilities at those rows (else they are computed here, without noise)."""
-    unavailable = _unavailable(loaded)
-    if unavailable is not None:
-        return unavailable
     if not scored:
         return NoiseFloorUnavailable("no noise floor: no positions to score")
     if clean_log_probs is None:
         clean_log_probs = [torch.log_softmax(loaded.logits(list(ids))[rows].float(), -1) for ids, rows in scored]
     noisy = noisy_logits(loaded, [ids for ids, _ in scored], epsilon, seed)
+    if isinstance(noisy, NoiseFloorUnavailable):
+        return noisy
     kl = torch.cat([metrics.position_kl_nats(clean, torch.log_softmax(logits[rows].float(), -1))
                     for clean, logits, (_, rows) in zip(clean_log_probs, noisy, scored)])
     return summarise(kl, epsilon, seed)

@@ -22,25 +22,17 @@ class RssReader:
     descriptor kept open (about 6 us), where psutil opens, reads and parses it on every call (about 34 us, five
     times more of the cores a CPU decode runs on, 200 times a second); psutil where there is no /proc."""
 
-    def __init__(self, pid: int | None = None):
+    def __init__(self):
         self._fd: int | None = None  # opened on the first read, closed by close()
-        self._path = _STATM if pid is None else f"/proc/{pid}/statm"  # pid: a runtime's own worker process
-        self._statm = os.path.exists(self._path)
-        self._process = None if self._statm else psutil.Process(pid)
-        self._pid, self._last = pid, 0  # another process may end while it is watched: its last figure stands
+        self._statm = os.path.exists(_STATM)
+        self._process = None if self._statm else psutil.Process()
 
     def __call__(self) -> int:
-        try:
-            if self._process is not None:
-                self._last = self._process.memory_info().rss
-            else:
-                if self._fd is None:
-                    self._fd = os.open(self._path, os.O_RDONLY)
-                self._last = int(os.pread(self._fd, 256, 0).split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, IndexError, psutil.Error):
-            if self._pid is None:
-                raise
-        return self._last
+        if self._process is not None:
+            return self._process.memory_info().rss
+        if self._fd is None:
+            self._fd = os.open(_STATM, os.O_RDONLY)
+        return int(os.pread(self._fd, 256, 0).split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
     def close(self) -> None:
         if self._fd is not None:
@@ -108,11 +100,10 @@ class MemoryTracker:
     """Peak memory of one run: torch's CUDA peak stats, or a figure sampled on a background thread
     (process RSS; device-wide NVML VRAM for runtimes such as llama.cpp that allocate outside torch)."""
 
-    def __init__(self, device: str, weights_bytes: int, interval_s: float = 0.005, kind: str | None = None,
-                 pid: int | None = None):
+    def __init__(self, device: str, weights_bytes: int, interval_s: float = 0.005, kind: str | None = None):
         self.device, self.weights_bytes, self.interval_s = device, weights_bytes, interval_s
         self.kind = kind or ("cuda-allocated" if device == "cuda" else "cpu-rss")
-        self._rss = RssReader(pid)  # pid: the process that runs the variant, where that is not this one
+        self._rss = RssReader()
         self._read = {"cpu-rss": self._rss, "nvml-device": nvml.used_bytes}.get(self.kind)
         self._stop = threading.Event()
         self._sampler: threading.Thread | None = None
@@ -158,10 +149,9 @@ class MemoryTracker:
 
 
 @contextmanager
-def track_memory(device: str, weights_bytes: int, kind: str | None = None,
-                 pid: int | None = None) -> Iterator[MemoryTracker]:
-    """Measure one run's peak memory (of process `pid`, default this one); read tracker.result after the block."""
-    tracker = MemoryTracker(device, weights_bytes, kind=kind, pid=pid)
+def track_memory(device: str, weights_bytes: int, kind: str | None = None) -> Iterator[MemoryTracker]:
+    """Measure one run's peak memory; read tracker.result after the block."""
+    tracker = MemoryTracker(device, weights_bytes, kind=kind)
     tracker.start()
     try:
         yield tracker

@@ -8,10 +8,10 @@ failure; the cache drops the dead variant (alive() is False) and the next reques
 crashed `limits.max_runtime_crashes` times in a row (then it is refused until the app restarts).
 
 What crosses the process boundary is plain data: prompt ids and settings in; token ids with the runtime's own
-perf_counter timestamps (CLOCK_MONOTONIC, one clock for every process on the machine), logits as arrays and the
-run's facts out. Memory is sampled from the worker's own RSS. The worker is started from one long-lived thread
-per process, so that the kernel's parent-death signal (tied to the starting thread) fires only when this process
-ends.
+perf_counter timestamps (CLOCK_MONOTONIC, one clock for every process on the machine), logits and the run's facts
+out. A run's memory is tracked in the worker, where its allocations are (its RSS, or its own CUDA peak), and comes
+back with the run. The worker is started from one long-lived thread per process, so that the kernel's
+parent-death signal (tied to the starting thread) fires only when this process ends.
 """
 
 from __future__ import annotations
@@ -36,9 +36,10 @@ import torch
 
 from demo import backends
 from demo.backends.base import LoadedVariant, OnToken
-from demo.config import BaseModel, Limits, Variant
+from demo.config import PROCESS_DEFAULTS, BaseModel, Limits, Variant
 from demo.errors import RuntimeCrashed, VariantUnavailable
-from demo.measuring.trackers import MemoryTracker, track_memory
+from demo.measuring.trackers import Memory
+from demo.running.runtime_worker import receive, send
 from demo.settings import GenerationSettings
 
 log = logging.getLogger(__name__)
@@ -76,13 +77,14 @@ class CrashLedger:
 class ProcessLoader:
     """The model manager's loader: a variant with its own process gets a worker, any other loads here."""
 
-    def __init__(self, limits: Limits, in_process: Callable[[Variant, BaseModel], LoadedVariant] = backends.load):
+    def __init__(self, limits: Limits, in_process: Callable[[Variant, BaseModel], LoadedVariant] = backends.load,
+                 defaults: dict[str, str] = PROCESS_DEFAULTS):
         self.stall_s, self.load_s = limits.runtime_stall_s, limits.runtime_load_s
         self.crashes = CrashLedger(limits.max_runtime_crashes)
-        self._in_process = in_process
+        self._in_process, self._defaults = in_process, defaults
 
     def __call__(self, variant: Variant, base: BaseModel) -> LoadedVariant:
-        if not variant.own_process:
+        if not variant.own_process(self._defaults):
             return self._in_process(variant, base)
         self.crashes.check(variant.id)
         return ProcessVariant.start(variant, base, self.stall_s, self.load_s, self.crashes)
@@ -99,6 +101,8 @@ class ProcessVariant(LoadedVariant):
         self.full_distributions = facts["full_distributions"]
         self._details, self._memory_kind = facts["details"], facts["memory_kind"]
         self._worker, self._stall_s, self._crashes = worker, stall_s, crashes
+        self._run_facts: dict[str, Any] = {}
+        self._tracking: _Tracked | None = None  # the track_memory() block a generate() runs in, if any
 
     @classmethod
     def start(cls, variant: Variant, base: BaseModel, stall_s: float, load_s: float,
@@ -116,10 +120,19 @@ class ProcessVariant(LoadedVariant):
 
     def generate(self, prompt_ids: list[int], settings: GenerationSettings, stop: threading.Event,
                  on_token: OnToken) -> None:
-        self._ask("generate", (prompt_ids, settings), stop=stop, on_token=on_token)
+        answer = self._ask("generate", (prompt_ids, settings), stop=stop, on_token=on_token)
+        self._run_facts = answer["facts"]
+        if self._tracking is not None:
+            self._tracking.result = answer["memory"]
+
+    def run_facts(self) -> dict[str, Any]:
+        return self._run_facts
 
     def logits(self, ids: list[int]) -> torch.Tensor:
-        return torch.from_numpy(self._ask("logits", (ids,)))
+        return self._ask("logits", (ids,))
+
+    def run_here(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return self._ask("run_here", (fn, args))
 
     def bare_token_times(self, prompt_ids: list[int], settings: GenerationSettings) -> list[float]:
         return self._ask("bare_token_times", (prompt_ids, settings))
@@ -147,10 +160,20 @@ class ProcessVariant(LoadedVariant):
         return self._memory_kind
 
     @contextmanager
-    def track_memory(self) -> Iterator[MemoryTracker]:
-        """The worker's RSS: the memory this variant's runtime holds, with nothing of the server in it."""
-        with track_memory(self.device, self.weights_bytes, self.memory_kind(), pid=self._worker.pid) as tracker:
-            yield tracker
+    def track_memory(self) -> Iterator["_Tracked"]:
+        """The figures the worker took around the generate() run in this block: its own RSS or CUDA peak, the
+        memory this variant's runtime holds, with nothing of the server in it."""
+        self._tracking = tracked = _Tracked()
+        try:
+            yield tracked
+        finally:
+            self._tracking = None
+
+
+class _Tracked:
+    """What track_memory() yields: `result` is the worker's Memory of the run (None if the run failed)."""
+
+    result: Memory | None = None
 
 
 class _WorkerHandle:
@@ -207,7 +230,7 @@ class _WorkerHandle:
         """The next message, or None after POLL_S of silence; RuntimeCrashed once the worker died or hung."""
         try:
             if self.conn.poll(POLL_S):
-                return self.conn.recv()
+                return receive(self.conn)
         except (EOFError, OSError):
             raise self._ended(None) from None
         if not self.running():
@@ -235,7 +258,7 @@ class _WorkerHandle:
     def _send(self, message: tuple) -> None:
         try:
             with self._send_lock:
-                self.conn.send(message)
+                send(self.conn, message)
         except OSError:
             raise self._ended(None) from None
 
@@ -255,7 +278,7 @@ class _WorkerHandle:
         if self.dead is None and self.running():
             try:
                 with self._send_lock:
-                    self.conn.send((uuid.uuid4().hex, "close", ()))
+                    send(self.conn, (uuid.uuid4().hex, "close", ()))
             except OSError:
                 pass
         self._stop_process(CLOSE_GRACE_S)

@@ -2,8 +2,10 @@
 
 Started by demo.running.runtime_process with one end of a socket pair as descriptor FD. It loads the variant with
 its runtime's backend (in this process), then serves requests one at a time: generate (a message per token, with
-the runtime's own timestamp), logits, bare token times. Messages are tuples (request id, kind, payload) pickled by
-multiprocessing's Connection. A reader thread takes "stop" out of turn, so a Stop reaches the runtime at its next
+the runtime's own timestamp; the run's memory tracked here, where the runtime's allocations are), logits, bare
+token times, and a module-level function run with the loaded variant (LoadedVariant.run_here). Messages are tuples
+(request id, kind, payload), sent with plain pickle (never multiprocessing's own pickler, which would hand torch
+tensors over as shared-memory handles). A reader thread takes "stop" out of turn, so a Stop reaches the runtime at its next
 check while it generates. The process ends when the parent closes its end, when the parent dies (demo.running
 .lifeline), on "close", or after running out of memory (a runtime that did is not trusted with the next request).
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import queue
 import sys
 import threading
@@ -33,7 +36,7 @@ class _Inbox:
     def _read(self, conn: Connection) -> None:
         while True:
             try:
-                message = conn.recv()
+                message = receive(conn)
             except (EOFError, OSError):  # the parent closed its end or died: nothing will ask any more
                 os._exit(0)
             if message[1] == "stop":
@@ -56,13 +59,13 @@ class _Worker:
             if kind == "close":
                 return
             try:
-                self.conn.send((request_id, "result", getattr(self, "_" + kind)(request_id, *payload)))
+                send(self.conn, (request_id, "result", getattr(self, "_" + kind)(request_id, *payload)))
             except MemoryError:
-                self.conn.send((request_id, "out-of-memory", None))
+                send(self.conn, (request_id, "out-of-memory", None))
                 return
             except BaseException as exc:  # the runtime's own error: the parent raises it in the variant's column
                 log.debug("request %s failed", kind, exc_info=True)
-                self.conn.send((request_id, "error", _portable(exc)))
+                send(self.conn, (request_id, "error", _portable(exc)))
 
     def _load(self, request_id: str, variant, base, threads: int) -> dict[str, Any]:
         import torch
@@ -86,27 +89,37 @@ class _Worker:
 
         def on_token(token_id: int, at_s: float) -> None:
             nonlocal count
-            self.conn.send((request_id, "token", (token_id, at_s)))
+            send(self.conn, (request_id, "token", (token_id, at_s)))
             count += 1
             if count == fault_at:
                 from demo.running import faults
 
                 faults.trigger(self.fault.kind)
 
-        self.loaded.generate(ids, settings, self.inbox.stop, on_token)
-        return self.loaded.run_facts()
+        with self.loaded.track_memory() as memory:
+            self.loaded.generate(ids, settings, self.inbox.stop, on_token)
+        return {"facts": self.loaded.run_facts(), "memory": memory.result}
 
     def _logits(self, request_id: str, ids: list[int]):
-        return self.loaded.logits(ids).numpy()
+        return self.loaded.logits(ids)
+
+    def _run_here(self, request_id: str, fn, args: tuple):
+        return fn(self.loaded, *args)
 
     def _bare_token_times(self, request_id: str, ids: list[int], settings) -> list[float]:
         return self.loaded.bare_token_times(ids, settings)
 
 
+def send(conn: Connection, message: tuple) -> None:
+    conn.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def receive(conn: Connection) -> tuple:
+    return pickle.loads(conn.recv_bytes())
+
+
 def _portable(exc: BaseException) -> BaseException:
     """The error itself where it survives pickling (every ArenaError does), else a RuntimeError with its words."""
-    import pickle
-
     try:
         pickle.loads(pickle.dumps(exc))
         return exc.with_traceback(None)

@@ -76,6 +76,8 @@ class VariantResult:
     # are not computed}; None for a real model. Its answers run to exactly max_new_tokens.
     random_weights: dict[str, Any] | None = None
     error: str | None = None
+    # the variant's runtime process died or hung and was ended (demo.running.runtime_process): `error` says how
+    crashed: bool = False
     fidelity: dict[str, Any] | None = None  # vs the base model's baseline on this prompt; None without one
     # Where this variant's own answer departs from the baseline's own answer (see demo.measuring.fidelity): the first
     # differing token (the shorter length when one is a prefix of the other) and that point's character
@@ -111,6 +113,10 @@ class VariantRunner:
         yield
         try:
             acquired = yield from self._acquire(result, stop)
+        except RuntimeCrashed as exc:  # its process died while loading
+            if result.status != "stopped":
+                result.status, result.error, result.crashed = "error", str(exc), True
+            return
         except ArenaError as exc:
             if result.status != "stopped":
                 result.status, result.error = "error", str(exc)
@@ -129,7 +135,7 @@ class VariantRunner:
         try:
             yield from self._generate(result, loaded, prompt, settings, stop, generated)
         except RuntimeCrashed as exc:  # its process is gone: free its place in the cache now, not at the next request
-            result.status, result.error = "error", str(exc)
+            result.status, result.error, result.crashed = "error", str(exc), True
             self.device.call(self.manager.evict, result.variant)
         except ArenaError as exc:
             result.status, result.error = "error", str(exc)

@@ -21,12 +21,13 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from demo.config import ArenaConfig
+from demo.config import ZEROGPU_PROCESS_DEFAULTS, ArenaConfig
 from demo.errors import ArenaError, VariantUnavailable, ZeroGpuError
 from demo.measuring.system import environment
 from demo.running import gpu_time
 from demo.running.device import DeviceThread
 from demo.running.manager import ModelManager
+from demo.running.runtime_process import ProcessLoader
 from demo.running.runner import Arena
 from demo.running.variant_run import VariantResult, snapshot
 from demo.settings import GenerationSettings
@@ -87,7 +88,10 @@ class ZeroGpuArena(Arena):
     def start(cls, config: ArenaConfig, mode_name: str, cap_s: float | None = None) -> "ZeroGpuArena":
         """Place every variant in this (the main) thread and measure its rates; refuses a profile that does not
         fit the slice (ZeroGpuError, with the sizes)."""
-        manager = ModelManager(config, budget_mib=math.inf)  # no budget, no eviction: everything stays placed
+        # no budget, no eviction: everything stays placed; transformers variants in this process (see
+        # ZEROGPU_PROCESS_DEFAULTS), a GGUF runtime in a process of its own
+        manager = ModelManager(config, ProcessLoader(config.limits, defaults=ZEROGPU_PROCESS_DEFAULTS),
+                               budget_mib=math.inf)
         slice_mib = _slice_mib(mode_name)
         _check_fits(config, manager, slice_mib, "estimated")
         load_ms, failed = {}, {}

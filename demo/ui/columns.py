@@ -46,6 +46,8 @@ def status_text(rec: dict) -> str:
     """A record's status in words, as its column and the summary show it."""
     status = rec.get("status")
     words = STATUS_TEXT.get(status, str(status))
+    if status == "error" and rec.get("crashed"):
+        words = "crashed (its own process; the others are unaffected)"
     if status == "waiting" and rec.get("queue_ahead"):
         ahead = rec["queue_ahead"]
         words += f" ({ahead} request{'s' if ahead != 1 else ''} ahead of this one)"
