@@ -81,6 +81,7 @@ bench: install
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_storm.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_zerogpu.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_scaling.py
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_load_stall.py
 
 loadtest: install-dev
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/loadtest.py

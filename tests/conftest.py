@@ -162,6 +162,16 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def in_process(config):
+    """The config with every local variant's runtime in this process (`process: shared`): for tests that reach
+    into a runtime's own objects (its torch model) or patch its code, which a worker process would not see."""
+    import dataclasses
+
+    return dataclasses.replace(config, variants={
+        vid: v if v.runtime == "remote" else dataclasses.replace(v, process="shared")
+        for vid, v in config.variants.items()})
+
+
 @pytest.fixture(scope="session")
 def default_config():
     return load_config(REPO / "models.yaml")

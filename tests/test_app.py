@@ -182,8 +182,12 @@ def test_page_streams_only_the_columns(client):
     job.result(timeout=600)
     messages = [named_outputs(client, "/run", values) for values in job.outputs()]
     assert set(messages[0]) == {"head", "text", "figures"}
+    # a handler waiting on a cold load yields gr.skip() every half second (so Gradio can notice a client gone):
+    # those change nothing and carry nothing
+    nothing = {"__type__": "update"}
+    messages = [m for m in messages if not all(v == nothing for values in m.values() for v in values)]
     for message in messages:
-        assert all(isinstance(v, str) for values in message.values() for v in values)
+        assert all(isinstance(v, str) for values in message.values() for v in values), message
     for column in (0, 1):
         figures = [m["figures"][column] for m in messages]
         changes = sum(1 for a, b in zip(figures, figures[1:]) if a != b)

@@ -19,7 +19,7 @@ from demo.backends import load as load_variant
 from demo.config import load_config
 from demo.errors import NotQuantized
 from demo.running.runner import Arena
-from tests.conftest import CLEAR_PROMPT, REPO, require_clear_answer
+from tests.conftest import CLEAR_PROMPT, REPO, in_process, require_clear_answer
 
 pytest.importorskip("gptqmodel", reason="AWQ variants need gptqmodel")
 
@@ -48,7 +48,7 @@ def awq_arena(tmp_path_factory, awq_checkpoint):
          "checkpoint": {"kind": "local", "path": str(awq_checkpoint)}}]
     path = tmp_path_factory.mktemp("awq-config") / "models.yaml"
     path.write_text(yaml.safe_dump(data))
-    return Arena(load_config(path))
+    return Arena(in_process(load_config(path)))  # the test reads the loaded layers' own tensors
 
 
 def test_quantizing_records_the_awq_settings_and_calibration(awq_checkpoint):

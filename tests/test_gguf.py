@@ -128,13 +128,17 @@ def test_a_gguf_with_another_vocabulary_is_refused(arena, gguf_files, tmp_path):
         gguf.check_vocabulary(path, tokenizer, len(tokenizer) + 1)
 
 
-def test_without_llama_cpp_only_the_gguf_column_fails(gguf_files, arena, clear_prompt):
-    """llama_cpp made unimportable in a fresh process (as on a Space without a compiler)."""
-    code = ("import sys; sys.modules['llama_cpp'] = None; from demo.__main__ import main; "
+def test_without_llama_cpp_only_the_gguf_column_fails(gguf_files, arena, clear_prompt, tmp_path):
+    """llama_cpp made unimportable in every process the CLI starts, its runtimes' own included (as on a Space
+    without a compiler): a sitecustomize module on PYTHONPATH, which every interpreter imports at start-up."""
+    (tmp_path / "sitecustomize.py").write_text("import sys\nsys.modules['llama_cpp'] = None\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
+    code = ("import sys; from demo.__main__ import main; "
             f"sys.exit(main(['compare', '--prompt', {clear_prompt!r}, '--variants', "
             "'smollm2/bf16,smollm2/gguf-q8_0', '--max-new-tokens', '8', '--json']))")
     require_clear_answer(arena, "smollm2/bf16")
-    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
+                         env=env)
     assert run.returncode == 0, run.stderr[-2000:]
     bf16, q8 = json.loads(run.stdout)
     assert bf16["status"] == "done" and "Paris" in bf16["text"]

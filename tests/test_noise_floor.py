@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from demo.measuring import metrics, noise_floor
-from tests.conftest import REPO
+from tests.conftest import REPO, in_process
 
 
 class _TupleLayer(torch.nn.Module):
@@ -45,6 +45,9 @@ class _Loaded:
 
     def logits(self, ids):
         return torch.zeros(len(ids), 4)
+
+    def run_here(self, fn, *args):
+        return fn(self, *args)
 
 
 @pytest.mark.parametrize("layer, unwrap", [(_TupleLayer(), lambda out: out[0]), (_TensorLayer(), lambda out: out)])
@@ -148,7 +151,11 @@ def test_same_seed_same_figure_other_seed_another(bundled):
 
 
 def test_clean_logits_are_untouched_afterwards(bundled):
-    arena, fp32, ids, _, clean, _ = bundled
+    from demo.running.runner import Arena
+
+    arena, _, ids, _, clean, _ = bundled
+    arena = Arena(in_process(arena.config))  # the hooks are looked for on the model's own layers, here
+    fp32 = arena.device.call(arena.manager.get, "smollm2/fp32").loaded
     noisy = arena.device.call(noise_floor.noisy_logits, fp32, [ids])
     assert not torch.equal(noisy[0], clean)
     assert torch.equal(arena.device.call(fp32.logits, ids), clean)

@@ -12,7 +12,7 @@ import pytest
 from demo.artifacts import quantize, sources
 from demo.config import load_config
 from demo.running.runner import Arena
-from tests.conftest import REPO, tiny_causal_lm
+from tests.conftest import REPO, in_process, tiny_causal_lm
 
 pytest.importorskip("gptqmodel", reason="GPTQ needs gptqmodel (installed by make install)")
 
@@ -114,7 +114,7 @@ def test_autogptq_format_checkpoint_loads_through_gptqmodel(quantized, tiny_conf
         {k: settings[k] for k in ("bits", "group_size", "desc_act", "sym") if k in settings}
         | {"true_sequential": True, "model_file_base_name": "model"}))
     (target / "quantize.json").unlink()
-    arena = Arena(tiny_config)
+    arena = Arena(in_process(tiny_config))  # the loaded layers' classes are read below
     settings_ = arena.settings(max_new_tokens=6)
     autogptq = arena.compare_records("Hello there", ["tiny/autogptq"], settings_)[0]
     assert autogptq["status"] == "done", autogptq["error"]

@@ -14,7 +14,7 @@ from demo.errors import Busy, InvalidRequest
 from demo.backends import load as load_variant
 from demo.running.manager import ModelManager
 from demo.running.runner import Arena
-from tests.conftest import CLEAR_PROMPT, REPO, require_clear_answer
+from tests.conftest import CLEAR_PROMPT, REPO, in_process, require_clear_answer
 
 PROMPT = CLEAR_PROMPT
 
@@ -112,7 +112,8 @@ def test_cli_rejects_control_characters_and_huge_prompts():
 def test_missing_backend_fails_alone(arena, monkeypatch):
     monkeypatch.setattr(transformers_backend, "package_available", lambda package: package != "bitsandbytes")
     require_clear_answer(arena, "smollm2/bf16")
-    local = Arena(arena.config)  # fresh cache, so the bitsandbytes variant really goes through loading
+    # a fresh cache, so the bitsandbytes variant really goes through loading, in this (patched) process
+    local = Arena(in_process(arena.config))
     records = local.compare_records(PROMPT, ["smollm2/bnb-nf4", "smollm2/bf16"], local.settings(max_new_tokens=8))
     assert records[0]["status"] == "error"
     assert records[0]["error"] == "not available: the 'bitsandbytes' package is not installed"

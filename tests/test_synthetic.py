@@ -17,6 +17,7 @@ from demo.measuring.shapes import (QUALITY_NOT_COMPUTED, RANDOM_WEIGHTS_NOTE, SH
                                    rotary_buffer_bytes, shape_named, weights_bytes)
 from demo.reports import card, report
 from demo.settings import GenerationSettings, prompt_ids
+from tests.conftest import in_process
 
 BASE = "tiny-random"
 # One variant of each family (and the plain dtypes and F32 file, whose size the shapes give exactly): each load
@@ -55,7 +56,7 @@ def config(tmp_path_factory):
 def synthetic_arena(config):
     from demo.running.runner import Arena
 
-    return Arena(config)
+    return Arena(in_process(config))  # a test sets the loaded model's own generation config
 
 
 @pytest.fixture(scope="module")

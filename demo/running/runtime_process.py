@@ -286,16 +286,32 @@ class _WorkerHandle:
         self.conn.close()
 
     def _stop_process(self, grace_s: float = 2.0) -> int | None:
-        """Wait up to grace_s for the worker to exit, kill it if need be; its exit code (None: not ours to wait)."""
+        """Wait up to grace_s for the worker to exit, kill it if need be; its exit code as Popen gives it (None:
+        unknown). A process forked from the owner (a ZeroGPU worker) cannot wait for it: it reads the status the
+        kernel keeps for the owner to collect."""
         if os.getpid() != self._owner:
             if self.running():
                 os.kill(self.pid, signal.SIGKILL)
-            return None
+            return _unreaped_exit_code(self.pid)
         try:
             return self.process.wait(grace_s)
         except subprocess.TimeoutExpired:
             self.process.kill()
             return self.process.wait()
+
+
+def _unreaped_exit_code(pid: int) -> int | None:
+    """The exit code of a process that ended and was not yet collected by its parent (field 52 of /proc/PID/stat,
+    the status as waitpid reports it), as Popen gives it: -signal or the code; None if it is gone or unreadable."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    if fields[0] != "Z" or len(fields) < 50:
+        return None
+    status = int(fields[49])
+    return -(status & 0x7F) if status & 0x7F else (status >> 8) & 0xFF
 
 
 def _reap(process: subprocess.Popen, owner: int) -> None:

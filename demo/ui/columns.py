@@ -145,6 +145,8 @@ def answer_text(rec: dict, quantize_offered: bool = True) -> str:
     """The answer, or why there is none (without "press Quantize now" where the page does not offer it)."""
     if not rec.get("error"):
         return rec["text"]
+    if rec.get("crashed"):  # what it said before its runtime died, then how it died
+        return f"{rec['text']}\n\n— {rec['error']}" if rec.get("text") else rec["error"]
     error = rec["error"] if quantize_offered else rec["error"].replace(PRESS_QUANTIZE_NOW, "")
     return f"Not available — {error}"
 
