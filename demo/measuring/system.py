@@ -81,6 +81,10 @@ class SystemSnapshot:
     ram_used_mib: float  # machine-wide total minus available: page cache the OS can drop is not counted
     ram_total_mib: float
     gpu: GpuFigures | None
+    # the processes this one started (each variant's runtime in its own, a ZeroGPU worker): how many, and the pages
+    # only they hold (USS, summed; None where a platform has no USS)
+    worker_processes: int = 0
+    workers_uss_mib: float | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -94,8 +98,23 @@ def snapshot(device: str | None = None) -> SystemSnapshot:
         rss, uss = full.rss, full.uss
     except (psutil.AccessDenied, AttributeError):  # platforms without USS
         rss, uss = process.memory_info().rss, None
+    workers, workers_uss = _workers(process)
     return SystemSnapshot(device or device_name(), rss / MIB, None if uss is None else uss / MIB,
-                          (vm.total - vm.available) / MIB, vm.total / MIB, gpu_figures())
+                          (vm.total - vm.available) / MIB, vm.total / MIB, gpu_figures(), workers, workers_uss)
+
+
+def _workers(process: psutil.Process) -> tuple[int, float | None]:
+    """How many processes this one started are alive, and their USS in MiB (about 2 ms each, like our own)."""
+    count, uss = 0, 0.0
+    for child in process.children(recursive=True):
+        try:
+            uss += child.memory_full_info().uss
+            count += 1
+        except psutil.NoSuchProcess:
+            continue
+        except (psutil.AccessDenied, AttributeError):
+            return len(process.children(recursive=True)), None
+    return count, uss / MIB
 
 
 class SharedSnapshot:

@@ -57,10 +57,12 @@ class ModelManager:
     """The one shared object: a lock-guarded LRU cache of loaded variants under a budget in MiB."""
 
     def __init__(self, config: ArenaConfig, loader: Loader | None = None, budget_mib: float | None = None,
-                 estimator: Estimator = size_estimate.estimate):
-        # the default loader gives variants with `process: own` a worker process (demo.running.runtime_process)
-        self._config, self._estimator = config, estimator
+                 estimator: Estimator | None = None):
+        # the default loader gives variants with `process: own` a worker process (demo.running.runtime_process),
+        # which also estimates their size; any other loader, the estimate in this process
+        self._config = config
         self._loader = ProcessLoader(config.limits) if loader is None else loader
+        self._estimator = estimator or getattr(self._loader, "estimate", size_estimate.estimate)
         self.budget_mib = config.memory_budget_mib if budget_mib is None else budget_mib
         self._cache: OrderedDict[str, LoadedVariant] = OrderedDict()  # least recently used first
         self._sizes_mib: dict[str, float] = {}  # measured footprints, used to make room before a reload

@@ -35,6 +35,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from demo import backends
+from demo.backends import size_estimate
 from demo.backends.base import LoadedVariant, OnToken
 from demo.config import PROCESS_DEFAULTS, BaseModel, Limits, Variant
 from demo.errors import RuntimeCrashed, VariantUnavailable
@@ -75,19 +76,45 @@ class CrashLedger:
 
 
 class ProcessLoader:
-    """The model manager's loader: a variant with its own process gets a worker, any other loads here."""
+    """The model manager's loader and size estimator: a variant with its own process gets a worker, which also
+    estimates its size before the load (and is kept for it); any other variant loads and is estimated here."""
 
     def __init__(self, limits: Limits, in_process: Callable[[Variant, BaseModel], LoadedVariant] = backends.load,
                  defaults: dict[str, str] = PROCESS_DEFAULTS):
         self.stall_s, self.load_s = limits.runtime_stall_s, limits.runtime_load_s
         self.crashes = CrashLedger(limits.max_runtime_crashes)
         self._in_process, self._defaults = in_process, defaults
+        self._spare: dict[str, _WorkerHandle] = {}  # variant id -> the worker that estimated it, for its load
+        self._spare_lock = threading.Lock()
+        # The serving process unpickles each worker's tokenizer: transformers is imported now, before anyone is
+        # served, not on the first load (its first import scans every model module, seconds under the GIL).
+        import transformers.models.auto  # noqa: F401
 
     def __call__(self, variant: Variant, base: BaseModel) -> LoadedVariant:
         if not variant.own_process(self._defaults):
             return self._in_process(variant, base)
         self.crashes.check(variant.id)
-        return ProcessVariant.start(variant, base, self.stall_s, self.load_s, self.crashes)
+        with self._spare_lock:
+            worker = self._spare.pop(variant.id, None)
+        return ProcessVariant.start(variant, base, self.stall_s, self.load_s, self.crashes, worker)
+
+    def estimate(self, variant: Variant, base: BaseModel) -> size_estimate.SizeEstimate | None:
+        """The variant's weights size before it loads; for one with its own process, computed in the worker that
+        will load it (counting the base's parameters may materialise a bundled checkpoint: seconds of work)."""
+        if not variant.own_process(self._defaults):
+            return size_estimate.estimate(variant, base)
+        with self._spare_lock:
+            worker = self._spare.pop(variant.id, None)
+        worker = worker if worker is not None and worker.running() else _WorkerHandle.start(variant.runtime)
+        try:
+            found = worker.ask("estimate", (variant, base), self.load_s)
+        except Exception as exc:  # a worker that died here: no estimate, and the load starts a fresh one
+            log.info("no size estimate for %s: %s", variant.id, exc)
+            worker.end()
+            return None
+        with self._spare_lock:
+            self._spare[variant.id] = worker
+        return found
 
 
 class ProcessVariant(LoadedVariant):
@@ -105,9 +132,11 @@ class ProcessVariant(LoadedVariant):
         self._tracking: _Tracked | None = None  # the track_memory() block a generate() runs in, if any
 
     @classmethod
-    def start(cls, variant: Variant, base: BaseModel, stall_s: float, load_s: float,
-              crashes: CrashLedger) -> "ProcessVariant":
-        worker = _WorkerHandle.start(variant.runtime)
+    def start(cls, variant: Variant, base: BaseModel, stall_s: float, load_s: float, crashes: CrashLedger,
+              worker: "_WorkerHandle | None" = None) -> "ProcessVariant":
+        """Load the variant in `worker` (one already started for its size estimate) or in a new one."""
+        if worker is None or not worker.running():
+            worker = _WorkerHandle.start(variant.runtime)
         try:
             facts = worker.ask("load", (variant, base, torch.get_num_threads()), load_s)
         except RuntimeCrashed as exc:

@@ -100,6 +100,13 @@ class _Worker:
             self.loaded.generate(ids, settings, self.inbox.stop, on_token)
         return {"facts": self.loaded.run_facts(), "memory": memory.result}
 
+    def _estimate(self, request_id: str, variant, base):
+        """The variant's weights size before its load (demo.backends.size_estimate): reading the base's config may
+        mean materialising a bundled checkpoint first, seconds of work that must not hold the serving process."""
+        from demo.backends import size_estimate
+
+        return size_estimate.estimate(variant, base)
+
     def _logits(self, request_id: str, ids: list[int]):
         return self.loaded.logits(ids)
 

@@ -62,9 +62,12 @@ def system_markdown(arena: Arena, shared: system.SharedSnapshot | None = None, n
     process = (f"**This process:** {snap.process_uss_mib:,.0f} MiB of its own memory (USS) · "
                f"{snap.process_rss_mib:,.0f} MiB resident (RSS)" if snap.process_uss_mib is not None
                else f"**This process:** {snap.process_rss_mib:,.0f} MiB resident (RSS)")
-    lines = [f"**Device:** {snap.device}",
-             process,
-             f"**Machine RAM in use:** {snap.ram_used_mib:,.0f} of {snap.ram_total_mib:,.0f} MiB"]
+    lines = [f"**Device:** {snap.device}", process]
+    if snap.worker_processes:  # each variant's runtime in a process of its own (demo.running.runtime_process)
+        uss = f" · {snap.workers_uss_mib:,.0f} MiB of their own memory (USS)" if snap.workers_uss_mib is not None else ""
+        lines.append(f"**Runtime processes:** {snap.worker_processes} (a loaded variant's runtime, or a GPU worker, "
+                     f"each in its own){uss}")
+    lines.append(f"**Machine RAM in use:** {snap.ram_used_mib:,.0f} of {snap.ram_total_mib:,.0f} MiB")
     if snap.gpu:
         lines.append(f"**VRAM used (device-wide, NVML):** {snap.gpu.used_mib:,.0f} / {snap.gpu.total_mib:,.0f} MiB "
                      f"· driver {snap.gpu.driver}")
