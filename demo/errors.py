@@ -32,6 +32,12 @@ class RuntimeCrashed(ArenaError):
     Like vLLM's EngineDeadError: the caller reports it and the next request gets a fresh runtime."""
 
 
+class RuntimeEndedOnStop(ArenaError):
+    """A Stop that the runtime could not honour in time (llama.cpp reading a long prompt checks for it only once
+    the prompt is read): its process was ended so the device is free; the run counts as stopped, not failed, and
+    the variant loads afresh next time."""
+
+
 class MemoryBudgetExceeded(ArenaError):
     """A variant does not fit in the configured memory budget even with every other variant evicted."""
 

@@ -299,3 +299,48 @@ def test_a_battle_whose_challenger_crashed_is_never_issued_or_scored(tmp_path, g
     shown = blind.vote(issued["battle"], "a", "s1")
     assert Q8 not in json.dumps(shown)
     arena.manager.clear()
+
+
+def test_a_runtime_that_cannot_honour_stop_is_ended_and_counts_as_stopped(tmp_path, gguf_files, monkeypatch):
+    """llama.cpp reading a long prompt checks Stop only once it is read: a runtime that does not stop in time is
+    ended (the device is free at once), the column says stopped, and no crash is counted against the variant."""
+    from demo.running import runtime_process
+
+    monkeypatch.setattr(runtime_process, "STOP_GRACE_S", 2.0)
+    arena = Arena(config_with(tmp_path, max_runtime_crashes=1))
+    monkeypatch.setenv(faults.ENV, f"{Q8}=hang@token1")
+    stop, final = threading.Event(), None
+    for final in arena.compare("Name the capital of France.", [Q8], arena.settings(max_new_tokens=8), stop):
+        if final[0].status == "generating" and not stop.is_set():
+            stop.set()
+    assert final[0].status == "stopped" and not final[0].crashed and final[0].error is None
+    monkeypatch.delenv(faults.ENV)
+    again = compare(arena, [Q8])  # refused after one crash, were the ended run counted as one
+    assert again[Q8].status == "done" and again[Q8].cache_hit is False
+    arena.manager.clear()
+
+
+def test_a_variant_refused_by_the_budget_leaves_no_worker_behind(tmp_path):
+    import psutil
+
+    data = yaml.safe_load((REPO / "models.yaml").read_text())
+    data["memory_budget_mib"] = 50  # the fp32 baseline's 513 MiB cannot fit
+    (tmp_path / "models.yaml").write_text(yaml.safe_dump(data))
+    arena = Arena(load_config(tmp_path / "models.yaml"))
+
+    def workers() -> set[int]:
+        return {p.pid for p in psutil.Process().children(recursive=True)
+                if "demo.running.runtime_worker" in " ".join(p.cmdline())}
+
+    before = workers()
+    records = compare(arena, [FP32])
+    assert records[FP32].status == "error" and "memory budget" in records[FP32].error
+    assert workers() - before == set()  # the worker that estimated its size was ended with the refusal
+
+
+def test_a_run_records_how_late_its_tokens_reached_the_server(default_config, gguf_files):
+    arena = Arena(default_config)
+    record = compare(arena, [Q8])[Q8]
+    lag = record.stored["token_delivery_ms"]
+    assert 0 <= lag["p50"] <= lag["max"] < 1000
+    arena.manager.clear()

@@ -106,18 +106,25 @@ def multiplicative_noise(model: Any, epsilon: float = EPSILON, seed: int = DEFAU
 def noisy_logits(loaded: Any, ids_list: Sequence[list[int]], epsilon: float = EPSILON,
                  seed: int = DEFAULT_SEED) -> list[torch.Tensor] | NoiseFloorUnavailable:
     """loaded.logits(ids) for each ids in ids_list, with noise after every decoder layer: float32
-    [len(ids), vocab] on the CPU each, row i predicting token i + 1."""
-    return loaded.run_here(_noisy_logits_here, [list(ids) for ids in ids_list], epsilon, seed)
+    [len(ids), vocab] on the CPU each, row i predicting token i + 1. Window i's noise is seeded with seed + i, and
+    each window is one request to the runtime (in its own process: each within its deadline, one window's logits
+    crossing at a time)."""
+    noisy = []
+    for index, ids in enumerate(ids_list):
+        logits = loaded.run_here(_noisy_logits_here, list(ids), epsilon, seed + index)
+        if isinstance(logits, NoiseFloorUnavailable):
+            return logits
+        noisy.append(logits)
+    return noisy
 
 
-def _noisy_logits_here(loaded: Any, ids_list: list[list[int]], epsilon: float,
-                       seed: int) -> list[torch.Tensor] | NoiseFloorUnavailable:
-    """noisy_logits where the runtime runs: its model's layers are reachable only there."""
+def _noisy_logits_here(loaded: Any, ids: list[int], epsilon: float, seed: int) -> torch.Tensor | NoiseFloorUnavailable:
+    """One window's noisy logits where the runtime runs: its model's layers are reachable only there."""
     unavailable = _unavailable(loaded)
     if unavailable is not None:
         return unavailable
     with multiplicative_noise(loaded.model, epsilon, seed):
-        return [loaded.logits(ids) for ids in ids_list]
+        return loaded.logits(ids)
 
 
 def summarise(kl: torch.Tensor, epsilon: float, seed: int) -> NoiseFloor | NoiseFloorUnavailable:

@@ -95,6 +95,7 @@ class ModelManager:
                 if pending is None:
                     size_mib, how = self._expected_mib(variant)
                     if size_mib > self.budget_mib:  # refused before evicting anything
+                        getattr(self._loader, "discard", lambda _: None)(variant_id)  # a worker kept for the load
                         raise self._over_budget(size_mib, how)
                     reserve_mib = size_mib * (1 + LOAD_HEADROOM_FRACTION)
                     if self._make_room(reserve_mib, keep=None) or not self._loading:

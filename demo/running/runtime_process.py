@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import signal
+import statistics
 import socket
 import subprocess
 import sys
@@ -38,7 +40,7 @@ from demo import backends
 from demo.backends import size_estimate
 from demo.backends.base import LoadedVariant, OnToken
 from demo.config import PROCESS_DEFAULTS, BaseModel, Limits, Variant
-from demo.errors import RuntimeCrashed, VariantUnavailable
+from demo.errors import RuntimeCrashed, RuntimeEndedOnStop, VariantUnavailable
 from demo.measuring.trackers import Memory
 from demo.running.runtime_worker import receive, send
 from demo.settings import GenerationSettings
@@ -116,13 +118,20 @@ class ProcessLoader:
             self._spare[variant.id] = worker
         return found
 
+    def discard(self, variant_id: str) -> None:
+        """End the worker kept from an estimate whose load will not happen (the variant was refused)."""
+        with self._spare_lock:
+            worker = self._spare.pop(variant_id, None)
+        if worker is not None:
+            worker.end()
+
 
 class ProcessVariant(LoadedVariant):
     """A LoadedVariant whose runtime is in a worker process; every call is a request/answer exchange with it."""
 
     def __init__(self, variant: Variant, worker: "_WorkerHandle", facts: dict[str, Any], stall_s: float,
                  crashes: CrashLedger):
-        super().__init__(variant, facts["tokenizer"], facts["device"], facts["weights_bytes"],
+        super().__init__(variant, unpickle_tokenizer(facts["tokenizer"]), facts["device"], facts["weights_bytes"],
                          facts["stop_token_ids"], facts["context_tokens"])
         self.runtime, self.random_weights = facts["runtime"], facts["random_weights"]
         self.full_distributions = facts["full_distributions"]
@@ -149,8 +158,16 @@ class ProcessVariant(LoadedVariant):
 
     def generate(self, prompt_ids: list[int], settings: GenerationSettings, stop: threading.Event,
                  on_token: OnToken) -> None:
-        answer = self._ask("generate", (prompt_ids, settings), stop=stop, on_token=on_token)
-        self._run_facts = answer["facts"]
+        lags_ms: list[float] = []
+
+        def delivered(token_id: int, at_s: float) -> None:
+            lags_ms.append((time.perf_counter() - at_s) * 1e3)
+            on_token(token_id, at_s)
+
+        answer = self._ask("generate", (prompt_ids, settings), stop=stop, on_token=delivered)
+        self._crashes.succeeded(self.variant.id)  # a run that ended well clears the crashes in a row
+        # the runtime's own timestamps time every figure; how late its tokens reached this process is said beside
+        self._run_facts = {**answer["facts"], "token_delivery_ms": _delivery(lags_ms)}
         if self._tracking is not None:
             self._tracking.result = answer["memory"]
 
@@ -169,12 +186,10 @@ class ProcessVariant(LoadedVariant):
     def _ask(self, kind: str, payload: tuple, stop: threading.Event | None = None,
              on_token: OnToken | None = None) -> Any:
         try:
-            answer = self._worker.ask(kind, payload, self._stall_s, stop, on_token)
+            return self._worker.ask(kind, payload, self._stall_s, stop, on_token)
         except RuntimeCrashed as exc:
             self._crashes.crashed(self.variant.id, str(exc))
             raise
-        self._crashes.succeeded(self.variant.id)
-        return answer
 
     def alive(self) -> bool:
         return self._worker.running()
@@ -266,8 +281,9 @@ class _WorkerHandle:
             raise self._ended(None)
         now = time.monotonic()
         if stop_sent_at is not None and now - stop_sent_at > STOP_GRACE_S:
-            raise self._ended(f"hung: {self.runtime} did not stop within {STOP_GRACE_S:.0f} s of Stop; its process "
-                              "was ended, the other variants are unaffected")
+            self._ended(f"ended on Stop: {self.runtime} did not reach a check within {STOP_GRACE_S:.0f} s")
+            raise RuntimeEndedOnStop(f"stopped: {self.runtime} could not stop within {STOP_GRACE_S:.0f} s (a long "
+                                     "prompt being read), so its process was ended; it loads afresh next time")
         if now > deadline:
             raise self._ended(f"hung: {self.runtime} said nothing for {stall_s:.0f} s; its process was ended, the "
                               "other variants are unaffected")
@@ -329,6 +345,25 @@ class _WorkerHandle:
             return self.process.wait()
 
 
+def unpickle_tokenizer(data: bytes) -> Any:
+    """The worker's tokenizer. One whose class comes from a model repository (trust_remote_code) lives in
+    transformers' dynamic-modules folder, which the worker put on its import path: put it on this one's too."""
+    try:
+        return pickle.loads(data)
+    except ModuleNotFoundError:
+        from transformers.dynamic_module_utils import init_hf_modules
+
+        init_hf_modules()
+        return pickle.loads(data)
+
+
+def _delivery(lags_ms: list[float]) -> dict[str, float] | None:
+    """p50 and max of how long tokens took from the runtime's timestamp to this process, in ms."""
+    if not lags_ms:
+        return None
+    return {"p50": round(statistics.median(lags_ms), 3), "max": round(max(lags_ms), 3)}
+
+
 def _unreaped_exit_code(pid: int) -> int | None:
     """The exit code of a process that ended and was not yet collected by its parent (field 52 of /proc/PID/stat,
     the status as waitpid reports it), as Popen gives it: -signal or the code; None if it is gone or unreadable."""
@@ -359,8 +394,9 @@ def _signal_name(number: int) -> str:
 def _spawn(fd: int) -> subprocess.Popen:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_ROOT, env.get("PYTHONPATH")]))
+    # the serving process's own working directory: relative paths in the environment mean the same there
     return subprocess.Popen([sys.executable, "-m", "demo.running.runtime_worker", str(fd), str(os.getpid())],
-                            pass_fds=(fd,), stdin=subprocess.DEVNULL, env=env, cwd=_PACKAGE_ROOT)
+                            pass_fds=(fd,), stdin=subprocess.DEVNULL, env=env)
 
 
 _launchers: dict[int, ThreadPoolExecutor] = {}

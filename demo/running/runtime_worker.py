@@ -25,13 +25,24 @@ log = logging.getLogger("demo.running.runtime_worker")
 
 
 class _Inbox:
-    """Requests in arrival order; "stop" sets the event at once. A generate request clears the event as it is
-    read, before any stop sent after it, so a Stop for one run never leaks into the next."""
+    """Requests in arrival order, each with a stop event of its own: "stop" sets its request's event at once, and
+    any newer request sets every earlier one's. The asking side sends one request at a time and waits for its
+    answer, so a newer request means the earlier asker is gone (a ZeroGPU worker that died mid-run, say): its run
+    ends at its next check instead of holding the runtime for the newcomer."""
 
     def __init__(self, conn: Connection):
         self.requests: queue.SimpleQueue = queue.SimpleQueue()
-        self.stop = threading.Event()
+        self._stops: dict[str, threading.Event] = {}  # request id -> its stop event, while it may still run
+        self._lock = threading.Lock()
         threading.Thread(target=self._read, args=(conn,), daemon=True, name="runtime-inbox").start()
+
+    def stop_event(self, request_id: str) -> threading.Event:
+        with self._lock:
+            return self._stops.setdefault(request_id, threading.Event())
+
+    def done(self, request_id: str) -> None:
+        with self._lock:
+            self._stops.pop(request_id, None)
 
     def _read(self, conn: Connection) -> None:
         while True:
@@ -40,10 +51,12 @@ class _Inbox:
             except (EOFError, OSError):  # the parent closed its end or died: nothing will ask any more
                 os._exit(0)
             if message[1] == "stop":
-                self.stop.set()
+                self.stop_event(message[0]).set()
                 continue
-            if message[1] == "generate":
-                self.stop.clear()
+            with self._lock:
+                for event in self._stops.values():
+                    event.set()
+            self.stop_event(message[0])
             self.requests.put(message)
 
 
@@ -66,6 +79,8 @@ class _Worker:
             except BaseException as exc:  # the runtime's own error: the parent raises it in the variant's column
                 log.debug("request %s failed", kind, exc_info=True)
                 send(self.conn, (request_id, "error", _portable(exc)))
+            finally:
+                self.inbox.done(request_id)
 
     def _load(self, request_id: str, variant, base, threads: int) -> dict[str, Any]:
         import torch
@@ -81,7 +96,8 @@ class _Worker:
         return {"runtime": loaded.runtime, "device": loaded.device, "weights_bytes": loaded.weights_bytes,
                 "stop_token_ids": loaded.stop_token_ids, "context_tokens": loaded.context_tokens,
                 "random_weights": loaded.random_weights, "full_distributions": loaded.full_distributions,
-                "details": loaded.details(), "memory_kind": loaded.memory_kind(), "tokenizer": loaded.tokenizer}
+                "details": loaded.details(), "memory_kind": loaded.memory_kind(),
+                "tokenizer": pickle.dumps(loaded.tokenizer)}  # unpickled apart (runtime_process.unpickle_tokenizer)
 
     def _generate(self, request_id: str, ids: list[int], settings) -> dict[str, Any]:
         count = 0
@@ -97,7 +113,7 @@ class _Worker:
                 faults.trigger(self.fault.kind)
 
         with self.loaded.track_memory() as memory:
-            self.loaded.generate(ids, settings, self.inbox.stop, on_token)
+            self.loaded.generate(ids, settings, self.inbox.stop_event(request_id), on_token)
         return {"facts": self.loaded.run_facts(), "memory": memory.result}
 
     def _estimate(self, request_id: str, variant, base):

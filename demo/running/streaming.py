@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator
 
-from demo.errors import EndpointError
+from demo.errors import EndpointError, RuntimeEndedOnStop
 from demo.measuring.energy import Energy, track_energy
 from demo.measuring.trackers import LatencyTracker, Memory
 from demo.running.device import DeviceThread
@@ -75,7 +75,9 @@ class StreamingGeneration:
             with self._loaded.track_memory() as memory, track_energy(self._loaded.device) as energy:
                 self._generate()
             self.memory, self.energy = memory.result, energy.result
-        except EndpointError as exc:  # a connection shut down by cancel() after a Stop: stopped, not failed
+        # a connection shut down by cancel() after a Stop, or a runtime ended because it could not stop in time:
+        # stopped, not failed
+        except (EndpointError, RuntimeEndedOnStop) as exc:
             if not self.stop.is_set():
                 self.error = exc
         except BaseException as exc:  # handed to the reader: OOM and kernel errors belong to this variant
