@@ -344,3 +344,46 @@ def test_a_run_records_how_late_its_tokens_reached_the_server(default_config, gg
     lag = record.stored["token_delivery_ms"]
     assert 0 <= lag["p50"] <= lag["max"] < 1000
     arena.manager.clear()
+
+
+def test_the_emulated_zerogpu_worker_holds_no_port_and_dies_with_the_app(tmp_path):
+    """The worker forked from the app (ARENA_ZEROGPU_EMULATE=1) drops the server's listening socket it inherited
+    and ends when the app is stopped with SIGTERM, so a restarted app gets the same port back."""
+    import psutil
+    from gradio_client import Client
+
+    from tests.conftest import free_port
+    from tests.test_zerogpu import small_profile
+
+    port = free_port()
+    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "ARENA_ZEROGPU_EMULATE": "1",
+           "ARENA_MODELS": str(small_profile(tmp_path, [FP32])), "ARENA_ZEROGPU_MAX_S": "3600"}
+    log = (tmp_path / "app.log").open("w")
+    app = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        url, deadline = f"http://127.0.0.1:{port}/", time.monotonic() + 600
+        while True:
+            try:
+                client = Client(url, verbose=False)
+                break
+            except Exception:
+                assert app.poll() is None and time.monotonic() < deadline, (tmp_path / "app.log").read_text()[-3000:]
+                time.sleep(0.5)
+        [record] = client.predict(prompt="Name the capital of France.", variants=[FP32], max_new_tokens=4,
+                                  api_name="/compare")
+        assert record["status"] == "done", record["error"]
+        worker = record["environment"]["zerogpu"]["worker_pid"]
+        assert worker != app.pid and psutil.Process(worker).ppid() == app.pid
+        listening = [c for c in psutil.Process(worker).net_connections("tcp") if c.status == psutil.CONN_LISTEN]
+        assert listening == [], listening
+        app.terminate()
+        app.wait(timeout=60)
+        deadline = time.monotonic() + 10
+        while _running(worker):
+            assert time.monotonic() < deadline, "the forked worker outlived the app"
+            time.sleep(0.1)
+        with socket.create_server(("127.0.0.1", port)):  # the port is free again
+            pass
+    finally:
+        app.kill()
+        log.close()

@@ -259,9 +259,10 @@ class _WorkerHandle:
             answer_id, what, body = message
             if answer_id != request_id:
                 continue
-            if what == "token":
+            if what == "tokens":
                 deadline = time.monotonic() + stall_s
-                on_token(*body)
+                for token_id, at_s in body:
+                    on_token(token_id, at_s)
             elif what == "result":
                 return body
             elif what == "error":
