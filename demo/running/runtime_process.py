@@ -96,17 +96,14 @@ class ProcessLoader:
         if not variant.own_process(self._defaults):
             return self._in_process(variant, base)
         self.crashes.check(variant.id)
-        with self._spare_lock:
-            worker = self._spare.pop(variant.id, None)
-        return ProcessVariant.start(variant, base, self.stall_s, self.load_s, self.crashes, worker)
+        return ProcessVariant.start(variant, base, self.stall_s, self.load_s, self.crashes, self._take_spare(variant.id))
 
     def estimate(self, variant: Variant, base: BaseModel) -> size_estimate.SizeEstimate | None:
         """The variant's weights size before it loads; for one with its own process, computed in the worker that
         will load it (counting the base's parameters may materialise a bundled checkpoint: seconds of work)."""
         if not variant.own_process(self._defaults):
             return size_estimate.estimate(variant, base)
-        with self._spare_lock:
-            worker = self._spare.pop(variant.id, None)
+        worker = self._take_spare(variant.id)
         worker = worker if worker is not None and worker.running() else _WorkerHandle.start(variant.runtime)
         try:
             found = worker.ask("estimate", (variant, base), self.load_s)
@@ -120,10 +117,13 @@ class ProcessLoader:
 
     def discard(self, variant_id: str) -> None:
         """End the worker kept from an estimate whose load will not happen (the variant was refused)."""
-        with self._spare_lock:
-            worker = self._spare.pop(variant_id, None)
+        worker = self._take_spare(variant_id)
         if worker is not None:
             worker.end()
+
+    def _take_spare(self, variant_id: str) -> "_WorkerHandle | None":
+        with self._spare_lock:
+            return self._spare.pop(variant_id, None)
 
 
 class ProcessVariant(LoadedVariant):
