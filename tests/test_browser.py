@@ -219,7 +219,9 @@ def test_evaluate_tab(browser, app_url):
     assert "noise floor (ε = 2⁻⁹) of smollm2/fp32" in table  # the line under which a KL is noise
     for chart in ("kl_vs_size", "kl_per_token"):  # the KL tail against size, and per token
         assert page.locator(f"img[src*='{chart}']").count() == 1, chart
-    assert page.locator("#evaluate").is_enabled() and not page.locator("#evaluate-stop").is_enabled()
+    # Run comes back and Stop goes off in the event after the results (a separate update from the server)
+    page.wait_for_function("() => !document.querySelector('#evaluate').disabled"
+                           " && document.querySelector('#evaluate-stop').disabled", timeout=30_000)
     assert errors == []
 
 
