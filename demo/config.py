@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -266,6 +267,29 @@ class BlindSettings:
     variants: tuple[str, ...] = ()  # variants that may face their base's baseline; () for all of them
 
 
+# Networks a Space's own proxies connect from (a Space sees an internal 10.x peer, with the visitor's address in
+# X-Forwarded-For): private and shared address space only, which no visitor on the internet can connect from.
+SPACE_TRUSTED_PROXIES = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7")
+SPACE_PROXY_HOPS = 3  # the most proxies of the Space's own network the address is taken through
+TRUSTED_PROXIES_ENV = "ARENA_TRUSTED_PROXIES"  # overrides proxies.trusted: "10.0.0.0/8,127.0.0.1", or "none"
+PROXY_HOPS_ENV = "ARENA_PROXY_HOPS"  # overrides proxies.hops
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    """Which proxies in front of the app are trusted to say who the client is (models.yaml `proxies:`; see
+    demo.ui.clients). A request's address is its connection's peer, unless that peer is in `trusted`: then the
+    entries those proxies appended to X-Forwarded-For are taken from the right, through at most `hops` of them."""
+
+    trusted: tuple[str, ...] = ()  # networks or addresses ("10.0.0.0/8", "127.0.0.1"); () trusts none
+    hops: int = 1
+
+    @classmethod
+    def default(cls) -> "ProxySettings":
+        """None trusted when the app is reached directly; a Space's own network on a Space."""
+        return cls(SPACE_TRUSTED_PROXIES, SPACE_PROXY_HOPS) if on_space() else cls()
+
+
 @dataclass(frozen=True)
 class ArenaConfig:
     path: Path
@@ -277,6 +301,7 @@ class ArenaConfig:
     examples: tuple[str, ...] = ()
     blind: BlindSettings = field(default_factory=BlindSettings)
     quantize_now_on_space: bool = False  # whether a Space offers Quantize now (off a Space it always does)
+    proxies: ProxySettings = field(default_factory=ProxySettings)
 
     def quantize_now_offered(self) -> bool:
         """Quantize now holds the only device for minutes (AWQ on a CPU: 20+), so a Space, which may be public
@@ -329,7 +354,7 @@ def load_config(path: str | os.PathLike | None = None) -> ArenaConfig:
 def _parse(path: Path, data: Any) -> ArenaConfig:
     _expect(isinstance(data, dict), path, "top level must be a mapping with 'bases' and 'variants'")
     _only(path, data, {"bases", "variants", "limits", "generation", "memory_budget_mib", "examples", "blind",
-                       "quantize_now_on_space"}, None)
+                       "quantize_now_on_space", "proxies"}, None)
     bases = _parse_bases(path, _required(path, data, "bases", dict))
     variants = _parse_variants(path, _required(path, data, "variants", list), bases)
     for base in bases.values():
@@ -350,7 +375,37 @@ def _parse(path: Path, data: Any) -> ArenaConfig:
     blind = _parse_blind(path, data.get("blind") or {}, variants, limits)
     quantize_on_space = _typed(path, data.get("quantize_now_on_space", False), bool, "quantize_now_on_space")
     return ArenaConfig(path, bases, variants, limits, generation, _budget(path, data), tuple(examples), blind,
-                       quantize_now_on_space=quantize_on_space)
+                       quantize_now_on_space=quantize_on_space, proxies=_parse_proxies(path, data.get("proxies")))
+
+
+def _parse_proxies(path: Path, raw: Any) -> ProxySettings:
+    """models.yaml's `proxies:` (absent: ProxySettings.default()), then $ARENA_TRUSTED_PROXIES and
+    $ARENA_PROXY_HOPS over it: a Space's operator can correct it in the Space's settings."""
+    settings = ProxySettings.default()
+    if raw is not None:
+        _expect(isinstance(raw, dict), path, "must be a mapping with 'trusted' and 'hops'", field="proxies")
+        _only(path, raw, {"trusted", "hops"}, None, "proxies")
+        trusted = raw.get("trusted", list(settings.trusted))
+        _expect(isinstance(trusted, list) and all(isinstance(t, str) for t in trusted), path,
+                "must be a list of addresses or networks (\"10.0.0.0/8\")", field="proxies.trusted")
+        hops = _typed(path, raw.get("hops", settings.hops), int, "proxies.hops")
+        settings = ProxySettings(tuple(trusted), hops)
+    if os.environ.get(TRUSTED_PROXIES_ENV):
+        listed = os.environ[TRUSTED_PROXIES_ENV].strip()
+        trusted = () if listed.lower() == "none" else tuple(t.strip() for t in listed.split(",") if t.strip())
+        settings = ProxySettings(trusted, settings.hops)
+        path = Path(f"${TRUSTED_PROXIES_ENV}")
+    if os.environ.get(PROXY_HOPS_ENV):
+        hops = os.environ[PROXY_HOPS_ENV].strip()
+        _expect(hops.isdigit(), Path(f"${PROXY_HOPS_ENV}"), f"must be a whole number, got {hops!r}")
+        settings = ProxySettings(settings.trusted, int(hops))
+    for network in settings.trusted:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise ConfigError(path, f"{network!r} is not an address or network", field="proxies.trusted") from None
+    _expect(1 <= settings.hops <= 16, path, f"must be between 1 and 16, got {settings.hops}", field="proxies.hops")
+    return settings
 
 
 def _parse_blind(path: Path, raw: Any, variants: dict[str, Variant], limits: Limits) -> BlindSettings:

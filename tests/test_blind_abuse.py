@@ -98,28 +98,6 @@ def test_sessions_from_one_address_share_its_limit(tmp_path):
         blind.vote("forged", "a", "s4", None)  # an unknown address: the per-session limit alone
 
 
-def test_address_of_takes_the_first_forwarded_address():
-    from demo.ui.blind import address_of
-
-    peer = SimpleNamespace(host="10.0.0.2")
-    forwarded = SimpleNamespace(headers={"x-forwarded-for": " 203.0.113.7, 10.0.0.1"}, client=peer)
-    assert address_of(forwarded) == "203.0.113.7"
-    assert address_of(SimpleNamespace(headers={}, client=peer)) == "10.0.0.2"
-    assert address_of(SimpleNamespace(headers={}, client=None)) is None and address_of(None) is None
-
-
-def test_the_arena_admits_a_client_by_session_and_forwarded_address_only():
-    from demo.running.turns import Client
-    from demo.ui.clients import client_of
-
-    peer = SimpleNamespace(host="127.0.0.1")
-    forwarded = SimpleNamespace(session_hash="s1", headers={"x-forwarded-for": "203.0.113.7, 10.0.0.1"}, client=peer)
-    assert client_of(forwarded) == Client("s1", "203.0.113.7")
-    # no proxy: the session alone; every local client shares the peer's address, so it says nothing
-    assert client_of(SimpleNamespace(session_hash="s2", headers={}, client=peer)) == Client("s2", None)
-    assert client_of(None) == Client("anonymous", None)
-
-
 # ---- an old database ----
 
 VERSION_1 = """

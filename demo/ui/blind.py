@@ -25,11 +25,11 @@ from demo.reports import report, scratch
 from demo.reports.escaping import markdown_inline
 from demo.running.runner import Arena
 from demo.ui import offpool, routes
-from demo.ui.clients import client_of, forwarded_address, session_of
+from demo.ui.clients import address_of, client_of, session_of
 
 # The results' names stay importable from here too.
 __all__ = ["BlindTab", "CSV_FIELDS", "HEADERS", "build_tab", "csv_row", "endpoints", "load_prompts",
-           "open_blind_test", "reveal_markdown", "session_of", "address_of", "summary_markdown", "table_rows", "write_results"]
+           "open_blind_test", "reveal_markdown", "session_of", "summary_markdown", "table_rows", "write_results"]
 
 PROMPTS_FILE = REPO_ROOT / "assets" / "blind_prompts.json"
 RESULTS_PATH, FILES_PATH = "/blind/results", "/blind/files"
@@ -57,13 +57,6 @@ figure here; the export keeps them, with the reason."""
 
 def load_prompts(path: Path = PROMPTS_FILE) -> list[str]:
     return list(json.loads(path.read_text(encoding="utf-8"))["prompts"])
-
-
-def address_of(request: gr.Request | None) -> str | None:
-    """The client's address: the first of X-Forwarded-For where a proxy (a Space's) supplies it, else the
-    connection's peer; None when neither is known. Only its digest is ever stored."""
-    client = getattr(request, "client", None)
-    return forwarded_address(request) or getattr(client, "host", None) or None
 
 
 def build_tab(arena: Arena, blind: BlindTest | None = None) -> BlindTab:
@@ -183,7 +176,8 @@ class BlindTab:
         if not current:
             raise gr.Error("ask for two answers first, then vote on them")
         try:
-            shown = self.blind.vote(current, choice, session_of(request), address_of(request))
+            address = address_of(request, self.blind.arena.config.proxies)
+            shown = self.blind.vote(current, choice, session_of(request), address)
         except ArenaError as exc:
             raise gr.Error(str(exc)) from None
         return {self.battle_id: None, self.revealed: reveal_markdown(shown), self.status: VOTED,
@@ -234,7 +228,8 @@ class BlindTab:
 def battle_work(blind: BlindTest, prompt: str, base: str | None, request: gr.Request | None) -> offpool.Work:
     """A battle for this request's client, on a thread of its own (the wait holds none of Gradio's threads): it
     reports its turns ahead, and its `stop` ends it unissued."""
-    session, address, client = session_of(request), address_of(request), client_of(request)
+    proxies = blind.arena.config.proxies
+    session, address, client = session_of(request), address_of(request, proxies), client_of(request, proxies)
     return offpool.Work(lambda work: blind.battle(prompt, base, session, address, client, work.stop, work.report),
                         name="battle")
 
@@ -263,7 +258,7 @@ def endpoints(blind: BlindTest):
         """Vote on a battle this client was issued: choice "a", "b", "tie" or "both_bad"; returns both sides
         named, with their figures and fidelity. Each battle takes one vote."""
         try:
-            return blind.vote(battle, choice, session_of(request), address_of(request))
+            return blind.vote(battle, choice, session_of(request), address_of(request, blind.arena.config.proxies))
         except ArenaError as exc:
             raise gr.Error(str(exc)) from None
 

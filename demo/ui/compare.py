@@ -222,7 +222,7 @@ class CompareTab:
         key = request.session_hash if request else None
         with self.stops_lock:
             self.stops[key] = stop_event
-        arena = self.arena.for_client(client_of(request))
+        arena = self.arena.for_client(client_of(request, self.arena.config.proxies))
 
         def run(work: offpool.Work) -> None:
             for results in arena.compare(prompt_text, list(variant_ids), settings, stop_event):
@@ -280,7 +280,7 @@ class CompareTab:
             raise gr.Error("Quantize now is off on this Space (the models file's quantize_now_on_space turns it on)")
         note, button = self.slots[index].quantize_note, self.slots[index].quantize_now
         gguf = self.config.variants[variant_id].method == "gguf"
-        arena = self.arena.for_client(client_of(request))
+        arena = self.arena.for_client(client_of(request, self.arena.config.proxies))
 
         def run(work: offpool.Work) -> float:
             with arena.device_turn(work.stop) as wait:
@@ -339,7 +339,7 @@ def compare_endpoint(arena: Arena):
         away stops the generation."""
         try:
             settings = arena.settings(max_new_tokens, do_sample, temperature, top_p, seed)
-            bound = arena.for_client(client_of(request))
+            bound = arena.for_client(client_of(request, arena.config.proxies))
 
             def run(work: offpool.Work) -> None:
                 for results in bound.compare(prompt, variants, settings, work.stop):

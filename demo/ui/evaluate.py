@@ -188,7 +188,7 @@ class EvaluateTab:
         order = [v for v in self.config.variants if v in (variant_ids or [])]  # rows in the models file's order
         text = evaluate.EVALUATION_FILE.read_text(encoding="utf-8")
         protocol = evaluate.Protocol(protocol_name or "sliding")
-        arena = self.arena.for_client(client_of(request))
+        arena = self.arena.for_client(client_of(request, self.arena.config.proxies))
 
         def run(work: offpool.Work) -> dict:
             with arena.admitted() as admitted:

@@ -8,7 +8,7 @@ from typing import Any
 import gradio as gr
 
 from demo.running.runner import Arena
-from demo.ui import blind, compare, evaluate, summary, system_panel, zerogpu_view
+from demo.ui import blind, clients, compare, evaluate, summary, system_panel, zerogpu_view
 
 HOW_TO_READ = """
 **How to read the figures.** Variants run one after another under one device lock, with the same
@@ -52,6 +52,7 @@ def variant_choices(config) -> list[tuple[str, str]]:
 
 def build_demo(arena: Arena) -> gr.Blocks:
     """The whole page; each tab's handlers translate ArenaError into gr.Error and nothing else."""
+    clients.serve_peers_as_they_are()  # who a client is: the arena reads the proxy headers itself
     choices = variant_choices(arena.config)
     with gr.Blocks(title="Quantization Arena") as page:
         gr.Markdown("# Quantization Arena\nOne prompt, several quantized variants of the same model, side by side: "
