@@ -89,6 +89,38 @@ def test_a_newcomer_waits_for_the_turn_being_held_only():
     assert turns.ahead(late) == 1 and turns.ahead(a[2]) == 2
 
 
+def test_a_client_that_comes_back_after_each_turn_gets_its_share_only():
+    """A sends one request at a time, the next as soon as its last is done; B, C and D hold 50 each. A counts
+    as served just now when it comes back, not as a newcomer: it takes one turn in each round of four."""
+    turns, D = Turns(), Client("session-d")
+    tickets = {key: [turns.join(client) for _ in range(50)] for key, client in (("b", B), ("c", C), ("d", D))}
+    mine = turns.join(A)
+    order = []
+    for _ in range(40):
+        holder = next(t for t in [mine, *sum(tickets.values(), [])] if turns.holds(t))
+        order.append("a" if holder is mine else holder.key[1][-1])
+        turns.leave(holder)
+        if holder is mine:
+            mine = turns.join(A)  # at once: its next request
+        else:
+            tickets[holder.key[1][-1]].remove(holder)
+    assert "".join(order) == "bcda" * 10  # a fair share: 10 of 40 (before, A went first each time: 19 of 40)
+
+
+def test_turns_remember_only_clients_that_could_still_matter():
+    turns = Turns()
+    for client in (A, B, C):  # each served once, one after another, nobody else waiting
+        turns.leave(turns.join(client))
+    assert turns._served == {}  # with nobody in line, nobody is remembered
+    held, waiting = turns.join(A), turns.join(B)
+    turns.leave(held)  # A served; B holds now
+    again = turns.join(A)
+    assert turns.ahead(again) == 1  # A comes back behind B's turn, as served just now
+    turns.leave(waiting)
+    turns.leave(again)
+    assert turns._served == {}
+
+
 # ---- the arena: every path admitted and ordered the same way, over a fake loader ----
 
 def arena_with(tmp_path, loader, per_client=8, places=16):

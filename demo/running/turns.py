@@ -16,7 +16,8 @@ from demo.errors import Busy
 @dataclass(frozen=True)
 class Client:
     """Who a request comes from: its session (Gradio's session hash, one per page load or gradio_client Client;
-    "local" for the command line) and, where a proxy supplies it (a Space's X-Forwarded-For), its address.
+    "local" for the command line) and its address (the connection's, or the one a trusted proxy names:
+    demo.ui.clients), None where unknown.
 
     A client can open new sessions at will, so where the address is known it is what identifies the client: its
     share and its place in the round-robin are the address's, whatever session it uses."""
@@ -96,6 +97,11 @@ class Turns:
     client, first come first served. So a client with many requests waiting takes one turn in each round, and a
     newcomer waits for at most the turn being held.
 
+    When a client was last served is remembered after its last request leaves, for as long as it could matter:
+    a client that sends one request at a time, each as soon as the last is done, comes back as served just now,
+    not as a newcomer, so how it times its requests cannot buy it more than its share. A client served before
+    everyone still waiting is forgotten (as a newcomer it would go first anyway), so memory follows the line.
+
     A comparison holds its turn for all of its variants and their fidelity scoring, so no other request's work
     lands in its measurement windows, and a waiting request can say how many are ahead.
     """
@@ -104,7 +110,7 @@ class Turns:
         self._cond = threading.Condition()
         self._holder: Ticket | None = None
         self._waiting: list[Ticket] = []  # in arrival order
-        self._served: dict[tuple[str, str], int] = {}  # client key -> number of its latest turn, while it has tickets
+        self._served: dict[tuple[str, str], int] = {}  # client key -> number of its latest turn (see _forget)
         self._arrivals, self._grants = itertools.count(), itertools.count(1)
 
     def join(self, client: Client = LOCAL) -> Ticket:
@@ -144,9 +150,16 @@ class Turns:
                 self._waiting.remove(ticket)
             else:
                 return
-            if not self._has_tickets(ticket.key):
-                self._served.pop(ticket.key, None)  # served again as a newcomer when it comes back
             self._hand_on()
+            self._forget()
+
+    def _forget(self) -> None:
+        """Drop the turns of clients without tickets that were served before every client with tickets: as
+        newcomers they would be served first all the same. With nobody in line, nobody is remembered."""
+        present = {t.key for t in self._waiting} | ({self._holder.key} if self._holder is not None else set())
+        oldest = min((self._served.get(key, 0) for key in present), default=None)
+        for key in [k for k, grant in self._served.items() if k not in present and (oldest is None or grant < oldest)]:
+            del self._served[key]
 
     def _hand_on(self) -> None:
         """With nobody holding the turn, give it to the first of the line."""
@@ -172,6 +185,3 @@ class Turns:
             if not queues[key]:
                 del queues[key]
         return line
-
-    def _has_tickets(self, key: tuple[str, str]) -> bool:
-        return (self._holder is not None and self._holder.key == key) or any(t.key == key for t in self._waiting)
