@@ -71,7 +71,7 @@ def system_markdown(arena: Arena, shared: system.SharedSnapshot | None = None, n
     if snap.gpu:
         lines.append(f"**VRAM used (device-wide, NVML):** {snap.gpu.used_mib:,.0f} / {snap.gpu.total_mib:,.0f} MiB "
                      f"· driver {snap.gpu.driver}")
-    loaded = manager.loaded_ids()
+    loaded = in_file_order(arena, manager.loaded_ids())
     if zerogpu_view.is_zerogpu(arena):  # everything placed at start-up, no budget
         lines.append(zerogpu_view.loaded_line(arena))
     else:
@@ -80,3 +80,10 @@ def system_markdown(arena: Arena, shared: system.SharedSnapshot | None = None, n
     if note:
         lines.append(NOTE)
     return "  \n".join(lines)
+
+
+def in_file_order(arena: Arena, variant_ids: list[str]) -> list[str]:
+    """`variant_ids` in the models file's order, never in the order of use: the variant used last is a blind
+    battle's hidden challenger (its fidelity is scored last), and this panel is on the page that votes."""
+    known = [v for v in arena.config.variants if v in set(variant_ids)]
+    return known + sorted(set(variant_ids) - set(known))
