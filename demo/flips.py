@@ -5,7 +5,7 @@ Each prompt of the file (default assets/flip_prompts.json) goes through the app'
 their baselines together. Per prompt and variant: the answer, whether it departs from the baseline's answer
 (any token differs) and whether its first token does, and whether it is right where the prompt says what a
 right answer is. Per variant: those shares, the accuracy of both and the flips right -> wrong and wrong -> right,
-each with a bootstrap interval over prompts (demo.measuring.flips); per pair of variants of one base model,
+each with a Wilson interval over prompts (demo.measuring.flips); per pair of variants of one base model,
 which departs less from their baseline. Writes flips.json and flips.md to results/flips-<timestamp>/ or --out.
 """
 
@@ -208,15 +208,14 @@ def outcomes(run: FlipsRun, variant: str) -> dict[str, stats.Outcome]:
     return found
 
 
-def statistics(run: FlipsRun, seed: int = stats.DEFAULT_SEED, resamples: int = stats.RESAMPLES) -> dict:
+def statistics(run: FlipsRun) -> dict:
     """Per variant its flips (or why there are none) and, per pair of variants of one base model, the paired
     difference of their departure shares."""
     per_variant, found = {}, {v: outcomes(run, v) for v in run.variants}
     for v in run.variants:
         entry = {"baseline": run.baselines[v], "failed_prompts": len(run.prompts) - len(found[v])}
         if found[v]:
-            entry.update(stats.variant_flips(list(found[v].values()), resamples, seed, v,
-                                             run.baselines[v]).as_dict())
+            entry.update(stats.variant_flips(list(found[v].values()), v, run.baselines[v]).as_dict())
         else:
             entry["error"] = next((run.answers[p.id][v]["error"] for p in run.prompts), "no prompt was run")
         per_variant[v] = entry
@@ -226,7 +225,7 @@ def statistics(run: FlipsRun, seed: int = stats.DEFAULT_SEED, resamples: int = s
         if run.baselines[a] != run.baselines[b] or not common:
             continue
         difference = stats.paired_difference([found[a][p].departs for p in common],
-                                             [found[b][p].departs for p in common], a, b, resamples, seed)
+                                             [found[b][p].departs for p in common], a, b)
         comparisons.append({"statistic": "departs", **difference.as_dict(), "baseline": run.baselines[a],
                             "closer_to_baseline": stats.closer_to_baseline(difference)})
     return {"variants": per_variant, "comparisons": comparisons}
@@ -238,15 +237,14 @@ def prompt_rows(run: FlipsRun) -> list[dict]:
              "answers": run.answers[p.id]} for p in run.prompts]
 
 
-def conditions(prompts_file: Path, run: FlipsRun, seed: int, resamples: int = stats.RESAMPLES) -> dict:
+def conditions(prompts_file: Path, run: FlipsRun) -> dict:
     return {"prompt_file": str(prompts_file), "prompts": len(run.prompts), "settings": run.settings,
-            "seed": seed, "resamples": resamples,
-            "interval_method": stats.method(resamples, seed),
+            "interval_method": stats.method(),
             "departs": "any token of the variant's greedy answer differs from the baseline's (a longer or shorter "
                        "answer too); first_token_differs: its first token differs",
             "flips": "right_to_wrong: the baseline's answer right and the variant's wrong; wrong_to_right: the "
                      "reverse; shares of the prompts with an expected answer that both answered",
-            "comparisons": "departure share of a minus that of b over the prompts both answered, paired bootstrap; "
+            "comparisons": "departure share of a minus that of b over the prompts both answered, Newcombe's paired interval; "
                            "closer_to_baseline names the one that departs less where the interval excludes 0"}
 
 
@@ -327,7 +325,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS)
     parser.add_argument("--limit", type=int, help="only the first N prompts, for a quick look")
     parser.add_argument("--out", type=Path, help="output folder (default: results/flips-<timestamp>)")
-    parser.add_argument("--seed", type=int, default=stats.DEFAULT_SEED, help="seed of the bootstrap resamples")
     args = parser.parse_args(argv)
     try:
         arena = Arena(load_config(args.models))
@@ -337,9 +334,9 @@ def main(argv: list[str] | None = None) -> int:
     except ArenaError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    figures = statistics(run, args.seed)
+    figures = statistics(run)
     out = args.out or REPO_ROOT / "results" / datetime.datetime.now().strftime("flips-%Y%m%d-%H%M%S")
-    paths = write_outputs(run, figures, arena, out, conditions(args.prompts, run, args.seed))
+    paths = write_outputs(run, figures, arena, out, conditions(args.prompts, run))
     print(paths["markdown"].read_text(encoding="utf-8"))
     print(f"wrote {', '.join(str(p) for p in paths.values())}")
     return 0

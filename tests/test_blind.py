@@ -70,20 +70,21 @@ def test_bradley_terry_meets_its_score_equations():
         assert expected == pytest.approx(points, abs=1e-6)
 
 
-def test_bootstrap_intervals_hand_checked():
-    # Two votes, one each way: a resample has 0, 1 or 2 preferred with probabilities 1/4, 1/2, 1/4, so
-    # the middle 95% runs from 0 to 1.
-    assert rate_intervals(["preferred", "baseline_preferred"])["preferred"] == (0.0, 1.0)
-    # Three preferred, one baseline: P(no preferred in 4 draws) = (1/4)^4 = 0.4% < 2.5%, while
-    # P(at most one) = 13/256 = 5.1% > 2.5%, so the 2.5th percentile is 1/4; P(all four) = (3/4)^4 = 32% > 2.5%,
-    # so the 97.5th is 1.
-    assert rate_intervals(["preferred"] * 3 + ["baseline_preferred"])["preferred"] == (0.25, 1.0)
-    # 100 votes half and half: the normal approximation gives 0.5 +- 1.96 * sqrt(0.25 / 100) = [0.402, 0.598].
+def test_wilson_rate_intervals_hand_checked():
+    # Wilson score intervals, z = 1.96: centre (p + z^2/2n) / (1 + z^2/n), half-width
+    # z / (1 + z^2/n) * sqrt(p(1-p)/n + z^2/4n^2). Two votes, one each way: 0.5 +- 0.4055 = [0.0945, 0.9055].
+    assert rate_intervals(["preferred", "baseline_preferred"])["preferred"] == pytest.approx((0.0945, 0.9055), abs=1e-4)
+    # Three preferred, one baseline: centre 0.6276, half-width 0.3269: [0.3006, 0.9544].
+    assert rate_intervals(["preferred"] * 3 + ["baseline_preferred"])["preferred"] == pytest.approx(
+        (0.3006, 0.9544), abs=1e-4)
+    # 100 votes half and half: 0.5 +- 0.0962 (close to the normal approximation's 0.098): [0.4038, 0.5962].
     low, high = rate_intervals(["tie"] * 50 + ["baseline_preferred"] * 50)["tied"]
-    assert low == pytest.approx(0.402, abs=0.02) and high == pytest.approx(0.598, abs=0.02)
-    # Seeded: the same votes give the same intervals.
+    assert (low, high) == pytest.approx((0.4038, 0.5962), abs=1e-4)
+    # Closed-form: the same votes give the same intervals; tied and indistinguishable count their parts.
     votes = ["preferred", "tie", "both_bad", "baseline_preferred"] * 5
     assert rate_intervals(votes) == rate_intervals(votes)
+    three_in_four = ["preferred"] * 15 + ["baseline_preferred"] * 5
+    assert rate_intervals(votes)["indistinguishable"] == rate_intervals(three_in_four)["preferred"]
 
 
 def test_outcomes_are_read_from_the_quantized_side():

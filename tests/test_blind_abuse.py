@@ -57,7 +57,7 @@ def test_scripted_votes_are_flagged_by_hand_worked_rules():
 def test_flagged_votes_are_counted_apart_and_left_out_of_the_ratings():
     votes, expected = hand_built()
     votes = [replace(v, choice="b") if v.battle in expected else v for v in votes]
-    shown = summarize(votes, rounds=50, rating_rounds=20)
+    shown = summarize(votes)
     kept = [v for v in votes if v.battle not in expected]
     assert shown["votes"] == len(kept) and shown["flagged_votes"] == len(expected)
     row = next(r for r in shown["variants"] if r["variant"] == "s/bf16")

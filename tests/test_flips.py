@@ -1,12 +1,15 @@
-"""Flips: the statistics against counts made by hand and an independent bootstrap, the prompt file and its checks,
-and python -m demo.flips end to end on the bundled model."""
+"""Flips: the statistics against counts made by hand and intervals worked out apart (the Wilson bounds as the
+roots of the score test's quadratic, Newcombe's paired interval written out), the prompt file and its checks,
+and python -m demo.flips end to end on the bundled model. tests/test_intervals.py checks the intervals against
+textbook values and by simulated coverage."""
 
 import json
+import math
 import re
 import subprocess
 import sys
+from statistics import NormalDist
 
-import numpy as np
 import pytest
 
 from demo import flips
@@ -26,7 +29,7 @@ def hand_table() -> list[stats.Outcome]:
 
 
 def test_a_hand_counted_table():
-    result = stats.variant_flips(hand_table(), resamples=500, seed=3)
+    result = stats.variant_flips(hand_table())
     assert result.prompts == 10 and result.checked == 10
     assert (result.departs.count, result.departs.share) == (7, 0.7)  # all but prompts 0, 4, 5
     assert (result.first_token_differs.count, result.first_token_differs.share) == (3, 0.3)  # prompts 1, 6, 7
@@ -45,61 +48,70 @@ def test_outcome_from_the_first_differing_token():
 
 
 def test_without_expected_answers_there_is_no_accuracy():
-    result = stats.variant_flips([stats.Outcome.from_departure(d) for d in DEPARTS_AT], resamples=200)
+    result = stats.variant_flips([stats.Outcome.from_departure(d) for d in DEPARTS_AT])
     assert result.checked == 0 and result.departs.count == 7
     assert result.baseline_accuracy is None and result.right_to_wrong is None and result.accuracy_change is None
     with pytest.raises(ValueError):
         stats.variant_flips([])
 
 
-def _percentile(sorted_values: list[float], q: float) -> float:
-    """Linear interpolation between the closest ranks, written out."""
-    rank = q / 100 * (len(sorted_values) - 1)
-    below = int(rank)
-    above = min(below + 1, len(sorted_values) - 1)
-    return sorted_values[below] + (rank - below) * (sorted_values[above] - sorted_values[below])
+def _wilson_roots(count: int, n: int) -> tuple[float, float]:
+    """The p where the score test turns, (p_hat - p)^2 = z^2 p (1 - p) / n: the roots of
+    (1 + z^2/n) p^2 - (2 p_hat + z^2/n) p + p_hat^2 = 0, by the quadratic formula."""
+    z2 = NormalDist().inv_cdf(0.975) ** 2
+    p_hat = count / n
+    a, b, c = 1 + z2 / n, -(2 * p_hat + z2 / n), p_hat ** 2
+    root = math.sqrt(b * b - 4 * a * c)
+    return (-b - root) / (2 * a), (-b + root) / (2 * a)
 
 
-def test_the_bootstrap_interval_matches_one_computed_by_hand():
+def test_the_wilson_interval_matches_one_computed_by_hand():
     flags = [True, False, False, True, True, False, True, False, False, False, True, False]
-    draws = np.random.default_rng(11).integers(0, len(flags), size=(300, len(flags)))
-    means = sorted(sum(flags[i] for i in row) / len(row) for row in draws.tolist())
-    result = stats.share(flags, resamples=300, seed=11)
+    result = stats.share(flags)
     assert (result.count, result.n) == (5, 12) and result.share == pytest.approx(5 / 12)
-    assert result.low == pytest.approx(_percentile(means, 2.5))
-    assert result.high == pytest.approx(_percentile(means, 97.5))
+    assert (result.low, result.high) == pytest.approx(_wilson_roots(5, 12), abs=1e-12)
+    assert (result.low, result.high) == pytest.approx((0.1933, 0.6805), abs=1e-4)
 
 
-def test_the_bootstrap_is_reproducible_contains_the_estimate_and_narrows():
+def test_the_interval_is_deterministic_contains_the_estimate_and_narrows():
     flags = [i % 10 < 3 for i in range(10)]
-    assert stats.share(flags, seed=5) == stats.share(flags, seed=5)
-    assert (stats.resample_indices(10, 50, seed=5) == stats.resample_indices(10, 50, seed=5)).all()
-    assert (stats.resample_indices(10, 50, seed=5) != stats.resample_indices(10, 50, seed=6)).any()
+    assert stats.share(flags) == stats.share(flags)
     widths = []
     for n in (10, 100, 1000):
-        s = stats.share([i % 10 < 3 for i in range(n)], seed=5)
+        s = stats.share([i % 10 < 3 for i in range(n)])
         assert s.share == pytest.approx(0.3) and s.low < s.share < s.high
         widths.append(s.high - s.low)
     assert widths[0] > widths[1] > widths[2] > 0
 
 
 @pytest.mark.parametrize("value", [True, False])
-def test_an_all_same_input_has_a_zero_width_interval(value):
+def test_an_all_same_input_has_a_positive_width_interval(value):
+    # A bootstrap resamples 8 equal flags into 8 equal flags and reads 0-0 or 100-100 %; Wilson's interval at
+    # 0 (or 8) of 8 runs to z^2 / (8 + z^2) = 0.324 from the edge.
     s = stats.share([value] * 8)
-    assert (s.share, s.low, s.high) == (float(value),) * 3
+    edge = _wilson_roots(0, 8)[1]
+    assert s.share == float(value) and s.high - s.low == pytest.approx(edge)
+    assert (s.low, s.high) == pytest.approx((1 - edge, 1.0) if value else (0.0, edge))
     d = stats.paired_difference([value] * 8, [value] * 8)
-    assert (d.difference, d.low, d.high, d.excludes_zero) == (0.0, 0.0, 0.0, False)
+    assert d.difference == 0.0 and not d.excludes_zero
+    assert (d.low, d.high) == pytest.approx((-edge, edge))  # no correlation term: one margin is empty
 
 
 def test_the_paired_difference_matches_one_computed_by_hand():
     a = [1, 1, 0, 0, 1, 1, 0, 1]
     b = [0, 1, 0, 0, 0, 1, 0, 0]
-    draws = np.random.default_rng(2).integers(0, len(a), size=(400, len(a))).tolist()
-    diffs = sorted(sum(a[i] - b[i] for i in row) / len(row) for row in draws)
-    d = stats.paired_difference(a, b, "x", "y", resamples=400, seed=2)
+    # both 2 (prompts 1, 5), only a 3 (0, 4, 7), only b 0, neither 3: p1 = 5/8, p2 = 2/8. Newcombe's psi:
+    # (2 * 3 - 3 * 0) = 6 exceeds n/2 = 4, so psi = (6 - 4) / sqrt(5 * 3 * 2 * 6) = 2 / sqrt(180).
+    (l1, u1), (l2, u2) = _wilson_roots(5, 8), _wilson_roots(2, 8)
+    p1, p2, psi = 5 / 8, 2 / 8, 2 / math.sqrt(180)
+    low = p1 - p2 - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2 - 2 * psi * (p1 - l1) * (u2 - p2))
+    high = p1 - p2 + math.sqrt((p2 - l2) ** 2 + (u1 - p1) ** 2 - 2 * psi * (p2 - l2) * (u1 - p1))
+    d = stats.paired_difference(a, b, "x", "y")
     assert (d.a_value, d.b_value, d.difference, d.n) == (5 / 8, 2 / 8, 3 / 8, 8)
-    assert d.low == pytest.approx(_percentile(diffs, 2.5)) and d.high == pytest.approx(_percentile(diffs, 97.5))
-    assert d.low >= 0  # b never departs where a does not: no resample can make a - b negative
+    assert (d.low, d.high) == pytest.approx((low, high), abs=1e-12)
+    # Eight prompts cannot rule out that b departs more often: the interval reaches below 0 (a bootstrap
+    # could not, as no prompt in this sample has b depart alone, and so was overconfident).
+    assert d.low == pytest.approx(-0.0558, abs=1e-4) and not d.excludes_zero
     with pytest.raises(ValueError):
         stats.paired_difference([1, 0], [1])
 
@@ -212,18 +224,18 @@ def test_statistics_of_a_run_from_its_records():
     for p, (rb, ra, rc) in zip(prompt, records):
         run.answers[p.id] = {r["variant"]: flips._answer_row(r, rb, p) for r in (rb, ra, rc)}
     assert run.answers["p3"][a]["error"] == "its baseline failed: kernel"
-    figures = flips.statistics(run, seed=1, resamples=200)["variants"]
+    figures = flips.statistics(run)["variants"]
     assert figures[base]["departs"]["count"] == 0 and figures[base]["prompts"] == 3
     assert (figures[a]["prompts"], figures[a]["failed_prompts"]) == (3, 1)
     assert (figures[a]["departs"]["count"], figures[a]["first_token_differs"]["count"]) == (2, 1)
     assert (figures[a]["wrong_to_right"]["count"], figures[a]["right_to_wrong"]["count"]) == (1, 0)
     assert (figures[b]["prompts"], figures[b]["departs"]["count"], figures[b]["right_to_wrong"]["count"]) == (2, 1, 1)
-    comparisons = flips.statistics(run, seed=1, resamples=200)["comparisons"]
+    comparisons = flips.statistics(run)["comparisons"]
     a_b = next(c for c in comparisons if (c["a"], c["b"]) == (a, b))
     assert (a_b["n"], a_b["a_value"], a_b["b_value"], a_b["difference"]) == (2, 0.5, 0.5, 0.0)  # p0, p1: one each
     assert a_b["closer_to_baseline"] is None
-    figures = flips.statistics(run, seed=1, resamples=200)
-    table = flips.markdown(figures, {}, flips.conditions(flips.PROMPTS_FILE, run, 1))
+    figures = flips.statistics(run)
+    table = flips.markdown(figures, {}, flips.conditions(flips.PROMPTS_FILE, run))
     assert f"## {b} against {base}" in table and "right → wrong" in table and "Paired comparisons" in table
 
 
@@ -232,7 +244,7 @@ def test_statistics_of_a_run_from_its_records():
 def flipped(tmp_path_factory):
     out = tmp_path_factory.mktemp("flips") / "run"
     run = subprocess.run([sys.executable, "-m", "demo.flips", "--variants", "smollm2/fp32,smollm2/bf16",
-                          "--limit", "3", "--out", str(out), "--seed", "7", "--max-new-tokens", "16"],
+                          "--limit", "3", "--out", str(out), "--max-new-tokens", "16"],
                          cwd=REPO, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     return out
@@ -240,9 +252,9 @@ def flipped(tmp_path_factory):
 
 def test_end_to_end_files_and_the_baseline_against_itself(flipped):
     data = json.loads((flipped / "flips.json").read_text())
-    assert data["environment"]["torch"] and data["conditions"]["seed"] == 7
+    assert data["environment"]["torch"] and "Wilson" in data["conditions"]["interval_method"]
     assert data["conditions"]["settings"] == {"decoding": "greedy", "max_new_tokens": 16}
-    assert data["conditions"]["prompts"] == 3 and "bootstrap" in data["conditions"]["interval_method"]
+    assert data["conditions"]["prompts"] == 3 and "Wilson" in data["conditions"]["interval_method"]
     assert [p["id"] for p in data["prompts"]] == [p.id for p in flips.load_prompts(flips.PROMPTS_FILE, 3)]
     baseline = data["variants"]["smollm2/fp32"]
     assert baseline["departs"]["count"] == baseline["first_token_differs"]["count"] == 0

@@ -191,7 +191,7 @@ class BlindTest:
         return self.marked_results()[1]
 
     def marked_results(self) -> tuple[tuple[int, int], dict]:
-        """(the vote mark, the summary): the bootstrap and Bradley-Terry refits run once per new vote, not on
+        """(the vote mark, the summary): the statistics and the Bradley-Terry fit run once per new vote, not on
         every refresh; callers share the summary and must not change it."""
         with self._results_lock:  # viewers refreshing at once wait for one computation and share it
             mark = self.store.vote_mark()

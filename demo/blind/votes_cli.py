@@ -73,7 +73,7 @@ def text_table(summary: dict, path: Path, counts: tuple[int, int]) -> str:
         low, high = r["rating_interval"]
         lines.append(f"{r['variant']:<28} {r['votes']:>5}  {cells[0]:<14} {cells[1]:<14} {cells[2]:<14} "
                      f"{_pct(r, 'indistinguishable'):<17}  {r['rating']:+.0f} ({low:+.0f} to {high:+.0f})")
-    lines.append("rates with 95% bootstrap intervals; tie counts 'both bad' too; indistinguishable = preferred + tie")
+    lines.append("rates with 95% Wilson intervals; tie counts 'both bad' too; indistinguishable = preferred + tie")
     return "\n".join(lines)
 
 

@@ -47,12 +47,13 @@ VOTED = "**Vote recorded.** Ask again for a new pair."
 READY = "Read both answers, then vote. Which is which is revealed after your vote."
 RESULTS_NOTE = """**How to read this.** Each row is one quantized variant against its baseline. *Tie* counts
 "tie" and "both are bad" votes. *Indistinguishable* = quantized answer preferred + tie: how often the quantized
-answer did at least as well. Intervals are 95% percentile bootstrap intervals (1,000 resamples of the votes,
-seeded). *Rating* is a Bradley-Terry fit (ties as half a win, one imagined tie per variant to keep it finite)
-in Elo points with the baseline at 0: −100 means the baseline is preferred about 64% of the time. Few votes
-mean wide intervals: read the vote counts first. Votes that look scripted (many sessions from one address, or one
-prompt asked over and over from one address, within an hour) are counted apart, above, and left out of every
-figure here; the export keeps them, with the reason."""
+answer did at least as well. Intervals are 95% Wilson score intervals, so they stay honest with few votes:
+3 votes of 3 read 100% (44–100%), not 100–100%. *Rating* is a Bradley-Terry fit (ties as half a win, one
+imagined tie per variant to keep it finite) in Elo points with the baseline at 0: −100 means the baseline is
+preferred about 64% of the time; its interval is the Wilson interval of the variant's score share against the
+baseline, in the same points. Few votes mean wide intervals: read the vote counts first. Votes that look
+scripted (many sessions from one address, or one prompt asked over and over from one address, within an hour)
+are counted apart, above, and left out of every figure here; the export keeps them, with the reason."""
 
 
 def load_prompts(path: Path = PROMPTS_FILE) -> list[str]:
