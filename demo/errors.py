@@ -76,7 +76,8 @@ class RateLimited(Busy):
 
 
 class VoteStoreError(ArenaError):
-    """The votes database cannot be opened, read or written (names the file)."""
+    """The votes database or its journal cannot be opened, read or written. Opening and reading (the operator's, at
+    start-up or in the CLI) name the file; a failed write, which a visitor reads, names no path: the log does."""
 
 
 class GpuTimeTooLong(InvalidRequest):

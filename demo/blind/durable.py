@@ -7,10 +7,14 @@ is lost at every restart. So where a persistent folder is mounted, `open_store` 
 1. where the local database is missing and an older version of the app left one on the persistent folder
    itself (`votes.sqlite3` there), starts from a copy of it (SQLite's backup, never the file's bytes);
 2. restores the journal (`votes-journal/` there) into the database: every battle and vote it holds and the
-   database lacks, each once (by battle id; a vote's id is its battle's), and the address key, so client
-   addresses keep their digests across restarts;
+   database lacks, each once (by battle id; a vote's id is its battle's), never one a void names (a write
+   whose caller was told it failed), every battle before any vote whatever the order its segments are read
+   in, and the address key, so client addresses keep their digests across restarts;
 3. appends to the journal whatever the database holds and the journal lacks;
-4. from then on writes every battle and vote to the journal inside its transaction, before "recorded".
+4. from then on writes every battle and vote to the journal inside its transaction, before "recorded", and
+   voids it there when the transaction does not commit.
+
+Errors here are the operator's, at start-up: they may name paths, which the visitor's never do.
 """
 
 from __future__ import annotations
@@ -56,8 +60,9 @@ def open_store(path: str | os.PathLike, data_dir: Path | None = None) -> VoteSto
         store.close()
         raise
     store.journal = journal
-    log.info("blind test: votes in %s, journaled to %s: %d battles and %d votes restored from it, %d entries "
-             "added to it", path, journal.folder, restored.battles_added, restored.votes_added, len(missing))
+    log.info("blind test: votes in %s, journaled to %s: %d battles and %d votes restored from it (%d entries "
+             "voided: writes that failed), %d entries added to it", path, journal.folder, restored.battles_added,
+             restored.votes_added, read.voided, len(missing))
     skipped = {"torn last lines": read.torn, "damaged lines": len(read.damaged), "votes without a battle":
                restored.orphan_votes, "unusable entries": restored.unusable}
     if any(skipped.values()):

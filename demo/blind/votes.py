@@ -11,9 +11,16 @@ Schema version 2 added each battle's sampling seed and address digest; a version
 opening for writing (the new columns are null for its battles), and read as it is when opened read-only.
 
 With a journal (demo.blind.journal, on the persistent folder), every battle, vote and the address key is also
-written there inside its transaction, before the commit: a write that returned is in both. `restore` puts the
-journal's entries back into the database (each battle and vote once, by id), `unjournaled` gives back what
-the database holds and the journal lacks; demo.blind.durable uses both at start-up.
+written there inside its transaction, before the commit: a write that returned is in both. A transaction that
+does not commit (whatever the reason, the COMMIT itself included) voids what it journaled, so a write its
+caller was told failed never comes back from the journal. `restore` puts the journal's live entries back into
+the database (each battle and vote once, by id; voided ones never), every battle before any vote and the
+votes in the order they were cast, so the order the journal's segments are read in does not matter;
+`unjournaled` gives back what the database holds and the journal lacks; demo.blind.durable uses both at
+start-up.
+
+Any sqlite3.Error of a write (a lock another process held past the busy timeout, a failing disk) is raised as
+VoteStoreError with a message a visitor may read: it names no path; the path and the reason go to the log.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import math
 import os
 import secrets
@@ -33,7 +41,10 @@ from typing import Any, Iterable, Iterator
 
 from demo.artifacts.cache import local_dir
 from demo.blind import scripted
+from demo.blind.journal import live
 from demo.errors import VoteRefused, VoteStoreError
+
+log = logging.getLogger(__name__)
 
 VOTES_ENV = "ARENA_VOTES_DB"
 DEFAULT_FILE = "votes.sqlite3"
@@ -165,6 +176,7 @@ class Restored:
     salt_replaced: bool = False  # the database had another key: the journal's is the one kept
     orphan_votes: int = 0  # votes whose battle is in neither the journal nor the database
     unusable: int = 0  # entries of an unknown kind or missing a field
+    voided: int = 0  # entries given that a void among them names (demo.blind.journal.live)
 
 
 class VoteStore:
@@ -174,6 +186,7 @@ class VoteStore:
         self.path = Path(path)
         self.journal = journal  # a demo.blind.journal.Journal written inside each write's transaction, or None
         self._lock = threading.Lock()
+        self._journaled: list[str] = []  # the ids the open transaction journaled: voided if it does not commit
         try:
             self._db = self._connect(read_only)
             if not read_only:
@@ -247,7 +260,7 @@ class VoteStore:
 
     def add_battle(self, battle: Battle) -> None:
         entry = battle_entry(battle)
-        with self._transaction():
+        with self._transaction("record this battle"):
             self._insert_battle(entry, "INSERT")
             self._journal({"kind": "battle", **entry})
 
@@ -261,15 +274,16 @@ class VoteStore:
         return cursor.rowcount
 
     def _journal(self, entry: dict[str, Any]) -> None:
-        """Inside a write's transaction: a journal that cannot take the entry rolls the write back."""
+        """Inside a write's transaction: a journal that cannot take the entry rolls the write back (and voids the
+        entry itself); one that took it is told to void it if the transaction then fails."""
         if self.journal is not None:
-            self.journal.append(entry)
+            self._journaled += self.journal.append(entry)
 
     def vote(self, battle_id: str, choice: str, session: str) -> Battle:
         """Attach a vote to a battle issued to this session, once; returns the battle for the reveal."""
         if choice not in CHOICES:
             raise VoteRefused(f"choice must be one of {', '.join(CHOICES)}, got {str(choice)[:40]!r}")
-        with self._transaction():
+        with self._transaction("record this vote"):
             row = self._db.execute("SELECT * FROM battles WHERE id = ?", (battle_id,)).fetchone()
             if row is None:
                 raise VoteRefused("unknown battle id: this server issued no battle with that id "
@@ -288,14 +302,29 @@ class VoteStore:
 
     def restore(self, entries: Iterable[dict[str, Any]]) -> Restored:
         """Put a journal's battles and votes into the database, each once whatever is there already, and take
-        its address key; one transaction."""
+        its address key; one transaction. Voided entries are left out, wherever their void is (Journal.read has
+        left them out already; entries gathered otherwise may still hold voids). The order of `entries` does not
+        matter: segments are read in file-name order, which each process's clock decides, so every battle goes
+        in before any vote (a vote read before its battle is no orphan), and votes in the order they were cast."""
         restored = Restored()
-        with self._transaction():
-            for entry in entries:
-                try:
-                    self._restore_one(entry, restored)
-                except (KeyError, TypeError, ValueError, sqlite3.InterfaceError, sqlite3.ProgrammingError):
-                    restored.unusable += 1  # a value of the wrong type cannot be bound: that entry only
+        entries, restored.voided = live(entries)
+        battles, votes = [], []
+        for entry in entries:
+            kind = entry.get("kind")
+            if kind == "battle":
+                battles.append(entry)
+            elif kind == "vote":
+                votes.append(entry)
+            elif kind == "salt" and isinstance(entry.get("value"), str):
+                restored.salt = restored.salt or entry["value"]
+            else:
+                restored.unusable += 1
+        votes.sort(key=lambda vote: str(vote.get("voted_at", "")))  # stable: votes cast at one instant keep their order
+        with self._transaction("restore the votes journal"):
+            for entry in battles:
+                self._restore_one(self._restore_battle, entry, restored)
+            for entry in votes:
+                self._restore_one(self._restore_vote, entry, restored)
             if restored.salt is not None and restored.salt != self._salt:
                 self._db.execute("DELETE FROM address_salt")
                 self._db.execute("INSERT INTO address_salt VALUES (?)", (restored.salt,))
@@ -303,22 +332,24 @@ class VoteStore:
         self._salt = restored.salt or self._salt
         return restored
 
-    def _restore_one(self, entry: dict[str, Any], restored: Restored) -> None:
-        kind = entry.get("kind")
-        if kind == "battle":
-            restored.battles_added += self._insert_battle(entry, "INSERT OR IGNORE")
-            restored.battle_ids.add(entry["id"])
-        elif kind == "vote":
-            vote = tuple(entry[key] for key in ("battle_id", "voted_at", "session", "choice"))
-            if not self._db.execute("SELECT 1 FROM battles WHERE id = ?", (vote[0],)).fetchone():
-                restored.orphan_votes += 1
-                return
-            restored.votes_added += self._db.execute("INSERT OR IGNORE INTO votes VALUES (?, ?, ?, ?)", vote).rowcount
-            restored.vote_ids.add(vote[0])
-        elif kind == "salt" and isinstance(entry.get("value"), str):
-            restored.salt = restored.salt or entry["value"]
-        else:
-            raise ValueError(f"unknown journal entry {kind!r}")
+    @staticmethod
+    def _restore_one(restore, entry: dict[str, Any], restored: Restored) -> None:
+        try:
+            restore(entry, restored)
+        except (KeyError, TypeError, ValueError, sqlite3.InterfaceError, sqlite3.ProgrammingError):
+            restored.unusable += 1  # a missing field, or a value of a type that cannot be bound: that entry only
+
+    def _restore_battle(self, entry: dict[str, Any], restored: Restored) -> None:
+        restored.battles_added += self._insert_battle(entry, "INSERT OR IGNORE")
+        restored.battle_ids.add(entry["id"])
+
+    def _restore_vote(self, entry: dict[str, Any], restored: Restored) -> None:
+        vote = tuple(entry[key] for key in ("battle_id", "voted_at", "session", "choice"))
+        if not self._db.execute("SELECT 1 FROM battles WHERE id = ?", (vote[0],)).fetchone():
+            restored.orphan_votes += 1
+            return
+        restored.votes_added += self._db.execute("INSERT OR IGNORE INTO votes VALUES (?, ?, ?, ?)", vote).rowcount
+        restored.vote_ids.add(vote[0])
 
     def unjournaled(self, restored: Restored) -> list[dict[str, Any]]:
         """What the database holds and the journal (as `restore` read it) lacks, as journal entries in the order
@@ -335,8 +366,9 @@ class VoteStore:
         missing += [{"kind": "vote", **dict(row)} for row in votes if row["battle_id"] not in restored.vote_ids]
         return missing
 
-    def _transaction(self):
-        return _Transaction(self)
+    def _transaction(self, action: str):
+        """A write transaction; `action` ("record this vote") is what the visitor reads could not be done."""
+        return _Transaction(self, action)
 
     # --- reading ------------------------------------------------------------------------------------
 
@@ -407,28 +439,59 @@ class VoteStore:
 
 
 class _Transaction:
-    """BEGIN IMMEDIATE under the store's lock: a check and its insert see no other writer in between."""
+    """BEGIN IMMEDIATE under the store's lock: a check and its insert see no other writer in between. When it does
+    not commit, what it journaled is voided; a sqlite3.Error from BEGIN, the body or COMMIT becomes a
+    VoteStoreError that names no path (a visitor reads it: the path and the reason go to the log)."""
 
-    def __init__(self, store: VoteStore):
-        self.store = store
+    def __init__(self, store: VoteStore, action: str):
+        self.store, self.action = store, action
 
     def __enter__(self):
-        self.store._lock.acquire()
+        store = self.store
+        store._lock.acquire()
+        store._journaled = []
         try:
-            self.store._db.execute("BEGIN IMMEDIATE")
+            store._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            store._lock.release()
+            raise self._refused(exc) from None
         except BaseException:
-            self.store._lock.release()
+            store._lock.release()
             raise
-        return self.store._db
+        return store._db
 
     def __exit__(self, kind, exc, trace):
+        store, failure = self.store, exc
         try:
-            self.store._db.execute("COMMIT" if kind is None else "ROLLBACK")
+            if kind is None:
+                try:
+                    store._db.execute("COMMIT")
+                except sqlite3.Error as commit_failed:
+                    failure = commit_failed
+            if kind is not None or failure is not None:
+                self._roll_back()
+                if store.journal is not None and store._journaled:
+                    store.journal.void(store._journaled)  # the caller hears "failed": never restored
         finally:
-            self.store._lock.release()
-        if isinstance(exc, sqlite3.Error):
-            raise VoteStoreError(f"the votes database {self.store.path} refused a write: {exc}") from None
+            store._journaled = []
+            store._lock.release()
+        if isinstance(failure, sqlite3.Error):
+            raise self._refused(failure) from None
         return False
+
+    def _roll_back(self) -> None:
+        """Undo what is left of the transaction (a failed statement or COMMIT may have ended it already)."""
+        db = self.store._db
+        if not db.in_transaction:
+            return
+        try:
+            db.execute("ROLLBACK")
+        except sqlite3.Error as exc:  # the next BEGIN fails, and says so
+            log.error("blind test: the votes database %s could not roll a failed write back: %s", self.store.path, exc)
+
+    def _refused(self, exc: sqlite3.Error) -> VoteStoreError:
+        log.error("blind test: the votes database %s could not %s: %s", self.store.path, self.action, exc)
+        return VoteStoreError(f"the votes database could not {self.action} (the server logged why); try again")
 
 
 def battle_entry(battle: Battle) -> dict[str, Any]:
