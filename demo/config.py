@@ -245,6 +245,9 @@ class Limits:
     # A variant whose runtime crashed this many times in a row is refused (until the app restarts) instead of
     # being loaded again for the next request.
     max_runtime_crashes: int = 3
+    # A file the page offers (a comparison's card, an evaluation's charts, the blind results) is served for this
+    # long, then removed from Gradio's cache: what a public arena keeps on disk is what this much time writes.
+    files_kept_s: float = 3600.0
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from typing import Any
 import gradio as gr
 
 from demo.running.runner import Arena
-from demo.ui import blind, clients, compare, evaluate, summary, system_panel, zerogpu_view
+from demo.ui import blind, clients, compare, disk, evaluate, summary, system_panel, zerogpu_view
 
 HOW_TO_READ = """
 **How to read the figures.** Variants run one after another under one device lock, with the same
@@ -53,6 +53,7 @@ def variant_choices(config) -> list[tuple[str, str]]:
 def build_demo(arena: Arena) -> gr.Blocks:
     """The whole page; each tab's handlers translate ArenaError into gr.Error and nothing else."""
     clients.serve_peers_as_they_are()  # who a client is: the arena reads the proxy headers itself
+    disk.remove_abandoned_scratch()
     choices = variant_choices(arena.config)
     with gr.Blocks(title="Quantization Arena") as page:
         gr.Markdown("# Quantization Arena\nOne prompt, several quantized variants of the same model, side by side: "
@@ -72,6 +73,7 @@ def build_demo(arena: Arena) -> gr.Blocks:
         system_route = system_panel.build(arena, page)
         gr.Markdown(HOW_TO_READ)
     page.arena_routes = [*blind_tab.routes(), system_route]  # launch_kwargs(page) hands them to the server
+    page.arena_lifespan = disk.lifespan(page, arena.config.limits)  # and this: what it writes expires
     return page
 
 
@@ -134,4 +136,5 @@ def launch_kwargs(page: gr.Blocks) -> dict[str, Any]:
     """Theme, CSS and JS go to launch() in Gradio 6; so do the page's own routes (demo.ui.routes), as routes of
     the server's FastAPI app, ahead of Gradio's."""
     return {"theme": theme(), "css": CSS, "js": PAGE_JS, "footer_links": ["api", "gradio"],
-            "app_kwargs": {"routes": list(getattr(page, "arena_routes", []))}}
+            "app_kwargs": {"routes": list(getattr(page, "arena_routes", [])),
+                           **({"lifespan": page.arena_lifespan} if hasattr(page, "arena_lifespan") else {})}}
