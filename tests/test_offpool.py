@@ -177,9 +177,9 @@ def test_the_evaluate_handler_awaits_its_evaluation_and_a_page_gone_stops_it(hel
         started = time.perf_counter()
         first = await asyncio.wait_for(steps.__anext__(), 2)  # a value now and then while it waits: its status
         assert "Evaluating" in first[tab.status] and time.perf_counter() - started < 1.0
-        stop = tab.stops["visitor"]
+        [stop] = tab.stops.events("visitor")
         await steps.aclose()  # the page went away
-        assert stop.is_set() and "visitor" not in tab.stops
+        assert stop.is_set() and tab.stops.running_count("visitor") == 0
 
     asyncio.run(main())
     release()

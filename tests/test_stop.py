@@ -180,7 +180,8 @@ def test_a_cold_load_leaves_the_panel_stop_and_votes_answering_at_once(default_c
                                   {"variant": "smollm2/bf16"}, {}))
     with gr.Blocks():
         tab = CompareTab(arena, [("fp32", "smollm2/fp32")])
-    other_stop = tab.stops["other"] = threading.Event()  # another session's comparison, waiting its turn
+    other = tab.stops.running("other")  # another session's comparison, waiting its turn
+    other_stop = other.__enter__()
     loader = Stream(arena, "smollm2/bf16").start()
     try:
         assert loading.wait(10)
@@ -200,6 +201,7 @@ def test_a_cold_load_leaves_the_panel_stop_and_votes_answering_at_once(default_c
     finally:
         release.set()
         loader.thread.join(10)
+        other.__exit__(None, None, None)
     assert loader.final[0].status == "error" and "the test's load ended" in loader.final[0].error
 
 

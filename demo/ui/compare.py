@@ -4,6 +4,7 @@ Stop, Quantize now, and the /compare endpoint over the same Arena."""
 from __future__ import annotations
 
 import threading
+from contextlib import aclosing
 import time
 from typing import Any, AsyncIterator, NamedTuple
 
@@ -17,6 +18,7 @@ from demo.ui import summary as summary_view
 from demo.ui import offpool, zerogpu_view
 from demo.ui.clients import client_of
 from demo.ui.columns import ColumnsView, divergence_html, wants_quantize
+from demo.ui.stops import Stops
 
 FIDELITY_GUIDE = """
 **How close is a variant to the baseline?** Both figures compare what the variant and the baseline predict
@@ -84,8 +86,7 @@ class CompareTab:
 
     def __init__(self, arena: Arena, choices: list[tuple[str, str]]):
         self.arena, self.config = arena, arena.config
-        self.stops: dict[str | None, threading.Event] = {}  # session -> stop event of its running comparison
-        self.stops_lock = threading.Lock()
+        self.stops = Stops()  # each session's running comparisons
         self._build_inputs(choices)
         with gr.Row():
             self.run = gr.Button("Run", variant="primary", elem_id="run")
@@ -218,10 +219,15 @@ class CompareTab:
         handler holds none of Gradio's shared threads while it waits for its turn or streams. The page gets the
         latest snapshot every STREAM_S (the columns show text at most every TEXT_INTERVAL_S anyway)."""
         settings = self.checked(prompt_text, variant_ids, max_new_tokens, sample, temp, p, seed_value)
-        stop_event, view = threading.Event(), ColumnsView(self.arena, len(self.slots))
-        key = request.session_hash if request else None
-        with self.stops_lock:
-            self.stops[key] = stop_event
+        view = ColumnsView(self.arena, len(self.slots))
+        with self.stops.running(request.session_hash if request else None) as stop_event:
+            async with aclosing(self._run(prompt_text, variant_ids, settings, view, stop_event, request)) as stream:
+                async for values in stream:  # closed with this handler: its finally ends the generation
+                    yield values
+
+    async def _run(self, prompt_text, variant_ids, settings, view, stop_event: threading.Event,
+                   request: gr.Request):
+        """on_run's stream, with this run's own stop event (set by the session's Stop, or when the page goes)."""
         arena = self.arena.for_client(client_of(request, self.arena.config.proxies))
 
         def run(work: offpool.Work) -> None:
@@ -247,9 +253,6 @@ class CompareTab:
             raise gr.Error(str(exc)) from None
         finally:
             stop_event.set()  # a closed stream (client gone) also ends the generation
-            with self.stops_lock:
-                if self.stops.get(key) is stop_event:
-                    del self.stops[key]
 
     def on_summary(self, final: list[dict]):
         updates: dict = {self.run: gr.update(interactive=True)}
@@ -310,10 +313,7 @@ class CompareTab:
         yield {note: gr.update(value=done, visible=True), button: gr.update(visible=False)}
 
     def on_stop(self, request: gr.Request):
-        with self.stops_lock:
-            event = self.stops.get(request.session_hash if request else None)
-        if event is not None:
-            event.set()
+        self.stops.stop(request.session_hash if request else None)
 
     @staticmethod
     def on_sample(sample: bool):

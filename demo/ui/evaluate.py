@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import threading
+from contextlib import aclosing
 from pathlib import Path
-from typing import Any
 
 import gradio as gr
 import pandas as pd
@@ -15,6 +15,7 @@ from demo.reports import scratch
 from demo.running.runner import Arena
 from demo.ui import offpool
 from demo.ui.clients import client_of
+from demo.ui.stops import Stops
 
 # evaluate.FIELDS in words, with units; the files keep the field names.
 HEADERS = {
@@ -119,7 +120,7 @@ class EvaluateTab:
 
     def __init__(self, arena: Arena, choices: list[tuple[str, str]]):
         self.arena, self.config = arena, arena.config
-        self.stops: dict[Any, threading.Event] = {}  # session -> stop event of its running evaluation
+        self.stops = Stops()  # each session's running evaluations
         gr.Markdown("Perplexity on a held-out text, KL divergence and top-1 agreement against the base model's "
                     "baseline, decode speed and memory: the same measurement as `python -m demo.evaluate`. "
                     "About a minute per variant on a 2-core CPU.")
@@ -183,8 +184,15 @@ class EvaluateTab:
         turns among everyone's, and a client with its share in use is refused at once. It runs on a thread of its
         own, awaited here on the event loop (demo.ui.offpool), which also writes its files and charts; a page that
         goes away stops it after the variant it is on."""
-        key = request.session_hash if request else None
-        self.stops[key] = stop_event = threading.Event()
+        with self.stops.running(request.session_hash if request else None) as stop_event:
+            async with aclosing(self._evaluate(variant_ids, run_count, max_new_tokens, protocol_name, stop_event,
+                                               request)) as updates:  # closed with this handler: its finally runs
+                async for update in updates:
+                    yield update
+
+    async def _evaluate(self, variant_ids, run_count, max_new_tokens, protocol_name, stop_event: threading.Event,
+                        request: gr.Request):
+        """on_evaluate's updates, with this evaluation's own stop event."""
         order = [v for v in self.config.variants if v in (variant_ids or [])]  # rows in the models file's order
         text = evaluate.EVALUATION_FILE.read_text(encoding="utf-8")
         protocol = evaluate.Protocol(protocol_name or "sliding")
@@ -212,7 +220,6 @@ class EvaluateTab:
         finally:
             if not work.done():  # the page went away: the evaluation stops after the variant it is on
                 stop_event.set()
-            self.stops.pop(key, None)
 
     def _results(self, results: list[evaluate.VariantEvaluation], head: str, run_count: int,
                  max_new_tokens: int, protocol: evaluate.Protocol) -> dict:
@@ -232,7 +239,5 @@ class EvaluateTab:
 
     def on_stop(self, request: gr.Request):
         """Ask this session's evaluation to stop after the variant it is on."""
-        event = self.stops.get(request.session_hash if request else None)
-        if event is not None:
-            event.set()
+        self.stops.stop(request.session_hash if request else None)
         return gr.update(interactive=False, value="Stopping after this variant…")
