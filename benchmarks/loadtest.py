@@ -1,8 +1,9 @@
 """make loadtest: many users at once against the real app on 127.0.0.1; writes results/loadtest.json.
 
-Starts app.py, warms the variants up, then USERS gradio_client users each send REQUESTS short
-comparisons one after another, all users at once. Beside them a greedy client (one gradio_client Client, so
-one session) keeps as many comparisons in flight as its share allows (limits.max_pending_per_client) plus one,
+Starts app.py behind "a proxy" at 127.0.0.1 (ARENA_TRUSTED_PROXIES), warms the variants up, then USERS
+gradio_client users, each from an address of its own (X-Forwarded-For, as the proxy would append it), send
+REQUESTS short comparisons one after another, all users at once. Beside them a greedy client (one gradio_client Client from one
+address) keeps as many comparisons in flight as its share allows (limits.max_pending_per_client) plus one,
 resubmitting at once whenever one ends or is refused, until the users are done. Each request has its own
 prompt, so an answer carrying another request's prompt counts as mixed. Outcomes: completed (records for this
 request, every variant done), busy (the arena's "busy, try again"), failed (any other error), lost (no answer
@@ -38,12 +39,13 @@ from demo.config import load_config  # noqa: E402
 from demo.measuring.system import environment  # noqa: E402
 
 VARIANTS = ["smollm2/bf16", "smollm2/bnb-nf4"]
+GREEDY_ADDRESS = "203.0.113.1"
 OVERHEAD_MIB = 2048  # Python, torch, transformers, gradio and allocator slack on top of the weights budget
 
 
 def start_app(port: int, log_path: Path) -> subprocess.Popen:
     env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1",
-           "GRADIO_ANALYTICS_ENABLED": "False"}
+           "GRADIO_ANALYTICS_ENABLED": "False", "ARENA_TRUSTED_PROXIES": "127.0.0.1"}
     log = log_path.open("w")
     proc = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.time() + 120
@@ -95,7 +97,7 @@ def ask(client, prompt: str, max_new_tokens: int, timeout_s: float) -> dict:
 def one_user(url: str, user: int, requests: int, max_new_tokens: int, timeout_s: float, outcomes: list) -> None:
     from gradio_client import Client
 
-    client = Client(url, verbose=False)
+    client = Client(url, verbose=False, headers={"X-Forwarded-For": address(user)})
     for i in range(requests):
         outcomes.append(ask(client, f"Request {user}-{i}: name one fruit and one colour.", max_new_tokens, timeout_s))
 
@@ -106,7 +108,7 @@ def greedy_client(url: str, slots: int, max_new_tokens: int, timeout_s: float, d
     refused, until `done`; returns its threads."""
     from gradio_client import Client
 
-    client, numbers = Client(url, verbose=False), iter(range(10**9))
+    client, numbers = Client(url, verbose=False, headers={"X-Forwarded-For": GREEDY_ADDRESS}), iter(range(10**9))
 
     def keep_asking(slot: int) -> None:
         while not done.is_set():
@@ -119,6 +121,11 @@ def greedy_client(url: str, slots: int, max_new_tokens: int, timeout_s: float, d
     for thread in threads:
         thread.start()
     return threads
+
+
+def address(user: int) -> str:
+    """The address the proxy names for a user: one of its own (users are people, not sessions)."""
+    return f"198.18.{user // 250}.{user % 250 + 1}"
 
 
 def percentile(values: list[float], fraction: float) -> float | None:
