@@ -41,13 +41,13 @@ class RaplCounter:
 
 
 class NvmlCounter:
-    """GPU 0's total energy since the driver loaded, in millijoules (Volta and later)."""
+    """This process's GPU's total energy since the driver loaded, in millijoules (Volta and later)."""
 
-    source = "NVML total energy, GPU 0 (device-wide)"
+    source = "NVML total energy, this process's GPU (device-wide)"
 
     def __init__(self, library):
         self._nvml = library
-        self._handle = library.nvmlDeviceGetHandleByIndex(0)
+        self._handle = nvml.handle(library)
         self.read()  # raises where the GPU has no energy counter (before Volta)
 
     def read(self) -> int:

@@ -30,12 +30,12 @@ class GpuFigures:
 
 
 def gpu_figures() -> GpuFigures | None:
-    """NVML figures for GPU 0, or None where there is no NVIDIA driver."""
+    """NVML figures for this process's GPU (nvml.handle), or None where there is no NVIDIA driver or none visible."""
     pynvml = nvml.library()  # initialised once per process, never shut down per read
     if pynvml is None:
         return None
     try:
-        handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+        handle = nvml.handle(pynvml)
         info = pynvml.nvmlDeviceGetMemoryInfo(handle)
         name, driver = pynvml.nvmlDeviceGetName(handle), pynvml.nvmlSystemGetDriverVersion()
         return GpuFigures(_text(name), _text(driver), info.used / MIB, info.total / MIB)
