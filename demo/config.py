@@ -18,6 +18,7 @@ DEFAULT_MODELS_FILE = REPO_ROOT / "models.yaml"
 GPU_MODELS_FILE = REPO_ROOT / "models.gpu.yaml"
 MODELS_ENV = "ARENA_MODELS"
 BUDGET_ENV = "ARENA_MEMORY_BUDGET_MIB"
+ZEROGPU_ENV = "SPACES_ZERO_GPU"  # set by Hugging Face on a ZeroGPU Space
 SPACE_ENV = "SPACE_ID"  # set by Hugging Face in every Space's environment (owner/name)
 
 DTYPES = ("float32", "float16", "bfloat16")
@@ -322,12 +323,19 @@ def on_space() -> bool:
 
 def models_path(explicit: str | os.PathLike | None = None) -> Path:
     """The models file: an explicit path, else $ARENA_MODELS, else the GPU profile on a Hugging Face Space
-    with an NVIDIA GPU, else the repo's offline models.yaml."""
+    with an NVIDIA GPU or on ZeroGPU, else the repo's offline models.yaml."""
     if explicit or os.environ.get(MODELS_ENV):
         return Path(explicit or os.environ[MODELS_ENV])
-    if on_space() and _has_nvidia_gpu():
+    if on_space() and (on_zerogpu() or _has_nvidia_gpu()):
         return GPU_MODELS_FILE
     return DEFAULT_MODELS_FILE
+
+
+def on_zerogpu() -> bool:
+    """Whether this is a ZeroGPU Space: Hugging Face sets SPACES_ZERO_GPU there (read the way the `spaces`
+    package reads it). The serving process sees no GPU there (the worker gets one per call), so NVML cannot
+    tell, and the GPU profile would silently give way to the CPU one."""
+    return os.environ.get(ZEROGPU_ENV, "").lower() in ("1", "t", "true")
 
 
 def _has_nvidia_gpu() -> bool:

@@ -254,3 +254,78 @@ def test_zerogpu_s_own_quota_error_reaches_the_client_as_it_is(client, zg, monke
     with pytest.raises(Exception) as info:
         client.predict(prompt=CLEAR_PROMPT, variants=VARIANTS, max_new_tokens=8, api_name="/compare")
     assert str(info.value).endswith(words)
+
+
+def test_start_up_places_transformers_variants_in_the_thread_that_imported_spaces(tmp_path, monkeypatch,
+                                                                                    default_config):
+    """ZeroGPU's patch of torch is active only in the thread that imported `spaces`: transformers 5 copies a
+    checkpoint's tensors on a thread pool of its own unless told not to, and there the patch is absent (every
+    variant would fail to be placed on a real Space). Start-up must load with no such pool."""
+    import concurrent.futures
+
+    import torch
+    import transformers.core_model_loading as loading
+    from transformers import AutoTokenizer
+
+    from demo.artifacts import sources
+    from demo.config import load_config
+    from demo.running import zerogpu
+    from tests.conftest import tiny_causal_lm
+
+    if torch.cuda.is_available():
+        pytest.skip("the emulation runs on the CPU: run with CUDA_VISIBLE_DEVICES=")
+    pools = []
+
+    class RecordedPool(concurrent.futures.ThreadPoolExecutor):
+        def __init__(self, *args, **kwargs):
+            pools.append(threading.current_thread().name)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(loading, "ThreadPoolExecutor", RecordedPool)
+    tokenizer = AutoTokenizer.from_pretrained(sources.resolve(default_config.bases["smollm2"]).location)
+    tiny_causal_lm(hidden=64, layers=2, vocab=len(tokenizer)).save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    (tmp_path / "models.yaml").write_text(f"""
+bases:
+  tiny: {{source: {{kind: local, path: {tmp_path / 'base'}}}, baseline: tiny/fp32}}
+variants:
+  - {{id: tiny/fp32, base: tiny, method: fp32}}
+  - {{id: tiny/bf16, base: tiny, method: bf16}}
+""")
+    loading_outside = len(pools)
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(tmp_path / "base")  # outside start-up: transformers' own pool
+    assert len(pools) == loading_outside + 1, "the check must see transformers' pool where it is used"
+    arena = zerogpu.ZeroGpuArena.start(load_config(tmp_path / "models.yaml"), "emulated", cap_s=600)
+    try:
+        assert arena.placement.failed == {} and set(arena.placement.load_ms) == {"tiny/fp32", "tiny/bf16"}
+        assert len(pools) == loading_outside + 1  # none made while placing
+        assert os.environ.get(zerogpu.ASYNC_LOAD_ENV) is None  # and the setting is put back
+    finally:
+        arena._gpu.shutdown()
+
+
+def test_zerogpu_on_a_cpu_build_of_torch_stops_with_the_reason_not_a_traceback():
+    """The real `spaces` package, told it is on ZeroGPU, reads torch.version.cuda as it is imported: on a CPU
+    build that is None and the import raises AttributeError, which app.py let through as a traceback."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "SPACES_ZERO_GPU": "true", "SPACES_ZERO_DEVICE_API_URL": "http://127.0.0.1:9"}
+    done = subprocess.run([sys.executable, "app.py"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    assert "error: SPACES_ZERO_GPU is set, but the `spaces` package failed to start: AttributeError" in done.stderr
+    assert "CPU build" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_zerogpu_space_gets_the_gpu_profile(monkeypatch):
+    """Its serving process sees no GPU (NVML finds none), yet it is a GPU Space: SPACES_ZERO_GPU says so."""
+    from demo import config
+
+    monkeypatch.delenv(config.MODELS_ENV, raising=False)
+    monkeypatch.setenv(config.SPACE_ENV, "someone/arena")
+    monkeypatch.setattr(config, "_has_nvidia_gpu", lambda: False)  # as in ZeroGPU's serving process
+    assert config.models_path() == config.DEFAULT_MODELS_FILE  # a CPU Space
+    monkeypatch.setenv(config.ZEROGPU_ENV, "true")
+    assert config.models_path() == config.GPU_MODELS_FILE

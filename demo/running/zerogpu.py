@@ -18,6 +18,7 @@ import math
 import os
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -51,6 +52,26 @@ def mode() -> str | None:
     except ImportError:
         return None
     return "zerogpu" if Config.zero_gpu else None
+
+
+ASYNC_LOAD_ENV = "HF_DEACTIVATE_ASYNC_LOAD"  # transformers 5: "1" loads a checkpoint without its thread pool
+
+
+@contextmanager
+def loading_in_this_thread() -> Iterator[None]:
+    """transformers 5 copies a checkpoint's tensors to their device on a pool of threads of its own. ZeroGPU's
+    patch of torch (a TorchFunctionMode, spaces/zero/torch/patching.py) is active only in the thread that
+    imported `spaces`, so in those threads real CUDA is reached and placement fails. While this is entered,
+    transformers loads in the calling thread (its HF_DEACTIVATE_ASYNC_LOAD, made for this case)."""
+    previous = os.environ.get(ASYNC_LOAD_ENV)
+    os.environ[ASYNC_LOAD_ENV] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(ASYNC_LOAD_ENV, None)
+        else:
+            os.environ[ASYNC_LOAD_ENV] = previous
 
 
 @dataclass(frozen=True)
@@ -95,12 +116,13 @@ class ZeroGpuArena(Arena):
         slice_mib = _slice_mib(mode_name)
         _check_fits(config, manager, slice_mib, "estimated")
         load_ms, failed = {}, {}
-        for variant_id in config.variants:
-            try:
-                load_ms[variant_id] = manager.get(variant_id).load_ms
-            except Exception as exc:  # one variant that cannot load leaves the others placed; its column says why
-                failed[variant_id] = _one_line(exc)
-                log.warning("ZeroGPU: %s not placed: %s", variant_id, failed[variant_id])
+        with loading_in_this_thread():
+            for variant_id in config.variants:
+                try:
+                    load_ms[variant_id] = manager.get(variant_id).load_ms
+                except Exception as exc:  # a variant that cannot load leaves the others placed; its column says why
+                    failed[variant_id] = _one_line(exc)
+                    log.warning("ZeroGPU: %s not placed: %s", variant_id, failed[variant_id])
         weights = {v: manager.get(v).loaded.weights_bytes / MIB for v in load_ms}
         _refuse_if_over(weights, slice_mib, "measured")
         rates = {}
