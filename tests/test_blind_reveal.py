@@ -4,6 +4,7 @@ blind results) before and after a battle."""
 
 import json
 import re
+import time
 import urllib.request
 
 from tests.test_blind import BLIND, models_file
@@ -43,10 +44,50 @@ def test_nothing_public_names_or_orders_the_hidden_challenger(serve, default_con
     assert after["config"] == before["config"] and after["info"] == before["info"]
     # the results view counts battles issued, and says nothing else new before the vote
     assert re.sub(r"\d+ battles? issued", "", after["results"]) == re.sub(r"\d+ battles? issued", "", before["results"])
-    # the System panel lists what is loaded in the models file's order, never in the order of use: the variant
-    # used last is the challenger (its fidelity is scored last)
-    listed = loaded_line(after["system"])
+    # the System panel holds still until the vote: what is loaded would name a challenger loaded for the battle
+    assert "hold still while a blind-test battle" in after["system"]
+    assert loaded_line(after["system"]) == loaded_line(before["system"])
+    me.predict(battle=issued["battle"], choice="tie", api_name="/vote")
+    time.sleep(1.5)  # the panel's rendering is shared for a second
+    voted = read(url, "gradio_api/arena/system")
+    assert "hold still" not in voted
+    # and, live again, it lists what is loaded in the models file's order, never in the order of use (the
+    # variant used last is the challenger: its fidelity is scored last)
+    listed = loaded_line(voted)
     assert CHALLENGER in listed and USED_BEFORE in listed
     assert listed == [v for v in default_config.variants if v in listed]
     answers = json.dumps(issued).replace(issued["a"], "").replace(issued["b"], "")
     assert "smollm2/" not in answers
+
+
+def test_a_battle_holds_the_panel_from_its_start_to_its_vote_or_for_hold_s_at_most():
+    from demo.blind.open_battles import OpenBattles
+
+    now = [100.0]
+    battles = OpenBattles(clock=lambda: now[0], hold_s=600)
+    assert battles.holding_since() is None
+    first = battles.begin()
+    now[0] = 105.0
+    second = battles.begin()
+    battles.issued(first, "b1")
+    battles.end(second)  # the second failed, unissued
+    assert battles.holding_since() == 100.0
+    battles.end("b1")  # voted
+    assert battles.holding_since() is None
+    battles.issued(battles.begin(), "b2")  # never voted on: lets go after hold_s
+    now[0] = 105.0 + 600
+    assert battles.holding_since() is None
+
+
+def test_the_panel_shows_what_it_showed_before_the_battle(arena):
+    from demo.ui.system_panel import PanelView
+
+    now, since = [0.0], [None]
+    view = PanelView(arena, max_age_s=0.0, clock=lambda: now[0], holding_since=lambda: since[0])
+    live = view().body.decode()
+    assert "Loaded variants" in live and "hold still" not in live
+    now[0], since[0] = 10.0, 5.0  # a battle began after that rendering
+    held = view().body.decode()
+    assert "hold still" in held and loaded_line(held) == loaded_line(live)
+    fresh = PanelView(arena, max_age_s=0.0, clock=lambda: now[0], holding_since=lambda: 5.0)
+    assert "Loaded variants" not in fresh().body.decode()  # nothing from before the battle: nothing shown

@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator
 
 from demo.blind import ratings
 from demo.errors import Busy, InvalidRequest, VariantUnavailable
+from demo.blind.open_battles import OpenBattles
 from demo.blind.ratelimit import SessionRateLimit
 from demo.running.runner import Arena, Client
 from demo.settings import GenerationSettings
@@ -50,6 +51,7 @@ class BlindTest:
         self._failed_at: dict[str, float] = {}  # variant id -> clock() when it last failed to answer
         self._results_lock = threading.Lock()
         self._results: tuple[tuple[int, int], dict] | None = None  # (the store's vote mark, its summary)
+        self.open = OpenBattles(clock)  # under way or awaiting their vote: the System panel holds still meanwhile
 
     # --- pairing --------------------------------------------------------------------------------------
 
@@ -118,8 +120,18 @@ class BlindTest:
         self.arena.validate(prompt, [baseline])  # a bad prompt is refused before it costs the session a battle
         digest = self.store.address_digest(address)
         self._take(self.battle_limit, self.address_battle_limit, session, digest)
-        with self.arena.for_client(client or Client(session)).admitted() as arena:
-            yield from self._answer(arena, prompt, base_id, baseline, session, digest, stop or threading.Event())
+        token = self.open.begin()
+        issued = None
+        try:
+            with self.arena.for_client(client or Client(session)).admitted() as arena:
+                for step in self._answer(arena, prompt, base_id, baseline, session, digest, stop or threading.Event()):
+                    if isinstance(step, dict):
+                        issued = step
+                        self.open.issued(token, step["battle"])
+                    yield step
+        finally:
+            if issued is None:
+                self.open.end(token)
 
     def _answer(self, arena: Arena, prompt: str, base_id: str, baseline: str, session: str,
                 digest: str | None, stop: threading.Event) -> Iterator[int | dict[str, str]]:
@@ -185,6 +197,7 @@ class BlindTest:
         if not isinstance(battle_id, str) or not isinstance(choice, str):
             raise InvalidRequest("battle and choice must be text")
         battle = self.store.vote(battle_id, choice, session)
+        self.open.end(battle_id)
         return reveal(battle, choice)
 
     def results(self) -> dict:

@@ -70,7 +70,7 @@ def build_demo(arena: Arena) -> gr.Blocks:
             evaluate.build_tab(arena, choices)
         with gr.Tab("Blind test", id="blind", elem_id="blind"):
             blind_tab = blind.build_tab(arena)
-        system_route = system_panel.build(arena, page)
+        system_route = system_panel.build(arena, page, holding_since=blind_tab.blind.open.holding_since)
         gr.Markdown(HOW_TO_READ)
     page.arena_routes = [*blind_tab.routes(), system_route]  # launch_kwargs(page) hands them to the server
     page.arena_lifespan = disk.lifespan(page, arena.config.limits)  # and this: what it writes expires

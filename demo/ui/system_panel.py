@@ -5,11 +5,13 @@ plain route (demo.ui.routes), not through a Gradio event: one rendering a period
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 import gradio as gr
 from markdown_it import MarkdownIt
 from starlette.routing import Route
 
+from demo.blind.open_battles import HOLD_S
 from demo.measuring import system
 from demo.running.runner import Arena
 from demo.ui import routes, zerogpu_view
@@ -17,6 +19,8 @@ from demo.ui import routes, zerogpu_view
 PATH = "/system"
 
 REFRESH_S = 2.0
+HELD = ("<p><em>These figures hold still while a blind-test battle is under way or awaits its vote (at most "
+        f"{HOLD_S / 60:.0f} minutes): what is loaded would say which variant the hidden one is.</em></p>")
 NOTE = ("<small>USS counts the pages only this process holds (freed if it exits). RSS also counts file-backed "
         "pages it has mapped, such as memory-mapped weights and libraries, which the machine figure leaves out as "
         "reclaimable cache; so RSS can exceed the machine's RAM in use. The budget is how much model weights the "
@@ -24,34 +28,51 @@ NOTE = ("<small>USS counts the pages only this process holds (freed if it exits)
         "the process's RAM.</small>")
 
 
-def build(arena: Arena, page: gr.Blocks) -> Route:
+def build(arena: Arena, page: gr.Blocks, holding_since: Callable[[], float | None] | None = None) -> Route:
     """The panel, filled when the page loads and on a timer, both in the browser (no server function, no queue);
-    returns the route they fetch."""
+    returns the route they fetch. `holding_since` (the blind test's open battles) says since when the panel must
+    show what it showed before (PanelView)."""
     with gr.Accordion("System", open=True):
         shown = gr.HTML(elem_id="system")
     timer = gr.Timer(REFRESH_S)
     fetch = routes.fetch_js(PATH)
     timer.tick(None, None, shown, js=fetch, queue=False, api_visibility="private", show_progress="hidden")
     page.load(None, None, shown, js=fetch, queue=False, api_visibility="private")
-    return routes.view_route(PATH, PanelView(arena, REFRESH_S / 2))
+    return routes.view_route(PATH, PanelView(arena, REFRESH_S / 2, holding_since=holding_since))
 
 
 class PanelView:
     """The panel as HTML, rendered at most once per `max_age_s` for every viewer (its snapshot is shared too):
-    the same sharing as the snapshot's (system.SharedSnapshot), over the rendering."""
+    the same sharing as the snapshot's (system.SharedSnapshot), over the rendering.
 
-    def __init__(self, arena: Arena, max_age_s: float, clock=time.monotonic):
-        self.arena = arena
+    While a blind-test battle is under way or awaits its vote (`holding_since` gives when the oldest began), the
+    panel holds still: it shows the last rendering from before that battle began, or nothing but why. A battle
+    loads its challenger if it is not loaded yet, and on a quiet arena that one new name (and the memory it
+    adds) would name the hidden challenger on the page with the vote buttons (demo.blind.open_battles)."""
+
+    def __init__(self, arena: Arena, max_age_s: float, clock=time.monotonic,
+                 holding_since: Callable[[], float | None] | None = None):
+        self.arena, self.clock, self.holding_since = arena, clock, holding_since or (lambda: None)
         self._shared = system.SharedSnapshot(max_age_s=REFRESH_S)
         self._rendered = system.SharedSnapshot(max_age_s, take=lambda _: self._render(), clock=clock)
+        self._live: tuple[float, str] | None = None  # (clock() when rendered, the HTML) of the last live rendering
 
     def __call__(self) -> routes.Cached:
         return self._rendered.get()
 
     def _render(self) -> routes.Cached:
-        # raw HTML off: the figures name variants from the models file; the note is the panel's own HTML
-        html = MarkdownIt("commonmark", {"html": False}).render(
-            system_markdown(self.arena, self._shared, note=False)) + NOTE
+        since = self.holding_since()
+        if since is None:
+            # raw HTML off: the figures name variants from the models file; the note is the panel's own HTML
+            started = self.clock()
+            html = MarkdownIt("commonmark", {"html": False}).render(system_markdown(self.arena, self._shared,
+                                                                                    note=False))
+            self._live = (started, html)
+            html += NOTE
+        elif self._live is not None and self._live[0] < since:
+            html = self._live[1] + HELD + NOTE
+        else:
+            html = HELD
         return routes.Cached(html.encode("utf-8"), "text/html; charset=utf-8")
 
 
