@@ -54,7 +54,7 @@ def fake_nvml(monkeypatch):
     def install(broken=False):
         fake = FakeNvml(broken)
         monkeypatch.setitem(sys.modules, "pynvml", fake)
-        monkeypatch.setattr(nvml, "_library", [])  # this process has not looked for NVML yet
+        monkeypatch.setattr(nvml, "_library", {})  # this process has not looked for NVML yet
         return fake
     return install
 
@@ -118,7 +118,7 @@ def test_the_vote_chart_waits_for_another_chart_being_drawn(tmp_path):
     outcomes = [Outcome("s", "s/fp32", "s/bf16", "s/fp32", "a", "bf16", "fp32")]
     path = tmp_path / "chart.png"
     with drawing.LOCK:  # another chart is being drawn
-        worker = threading.Thread(target=vote_chart.write_chart, args=(summarize(outcomes, 50, 10), path))
+        worker = threading.Thread(target=vote_chart.write_chart, args=(summarize(outcomes), path))
         worker.start()
         worker.join(0.5)
         assert worker.is_alive() and not path.exists()
