@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from demo.errors import ConfigError
+from demo.measuring.kv_cache import KV_CACHE_TYPES
 from demo.measuring.shapes import SHAPES
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -104,7 +105,8 @@ METHODS: dict[str, Method] = {
         Method(
             "gguf",
             None,
-            {"type": tuple(GGUF_TYPES), "n_ctx": int, "n_gpu_layers": int, "use_mmap": bool},
+            {"type": tuple(GGUF_TYPES), "n_ctx": int, "n_gpu_layers": int, "use_mmap": bool,
+             "cache_type_k": tuple(KV_CACHE_TYPES), "cache_type_v": tuple(KV_CACHE_TYPES)},
             required=("type",),
             defaults={"n_ctx": 2048, "use_mmap": True},
             runtime="llama.cpp",

@@ -32,7 +32,8 @@ def test_shipped_files_are_valid(default_config):
 
     assert list(default_config.variants) == ["smollm2/fp32", "smollm2/bf16", "smollm2/bnb-int8", "smollm2/bnb-nf4",
                                              "smollm2/bnb-fp4", "smollm2/gptq-4bit", "smollm2/awq-4bit",
-                                             "smollm2/gguf-q8_0", "smollm2/gguf-q4_k_m", "smollm2/gguf-f32",
+                                             "smollm2/gguf-q8_0", "smollm2/gguf-q8_0-kv-q8_0",
+                                             "smollm2/gguf-q8_0-kv-q4_0", "smollm2/gguf-q4_k_m", "smollm2/gguf-f32",
                                              "smollm2/torchao-int8", "smollm2/torchao-int4"]
     assert default_config.variants["smollm2/gptq-4bit"].settings["bits"] == 4
     nf4 = default_config.variants["smollm2/bnb-nf4"]

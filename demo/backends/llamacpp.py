@@ -21,6 +21,7 @@ from demo.backends.base import LoadedVariant, OnToken
 from demo.backends.common import cuda_available, first_line
 from demo.config import BaseModel, Variant
 from demo.errors import DamagedCheckpoint, NotQuantized, VariantUnavailable
+from demo.measuring import kv_cache
 from demo.settings import GenerationSettings
 
 log = logging.getLogger(__name__)
@@ -158,15 +159,19 @@ def load(variant: Variant, base: BaseModel) -> LlamaCppVariant:
     gpu_layers, device = _offload(variant)
     threads = torch.get_num_threads()
     settings = variant.settings
+    type_k, type_v = settings.get("cache_type_k", "f16"), settings.get("cache_type_v", "f16")
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=settings["n_ctx"], n_threads=threads,
                           n_threads_batch=threads, n_gpu_layers=gpu_layers, use_mmap=settings["use_mmap"],
-                          logits_all=False, verbose=False)
+                          logits_all=False, verbose=False, type_k=_ggml_type(llama_cpp, type_k),
+                          type_v=_ggml_type(llama_cpp, type_v), flash_attn=type_v not in kv_cache.UNQUANTIZED)
+    kv = kv_cache.kv_cache(kv_cache.KvShape.from_gguf(llm.metadata), type_k, type_v)
     stored = gguf.stored_weights(parsed)
     del parsed  # its memory map of the file: llama.cpp has its own
     facts = {"gguf_type": settings.get("type"), "made_from": origin, "file_type": stored.file_type,
              "weights_bits_per_weight": stored.weights_bits_per_weight, "tensor_types": stored.tensor_types,
              "threads": threads, "n_ctx": llm.n_ctx(), "gpu_layers": gpu_layers, "memory_mapped": settings["use_mmap"],
-             "llama_cpp_python": _version()}
+             "llama_cpp_python": _version(), "kv_cache": {**kv.as_dict(), "label": kv.label,
+                                                          "bytes": round(kv.bytes_per_token * llm.n_ctx())}}
     if device == "cpu" and cuda_available():
         facts["note"] = ("runs on the CPU: GPU offload is opt-in (settings.n_gpu_layers), see docs/runtimes.md (On a GPU)"
                          if llama_cpp.llama_supports_gpu_offload() else
@@ -242,6 +247,11 @@ def _origin(folder: Path) -> str:
         return json.loads((folder / sources.METADATA_FILE).read_text())["made_from"]
     except (OSError, ValueError, KeyError):
         return "made by demo.quantize"
+
+
+def _ggml_type(llama_cpp, name: str) -> int:
+    """llama.cpp's number for a cache type ("q8_0" -> GGML_TYPE_Q8_0)."""
+    return getattr(llama_cpp, f"GGML_TYPE_{name.upper()}")
 
 
 def _version() -> str | None:

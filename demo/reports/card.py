@@ -55,6 +55,8 @@ _SETTING_WORDS = {
     "n_ctx": lambda v: f"context {v} tokens",
     "use_mmap": lambda v: "memory-mapped" if v else "loaded into RAM",
     "n_gpu_layers": lambda v: f"{v} layers on the GPU",
+    "cache_type_k": lambda v: f"KV cache K {v}",
+    "cache_type_v": lambda v: f"KV cache V {v}",
     "scheme": lambda v: {"int8_dynamic": "int8 dynamic activations + int8 weights"}.get(v, v.replace("_", " ")),
     "int4_choose_qparams_algorithm": lambda v: "HQQ scales and zero points" if v == "hqq" else f"{v} scales",
     "zero_point": lambda v: "zero point" if v else "no zero point",

@@ -89,6 +89,8 @@ def figures(record: dict[str, Any]) -> list[tuple[str, str]]:
         ("tokens", f"{_num(record.get('prompt_tokens'))} prompt → {record.get('new_tokens', 0)} new"),
         ("weights", _num(record.get("weights_mib"), 0, "MiB")),
         *([("stored", stored_text(record["stored"]))] if (record.get("stored") or {}).get("tensor_types") else []),
+        *([("KV cache", kv_cache_text(record["stored"]["kv_cache"]))] if (record.get("stored") or {}).get("kv_cache")
+          else []),
         ("peak memory", "not reported by this engine" if record.get("memory_kind") == "not-reported" else
          _num(record.get("peak_memory_mib"), 0, "MiB") + (" (approx.)" if record.get("memory_kind") == "cpu-rss" else "")),
         ("memory bandwidth", bandwidth_text(record)),
@@ -187,6 +189,13 @@ def remote_figures(record: dict[str, Any]) -> list[tuple[str, str]]:
             ("network round trip", _num(stored.get("network_round_trip_ms"), 1, "ms") + " (measured separately)"),
             ("tokens counted by", str(stored.get("tokens_counted_by", "–"))),
             ("engine memory", memory)]
+
+
+def kv_cache_text(kv: dict[str, Any]) -> str:
+    """E.g. "K q8_0 · V q8_0, 12,240 bytes/token (24 MiB for its whole context), flash attention"."""
+    whole = f" ({kv['bytes'] / 2**20:,.0f} MiB for its whole context)" if kv.get("bytes") else ""
+    flash = ", flash attention" if kv.get("flash_attention") else ""
+    return f"{kv['label']}, {kv['bytes_per_token']:,.0f} bytes/token{whole}{flash}"
 
 
 def stored_text(stored: dict[str, Any]) -> str:
