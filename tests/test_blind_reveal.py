@@ -91,3 +91,13 @@ def test_the_panel_shows_what_it_showed_before_the_battle(arena):
     assert "hold still" in held and loaded_line(held) == loaded_line(live)
     fresh = PanelView(arena, max_age_s=0.0, clock=lambda: now[0], holding_since=lambda: 5.0)
     assert "Loaded variants" not in fresh().body.decode()  # nothing from before the battle: nothing shown
+
+
+def test_a_live_rendering_shared_for_a_second_does_not_outlast_a_battle_s_start(arena):
+    from demo.ui.system_panel import PanelView
+
+    now, since = [0.0], [None]
+    view = PanelView(arena, max_age_s=60.0, clock=lambda: now[0], holding_since=lambda: since[0])
+    assert "hold still" not in view().body.decode()  # rendered live, and shared for a minute
+    now[0], since[0] = 0.5, 0.2  # a battle begins within that minute
+    assert "hold still" in view().body.decode()

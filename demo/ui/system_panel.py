@@ -58,22 +58,20 @@ class PanelView:
         self._live: tuple[float, str] | None = None  # (clock() when rendered, the HTML) of the last live rendering
 
     def __call__(self) -> routes.Cached:
-        return self._rendered.get()
+        since = self.holding_since()  # asked on every call: a live rendering shared for max_age_s must not
+        if since is None:  # outlast the start of a battle
+            return self._rendered.get()
+        live = self._live
+        html = live[1] + HELD + NOTE if live is not None and live[0] < since else HELD
+        return routes.Cached(html.encode("utf-8"), "text/html; charset=utf-8")
 
     def _render(self) -> routes.Cached:
-        since = self.holding_since()
-        if since is None:
-            # raw HTML off: the figures name variants from the models file; the note is the panel's own HTML
-            started = self.clock()
-            html = MarkdownIt("commonmark", {"html": False}).render(system_markdown(self.arena, self._shared,
-                                                                                    note=False))
-            self._live = (started, html)
-            html += NOTE
-        elif self._live is not None and self._live[0] < since:
-            html = self._live[1] + HELD + NOTE
-        else:
-            html = HELD
-        return routes.Cached(html.encode("utf-8"), "text/html; charset=utf-8")
+        """The live panel (raw HTML off: the figures name variants from the models file; the note is the panel's
+        own HTML), kept as the last live rendering."""
+        started = self.clock()
+        html = MarkdownIt("commonmark", {"html": False}).render(system_markdown(self.arena, self._shared, note=False))
+        self._live = (started, html)
+        return routes.Cached((html + NOTE).encode("utf-8"), "text/html; charset=utf-8")
 
 
 def system_markdown(arena: Arena, shared: system.SharedSnapshot | None = None, note: bool = True) -> str:
