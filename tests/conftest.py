@@ -202,6 +202,23 @@ def tiny_causal_lm(hidden: int = 64, layers: int = 2, vocab: int = 512):
     return LlamaForCausalLM(config).eval()
 
 
+def tiny_models_file(folder, config, variants: str, extra: str = "", hidden: int = 64, layers: int = 2):
+    """A tiny random Llama with the bundled model's tokenizer saved under folder/base, and folder/models.yaml
+    with a base `tiny` over it (baseline tiny/fp32), the `variants` lines given (YAML flow mappings, one a
+    line) and any `extra` top-level YAML; returns the models file."""
+    from transformers import AutoTokenizer
+
+    from demo.artifacts import sources
+
+    tokenizer = AutoTokenizer.from_pretrained(sources.resolve(config.bases["smollm2"]).location)
+    tiny_causal_lm(hidden=hidden, layers=layers, vocab=len(tokenizer)).save_pretrained(folder / "base")
+    tokenizer.save_pretrained(folder / "base")
+    path = folder / "models.yaml"
+    path.write_text(f"bases:\n  tiny: {{source: {{kind: local, path: {folder / 'base'}}}, baseline: tiny/fp32}}\n"
+                    "variants:\n" + "".join(f"  - {line}\n" for line in variants.strip().splitlines()) + extra)
+    return path
+
+
 # --- answers that do not tip on a near tie ---------------------------------------------------------------
 # Tests that assert on generated text use this prompt: under the baseline every token of its answer ("The
 # capital of France is Paris.") wins by at least 1 nat on AVX2 and AVX-512 CPUs (the greedy margins are

@@ -2,8 +2,7 @@
 
 import pytest
 
-from demo.artifacts import sources
-from tests.conftest import tiny_causal_lm
+from tests.conftest import tiny_models_file
 from tests.test_browser import browser, choose, open_page, start_app  # noqa: F401 (fixtures)
 
 pytest.importorskip("gptqmodel", reason="GPTQ needs gptqmodel (installed by make install)")
@@ -12,20 +11,10 @@ pytestmark = pytest.mark.browser
 
 @pytest.fixture(scope="module")
 def tiny_app(tmp_path_factory, default_config):
-    from transformers import AutoTokenizer
-
     root = tmp_path_factory.mktemp("tiny-app")
-    tokenizer = AutoTokenizer.from_pretrained(sources.resolve(default_config.bases["smollm2"]).location)
-    model = tiny_causal_lm(hidden=128, layers=2, vocab=len(tokenizer))
-    model.save_pretrained(root / "base")
-    tokenizer.save_pretrained(root / "base")
-    (root / "models.yaml").write_text(f"""
-bases:
-  tiny: {{source: {{kind: local, path: {root / 'base'}}}, baseline: tiny/fp32}}
-variants:
-  - {{id: tiny/fp32, base: tiny, method: fp32}}
-  - {{id: tiny/gptq, base: tiny, method: gptq, settings: {{bits: 4, group_size: 64}}}}
-""")
+    tiny_models_file(root, default_config, """
+{id: tiny/fp32, base: tiny, method: fp32}
+{id: tiny/gptq, base: tiny, method: gptq, settings: {bits: 4, group_size: 64}}""", hidden=128)
     yield from start_app(root, ARENA_MODELS=str(root / "models.yaml"), ARENA_CACHE_DIR=str(root / "cache"))
 
 

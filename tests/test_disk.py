@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from demo.artifacts import sources
 from demo.config import Limits
 from demo.reports import scratch
 from demo.ui import disk
-from tests.conftest import free_port, tiny_causal_lm
+from tests.conftest import free_port, tiny_models_file
 
 KEPT_S = 2
 
@@ -47,23 +46,12 @@ def test_scratch_spaces_of_ended_processes_are_removed(tmp_path):
 @pytest.fixture
 def tiny_page(tmp_path, monkeypatch, default_config):
     """The app over a tiny random model, its Gradio cache in a folder of its own, files kept KEPT_S."""
-    from transformers import AutoTokenizer
-
     from demo import ui
     from demo.config import load_config
     from demo.running.runner import Arena
 
-    tokenizer = AutoTokenizer.from_pretrained(sources.resolve(default_config.bases["smollm2"]).location)
-    model = tiny_causal_lm(hidden=64, layers=2, vocab=len(tokenizer))
-    model.save_pretrained(tmp_path / "base")
-    tokenizer.save_pretrained(tmp_path / "base")
-    (tmp_path / "models.yaml").write_text(f"""
-bases:
-  tiny: {{source: {{kind: local, path: {tmp_path / 'base'}}}, baseline: tiny/fp32}}
-variants:
-  - {{id: tiny/fp32, base: tiny, method: fp32}}
-limits: {{files_kept_s: {KEPT_S}}}
-""")
+    tiny_models_file(tmp_path, default_config, "{id: tiny/fp32, base: tiny, method: fp32}",
+                     extra=f"limits: {{files_kept_s: {KEPT_S}}}\n")
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))  # read when the page is built
     monkeypatch.setenv("ARENA_VOTES_DB", str(tmp_path / "votes.sqlite3"))
     demo = ui.build_demo(Arena(load_config(tmp_path / "models.yaml")))

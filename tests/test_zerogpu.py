@@ -265,12 +265,9 @@ def test_start_up_places_transformers_variants_in_the_thread_that_imported_space
 
     import torch
     import transformers.core_model_loading as loading
-    from transformers import AutoTokenizer
-
-    from demo.artifacts import sources
     from demo.config import load_config
     from demo.running import zerogpu
-    from tests.conftest import tiny_causal_lm
+    from tests.conftest import tiny_models_file
 
     if torch.cuda.is_available():
         pytest.skip("the emulation runs on the CPU: run with CUDA_VISIBLE_DEVICES=")
@@ -282,16 +279,9 @@ def test_start_up_places_transformers_variants_in_the_thread_that_imported_space
             super().__init__(*args, **kwargs)
 
     monkeypatch.setattr(loading, "ThreadPoolExecutor", RecordedPool)
-    tokenizer = AutoTokenizer.from_pretrained(sources.resolve(default_config.bases["smollm2"]).location)
-    tiny_causal_lm(hidden=64, layers=2, vocab=len(tokenizer)).save_pretrained(tmp_path / "base")
-    tokenizer.save_pretrained(tmp_path / "base")
-    (tmp_path / "models.yaml").write_text(f"""
-bases:
-  tiny: {{source: {{kind: local, path: {tmp_path / 'base'}}}, baseline: tiny/fp32}}
-variants:
-  - {{id: tiny/fp32, base: tiny, method: fp32}}
-  - {{id: tiny/bf16, base: tiny, method: bf16}}
-""")
+    tiny_models_file(tmp_path, default_config, """
+{id: tiny/fp32, base: tiny, method: fp32}
+{id: tiny/bf16, base: tiny, method: bf16}""")
     loading_outside = len(pools)
     from transformers import AutoModelForCausalLM
 
