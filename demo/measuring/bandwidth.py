@@ -1,8 +1,13 @@
 """Memory bandwidth: the machine's, measured once per process by a copy benchmark (STREAM's Copy), and a variant's
-achieved figure (gpt-fast's: the bytes its weights occupy times its decode rate), with its share of the machine's.
+achieved figure (the bytes one decode step reads times its decode rate), with its share of the machine's.
 
 At batch 1 every decoded token reads every weight once and does little arithmetic per byte read, so decode is
-bound by memory bandwidth; the share says how close a runtime gets to what the memory can deliver."""
+bound by memory bandwidth; the share says how close a runtime gets to what the memory can deliver.
+
+What a step reads (StepBytes, step_bytes): the weights it actually reads, which are the weights stored less an
+input embedding table that is not tied to the output head (a step reads one row of that table, not all of it),
+plus the KV cache at the step's context (every earlier token's keys and values, in every layer). gpt-fast's
+simpler figure, the bytes the weights occupy times the rate, is achieved_gb_s."""
 
 from __future__ import annotations
 
@@ -166,11 +171,112 @@ def _attempt(device: str, measure: Callable[[], Bandwidth]) -> dict:
 
 def achieved_gb_s(weights_bytes: float | None, decode_tokens_per_s: float | None) -> float | None:
     """gpt-fast's achieved bandwidth: the weights' bytes read once per decoded token, in 1e9 bytes per second;
-    None where either is unknown (never 0 for unknown)."""
+    None where either is unknown (never 0 for unknown). It leaves out the KV cache and counts an untied input
+    embedding table whole: achieved_gb_s_of(step_bytes(...)) counts what a step reads."""
     if weights_bytes is None or decode_tokens_per_s is None:
         return None
     value = weights_bytes * decode_tokens_per_s / GB
     return value if math.isfinite(value) and value > 0 else None
+
+
+@dataclass(frozen=True)
+class StepBytes:
+    """The bytes one decode step reads from memory, in its two parts."""
+
+    weights_read: int  # the weights stored, less an untied input embedding table
+    kv_read: int  # the KV cache at context_tokens: every attended token's keys and values, in every layer
+    context_tokens: float = 0.0  # the tokens whose keys and values kv_read counts (a mean over a run's steps)
+    input_table_left_out: int = 0  # the untied input embedding table's bytes, not in weights_read
+
+    @property
+    def total(self) -> int:
+        return self.weights_read + self.kv_read
+
+    def as_dict(self) -> dict:
+        """{weights, kv, total, context_tokens, input_table_left_out}: bytes, and tokens for the context."""
+        return {"weights": self.weights_read, "kv": self.kv_read, "total": self.total,
+                "context_tokens": self.context_tokens, "input_table_left_out": self.input_table_left_out}
+
+
+def step_bytes(weights_bytes: int, embedding_table_bytes: int, tied_embeddings: bool, kv_bytes_per_token: float,
+               context_tokens: float) -> StepBytes:
+    """What one decode step reads at a context of `context_tokens` tokens.
+
+    weights: `weights_bytes` (every stored tensor once, as the records count them) less the input embedding table
+    where it is not tied to the output head: the step looks up one row of that table (hidden size x its element
+    bytes: 8 KiB of Llama-3.1-8B's 1,002 MiB bf16 table, under two millionths of the step), left out as
+    negligible, while the head is read whole. A tied table is the head: read whole, counted once, nothing
+    subtracted. kv: `kv_bytes_per_token` (kv_cache.bytes_per_token) x `context_tokens`, rounded to a byte."""
+    if weights_bytes < 0 or embedding_table_bytes < 0 or kv_bytes_per_token < 0 or context_tokens < 0:
+        raise ValueError("bytes and tokens are never negative")
+    left_out = 0 if tied_embeddings else embedding_table_bytes
+    if left_out > weights_bytes:
+        raise ValueError(f"an embedding table of {embedding_table_bytes:,} bytes is larger than the weights "
+                         f"({weights_bytes:,} bytes) it is part of")
+    return StepBytes(weights_bytes - left_out, round(kv_bytes_per_token * context_tokens), context_tokens, left_out)
+
+
+def mean_context_tokens(prompt_tokens: int | None, new_tokens: int | None) -> float | None:
+    """The mean number of tokens whose keys and values a run's timed decode steps read: prompt_tokens + new_tokens / 2.
+
+    The decode rate is (new_tokens - 1) over the time from the first new token to the last (LatencyTracker): the
+    first token comes from the prompt's forward pass, and each of the new_tokens - 1 steps after it feeds new
+    token j (1 to new_tokens - 1) and reads the keys and values of prompt_tokens + j tokens (the prompt_tokens +
+    j - 1 already cached and its own, written into the cache and read back by attention). Their mean is
+    prompt_tokens + new_tokens / 2. None where there is no decode step (fewer than two new tokens) or a count is
+    unknown."""
+    if prompt_tokens is None or new_tokens is None or new_tokens < 2 or prompt_tokens < 0:
+        return None
+    return prompt_tokens + new_tokens / 2
+
+
+def achieved_gb_s_of(step: StepBytes | None, decode_tokens_per_s: float | None) -> float | None:
+    """The achieved bandwidth: the bytes a step reads (weights and KV cache) x decode steps per second, in 1e9
+    bytes per second; None where either is unknown (never 0 for unknown)."""
+    if step is None or decode_tokens_per_s is None:
+        return None
+    value = step.total * decode_tokens_per_s / GB
+    return value if math.isfinite(value) and value > 0 else None
+
+
+def input_embedding_bytes(model) -> int:
+    """The bytes a transformers model's input embedding table (model.get_input_embeddings()) stores: its
+    parameters and buffers, a tensor subclass (torchao's quantized weights) by the inner tensors it holds, each
+    stored tensor once. Usually an unquantized table: vocabulary x hidden size x the dtype's bytes."""
+    module = model.get_input_embeddings()
+    seen: set[tuple[str, int, int]] = set()
+    return sum(_stored_bytes(t, seen) for t in [*module.parameters(), *module.buffers()])
+
+
+def embeddings_tied(model) -> bool:
+    """Whether a transformers model's input embedding table is its output head: the two weights are one stored
+    tensor (so the records count it once). The config's tie_word_embeddings says whether the model was made so;
+    where a loader gave the head its own copy (a quantized head, say), both are stored and this says False."""
+    head = model.get_output_embeddings()
+    if head is None:
+        return False
+    table, weight = model.get_input_embeddings().weight, head.weight
+    if table is weight:
+        return True
+    try:
+        return (table.device == weight.device and table.data_ptr() == weight.data_ptr()
+                and table.data_ptr() != 0 and table.shape == weight.shape)
+    except (RuntimeError, NotImplementedError):  # a subclass with no single storage: not the same tensor
+        return False
+
+
+def _stored_bytes(tensor, seen: set[tuple[str, int, int]]) -> int:
+    from torch.utils._python_dispatch import is_traceable_wrapper_subclass
+
+    if is_traceable_wrapper_subclass(tensor):
+        names, _ = tensor.__tensor_flatten__()
+        return sum(_stored_bytes(getattr(tensor, name), seen) for name in names)
+    size = tensor.numel() * tensor.element_size()
+    key = (str(tensor.device), tensor.data_ptr(), size)
+    if size == 0 or key in seen:
+        return 0
+    seen.add(key)
+    return size
 
 
 def share(achieved: float | None, measured: float | None) -> float | None:
