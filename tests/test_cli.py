@@ -21,7 +21,8 @@ def test_list():
     out = run("compare", "--list")
     assert out.returncode == 0
     assert [line.split("\t")[0] for line in out.stdout.splitlines()] == [
-        "smollm2/fp32", "smollm2/bf16", "smollm2/bnb-int8", "smollm2/bnb-nf4", "smollm2/bnb-fp4", "smollm2/gptq-4bit",
+        "smollm2/fp32", "smollm2/bf16", "smollm2/bf16-kv-fp8", "smollm2/bf16-kv-int4", "smollm2/bnb-int8",
+        "smollm2/bnb-nf4", "smollm2/bnb-fp4", "smollm2/gptq-4bit",
         "smollm2/awq-4bit", "smollm2/gguf-q8_0", "smollm2/gguf-q8_0-kv-q8_0", "smollm2/gguf-q8_0-kv-q4_0",
         "smollm2/gguf-q4_k_m", "smollm2/gguf-f32", "smollm2/torchao-int8", "smollm2/torchao-int4"]
 

@@ -30,7 +30,8 @@ def write(tmp_path, text, name="models.yaml"):
 def test_shipped_files_are_valid(default_config):
     from tests.conftest import REPO
 
-    assert list(default_config.variants) == ["smollm2/fp32", "smollm2/bf16", "smollm2/bnb-int8", "smollm2/bnb-nf4",
+    assert list(default_config.variants) == ["smollm2/fp32", "smollm2/bf16", "smollm2/bf16-kv-fp8", "smollm2/bf16-kv-int4",
+                                             "smollm2/bnb-int8", "smollm2/bnb-nf4",
                                              "smollm2/bnb-fp4", "smollm2/gptq-4bit", "smollm2/awq-4bit",
                                              "smollm2/gguf-q8_0", "smollm2/gguf-q8_0-kv-q8_0",
                                              "smollm2/gguf-q8_0-kv-q4_0", "smollm2/gguf-q4_k_m", "smollm2/gguf-f32",

@@ -9,7 +9,7 @@ from demo.config import load_config
 from demo.errors import ConfigError
 from demo.measuring.kv_cache import KvShape, bytes_per_token, kv_cache
 from demo.settings import GenerationSettings, prompt_ids
-from tests.conftest import CLEAR_PROMPT, in_process
+from tests.conftest import CLEAR_PROMPT, in_process, tiny_models_file
 
 # SmolLM2-135M as its GGUF file describes it: 30 layers, 9 query heads and 3 KV heads over 576 wide (64 each)
 SMOLLM2 = {"general.architecture": "llama", "llama.block_count": "30", "llama.attention.head_count": "9",
@@ -76,3 +76,101 @@ def test_llama_cpp_keeps_what_the_shape_says_and_answers(gguf_arena, variant_id)
                            lambda token_id, at_s: tokens.append(token_id))
     assert len(tokens) >= 1 and loaded.tokenizer.decode(tokens).strip()
     gguf_arena.manager.evict(variant_id)
+
+
+# --- transformers' quantized caches ----------------------------------------------------------------------
+
+def test_a_quantized_cache_is_checked_in_the_models_file(tmp_path):
+    base = "bases:\n  b: {source: {kind: local, path: .}}\nvariants:\n"
+    for settings, message in [("{cache_config: {backend: quanto}}", "backend must be one of fp8, hqq"),
+                              ("{cache_config: {backend: fp8, nbits: 4}}", "fp8 backend quantizes per tensor"),
+                              ("{cache_config: {backend: hqq, nbits: 5}}", "nbits must be one of"),
+                              ("{cache_config: {nbits: 4}}", "needs a backend"),
+                              ("{cache_config: {backend: hqq, group: 64}}", "unknown argument 'group'")]:
+        (tmp_path / "models.yaml").write_text(base + f"  - {{id: b/kv, base: b, method: bf16, settings: {settings}}}\n")
+        with pytest.raises(ConfigError, match=message):
+            load_config(tmp_path / "models.yaml")
+
+
+def test_transformers_bytes_per_token_by_hand():
+    from demo.measuring.kv_cache import transformers_kv_cache
+
+    shape = KvShape(layers=30, kv_heads=3, key_width=64, value_width=64)  # SmolLM2-135M: 11,520 elements a token
+    assert transformers_kv_cache(shape, "bfloat16", None).bytes_per_token == 11520 * 2 == 23040
+    assert transformers_kv_cache(shape, "float32", None).bytes_per_token == 11520 * 4
+    assert transformers_kv_cache(shape, "bfloat16", {"backend": "fp8"}).bytes_per_token == 11520
+    # 4 bits an element, and a bf16 scale and zero point per group of 64: 0.5 + 4 / 64 bytes an element
+    hqq = transformers_kv_cache(shape, "bfloat16", {"backend": "hqq", "nbits": 4, "q_group_size": 64})
+    assert hqq.bytes_per_token == 11520 * (0.5 + 4 / 64) == 6480 and hqq.label == "K hqq int4 g64 · V hqq int4 g64"
+
+
+@pytest.mark.parametrize("cache_config", [None, {"backend": "fp8"},
+                                          {"backend": "hqq", "nbits": 4, "axis_key": 0, "axis_value": 0,
+                                           "q_group_size": 64, "residual_length": 4}])
+def test_a_transformers_cache_holds_what_the_shape_says(cache_config):
+    """The tensors in the cache object, after a prompt and a few decode steps (hqq keeps the tokens since its last
+    flush unquantized), against the arithmetic."""
+    import torch
+    from transformers import DynamicCache, QuantizedCache
+
+    from demo.backends.transformers import cache_tensor_bytes
+    from demo.measuring.kv_cache import transformers_cache_bytes
+    from tests.conftest import tiny_causal_lm
+
+    if cache_config and cache_config["backend"] == "hqq":
+        pytest.importorskip("hqq")
+    model = tiny_causal_lm(hidden=128, layers=2, vocab=300).to(torch.bfloat16)  # 4 heads of 32: group 64 spans two
+    shape = KvShape.from_config(model.config)
+    assert shape == KvShape(layers=2, kv_heads=4, key_width=32, value_width=32)
+    settings = dict(cache_config or {})
+    cache = (QuantizedCache(settings.pop("backend"), model.config, **settings) if cache_config
+             else DynamicCache(config=model.config))
+    ids = torch.randint(0, 300, (1, 37))
+    with torch.inference_mode():
+        model(ids, cache=cache, use_cache=True)
+        for step in range(6):  # hqq (residual 4): 4 kept, flushed at the 4th, then 2 kept
+            model(ids[:, step:step + 1], cache=cache, use_cache=True)
+    residual = 2 if cache_config and cache_config["backend"] == "hqq" else 0
+    expected = transformers_cache_bytes(shape, "bfloat16", cache_config, 43 - residual, residual)
+    assert cache_tensor_bytes(cache) == expected
+
+
+@pytest.fixture(scope="module")
+def kv_models(tmp_path_factory, default_config):
+    pytest.importorskip("hqq")
+    folder = tmp_path_factory.mktemp("kv")
+    return load_config(tiny_models_file(folder, default_config, """
+{id: tiny/fp32, base: tiny, method: fp32}
+{id: tiny/fp32-kv-fp8, base: tiny, method: fp32, settings: {cache_config: {backend: fp8}}}
+{id: tiny/fp32-kv-int4, base: tiny, method: fp32, settings: {cache_config: {backend: hqq, nbits: 4, axis_key: 0, axis_value: 0, q_group_size: 64, residual_length: 4}}}
+""", hidden=128))
+
+
+@pytest.mark.parametrize("variant_id", ["tiny/fp32-kv-fp8", "tiny/fp32-kv-int4"])
+def test_teacher_forcing_meets_the_cache_as_generation_does(kv_models, variant_id):
+    """A quantized-cache variant generates through transformers' own quantized cache, and its teacher-forced
+    logits after the prompt are the ones generate() computed step by step (prompt in one pass, then each token
+    against the quantized past, hqq's flushes included); the plain variant's are not those."""
+    import torch
+
+    from demo.backends import transformers as backend
+
+    variant = kv_models.variants[variant_id]
+    loaded = backend.load(variant, kv_models.bases["tiny"])
+    plain = backend.load(kv_models.variants["tiny/fp32"], kv_models.bases["tiny"])
+    assert loaded.details()["kv_cache"]["type_k"] in ("fp8_e4m3", "hqq int4 g64")
+    prompt = prompt_ids(loaded.tokenizer, "Name the capital of France.")
+    tokens, steps = [], []
+    loaded.generate(prompt, GenerationSettings(max_new_tokens=10), threading.Event(),
+                    lambda token, at_s: tokens.append(token))
+    assert len(tokens) == 10  # random weights: no stop token is likely this early; a stop ends it, which is fine
+    with torch.inference_mode():
+        out = loaded.model.generate(torch.tensor([prompt]), max_new_tokens=10, do_sample=False, output_logits=True,
+                                    return_dict_in_generate=True, min_new_tokens=10, **loaded._cache_kwargs())
+    steps = torch.cat([row.float() for row in out.logits])  # [10, vocab], what each step saw
+    assert out.sequences[0, len(prompt):].tolist() == tokens
+    ids = prompt + tokens
+    forced = loaded.logits(ids, len(prompt))[len(prompt) - 1:len(ids) - 1]
+    torch.testing.assert_close(forced, steps, rtol=1e-4, atol=1e-4)
+    exact = plain.logits(ids, len(prompt))[len(prompt) - 1:len(ids) - 1]
+    assert (exact - steps).abs().max() > 1e-3  # the cache's error is visible at all

@@ -42,7 +42,7 @@ class FakeVariant(LoadedVariant):
     def generate(self, *args):
         raise NotImplementedError
 
-    def logits(self, ids):
+    def logits(self, ids, prompt_tokens=None):
         raise NotImplementedError
 
     def bare_token_times(self, *args):

@@ -301,7 +301,7 @@ class _ThreadRecorder(LoadedVariant):
             time.sleep(0.01)
             on_token(token_id, time.perf_counter())
 
-    def logits(self, ids):
+    def logits(self, ids, prompt_tokens=None):
         raise NotImplementedError
 
     def bare_token_times(self, prompt_ids, settings):

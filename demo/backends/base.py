@@ -52,9 +52,10 @@ class LoadedVariant(ABC):
         down). Local runtimes read stop themselves between steps (see docs/runtimes.md, Stop): nothing here."""
 
     @abstractmethod
-    def logits(self, ids: list[int]) -> torch.Tensor:
-        """Next-token logits for every position of ids in one forward pass: float32 [len(ids), vocab] on
-        the CPU, row i predicting token i + 1 (teacher forcing)."""
+    def logits(self, ids: list[int], prompt_tokens: int | None = None) -> torch.Tensor:
+        """Next-token logits for every position of ids: float32 [len(ids), vocab] on the CPU, row i predicting
+        token i + 1 (teacher forcing). The first prompt_tokens ids (default: all) are read as generation reads a
+        prompt, the rest as it reads its own tokens; only a quantized KV cache makes the two differ."""
 
     def top_log_probs(self, ids: list[int], first: int):
         """Teacher forcing without full distributions: the engine's top-k log-probabilities at positions

@@ -54,7 +54,9 @@ class LlamaCppVariant(LoadedVariant):
             if token in self.stop_token_ids or count >= settings.max_new_tokens or stop.is_set():
                 return
 
-    def logits(self, ids: list[int]) -> torch.Tensor:
+    def logits(self, ids: list[int], prompt_tokens: int | None = None) -> torch.Tensor:
+        # llama.cpp writes every token's keys and values to its cache (quantized or not) before attending, the
+        # prompt's included: one pass over every id is what generation computes, wherever its prompt ends
         # llama-cpp-python keeps every position's logits only when _logits_all is set, and then into
         # self.scores, sized at construction; generating with it set would make every prompt pay for
         # logits it never uses, so scoring switches it on for one pass over a buffer of the right size.

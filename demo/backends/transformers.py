@@ -22,6 +22,7 @@ from demo.backends.base import LoadedVariant, OnToken
 from demo.backends.common import first_line, package_available, pick_device
 from demo.config import BaseModel, Variant
 from demo.errors import NotQuantized, VariantUnavailable
+from demo.measuring import kv_cache
 from demo.settings import GenerationSettings
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ class TransformersVariant(LoadedVariant):
         super().__init__(variant, tokenizer, device, stored_bytes(model), eos_ids,
                          getattr(model.config, "max_position_embeddings", None))
         self.model, self._facts = model, facts or {}
+        self.cache_config: dict | None = variant.settings.get("cache_config")  # a quantized KV cache, or None
 
     def generate(self, prompt_ids: list[int], settings: GenerationSettings, stop: threading.Event,
                  on_token: OnToken) -> None:
@@ -55,7 +57,7 @@ class TransformersVariant(LoadedVariant):
             torch.manual_seed(settings.seed)
         reading = _StopsWhileReading(self.model, stop)
         kwargs = {**self._inputs(prompt_ids), **_generate_kwargs(settings), **self._length_kwargs(settings),
-                  "pad_token_id": self.tokenizer.pad_token_id, "streamer": _TimestampStreamer(reading.then(on_token)),
+                  **self._cache_kwargs(), "pad_token_id": self.tokenizer.pad_token_id, "streamer": _TimestampStreamer(reading.then(on_token)),
                   "stopping_criteria": StoppingCriteriaList([_StopOn(stop)])}
         try:
             with torch.inference_mode():
@@ -65,9 +67,36 @@ class TransformersVariant(LoadedVariant):
         finally:
             reading.remove()
 
-    def logits(self, ids: list[int]) -> torch.Tensor:
+    def logits(self, ids: list[int], prompt_tokens: int | None = None) -> torch.Tensor:
+        if self.cache_config is None:  # every position in one pass: what generation computes, up to arithmetic
+            with torch.inference_mode():
+                return self.model(self._inputs(ids)["input_ids"]).logits[0].float().cpu()
+        return self._logits_through_cache(ids, prompt_tokens or len(ids))
+
+    def _logits_through_cache(self, ids: list[int], prompt_tokens: int) -> torch.Tensor:
+        """Teacher forcing as generation meets a quantized KV cache. generate() reads the prompt in one pass, whose
+        attention sees its own keys and values unquantized, and quantizes them into the cache; each later token
+        attends to the quantized past. So the prompt goes in one pass and the rest in chunks of residual_length
+        (hqq: a chunk then ends where generation's residual is flushed; fp8 quantizes every new token, so any
+        chunk length gives the same figures)."""
+        from transformers import QuantizedCache
+
+        config = dict(self.cache_config)
+        chunk = int(config.get("residual_length", 128))
+        cache = QuantizedCache(config.pop("backend"), self.model.config, **config)
+        input_ids = self._inputs(ids)["input_ids"]
+        rows = []
         with torch.inference_mode():
-            return self.model(self._inputs(ids)["input_ids"]).logits[0].float().cpu()
+            for start, end in [(0, prompt_tokens), *_chunks(prompt_tokens, len(ids), chunk)]:
+                out = self.model(input_ids[:, start:end], cache=cache, use_cache=True)
+                rows.append(out.logits[0].float().cpu())
+        return torch.cat(rows)
+
+    def _cache_kwargs(self) -> dict[str, Any]:
+        """generate()'s own quantized cache (cache_implementation="quantized") where the variant asks for one."""
+        if self.cache_config is None:
+            return {}
+        return {"cache_implementation": "quantized", "cache_config": dict(self.cache_config)}
 
     def bare_token_times(self, prompt_ids: list[int], settings: GenerationSettings) -> list[float]:
         times: list[float] = []
@@ -75,7 +104,7 @@ class TransformersVariant(LoadedVariant):
             torch.manual_seed(settings.seed)
         with torch.inference_mode():
             self.model.generate(**self._inputs(prompt_ids), **_generate_kwargs(settings), **self._length_kwargs(settings),
-                                pad_token_id=self.tokenizer.pad_token_id,
+                                **self._cache_kwargs(), pad_token_id=self.tokenizer.pad_token_id,
                                 streamer=_TimestampStreamer(lambda token_id, at_s: times.append(at_s)))
         return times
 
@@ -91,8 +120,12 @@ class TransformersVariant(LoadedVariant):
     def details(self) -> dict[str, Any]:
         # the attention implementation actually in use, read back from the model (transformers may have
         # fallen back from the one asked for)
-        return {"runtime": self.runtime, "dtype": str(self.model.dtype).removeprefix("torch."),
-                "attn_implementation": getattr(self.model.config, "_attn_implementation", None), **self._facts}
+        dtype = str(self.model.dtype).removeprefix("torch.")
+        kv = kv_cache.transformers_kv_cache(kv_cache.KvShape.from_config(self.model.config), dtype, self.cache_config)
+        return {"runtime": self.runtime, "dtype": dtype,
+                "attn_implementation": getattr(self.model.config, "_attn_implementation", None),
+                "kv_cache": {**kv.as_dict(), "label": kv.label,
+                             **({"settings": dict(self.cache_config)} if self.cache_config else {})}, **self._facts}
 
     def sync(self) -> None:
         if self.device == "cuda":
@@ -106,6 +139,31 @@ class TransformersVariant(LoadedVariant):
 # A model's own generation_config.json may ask for a repetition penalty or n-gram blocking; every runtime
 # runs without them, so that answers differ only by what the variants compute.
 _PLAIN_DECODING = {"top_k": None, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0}
+
+
+def _chunks(start: int, end: int, length: int) -> list[tuple[int, int]]:
+    return [(i, min(i + length, end)) for i in range(start, end, length)]
+
+
+def cache_tensor_bytes(cache: Any) -> int:
+    """The bytes a transformers cache object holds: every layer's unquantized keys and values, and its quantized
+    states with the tensors stored beside them (fp8's scale, hqq's scales and zero points)."""
+    total = 0
+    for layer in cache.layers:
+        for value in (layer.keys, layer.values, getattr(layer, "_quantized_keys", None),
+                      getattr(layer, "_quantized_values", None)):
+            total += _nested_tensor_bytes(value)
+    return total
+
+
+def _nested_tensor_bytes(value: Any) -> int:
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, (tuple, list)):
+        return sum(_nested_tensor_bytes(v) for v in value)
+    if isinstance(value, dict):
+        return sum(_nested_tensor_bytes(v) for v in value.values())
+    return 0
 
 
 def _generate_kwargs(settings: GenerationSettings) -> dict[str, Any]:
@@ -308,6 +366,8 @@ def load(variant: Variant, base: BaseModel) -> TransformersVariant:
         from demo.artifacts.awq import ensure_cpu_workers
 
         ensure_cpu_workers()
+    if (variant.settings.get("cache_config") or {}).get("backend") == "hqq" and not package_available("hqq"):
+        raise VariantUnavailable("not available: its KV cache is quantized by the 'hqq' package, which is not installed")
     device = pick_device(variant)
     check_attention(variant, device)
     weights = weights_for(variant, base)

@@ -90,7 +90,8 @@ class Plan:
 
 def piece_log_probs(loaded: LoadedVariant, pieces: list[protocols.Piece]) -> list[torch.Tensor]:
     """Per piece: the scored rows' log-probabilities [scored, vocab], float32."""
-    return [metrics.log_probs(loaded.logits(piece.ids)[piece.rows]) for piece in pieces]
+    # a scored row is predicted as generation predicts it: the tokens before the first one form the prompt
+    return [metrics.log_probs(loaded.logits(piece.ids, piece.first_row + 1)[piece.rows]) for piece in pieces]
 
 
 def ids_of(tokenizer, text: str) -> list[int]:

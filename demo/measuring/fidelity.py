@@ -120,7 +120,7 @@ def answer_log_probs(loaded: LoadedVariant, prompt: str, answer_ids: list[int]) 
     ids = prompt_ids(loaded.tokenizer, prompt)
     if not loaded.full_distributions:
         return loaded.top_log_probs(ids + list(answer_ids), len(ids))
-    logits = loaded.logits(ids + list(answer_ids))  # row i predicts token i + 1
+    logits = loaded.logits(ids + list(answer_ids), len(ids))  # row i predicts token i + 1
     start = len(ids) - 1
     return metrics.log_probs(logits[start:start + len(answer_ids)])
 
