@@ -168,10 +168,12 @@ def load(variant: Variant, base: BaseModel) -> LlamaCppVariant:
                           type_v=_ggml_type(llama_cpp, type_v), flash_attn=type_v not in kv_cache.UNQUANTIZED)
     kv = kv_cache.kv_cache(kv_cache.KvShape.from_gguf(llm.metadata), type_k, type_v)
     stored = gguf.stored_weights(parsed)
+    table = next((int(t.n_bytes) for t in parsed.tensors if t.name == "token_embd.weight"), 0)
+    tied = not any(t.name == "output.weight" for t in parsed.tensors)  # no output head: the table serves as one
     del parsed  # its memory map of the file: llama.cpp has its own
     facts = {"gguf_type": settings.get("type"), "made_from": origin, "file_type": stored.file_type,
              "weights_bits_per_weight": stored.weights_bits_per_weight, "tensor_types": stored.tensor_types,
-             "threads": threads, "n_ctx": llm.n_ctx(), "gpu_layers": gpu_layers, "memory_mapped": settings["use_mmap"],
+             "embedding_table_bytes": table, "tied_embeddings": tied, "threads": threads, "n_ctx": llm.n_ctx(), "gpu_layers": gpu_layers, "memory_mapped": settings["use_mmap"],
              "llama_cpp_python": _version(), "kv_cache": {**kv.as_dict(), "label": kv.label,
                                                           "bytes": round(kv.bytes_per_token * llm.n_ctx())}}
     if device == "cpu" and cuda_available():

@@ -22,7 +22,7 @@ from demo.backends.base import LoadedVariant, OnToken
 from demo.backends.common import first_line, package_available, pick_device
 from demo.config import BaseModel, Variant
 from demo.errors import NotQuantized, VariantUnavailable
-from demo.measuring import kv_cache
+from demo.measuring import bandwidth, kv_cache
 from demo.settings import GenerationSettings
 
 log = logging.getLogger(__name__)
@@ -407,6 +407,9 @@ def _ready(variant: Variant, model: Any, prompting: Prompting, device: str,
     # counted after the warm-up: bitsandbytes' CPU kernel repacks 4-bit weights and their state on the first pass
     loaded.weights_bytes = stored_bytes(model)
     loaded._facts.update(quantization_state_facts(model))
+    # what a decode step does not read whole (demo.measuring.bandwidth.step_bytes): an untied input table
+    loaded._facts.update(embedding_table_bytes=bandwidth.input_embedding_bytes(model),
+                         tied_embeddings=bandwidth.embeddings_tied(model))
     return loaded
 
 

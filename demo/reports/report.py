@@ -101,11 +101,15 @@ def figures(record: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def bandwidth_text(record: dict[str, Any]) -> str:
-    """"12.3 GB/s achieved, 27% of the 45.0 GB/s measured": weights bytes x decode rate against the machine."""
+    """"12.3 GB/s achieved (a step reads 258.1 MB of weights + 1.2 MB of KV cache), 27% of the 45.0 GB/s
+    measured": the bytes a decode step reads x decode rate, against the machine."""
     achieved, measured = record.get("achieved_bandwidth_gb_s"), record.get("measured_bandwidth_gb_s")
     if achieved is None:
         return "–"
-    text = f"{achieved:,.{_digits(achieved)}f} GB/s achieved (weights × decode rate)"
+    step = record.get("bytes_read_per_step") or {}
+    parts = (f"a step reads {step['weights'] / 1e6:,.1f} MB of weights + {step['kv'] / 1e6:,.1f} MB of KV cache"
+             if step else "bytes a step reads × decode rate")
+    text = f"{achieved:,.{_digits(achieved)}f} GB/s achieved ({parts})"
     if record.get("bandwidth_share") is None or not measured:
         return text + "; the machine's bandwidth was not measured"
     return text + f", {100 * record['bandwidth_share']:.0f}% of the {measured:,.1f} GB/s measured"
@@ -246,13 +250,15 @@ def teacher_forced_text(record: dict[str, Any]) -> str:
 
 
 def noise_floor_text(fid: dict[str, Any]) -> str:
-    """" · noise floor KL 0.00039 nats (ε = 2⁻⁹)": the KL a variant shows with no more error than a different kernel."""
+    """" · noise floor KL 0.00039 nats (…)": the floor of a bf16-rounding-scale perturbation of the baseline
+    (demo.measuring.noise_floor)."""
     floor = fid.get("noise_floor")
     if not floor:
         return ""
     if "unavailable" in floor:
         return f" · {floor['unavailable']}"
-    return f" · noise floor KL {floor['kl_mean']:.3g} nats (ε = 2⁻⁹: under it, a difference is noise)"
+    return (f" · noise floor KL {floor['kl_mean']:.3g} nats "
+            "(the floor of a bf16-rounding-scale perturbation, ε = 2⁻⁹)")
 
 
 def _under_noise_floor(fid: dict[str, Any]) -> str:

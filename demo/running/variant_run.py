@@ -60,8 +60,10 @@ class VariantResult:
     peak_reserved_mib: float | None = None
     process_rss_mib: float | None = None
     memory_kind: str | None = None
-    # gpt-fast's achieved bandwidth: weights bytes x decode tokens/s, in 1e9 bytes/s (demo.measuring.bandwidth), and
+    # Achieved bandwidth: the bytes a decode step reads (weights, less an untied input table, plus the KV cache at
+    # the run's mean context: bytes_read_per_step) x decode tokens/s, in 1e9 bytes/s (demo.measuring.bandwidth), and
     # its fraction of the bandwidth this process measured on the same device; None where either is unknown.
+    bytes_read_per_step: dict[str, Any] | None = None
     achieved_bandwidth_gb_s: float | None = None
     measured_bandwidth_gb_s: float | None = None  # the machine's figure the share is taken against
     bandwidth_share: float | None = None
@@ -224,9 +226,22 @@ def _fill_bandwidth(result: VariantResult) -> None:
     """Only for weights in this machine's memory: a remote engine's rate is timed at the client, over a network."""
     if result.device not in ("cpu", "cuda") or result.weights_mib is None:
         return
-    result.achieved_bandwidth_gb_s = bandwidth.achieved_gb_s(result.weights_mib * 2**20, result.decode_tokens_per_s)
+    step = _step_bytes(result)
+    result.bytes_read_per_step = step.as_dict() if step is not None else None
+    result.achieved_bandwidth_gb_s = bandwidth.achieved_gb_s_of(step, result.decode_tokens_per_s)
     result.measured_bandwidth_gb_s = bandwidth.measured_gb_s(result.environment, result.device)
     result.bandwidth_share = bandwidth.share(result.achieved_bandwidth_gb_s, result.measured_bandwidth_gb_s)
+
+
+def _step_bytes(result: VariantResult) -> bandwidth.StepBytes | None:
+    """What a decode step reads; None where a fact is missing (no figure rather than a wrong one)."""
+    stored = result.stored or {}
+    per_token = (stored.get("kv_cache") or {}).get("bytes_per_token")
+    context = bandwidth.mean_context_tokens(result.prompt_tokens, result.new_tokens)
+    table, tied = stored.get("embedding_table_bytes"), stored.get("tied_embeddings")
+    if per_token is None or context is None or table is None or tied is None:
+        return None
+    return bandwidth.step_bytes(round(result.weights_mib * 2**20), table, tied, per_token, context)
 
 
 def _fill_energy(result: VariantResult, energy) -> None:

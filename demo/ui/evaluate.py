@@ -34,7 +34,7 @@ HEADERS = {
     "weights_mib": "weights (MiB)",
     "peak_memory_mib": "peak memory (MiB)",
     "disk_mib": "checkpoint on disk (MiB)",
-    "achieved_bandwidth_gb_s_p50": "achieved bandwidth, median (GB/s: weights × decode rate)",
+    "achieved_bandwidth_gb_s_p50": "achieved bandwidth, median (GB/s: bytes a step reads × decode rate)",
     "bandwidth_share_p50": "share of the measured memory bandwidth, median (%)",
     "energy_joules_per_token_p50": "energy, median (J/token)",
 }
@@ -92,7 +92,7 @@ def _path(paths: dict[str, Path], name: str) -> str | None:
 
 def table_rows(results: list[evaluate.VariantEvaluation]) -> list[list[str]]:
     """Display rows in HEADERS order: numbers with their precision, ± their standard error, gaps explained; then
-    each baseline's noise floor, the KL under which a variant's difference is noise."""
+    each baseline's noise floor, the KL of a bf16-rounding-scale perturbation of that baseline."""
     rows = [[_cell(result, field) for field in HEADERS] for result in results]
     floors = evaluate.noise_floors([vars(r) for r in results])
     return rows + [_noise_floor_row(baseline, floor) for baseline, floor in floors.items()]
