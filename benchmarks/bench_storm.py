@@ -4,7 +4,10 @@ over its rate with nobody refreshing (target: at least 0.95).
 The app runs as its own process (python app.py) over a votes database filled beforehand (VOTES votes spread
 over the default base's variants, so every refresh has real statistics to show); ten clients fetch the Results
 view as the Refresh button does in a browser (GET /gradio_api/arena/blind/results, revalidated with the ETag of the copy
-they hold), while one gradio_client client times /compare. Quiet and storm runs are interleaved. Writes
+they hold), while one gradio_client client times /compare. Quiet and storm runs are interleaved in pairs; the
+ratio is make bench's paired statistic (benchmarks/bench_page.paired_verdict over demo.measuring.paired_ratio):
+the median of the per-pair storm/quiet ratios with its 95% sign-test interval, "met" only where the whole
+interval is at or above the target, "not met" where it is wholly below, else "can't tell". Writes
 results/bench_storm.json.
 
 torch decodes on one thread per core by default, and its threads meet at a barrier at every operation, so
@@ -30,7 +33,8 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from benchmarks.bench import app_server, make_missing_files, write_json  # noqa: E402
-from benchmarks.bench_page import PROMPT, _record  # noqa: E402
+from benchmarks.bench_page import PROMPT, RUNS, STATISTIC, _record, interval_text, paired_verdict  # noqa: E402
+from demo.measuring.paired_ratio import MIN_PAIRS  # noqa: E402
 
 TARGET_RATIO = 0.95
 CLIENTS = 10
@@ -123,7 +127,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", help="models file (default: $ARENA_MODELS, else models.yaml)")
     parser.add_argument("--variant", default="smollm2/bf16")
-    parser.add_argument("--runs", type=int, default=5, help="interleaved quiet/storm pairs")
+    parser.add_argument("--runs", type=int, default=RUNS, help="interleaved quiet/storm pairs (at least "
+                        f"{MIN_PAIRS} for a 95%% interval; fewer always say can't tell)")
     parser.add_argument("--max-new-tokens", type=int, default=256, help="long enough for each client to refresh"
                         " several times within one timed decode")
     parser.add_argument("--interval-s", type=float, default=INTERVAL_S,
@@ -156,14 +161,15 @@ def main() -> int:
                                                          args.interval_s)
                         stormy.append(rate)
                         refreshes.append(count)
-    ratio = statistics.median(stormy) / statistics.median(quiet)
+    verdict = paired_verdict(stormy, quiet, TARGET_RATIO)  # ratio: the median of the per-pair storm/quiet ratios
     print(f"{args.variant}: quiet {statistics.median(quiet):.2f} tok/s, under {CLIENTS} refreshing clients "
-          f"{statistics.median(stormy):.2f} tok/s, ratio {ratio:.3f}", flush=True)
+          f"{statistics.median(stormy):.2f} tok/s, storm/quiet {interval_text(verdict)} (target {TARGET_RATIO})",
+          flush=True)
     write_json({
         "environment": environment,
         "conditions": {"prompt": PROMPT, "variant": args.variant, "max_new_tokens": args.max_new_tokens,
                        "decoding": "greedy", "server": "python app.py, its own process", "runs": args.runs,
-                       "statistic": "median", "order": "interleaved, alternating which goes first",
+                       "statistic": STATISTIC, "order": "interleaved, alternating which goes first",
                        "storm": f"{CLIENTS} clients fetching /{RESULTS_PATH} as the page's Refresh does "
                                 f"(revalidated with the ETag held), each once per {args.interval_s} s "
                                 "(0: as fast as the answers come back)",
@@ -176,8 +182,9 @@ def main() -> int:
         "refreshes_during_each_storm_run": refreshes,
         "answers_by_status": {str(k): sum(r.answers.get(k, 0) for r in refreshers)
                               for k in sorted({k for r in refreshers for k in r.answers})},
-        "ratio": round(ratio, 3),
-        "meets_target": ratio >= TARGET_RATIO,
+        **verdict,  # ratio, ratio_low, ratio_high, ratio_confidence, pairs, target: met | not met | can't tell
+        "ratio_of_medians": round(statistics.median(stormy) / statistics.median(quiet), 3),
+        "meets_target": verdict["target"] == "met",
     }, args.out)
     return 0
 
