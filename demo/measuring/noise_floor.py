@@ -1,8 +1,20 @@
-"""The noise floor of KL divergence: the baseline rerun with multiplicative noise at bf16 rounding scale.
+"""The noise floor of KL divergence, i.e. the floor of a bf16-rounding-scale perturbation: the KL of the
+baseline against itself rerun with Gaussian multiplicative noise of about one bf16 rounding's size after every
+decoder layer.
 
-After every decoder layer the hidden states h become h * (1 + ε·z), z ~ N(0, 1) elementwise, ε = 2^-9
-(exllamav3's qbench). KL(clean baseline || noisy baseline) at the evaluation's own positions is what any
-lossy scheme would show with no more error than a different kernel: below it, differences are noise.
+After every decoder layer the hidden states h become h * (1 + ε·z), z ~ N(0, 1) drawn independently for each
+element, ε = 2^-9 (exllamav3's qbench does the same with the same ε). So each element of each layer's output
+gets a relative perturbation with standard deviation 2^-9, normal (unbounded: |ε·z| exceeds 2^-8 for about
+4.6 % of elements). For scale: bf16 keeps 8 significant bits (7 stored), so rounding to nearest has a unit
+roundoff u = 2^-8 (machine epsilon 2^-7): a relative error of at most 2^-8, and about 0.85 · 2^-9 in root mean
+square for values spread over many binades. ε = 2^-9 is half the unit roundoff, about 1.2 times the RMS
+relative error of one bf16 rounding.
+
+What it is not: it is not bf16 inference (a bf16 model rounds its weights and every operation's result, not only
+the residual stream once per layer, and shows several times this KL), and not a different kernel's error
+(fp32 weights through another runtime's kernels can sit far below it). KL(clean baseline || noisy baseline) at
+the evaluation's own positions says how far one rounding-sized perturbation per layer moves the answer's
+distributions: a variant at or under it differs from the baseline by no more than that perturbation does.
 
 Only a transformers baseline has decoder layers the arena can reach; any other runtime (llama.cpp, a remote
 engine) gets a NoiseFloorUnavailable with its reason, never a 0. Like LoadedVariant.logits, the functions
@@ -19,7 +31,9 @@ import torch
 
 from demo.measuring import metrics
 
-EPSILON = 2.0 ** -9  # bf16 keeps 8 significant bits: its rounding error is up to 2^-9 of the value
+# The standard deviation of the relative (multiplicative) Gaussian noise: half bf16's unit roundoff u = 2^-8
+# (8 significant bits, 7 stored; machine epsilon 2^-7), about 1.2 times one bf16 rounding's RMS relative error.
+EPSILON = 2.0 ** -9
 DEFAULT_SEED = 0
 
 ScoredWindow = tuple[list[int], slice]  # (the window's token ids, the rows of its logits that are scored)
@@ -75,9 +89,10 @@ def _unavailable(loaded: Any) -> NoiseFloorUnavailable | None:
 
 @contextmanager
 def multiplicative_noise(model: Any, epsilon: float = EPSILON, seed: int = DEFAULT_SEED) -> Iterator[None]:
-    """Inside the block, each decoder layer's output h becomes h * (1 + epsilon * z); the hooks are removed on
-    leaving, error or not. z is drawn on the CPU from one generator seeded once, so a run is reproducible and
-    the same on any device."""
+    """Inside the block, each decoder layer's output h becomes h * (1 + epsilon * z), z standard normal for
+    each element (a relative perturbation of standard deviation epsilon), computed in float32 and cast back to
+    h's dtype; the hooks are removed on leaving, error or not. z is drawn on the CPU from one generator seeded
+    once, so a run is reproducible and the same on any device."""
     layers = decoder_layers(model)
     if layers is None:
         raise ValueError(f"{type(model).__name__} has no decoder layers to add noise after")
@@ -85,7 +100,10 @@ def multiplicative_noise(model: Any, epsilon: float = EPSILON, seed: int = DEFAU
 
     def noisy(hidden: torch.Tensor) -> torch.Tensor:
         z = torch.randn(hidden.shape, generator=generator, dtype=torch.float32)
-        # in float32: in bf16, 1 + 2^-9·z would round back to 1 for most z
+        # in float32: in bf16, 1 + 2^-9·z would round back to 1 for most z (the bf16 numbers next to 1 are
+        # 1 - 2^-8 and 1 + 2^-7). The cast back to a bf16 hidden state leaves most elements as they were and
+        # moves the rest by a whole bf16 step, so the perturbation's RMS stays about 2^-9; fp32 and fp16 keep it
+        # as drawn
         return (hidden.float() * (1 + epsilon * z).to(hidden.device)).to(hidden.dtype)
 
     def hook(module, args, output):

@@ -31,8 +31,9 @@ at each position of the baseline's own answer.
 - **Departs from the baseline**: where the variant's own answer first differs from the baseline's answer.
   After one different token the two answers go separate ways, so a late departure matters little and an
   early one can change the whole answer.
-- **Noise floor**: the baseline rerun with tiny random noise (ε = 2⁻⁹, bf16's rounding scale) after every
-  layer, scored the same way. A KL at or under it is no more than a different kernel would give.
+- **Noise floor**: the floor of a bf16-rounding-scale perturbation: the baseline rerun with every layer's output
+  multiplied by 1 + ε·z (z random normal, ε = 2⁻⁹: about the size of one bf16 rounding), scored the same way.
+  A variant whose KL is at or under it is no further from the baseline than that perturbation.
 - **Where it strays**: under each column, the baseline's answer token by token, shaded by the KL at each
   token, with the five worst positions listed.
 
