@@ -52,10 +52,12 @@ class LoadedVariant(ABC):
         down). Local runtimes read stop themselves between steps (see docs/runtimes.md, Stop): nothing here."""
 
     @abstractmethod
-    def logits(self, ids: list[int], prompt_tokens: int | None = None) -> torch.Tensor:
-        """Next-token logits for every position of ids: float32 [len(ids), vocab] on the CPU, row i predicting
-        token i + 1 (teacher forcing). The first prompt_tokens ids (default: all) are read as generation reads a
-        prompt, the rest as it reads its own tokens; only a quantized KV cache makes the two differ."""
+    def logits(self, ids: list[int], prompt_tokens: int | None = None, first_row: int = 0) -> torch.Tensor:
+        """Next-token logits for the positions of ids from first_row on: float32 [len(ids) - first_row, vocab] on the
+        CPU, row i predicting token first_row + i + 1 (teacher forcing); the rows before first_row are not computed
+        (a long context's whole vocabulary at every position would be gigabytes). The first prompt_tokens ids
+        (default: all) are read as generation reads a prompt, the rest as it reads its own tokens; only a
+        quantized KV cache makes the two differ."""
 
     def top_log_probs(self, ids: list[int], first: int):
         """Teacher forcing without full distributions: the engine's top-k log-probabilities at positions

@@ -54,19 +54,24 @@ class LlamaCppVariant(LoadedVariant):
             if token in self.stop_token_ids or count >= settings.max_new_tokens or stop.is_set():
                 return
 
-    def logits(self, ids: list[int], prompt_tokens: int | None = None) -> torch.Tensor:
+    def logits(self, ids: list[int], prompt_tokens: int | None = None, first_row: int = 0) -> torch.Tensor:
         # llama.cpp writes every token's keys and values to its cache (quantized or not) before attending, the
         # prompt's included: one pass over every id is what generation computes, wherever its prompt ends
         # llama-cpp-python keeps every position's logits only when _logits_all is set, and then into
         # self.scores, sized at construction; generating with it set would make every prompt pay for
         # logits it never uses, so scoring switches it on for one pass over a buffer of the right size.
+        # The ids before first_row are read without it (their rows of the buffer are never written, so never
+        # resident), the rest with it.
         llm = self.llm
         saved = llm._logits_all, llm.scores
         llm.reset()
-        llm._logits_all, llm.scores = True, np.empty((len(ids), llm.n_vocab()), dtype=np.single)
+        llm._logits_all, llm.scores = False, np.empty((len(ids), llm.n_vocab()), dtype=np.single)
         try:
-            llm.eval(ids)
-            return torch.from_numpy(llm.scores[:len(ids)].copy())
+            if first_row:
+                llm.eval(ids[:first_row])
+            llm._logits_all = True
+            llm.eval(ids[first_row:])
+            return torch.from_numpy(llm.scores[first_row:len(ids)].copy())
         finally:
             llm._logits_all, llm.scores = saved
             llm.reset()

@@ -75,7 +75,7 @@ class RemoteVariant(LoadedVariant):
             self._engine_texts = _EngineTexts(self.tokenizer)
         return self._engine_texts.read(engine, ids, first, answer, self.tokenizer.bos_token_id)
 
-    def logits(self, ids: list[int], prompt_tokens: int | None = None):
+    def logits(self, ids: list[int], prompt_tokens: int | None = None, first_row: int = 0):
         raise VariantUnavailable("not available: a remote engine gives top-k log-probabilities, not full logits")
 
     def bare_token_times(self, prompt_ids: list[int], settings: GenerationSettings) -> list[float]:

@@ -67,13 +67,14 @@ class TransformersVariant(LoadedVariant):
         finally:
             reading.remove()
 
-    def logits(self, ids: list[int], prompt_tokens: int | None = None) -> torch.Tensor:
+    def logits(self, ids: list[int], prompt_tokens: int | None = None, first_row: int = 0) -> torch.Tensor:
         if self.cache_config is None:  # every position in one pass: what generation computes, up to arithmetic
             with torch.inference_mode():
-                return self.model(self._inputs(ids)["input_ids"]).logits[0].float().cpu()
-        return self._logits_through_cache(ids, prompt_tokens or len(ids))
+                out = self.model(self._inputs(ids)["input_ids"], logits_to_keep=len(ids) - first_row)
+                return out.logits[0].float().cpu()
+        return self._logits_through_cache(ids, prompt_tokens or len(ids), first_row)
 
-    def _logits_through_cache(self, ids: list[int], prompt_tokens: int) -> torch.Tensor:
+    def _logits_through_cache(self, ids: list[int], prompt_tokens: int, first_row: int) -> torch.Tensor:
         """Teacher forcing as generation meets a quantized KV cache. generate() reads the prompt in one pass, whose
         attention sees its own keys and values unquantized, and quantizes them into the cache; each later token
         attends to the quantized past. So the prompt goes in one pass and the rest in chunks of residual_length
@@ -88,8 +89,10 @@ class TransformersVariant(LoadedVariant):
         rows = []
         with torch.inference_mode():
             for start, end in [(0, prompt_tokens), *_chunks(prompt_tokens, len(ids), chunk)]:
-                out = self.model(input_ids[:, start:end], cache=cache, use_cache=True)
-                rows.append(out.logits[0].float().cpu())
+                keep = end - max(start, first_row)  # this pass's rows from first_row on (0 would mean all of them)
+                out = self.model(input_ids[:, start:end], cache=cache, use_cache=True, logits_to_keep=max(keep, 1))
+                if keep > 0:
+                    rows.append(out.logits[0].float().cpu())
         return torch.cat(rows)
 
     def _cache_kwargs(self) -> dict[str, Any]:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import datetime
 import sys
+import time
 from pathlib import Path
 
 import demo.evaluate as package
 from demo.config import REPO_ROOT, load_config
 from demo.errors import ArenaError, InvalidRequest
+from demo.evaluate import depth
+from demo.evaluate.depth_outputs import depth_conditions, write_depth_outputs
 from demo.evaluate.outputs import conditions, write_outputs
 from demo.evaluate.plan import EVALUATION_FILE, PROMPTS_FILE, PROTOCOLS, Protocol
 from demo.evaluate.run import evaluate
@@ -25,27 +28,60 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--text", type=Path, default=EVALUATION_FILE, help="held-out text (default: assets/evaluation.txt)")
     parser.add_argument("--out", type=Path, help="output folder (default: results/<timestamp>)")
     parser.add_argument("--runs", type=int, default=5, help="timed runs per variant after one warm-up")
-    parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--protocol", choices=PROTOCOLS, default="sliding",
-                        help="which tokens are fed and scored (default: sliding; see above)")
+    parser.add_argument("--max-new-tokens", type=int, help="new tokens a run generates (default 64; depth: 16)")
+    parser.add_argument("--protocol", choices=(*PROTOCOLS, "depth"), default="sliding",
+                        help="which tokens are fed and scored (default: sliding; see above); depth: the sweep below")
     parser.add_argument("--ctx", type=int, default=protocols.LLAMACPP_CTX,
                         help=f"llamacpp: tokens per chunk (default {protocols.LLAMACPP_CTX}, as llama.cpp)")
     parser.add_argument("--prompts", type=Path, default=PROMPTS_FILE,
                         help="trace: prompt file, JSON {\"prompts\": [...]} or one a line (default: the blind test's)")
+    parser.add_argument("--depths", default=",".join(map(str, depth.DEFAULT_DEPTHS)),
+                        help="depth: context lengths in tokens, comma-separated (default: %(default)s)")
+    parser.add_argument("--needles", type=int, default=3, help="depth: places the fact is planted at per depth")
+    parser.add_argument("--long-text", type=Path, default=depth.LONG_TEXT,
+                        help="depth: the long text (default: assets/long_context.txt)")
     args = parser.parse_args(argv)
+    if args.protocol == "depth":
+        return _depth(args)
     protocol = Protocol(args.protocol, args.ctx, args.prompts)
     try:
         arena = Arena(load_config(args.models))
         if not args.text.is_file():
             raise InvalidRequest(f"text file '{args.text}' not found")
         variant_ids = [v.strip() for v in args.variants.split(",") if v.strip()]
-        results = evaluate(arena, variant_ids, args.text.read_text(encoding="utf-8"), args.runs, args.max_new_tokens,
+        results = evaluate(arena, variant_ids, args.text.read_text(encoding="utf-8"), args.runs, args.max_new_tokens or 64,
                            protocol=protocol)
     except ArenaError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     out = args.out or REPO_ROOT / "results" / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    paths = write_outputs(results, arena, out, conditions(args.text, args.runs, args.max_new_tokens, protocol))
+    paths = write_outputs(results, arena, out, conditions(args.text, args.runs, args.max_new_tokens or 64, protocol))
+    print(paths["markdown"].read_text())
+    print(f"wrote {', '.join(str(p) for p in paths.values())}")
+    return 0
+
+
+def _depth(args) -> int:
+    """The depth sweep (demo.evaluate.depth): its own rows, one per variant and depth."""
+    try:
+        depths = tuple(int(d) for d in args.depths.split(",") if d.strip())
+    except ValueError:
+        print(f"error: --depths must be whole numbers separated by commas, got {args.depths!r}", file=sys.stderr)
+        return 1
+    plan = depth.DepthPlan(depths, args.needles, args.max_new_tokens or depth.NEW_TOKENS, args.long_text)
+    try:
+        plan.check()
+        config, notes = depth.config_for_depths(load_config(args.models), depths)
+        arena = Arena(config)
+        variant_ids = [v.strip() for v in args.variants.split(",") if v.strip()]
+        started = time.perf_counter()
+        rows = depth.sweep(arena, variant_ids, plan)
+    except ArenaError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    out = args.out or REPO_ROOT / "results" / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    conditions = depth_conditions(plan, notes, time.perf_counter() - started)
+    paths = write_depth_outputs(rows, arena.environment(), out, conditions, list(arena.config.variants))
     print(paths["markdown"].read_text())
     print(f"wrote {', '.join(str(p) for p in paths.values())}")
     return 0

@@ -27,7 +27,7 @@ def evaluate(arena: Arena, variant_ids: list[str], text: str, runs: int = 5, max
 
     Once `stop` is set, the variants not yet started are left out: the result holds those finished. The model
     work is one job (evaluation_steps) that the arena runs: here, or whole in a ZeroGPU worker."""
-    _check_variants(arena, variant_ids)
+    check_variants(arena, variant_ids)
     protocol = protocol or Protocol()
     protocol.check()
     if runs < 1:
@@ -82,7 +82,7 @@ def evaluation_steps(arena: Arena, variant_ids: list[str], text: str, runs: int,
         yield result
 
 
-def _check_variants(arena: Arena, variant_ids: list[str]) -> None:
+def check_variants(arena: Arena, variant_ids: list[str]) -> None:
     """Known ids, each once. Each variant runs in a comparison of its own, so a comparison's limit on how many
     variants it holds does not apply: every default variant can be evaluated in one go."""
     arena.validate(speed.SPEED_PROMPT, list(variant_ids[:1]))  # an empty choice is refused with its usual line

@@ -174,8 +174,8 @@ class ProcessVariant(LoadedVariant):
     def run_facts(self) -> dict[str, Any]:
         return self._run_facts
 
-    def logits(self, ids: list[int], prompt_tokens: int | None = None) -> torch.Tensor:
-        return self._ask("logits", (ids, prompt_tokens))
+    def logits(self, ids: list[int], prompt_tokens: int | None = None, first_row: int = 0) -> torch.Tensor:
+        return self._ask("logits", (ids, prompt_tokens, first_row))
 
     def run_here(self, fn: Callable[..., Any], *args: Any) -> Any:
         return self._ask("run_here", (fn, args))

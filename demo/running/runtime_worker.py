@@ -136,8 +136,8 @@ class _Worker:
 
         return size_estimate.estimate(variant, base)
 
-    def _logits(self, request_id: str, ids: list[int], prompt_tokens: int | None = None):
-        return self.loaded.logits(ids, prompt_tokens)
+    def _logits(self, request_id: str, ids: list[int], prompt_tokens: int | None = None, first_row: int = 0):
+        return self.loaded.logits(ids, prompt_tokens, first_row)
 
     def _run_here(self, request_id: str, fn, args: tuple):
         return fn(self.loaded, *args)

@@ -1,0 +1,334 @@
+"""The depth protocol: how quality, speed, memory and retrieval change with the context's length.
+
+At depth d a prompt of d - new_tokens tokens is read (a long public-domain text, assets/long_context.txt, with a
+fact planted in it and a question about that fact at its end) and new_tokens are generated greedily after it, so
+the run ends at position d and fits a model whose context is d. For each variant and depth:
+
+- quality: the last SCORED_POSITIONS positions of the prompt teacher-forced against the baseline at the same depth
+  (KL mean and 99.9 % point, top-1 agreement); they are read as generation reads its own tokens, so a quantized
+  KV cache is met as it is in generation (LoadedVariant.logits);
+- retrieval (the needle): the fact planted at `needles` places, one prompt each, scored by exact match of the
+  planted code at the start of the greedy answer, as found/total with a Wilson interval and flips against the
+  baseline's own result on the same prompt;
+- speed from those same runs: time to first token (the whole prompt read) and decode tokens/s after it, medians;
+- memory: the KV cache's bytes at that depth (its bytes per token from the model's shape, checked against the
+  runtimes' own in tests/test_kv_cache.py), the run's peak, and the bytes a decode step reads there.
+
+The baseline's teacher-forced log-probabilities are computed once per depth and shared by every variant.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from demo.backends import LoadedVariant
+from demo.config import REPO_ROOT, ArenaConfig
+from demo.errors import ArenaError, InvalidRequest
+from demo.measuring import bandwidth, flips, kl_stats, metrics
+from demo.running.runner import Arena
+from demo.running.variant_run import describe_failure
+from demo.settings import GenerationSettings
+
+log = logging.getLogger(__name__)
+LONG_TEXT = REPO_ROOT / "assets" / "long_context.txt"
+DEFAULT_DEPTHS = (512, 2048, 8192)
+SCORED_POSITIONS = 256
+NEW_TOKENS = 16
+MAX_NEEDLES = 8
+# The planted fact and its question: codes no text around them suggests, so only the context can give them.
+NEEDLE = "\nRemember this: the pass code for the blue gate is {code}.\n"
+QUESTION = "\n\nWhat is the pass code for the blue gate? The pass code for the blue gate is"
+CODES = ("7402", "3185", "9267", "5531", "8046", "2719", "6384", "4953")
+
+
+@dataclass(frozen=True)
+class DepthPlan:
+    """Which depths, how many needle places, how many new tokens, over which text."""
+
+    depths: tuple[int, ...] = DEFAULT_DEPTHS
+    needles: int = 3
+    new_tokens: int = NEW_TOKENS
+    text_file: Path = LONG_TEXT
+
+    def check(self) -> None:
+        if not self.depths:
+            raise InvalidRequest("give at least one depth, e.g. --depths 512,2048,8192")
+        if list(self.depths) != sorted(set(self.depths)):
+            raise InvalidRequest("list each depth once, smallest first")
+        if self.depths[0] < self.smallest_depth:
+            raise InvalidRequest(f"a depth must be at least {self.smallest_depth} tokens (the {SCORED_POSITIONS} "
+                                 f"scored positions, the needle, the question and {self.new_tokens} new tokens)")
+        if not 1 <= self.needles <= MAX_NEEDLES:
+            raise InvalidRequest(f"needles must be from 1 to {MAX_NEEDLES}, got {self.needles}")
+        if not 2 <= self.new_tokens <= 256:
+            raise InvalidRequest(f"new tokens must be from 2 to 256 (a decode rate needs two), got {self.new_tokens}")
+        if not self.text_file.is_file():
+            raise InvalidRequest(f"text file '{self.text_file.name}' not found")
+
+    @property
+    def smallest_depth(self) -> int:
+        return SCORED_POSITIONS + 64 + self.new_tokens
+
+    def probes(self, tokenizer, depth: int) -> list["Probe"]:
+        """One prompt per needle place at this depth, each exactly depth - new_tokens tokens."""
+        text_ids = [int(i) for i in tokenizer(self.text_file.read_text(encoding="utf-8"))["input_ids"]]
+        question = _ids(tokenizer, QUESTION)
+        length = depth - self.new_tokens
+        found = []
+        for index in range(self.needles):
+            code = CODES[index]
+            needle = _ids(tokenizer, NEEDLE.format(code=code))
+            hay = length - len(question) - len(needle)
+            if hay > len(text_ids):
+                raise InvalidRequest(f"the text is {len(text_ids):,} tokens, too short for depth {depth:,}: give "
+                                     "a longer one")
+            place = _line_end(tokenizer, text_ids, round(hay * (index + 0.5) / self.needles), hay)
+            ids = text_ids[:place] + needle + text_ids[place:hay] + question
+            found.append(Probe(ids, code, place))
+        return found
+
+
+@dataclass(frozen=True)
+class Probe:
+    ids: list[int]
+    code: str  # the planted code the answer must start with
+    needle_at: int  # the token position the fact starts at
+
+
+@dataclass
+class DepthRow:
+    """One variant at one depth: what results.json holds per row."""
+
+    variant: str
+    depth: int
+    prompt_tokens: int | None = None
+    kl_mean: float | None = None
+    kl_p99_9: float | None = None
+    top1: float | None = None
+    ttft_ms: float | None = None
+    decode_tokens_per_s: float | None = None
+    kv_cache_bytes: int | None = None
+    kv_cache: str | None = None  # its element types, e.g. "K q8_0 · V q8_0"
+    peak_mib: float | None = None
+    needle: dict | None = None  # found, total, interval, and lost/gained against the baseline
+    bytes_read_per_step: dict | None = None  # weights, kv, total at this depth (demo.measuring.bandwidth)
+    achieved_gb_s: float | None = None
+    quality_note: str | None = None
+    error: str | None = None
+    answers: list[str] = field(default_factory=list)  # the greedy answers, one per needle place
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def config_for_depths(config: ArenaConfig, depths: tuple[int, ...]) -> tuple[ArenaConfig, list[str]]:
+    """The config with every GGUF variant's context (n_ctx) at least the deepest depth, and a note per change:
+    llama.cpp allocates its cache for n_ctx, so a variant made for short prompts cannot hold a long one."""
+    deepest, notes, variants = max(depths), [], dict(config.variants)
+    for vid, variant in config.variants.items():
+        n_ctx = variant.settings.get("n_ctx")
+        if variant.method == "gguf" and n_ctx is not None and n_ctx < deepest:
+            variants[vid] = replace(variant, settings={**variant.settings, "n_ctx": deepest})
+            notes.append(f"{vid}: n_ctx raised from {n_ctx} to {deepest} for the sweep")
+    return replace(config, variants=variants), notes
+
+
+def depth_steps(arena: Arena, variant_ids: list[str], plan: DepthPlan) -> Iterator[tuple[float, str] | DepthRow]:
+    """The sweep's model work, variant after variant (the baseline's reference first, once per depth): yields
+    (fraction, message) progress and each finished row."""
+    references: dict[tuple[str, int], _Reference] = {}
+    total = len(variant_ids) * len(plan.depths)
+    for v_index, variant_id in enumerate(variant_ids):
+        base = arena.config.base_of(variant_id)
+        for d_index, depth in enumerate(plan.depths):
+            yield (v_index * len(plan.depths) + d_index) / total, f"{variant_id} at depth {depth:,}"
+            row = DepthRow(variant_id, depth)
+            try:
+                with arena.exclusive():
+                    arena.device.call(_measure, arena, row, plan, base.baseline, base.random_weights, references)
+            except ArenaError as exc:
+                row.error = str(exc)
+            except Exception as exc:  # out of memory, a kernel error: this row says so, the others stand
+                log.exception("depth %s of %s failed", depth, variant_id)
+                row.error = describe_failure("the depth sweep", exc)
+            yield row
+
+
+@dataclass
+class _Reference:
+    """The baseline at one depth: its log-probabilities over the scored positions, and its needle results."""
+
+    log_probs: torch.Tensor | None
+    found: list[bool]
+
+
+def _measure(arena: Arena, row: DepthRow, plan: DepthPlan, baseline_id: str | None, random_weights: bool,
+             references: dict) -> None:
+    loaded = arena.manager.get(row.variant).loaded
+    probes = plan.probes(loaded.tokenizer, row.depth)
+    row.prompt_tokens = len(probes[0].ids)
+    context = loaded.context_tokens
+    if context is not None and row.depth > context:
+        hint = " (settings.n_ctx)" if loaded.runtime == "llama.cpp" else ""
+        raise InvalidRequest(f"depth {row.depth:,} is past this variant's context of {context:,} tokens{hint}")
+    runs = [_run(loaded, probe, plan.new_tokens) for probe in probes]
+    row.answers = [answer for answer, _, _, _ in runs]
+    found = [_found(answer, probe.code) for (answer, _, _, _), probe in zip(runs, probes)]
+    row.ttft_ms = _median([ttft for _, ttft, _, _ in runs], 1)
+    row.decode_tokens_per_s = _median([rate for _, _, rate, _ in runs], 2)
+    peaks = [peak for _, _, _, peak in runs if peak is not None]
+    row.peak_mib = round(max(peaks), 1) if peaks else None
+    _fill_memory(row, loaded, plan.new_tokens)
+    if random_weights:
+        row.quality_note = "random weights: speed and memory only"
+        return
+    own = _scored_log_probs(loaded, probes[0]) if loaded.full_distributions else None
+    if baseline_id is None:
+        row.quality_note = "no baseline to compare with"
+        row.needle = _needle(found, None)
+        return
+    key = (baseline_id, row.depth)
+    if key not in references:
+        if baseline_id == row.variant:
+            references[key] = _Reference(own, found)
+        else:
+            base = arena.manager.get(baseline_id).loaded
+            base_probes = plan.probes(base.tokenizer, row.depth)
+            base_found = [_found(_run(base, p, plan.new_tokens)[0], p.code) for p in base_probes]
+            references[key] = _Reference(_scored_log_probs(base, base_probes[0]), base_found)
+            loaded = arena.manager.get(row.variant).loaded  # the baseline's load may have evicted it: again
+    reference = references[key]
+    row.needle = _needle(found, reference.found)
+    if own is None or reference.log_probs is None:
+        row.quality_note = "KL not measured: this runtime gives no full distributions"
+        return
+    targets = torch.tensor(probes[0].ids[-SCORED_POSITIONS:])
+    base_figures = metrics.position_figures(reference.log_probs, targets)
+    figures = metrics.position_figures(own, targets, reference.log_probs)
+    stats = kl_stats.compare(base_figures, figures)
+    row.kl_mean = _rounded(stats.kl["mean"], 6)
+    row.kl_p99_9 = _rounded(stats.kl["p99_9"], 6)
+    row.top1 = _rounded(stats.top1_agreement, 4)
+
+
+def _scored_log_probs(loaded: LoadedVariant, probe: Probe) -> torch.Tensor:
+    """The prompt's last SCORED_POSITIONS tokens teacher-forced: rows predicting each, float32 log-probabilities.
+    The tokens before them are the prompt (read in one pass); the scored ones are read as generated ones are."""
+    ids = probe.ids
+    first_scored = len(ids) - SCORED_POSITIONS
+    logits = loaded.logits(ids, first_scored, first_row=first_scored - 1)[:SCORED_POSITIONS]
+    return metrics.log_probs(logits)
+
+
+def _run(loaded: LoadedVariant, probe: Probe, new_tokens: int) -> tuple[str, float | None, float | None, float | None]:
+    """One greedy generation after the probe's prompt: (answer, ms to the first token, decode tokens/s after it,
+    the run's peak MiB)."""
+    import threading
+
+    stamps: list[float] = []
+    tokens: list[int] = []
+
+    def on_token(token_id: int, at_s: float) -> None:
+        tokens.append(token_id)
+        stamps.append(at_s)
+
+    settings = GenerationSettings(max_new_tokens=new_tokens)
+    with loaded.track_memory() as memory:
+        started = time.perf_counter()
+        loaded.generate(probe.ids, settings, threading.Event(), on_token)
+        loaded.sync()
+    result = getattr(memory, "result", None)
+    peak = getattr(result, "peak_memory_mib", None)
+    ttft = (stamps[0] - started) * 1e3 if stamps else None
+    rate = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 and stamps[-1] > stamps[0] else None
+    return loaded.tokenizer.decode(tokens, skip_special_tokens=True), ttft, rate, peak
+
+
+def _fill_memory(row: DepthRow, loaded: LoadedVariant, new_tokens: int) -> None:
+    """The KV cache's bytes at the prompt's end, and what a decode step reads at this depth."""
+    facts = loaded.details()
+    kv = facts.get("kv_cache") or {}
+    per_token = kv.get("bytes_per_token")
+    row.kv_cache = kv.get("label")
+    if per_token is None:
+        return
+    row.kv_cache_bytes = round(per_token * row.prompt_tokens)
+    table, tied = facts.get("embedding_table_bytes"), facts.get("tied_embeddings")
+    if table is None or tied is None:
+        return
+    context = bandwidth.mean_context_tokens(row.prompt_tokens, new_tokens)
+    step = bandwidth.step_bytes(int(loaded.weights_bytes), table, tied, per_token, context)
+    row.bytes_read_per_step = step.as_dict()
+    achieved = bandwidth.achieved_gb_s_of(step, row.decode_tokens_per_s)
+    row.achieved_gb_s = None if achieved is None else round(achieved, 3)
+
+
+def _needle(found: list[bool], baseline: list[bool] | None) -> dict:
+    low, high = flips.wilson(sum(found), len(found))
+    result = {"found": sum(found), "total": len(found), "interval": [round(low, 3), round(high, 3)],
+              "method": f"exact match of the planted code; {flips.method()}"}
+    if baseline is not None:
+        result["baseline_found"] = sum(baseline)
+        result["lost"] = sum(b and not f for f, b in zip(found, baseline))  # the baseline found it, this did not
+        result["gained"] = sum(f and not b for f, b in zip(found, baseline))
+    return result
+
+
+def _found(answer: str, code: str) -> bool:
+    """Exact match: the answer starts with the planted code (spaces, a colon or quotes before it allowed)."""
+    return re.match(rf"[\s:\"'`*]*{re.escape(code)}(?!\d)", answer) is not None
+
+
+def _line_end(tokenizer, ids: list[int], near: int, limit: int) -> int:
+    """The first position at or after `near` that follows a line break (the fact goes between lines), or `near`."""
+    for position in range(max(near, 1), min(limit, near + 200)):
+        if "\n" in tokenizer.decode([ids[position - 1]]):
+            return position
+    return near
+
+
+def _ids(tokenizer, text: str) -> list[int]:
+    return [int(i) for i in tokenizer(text, add_special_tokens=False)["input_ids"]]
+
+
+def _median(values: list[float | None], digits: int) -> float | None:
+    kept = [v for v in values if v is not None]
+    return round(float(np.median(kept)), digits) if kept else None
+
+
+def _rounded(value: float | None, digits: int) -> float | None:
+    return None if value is None or not np.isfinite(value) else round(float(value), digits)
+
+
+def sweep(arena: Arena, variant_ids: list[str], plan: DepthPlan, progress=None, stop=None) -> list[DepthRow]:
+    """The depth sweep over the chosen variants (each baseline first, so its reference is its own row's work);
+    once `stop` is set, the rows not yet started are left out."""
+    from demo.evaluate.run import check_variants
+
+    check_variants(arena, variant_ids)
+    plan.check()
+    report = progress or (lambda fraction, message: None)
+    baselines = {arena.config.base_of(v).baseline for v in variant_ids}
+    ordered = sorted(variant_ids, key=lambda v: v not in baselines)
+    rows: list[DepthRow] = []
+    steps = arena.run_job(depth_steps, ordered, plan, gpu_seconds=None)
+    try:
+        for step in steps:
+            if isinstance(step, DepthRow):
+                rows.append(step)
+                if stop is not None and stop.is_set():
+                    break
+            else:
+                report(*step)
+    finally:
+        steps.close()
+    report(1.0, "done")
+    return rows
