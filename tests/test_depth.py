@@ -153,3 +153,39 @@ def test_a_depth_past_a_variants_context_is_that_rows_error(tiny_config, tmp_pat
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert rows[0]["error"] is None
     assert rows[1]["error"] == "depth 4,096 is past this variant's context of 2,048 tokens"
+
+
+def test_the_evaluate_tab_runs_the_sweep_and_shows_its_rows_and_charts(tiny_config):
+    """The tab's depth choice: the sweep's rows in words, both charts, the files; a bad depth list is the page's
+    error line."""
+    import asyncio
+    from types import SimpleNamespace
+
+    import gradio as gr
+
+    from demo.running.runner import Arena
+    from demo.ui import depth_view
+    from demo.ui.evaluate import EvaluateTab
+
+    request = SimpleNamespace(session_hash="visitor", headers={}, client=SimpleNamespace(host="127.0.0.1"))
+    arena = Arena(load_config(tiny_config))
+    with gr.Blocks():
+        tab = EvaluateTab(arena, [("fp32", "tiny/fp32"), ("bf16", "tiny/bf16")])
+
+    async def last(*args):
+        final = None
+        async for update in tab.on_evaluate(*args):
+            final = update
+        return final
+
+    final = asyncio.run(last(["tiny/bf16", "tiny/fp32"], 1, 4, "depth", request, "384"))
+    assert final[tab.status].startswith("**Done.**")
+    table = final[tab.table]
+    assert list(table.columns) == list(depth_view.HEADERS.values())
+    assert table.iloc[:, 0].tolist() == ["tiny/fp32", "tiny/bf16"] and table.iloc[:, 1].tolist() == ["384", "384"]
+    assert table.iloc[0, 3] == "0.00000" and table.iloc[0, 5] == "100.0%"
+    assert final[tab.quality_chart]["value"].endswith("kl_vs_depth.png")
+    assert final[tab.speed_chart]["value"].endswith("decode_vs_depth.png")
+    assert [p.rsplit("/", 1)[-1] for p in final[tab.files]] == ["results.json", "results.md"]
+    with pytest.raises(gr.Error, match="whole numbers separated by commas"):
+        asyncio.run(last(["tiny/fp32"], 1, 4, "depth", request, "512;2048"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from contextlib import aclosing
 from pathlib import Path
 
@@ -13,7 +14,9 @@ from demo import evaluate
 from demo.errors import ArenaError
 from demo.reports import scratch
 from demo.running.runner import Arena
-from demo.ui import offpool
+from demo.evaluate import depth
+from demo.evaluate.depth_outputs import depth_conditions, write_depth_outputs
+from demo.ui import depth_view, offpool
 from demo.ui.clients import client_of
 from demo.ui.stops import Stops
 
@@ -49,7 +52,8 @@ TABLE_NOTE = ("*Checkpoint on disk* is filled only for variants whose quantized 
               "below and in the files.")
 PROTOCOL_CHOICES = [("sliding window over the held-out text", "sliding"),
                     ("llama.cpp's protocol (512-token chunks, BOS first, second half scored)", "llamacpp"),
-                    ("in-domain trace: the baseline's answers to the blind-test prompts", "trace")]
+                    ("in-domain trace: the baseline's answers to the blind-test prompts", "trace"),
+                    depth_view.PROTOCOL_CHOICE]
 
 
 def _value(result: evaluate.VariantEvaluation, field: str):
@@ -138,6 +142,8 @@ class EvaluateTab:
                 self.new_tokens = gr.Slider(8, 128, value=32, step=8, label="New tokens per timed run")
                 self.protocol = gr.Radio(PROTOCOL_CHOICES, value="sliding", label="Quality protocol",
                                          elem_id="evaluate-protocol")
+                self.depths = gr.Textbox(",".join(map(str, depth.DEFAULT_DEPTHS)), label="Depths (depth sweep only)",
+                                         elem_id="evaluate-depths", max_lines=1)
         with gr.Row():
             self.start = gr.Button("Evaluate", variant="primary", elem_id="evaluate")
             self.stop = gr.Button("Stop", variant="stop", interactive=False, elem_id="evaluate-stop")
@@ -170,7 +176,7 @@ class EvaluateTab:
         running = {start: gr.update(interactive=False), stop: gr.update(interactive=True, value="Stop")}
         idle = {start: gr.update(interactive=True), stop: gr.update(interactive=False, value="Stop")}
         start.click(lambda: running, None, [start, stop], queue=False, api_visibility="undocumented").then(
-            self.on_evaluate, [self.ids, self.runs, self.new_tokens, self.protocol],
+            self.on_evaluate, [self.ids, self.runs, self.new_tokens, self.protocol, self.depths],
             [self.status, self.table, self.quality_chart, self.speed_chart, self.kl_chart, self.kl_histogram,
              self.statistics, self.files],
             concurrency_limit=None, api_visibility="undocumented", show_progress_on=[self.status],
@@ -178,7 +184,7 @@ class EvaluateTab:
         stop.click(self.on_stop, None, stop, queue=False, api_visibility="undocumented")
 
     async def on_evaluate(self, variant_ids, run_count, max_new_tokens, protocol_name=None,
-                          request: gr.Request = None):
+                          request: gr.Request = None, depths_text=None):
         """Evaluate the ticked variants (in the models file's order) until done or stopped, and show the results.
         The whole evaluation holds one of the arena's places, in this client's share: its model runs take their
         turns among everyone's, and a client with its share in use is refused at once. It runs on a thread of its
@@ -186,29 +192,21 @@ class EvaluateTab:
         goes away stops it after the variant it is on."""
         with self.stops.running(request.session_hash if request else None) as stop_event:
             async with aclosing(self._evaluate(variant_ids, run_count, max_new_tokens, protocol_name, stop_event,
-                                               request)) as updates:  # closed with this handler: its finally runs
+                                               request, depths_text)) as updates:  # closed with this handler: its finally runs
                 async for update in updates:
                     yield update
 
     async def _evaluate(self, variant_ids, run_count, max_new_tokens, protocol_name, stop_event: threading.Event,
-                        request: gr.Request):
+                        request: gr.Request, depths_text: str | None = None):
         """on_evaluate's updates, with this evaluation's own stop event."""
         order = [v for v in self.config.variants if v in (variant_ids or [])]  # rows in the models file's order
         text = evaluate.EVALUATION_FILE.read_text(encoding="utf-8")
-        protocol = evaluate.Protocol(protocol_name or "sliding")
         arena = self.arena.for_client(client_of(request, self.arena.config.proxies))
-
-        def run(work: offpool.Work) -> dict:
-            with arena.admitted() as admitted:
-                results = evaluate.evaluate(admitted, order or list(variant_ids or []), text, int(run_count),
-                                            int(max_new_tokens), progress=lambda f, m: work.report((f, m)),
-                                            stop=stop_event, protocol=protocol)
-            if not results:
-                return {self.status: "**Stopped** before the first variant finished."}
-            head = (f"**Stopped** after {len(results)} of {len(order)} variants." if stop_event.is_set()
-                    and len(results) < len(order) else "**Done.**")
-            return self._results(results, head, int(run_count), int(max_new_tokens), protocol)
-
+        if protocol_name == "depth":
+            run = self._depth_run(arena, order or list(variant_ids or []), depths_text, stop_event)
+        else:
+            run = self._evaluation_run(arena, order or list(variant_ids or []), text, run_count, max_new_tokens,
+                                       evaluate.Protocol(protocol_name or "sliding"), stop_event)
         work = offpool.Work(run, name="evaluate")
         try:
             async for _, latest in work.updates():  # every half second: so that Gradio notices a page gone
@@ -221,6 +219,43 @@ class EvaluateTab:
             if not work.done():  # the page went away: the evaluation stops after the variant it is on
                 stop_event.set()
 
+    def _depth_run(self, arena: Arena, order: list[str], depths_text: str | None, stop_event: threading.Event):
+        """The depth sweep as the tab's work: its rows, charts and files."""
+        def run(work: offpool.Work) -> dict:
+            plan = depth.DepthPlan(depth_view.parse_depths(depths_text or ""))
+            with arena.admitted() as admitted:
+                started = time.perf_counter()
+                rows = depth.sweep(admitted, order, plan, progress=lambda f, m: work.report((f, m)), stop=stop_event)
+            if not rows:
+                return {self.status: "**Stopped** before the first depth finished."}
+            out = scratch.folder("evaluate-")
+            paths = write_depth_outputs(rows, self.arena.environment(), out,
+                                        depth_conditions(plan, [], time.perf_counter() - started),
+                                        order=list(self.config.variants))
+            head = "**Stopped.**" if stop_event.is_set() else "**Done.**"
+            return {self.status: f"{head} {depth_view.NOTE}", self.statistics: "",
+                    self.table: pd.DataFrame(depth_view.table_rows(rows), columns=list(depth_view.HEADERS.values())),
+                    self.quality_chart: gr.update(value=_path(paths, "kl_chart"), label="Quality against depth"),
+                    self.speed_chart: gr.update(value=str(paths["decode_chart"]), label="Speed against depth"),
+                    self.kl_chart: gr.update(value=None, visible=False),
+                    self.kl_histogram: gr.update(value=None, visible=False),
+                    self.files: [str(paths[k]) for k in ("json", "markdown")]}
+        return run
+
+    def _evaluation_run(self, arena: Arena, order: list[str], text: str, run_count, max_new_tokens,
+                        protocol: evaluate.Protocol, stop_event: threading.Event):
+        def run(work: offpool.Work) -> dict:
+            with arena.admitted() as admitted:
+                results = evaluate.evaluate(admitted, order, text, int(run_count),
+                                            int(max_new_tokens), progress=lambda f, m: work.report((f, m)),
+                                            stop=stop_event, protocol=protocol)
+            if not results:
+                return {self.status: "**Stopped** before the first variant finished."}
+            head = (f"**Stopped** after {len(results)} of {len(order)} variants." if stop_event.is_set()
+                    and len(results) < len(order) else "**Done.**")
+            return self._results(results, head, int(run_count), int(max_new_tokens), protocol)
+        return run
+
     def _results(self, results: list[evaluate.VariantEvaluation], head: str, run_count: int,
                  max_new_tokens: int, protocol: evaluate.Protocol) -> dict:
         """Write the result files and charts to a fresh folder, and the updates that show them."""
@@ -232,7 +267,8 @@ class EvaluateTab:
         return {self.status: f"{head} {note.strip()}",
                 self.statistics: f"## {statistics}" if statistics else "No statistics: no variant has a baseline.",
                 self.table: pd.DataFrame(table_rows(results), columns=list(HEADERS.values())),
-                self.quality_chart: str(paths["quality_chart"]), self.speed_chart: str(paths["speed_chart"]),
+                self.quality_chart: gr.update(value=str(paths["quality_chart"]), label="Quality against memory"),
+                self.speed_chart: gr.update(value=str(paths["speed_chart"]), label="Speed against memory"),
                 self.kl_chart: gr.update(value=_path(paths, "kl_chart"), visible="kl_chart" in paths),
                 self.kl_histogram: gr.update(value=_path(paths, "kl_histogram"), visible="kl_histogram" in paths),
                 self.files: [str(paths[k]) for k in ("json", "csv", "markdown")]}
