@@ -174,3 +174,14 @@ def test_teacher_forcing_meets_the_cache_as_generation_does(kv_models, variant_i
     torch.testing.assert_close(forced, steps, rtol=1e-4, atol=1e-4)
     exact = plain.logits(ids, len(prompt))[len(prompt) - 1:len(ids) - 1]
     assert (exact - steps).abs().max() > 1e-3  # the cache's error is visible at all
+
+
+def test_the_card_names_a_transformers_cache():
+    from demo.reports import card
+
+    record = {"method": "bf16", "quantization": {"cache_config": {"backend": "hqq", "nbits": 4, "q_group_size": 64,
+                                                                  "residual_length": 128}}}
+    assert card.quantization_text(record) == (
+        f"{card.METHOD_NAMES.get('bf16', 'bf16')}: KV cache hqq int4 g64, last 128 tokens unquantized")
+    assert card.quantization_text({"method": "bf16", "quantization": {"cache_config": {"backend": "fp8"}}}).endswith(
+        ": KV cache fp8_e4m3")

@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from demo.measuring.kv_cache import quantized_cache_type
 from demo.reports import report
 from demo.reports.escaping import fenced, markdown_inline as inline
 
@@ -57,6 +58,8 @@ _SETTING_WORDS = {
     "n_gpu_layers": lambda v: f"{v} layers on the GPU",
     "cache_type_k": lambda v: f"KV cache K {v}",
     "cache_type_v": lambda v: f"KV cache V {v}",
+    "cache_config": lambda v: f"KV cache {quantized_cache_type(v)}" + (
+        f", last {v['residual_length']} tokens unquantized" if "residual_length" in v else ""),
     "scheme": lambda v: {"int8_dynamic": "int8 dynamic activations + int8 weights"}.get(v, v.replace("_", " ")),
     "int4_choose_qparams_algorithm": lambda v: "HQQ scales and zero points" if v == "hqq" else f"{v} scales",
     "zero_point": lambda v: "zero point" if v else "no zero point",
