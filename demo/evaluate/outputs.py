@@ -77,7 +77,8 @@ def noise_floor_line(baseline: str, floor: dict) -> str:
     return (f"Noise floor of {baseline} (the baseline rerun with ×(1 + ε·z) after every decoder layer, ε = 2⁻⁹, seed "
             f"{floor['seed']}, on the same positions): mean KL {floor['kl_mean']:.6f} nats, median "
             f"{floor['kl_median']:.6f}, 99.9 % {floor['kl_p99_9']:.4f}, max {floor['kl_max']:.4f}. A variant whose KL "
-            f"is at or under these figures differs from the baseline no more than a different kernel would.\n")
+            f"is at or under these figures differs from the baseline no more than a bf16-rounding-scale perturbation of it "
+            f"does (relative standard deviation 2⁻⁹, half of bf16's unit roundoff).\n")
 
 
 def _num(value, digits: int) -> str:

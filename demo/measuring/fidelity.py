@@ -127,8 +127,8 @@ def answer_log_probs(loaded: LoadedVariant, prompt: str, answer_ids: list[int]) 
 
 def answer_noise_floor(loaded: LoadedVariant, prompt: str, answer_ids: list[int],
                        baseline_lp: AnswerLogProbs) -> dict:
-    """The baseline's noise floor over its own answer (demo.measuring.noise_floor): the KL a variant would show
-    with no more error than a different kernel, on the same positions as every variant's KL; as a dict, or
+    """The baseline's noise floor over its own answer (demo.measuring.noise_floor): the KL of a bf16-rounding-scale
+    perturbation of the baseline, on the same positions as every variant's KL; as a dict, or
     {"unavailable": reason} for a baseline that is not a transformers model."""
     ids = prompt_ids(loaded.tokenizer, prompt)
     rows = slice(len(ids) - 1, len(ids) - 1 + len(answer_ids))
