@@ -33,21 +33,19 @@ def tokenizer(tiny_config):
     return AutoTokenizer.from_pretrained(tiny_config.parent / "base")
 
 
-def test_each_probe_is_the_depth_less_the_answer_with_its_fact_planted_between_lines(tokenizer):
+def test_the_context_holds_each_fact_between_lines_and_the_longest_question_ends_at_the_depth(tokenizer):
     plan = depth.DepthPlan(depths=(512, 2048), needles=3, new_tokens=16)
     for d in plan.depths:
-        probes = plan.probes(tokenizer, d)
-        assert [len(p.ids) for p in probes] == [d - 16] * 3
-        assert [p.code for p in probes] == list(depth.CODES[:3])
-        places = [p.needle_at for p in probes]
-        assert places == sorted(places) and places[0] < (d - 16) / 3 < places[1] < 2 * (d - 16) / 3 < places[2]
-        for probe in probes:
-            text = tokenizer.decode(probe.ids)
-            assert f"the pass code for the blue gate is {probe.code}." in text
-            assert text.endswith(depth.QUESTION)
-            assert "\n" in tokenizer.decode(probe.ids[probe.needle_at - 1:probe.needle_at + 1])  # between lines
-        others = [p.ids[p.needle_at:] for p in probes]
-        assert len({tuple(o[:20]) for o in others}) == 3  # a different code in each
+        probe = plan.probe(tokenizer, d)
+        assert len(probe.context) + max(len(q) for q in probe.questions) == d - 16
+        assert probe.codes == list(depth.CODES[:3])
+        at, n = probe.needles_at, len(probe.context)
+        assert at == sorted(at) and at[0] < n / 3 < at[1] < 2 * n / 3 < at[2]
+        text = tokenizer.decode(probe.context)
+        for colour, code, place, question in zip(depth.COLOURS, probe.codes, at, probe.questions):
+            assert text.count(f"the pass code for the {colour} gate is {code}.") == 1
+            assert "\n" in tokenizer.decode(probe.context[place - 1:place + 1])  # between lines
+            assert tokenizer.decode(question) == depth.QUESTION.format(colour=colour)
 
 
 def test_a_plan_is_checked_before_any_model_loads(tmp_path):
@@ -65,7 +63,7 @@ def test_a_text_too_short_for_the_depth_is_refused(tokenizer, tmp_path):
     short = tmp_path / "short.txt"
     short.write_text("Alice sat by the river.\n" * 40)
     with pytest.raises(InvalidRequest, match="too short for depth 2,048"):
-        depth.DepthPlan(depths=(2048,), text_file=short).probes(tokenizer, 2048)
+        depth.DepthPlan(depths=(2048,), text_file=short).probe(tokenizer, 2048)
 
 
 @pytest.mark.parametrize("answer, found", [(" 7402.", True), ("7402", True), (': "7402"', True), (" 74021", False),
@@ -120,7 +118,7 @@ def test_the_sweep_writes_one_row_per_variant_and_depth(tiny_config, tmp_path):
         ("tiny/fp32-kv-int4", 384), ("tiny/fp32-kv-int4", 768)]
     for row in rows:
         assert row["error"] is None and all(name in row for name in FIELDS)
-        assert row["prompt_tokens"] == row["depth"] - depth.NEW_TOKENS
+        assert row["depth"] - depth.NEW_TOKENS - 3 <= row["prompt_tokens"] <= row["depth"] - depth.NEW_TOKENS
         assert row["ttft_ms"] > 0 and row["decode_tokens_per_s"] > 0 and row["peak_mib"] > 0
         assert row["needle"]["total"] == 2 and row["needle"]["baseline_found"] is not None
         assert len(row["answers"]) == 2
@@ -129,9 +127,10 @@ def test_the_sweep_writes_one_row_per_variant_and_depth(tiny_config, tmp_path):
     by = {(r["variant"], r["depth"]): r for r in rows}
     # 2 layers x 4 KV heads x (32 + 32) wide: 512 elements a token, 4 bytes each in fp32, 2 in bf16, and hqq's
     # 4 bits plus an fp32 scale and zero point per 64
-    assert by["tiny/fp32", 384]["kv_cache_bytes"] == 512 * 4 * 368
-    assert by["tiny/bf16", 768]["kv_cache_bytes"] == 512 * 2 * 752
-    assert by["tiny/fp32-kv-int4", 384]["kv_cache_bytes"] == round(512 * (0.5 + 8 / 64) * 368)
+    tokens = by["tiny/fp32", 384]["prompt_tokens"]
+    assert by["tiny/fp32", 384]["kv_cache_bytes"] == 512 * 4 * tokens
+    assert by["tiny/bf16", 768]["kv_cache_bytes"] == 512 * 2 * by["tiny/bf16", 768]["prompt_tokens"]
+    assert by["tiny/fp32-kv-int4", 384]["kv_cache_bytes"] == round(512 * (0.5 + 8 / 64) * tokens)
     assert by["tiny/fp32", 384]["kl_mean"] == 0 and by["tiny/fp32", 384]["top1"] == 1
     for vid in ("tiny/bf16", "tiny/fp32-kv-int4"):
         assert by[vid, 768]["kl_mean"] > 0 and by[vid, 768]["kl_p99_9"] >= by[vid, 768]["kl_mean"]
@@ -189,3 +188,20 @@ def test_the_evaluate_tab_runs_the_sweep_and_shows_its_rows_and_charts(tiny_conf
     assert [p.rsplit("/", 1)[-1] for p in final[tab.files]] == ["results.json", "results.md"]
     with pytest.raises(gr.Error, match="whole numbers separated by commas"):
         asyncio.run(last(["tiny/fp32"], 1, 4, "depth", request, "512;2048"))
+
+
+@pytest.mark.parametrize("variant_id", ["tiny/fp32", "tiny/fp32-kv-int4"])
+def test_one_reading_gives_the_scored_rows_and_an_answer_to_each_question(tiny_config, variant_id):
+    """read_and_ask: the scored rows are those of teacher forcing the context alone, and each question is answered
+    from the context's cache (the last one without a copy)."""
+    from demo.backends import transformers as backend
+
+    config = load_config(tiny_config)
+    loaded = backend.load(config.variants[variant_id], config.bases["tiny"])
+    context, questions = list(range(200, 420)), [[5, 6, 7], [8, 9]]
+    run = loaded.read_and_ask(context, 64, questions, 6)
+    torch.testing.assert_close(run["scored_logits"], loaded.logits(context, 156, 155)[:64], rtol=1e-4, atol=1e-4)
+    assert run["read_s"] > 0 and len(run["answers"]) == 2
+    for answer in run["answers"]:
+        assert 1 <= len(answer["tokens"]) <= 6 and len(answer["stamps"]) == len(answer["tokens"])
+        assert answer["ttft_s"] > 0

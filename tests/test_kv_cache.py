@@ -185,3 +185,21 @@ def test_the_card_names_a_transformers_cache():
         f"{card.METHOD_NAMES.get('bf16', 'bf16')}: KV cache hqq int4 g64, last 128 tokens unquantized")
     assert card.quantization_text({"method": "bf16", "quantization": {"cache_config": {"backend": "fp8"}}}).endswith(
         ": KV cache fp8_e4m3")
+
+
+@pytest.mark.parametrize("variant_id", ["smollm2/gguf-q8_0", "smollm2/gguf-q8_0-kv-q4_0"])
+def test_llama_cpp_reads_a_context_once_and_answers_after_it(gguf_arena, variant_id):
+    """read_and_ask (the depth sweep's reading): the scored rows equal teacher forcing's, and the answer after the
+    kept context is the answer generate() gives to the whole prompt."""
+    import torch
+
+    loaded = gguf_arena.device.call(gguf_arena.manager.get, variant_id).loaded
+    ids = prompt_ids(loaded.tokenizer, CLEAR_PROMPT)
+    context, question = ids[:-2], ids[-2:]
+    run = gguf_arena.device.call(loaded.read_and_ask, context, 8, [question, question], 8)
+    forced = gguf_arena.device.call(loaded.logits, context, len(context) - 8, len(context) - 9)[:8]
+    torch.testing.assert_close(run["scored_logits"], forced, rtol=1e-3, atol=1e-3)
+    whole: list[int] = []
+    gguf_arena.device.call(loaded.generate, ids, GenerationSettings(max_new_tokens=8), threading.Event(),
+                           lambda token, at_s: whole.append(token))
+    assert [a["tokens"] for a in run["answers"]] == [whole, whole]

@@ -8,6 +8,7 @@ thread (demo.running.device): the caller is responsible for that, the backend ne
 from __future__ import annotations
 
 import threading
+import time
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
@@ -58,6 +59,27 @@ class LoadedVariant(ABC):
         (a long context's whole vocabulary at every position would be gigabytes). The first prompt_tokens ids
         (default: all) are read as generation reads a prompt, the rest as it reads its own tokens; only a
         quantized KV cache makes the two differ."""
+
+    def read_and_ask(self, context_ids: list[int], scored: int, questions: list[list[int]],
+                     max_new_tokens: int) -> dict[str, Any]:
+        """The depth sweep's work (demo.evaluate.depth) in one reading of a long context: the logits predicting its
+        last `scored` tokens (float32 [scored, vocab]; None from a runtime without full distributions), then each
+        question's greedy answer after context + question. Returns plain data: {"read_s": seconds reading the
+        context, "scored_logits", "answers": [{"tokens", "ttft_s" (from the question's start), "stamps"}]}.
+
+        This default reads the whole context again for every question (read_s is then 0 and each ttft_s the whole
+        prompt's); a runtime that can keep its cache reads it once."""
+        answers = []
+        for question in questions:
+            stamps: list[float] = []
+            tokens: list[int] = []
+            started = time.perf_counter()
+            self.generate(context_ids + question, GenerationSettings(max_new_tokens=max_new_tokens),
+                          threading.Event(), lambda token, at_s: (tokens.append(token), stamps.append(at_s)))
+            answers.append({"tokens": tokens, "ttft_s": stamps[0] - started if stamps else None, "stamps": stamps})
+        first = len(context_ids) - scored
+        logits = self.logits(context_ids, first, first - 1)[:scored] if self.full_distributions else None
+        return {"read_s": 0.0, "scored_logits": logits, "answers": answers}
 
     def top_log_probs(self, ids: list[int], first: int):
         """Teacher forcing without full distributions: the engine's top-k log-probabilities at positions

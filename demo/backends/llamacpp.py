@@ -76,6 +76,40 @@ class LlamaCppVariant(LoadedVariant):
             llm._logits_all, llm.scores = saved
             llm.reset()
 
+    def read_and_ask(self, context_ids: list[int], scored: int, questions: list[list[int]],
+                     max_new_tokens: int) -> dict[str, Any]:
+        """The context read once (its scored rows' logits kept), then each question answered after it: llama.cpp's
+        own prefix reuse keeps the context's cells and reads only the question (and drops the last answer's)."""
+        llm = self.llm
+        first = len(context_ids) - scored
+        saved = llm._logits_all, llm.scores
+        llm.reset()
+        started = time.perf_counter()
+        llm._logits_all, llm.scores = False, np.empty((len(context_ids), llm.n_vocab()), dtype=np.single)
+        try:
+            llm.eval(context_ids[:first - 1])
+            llm._logits_all = True
+            llm.eval(context_ids[first - 1:])
+            logits = torch.from_numpy(llm.scores[first - 1:len(context_ids) - 1].copy())
+        finally:
+            llm._logits_all, llm.scores = saved
+        read_s = time.perf_counter() - started
+        answers = []
+        for question in questions:
+            stamps: list[float] = []
+            tokens: list[int] = []
+            asked = time.perf_counter()
+            generator = llm.generate(context_ids + question, top_k=0, min_p=0.0, typical_p=1.0, repeat_penalty=1.0,
+                                     temp=0.0, top_p=1.0, reset=True)  # reset: with the context's prefix kept
+            for token in generator:
+                stamps.append(time.perf_counter())
+                tokens.append(int(token))
+                if (token in self.stop_token_ids and not self.random_weights) or len(tokens) >= max_new_tokens:
+                    break
+            generator.close()
+            answers.append({"tokens": tokens, "ttft_s": stamps[0] - asked if stamps else None, "stamps": stamps})
+        return {"read_s": read_s, "scored_logits": logits, "answers": answers}
+
     def bare_token_times(self, prompt_ids: list[int], settings: GenerationSettings) -> list[float]:
         times: list[float] = []
         for token in self._tokens(prompt_ids, settings):

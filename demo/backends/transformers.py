@@ -80,11 +80,8 @@ class TransformersVariant(LoadedVariant):
         attends to the quantized past. So the prompt goes in one pass and the rest in chunks of residual_length
         (hqq: a chunk then ends where generation's residual is flushed; fp8 quantizes every new token, so any
         chunk length gives the same figures)."""
-        from transformers import QuantizedCache
-
-        config = dict(self.cache_config)
-        chunk = int(config.get("residual_length", 128))
-        cache = QuantizedCache(config.pop("backend"), self.model.config, **config)
+        chunk = int(self.cache_config.get("residual_length", 128))
+        cache = self._new_cache()
         input_ids = self._inputs(ids)["input_ids"]
         rows = []
         with torch.inference_mode():
@@ -94,6 +91,48 @@ class TransformersVariant(LoadedVariant):
                 if keep > 0:
                     rows.append(out.logits[0].float().cpu())
         return torch.cat(rows)
+
+    def read_and_ask(self, context_ids: list[int], scored: int, questions: list[list[int]],
+                     max_new_tokens: int) -> dict[str, Any]:
+        """The context read once into a cache of the variant's kind: up to its scored tokens in one pass, the scored
+        ones as generated tokens are read (in chunks of residual_length for a quantized cache, else one); then
+        each question answered from a copy of that cache, so only the question is read again."""
+        import copy
+
+        first = len(context_ids) - scored
+        cache = self._new_cache()
+        input_ids = self._inputs(context_ids)["input_ids"]
+        chunk = int((self.cache_config or {}).get("residual_length", scored))
+        started = time.perf_counter()
+        with torch.inference_mode():
+            rows = [self.model(input_ids[:, :first], cache=cache, use_cache=True, logits_to_keep=1).logits[0]]
+            for start, end in _chunks(first, len(context_ids), chunk):
+                rows.append(self.model(input_ids[:, start:end], cache=cache, use_cache=True).logits[0])
+        logits = torch.cat(rows)[:scored].float().cpu()
+        self.sync()
+        read_s = time.perf_counter() - started
+        answers = []
+        settings = GenerationSettings(max_new_tokens=max_new_tokens)
+        for index, question in enumerate(questions):
+            own = cache if index == len(questions) - 1 else copy.deepcopy(cache)
+            stamps: list[float] = []
+            tokens: list[int] = []
+            streamer = _TimestampStreamer(lambda token, at_s: (tokens.append(token), stamps.append(at_s)))
+            asked = time.perf_counter()
+            with torch.inference_mode():
+                self.model.generate(**self._inputs(context_ids + question), **_generate_kwargs(settings),
+                                    **self._length_kwargs(settings), cache=own, streamer=streamer,
+                                    pad_token_id=self.tokenizer.pad_token_id)
+            answers.append({"tokens": tokens, "ttft_s": stamps[0] - asked if stamps else None, "stamps": stamps})
+        return {"read_s": read_s, "scored_logits": logits, "answers": answers}
+
+    def _new_cache(self):
+        from transformers import DynamicCache, QuantizedCache
+
+        if self.cache_config is None:
+            return DynamicCache(config=self.model.config)
+        config = dict(self.cache_config)
+        return QuantizedCache(config.pop("backend"), self.model.config, **config)
 
     def _cache_kwargs(self) -> dict[str, Any]:
         """generate()'s own quantized cache (cache_implementation="quantized") where the variant asks for one."""

@@ -1,33 +1,36 @@
 """The depth protocol: how quality, speed, memory and retrieval change with the context's length.
 
-At depth d a prompt of d - new_tokens tokens is read (a long public-domain text, assets/long_context.txt, with a
-fact planted in it and a question about that fact at its end) and new_tokens are generated greedily after it, so
-the run ends at position d and fits a model whose context is d. For each variant and depth:
+At depth d a context is read (the start of a long public-domain text, assets/long_context.txt, with `needles`
+facts planted between its lines: the pass codes of differently coloured gates), then for each fact a question
+about it and new_tokens generated greedily, so every run ends at or before position d and fits a model whose
+context is d. For each variant and depth, from ONE reading of the context (LoadedVariant.read_and_ask: the
+questions are answered from copies of its cache, so only they are read again):
 
-- quality: the last SCORED_POSITIONS positions of the prompt teacher-forced against the baseline at the same depth
-  (KL mean and 99.9 % point, top-1 agreement); they are read as generation reads its own tokens, so a quantized
-  KV cache is met as it is in generation (LoadedVariant.logits);
-- retrieval (the needle): the fact planted at `needles` places, one prompt each, scored by exact match of the
-  planted code at the start of the greedy answer, as found/total with a Wilson interval and flips against the
-  baseline's own result on the same prompt;
-- speed from those same runs: time to first token (the whole prompt read) and decode tokens/s after it, medians;
+- quality: the context's last SCORED_POSITIONS positions teacher-forced against the baseline at the same depth
+  (KL mean and 99.9 % point, top-1 agreement), read as generation reads its own tokens, so a quantized KV cache is
+  met as it is in generation;
+- retrieval (the needle): each fact asked for at the end, scored by exact match of its code at the start of the
+  greedy answer, as found/total with a Wilson interval and flips against the baseline's own answers;
+- speed: time to first token for the whole prompt (the context read, then the first question read and its first
+  token) and decode tokens/s after it, the median over the answers;
 - memory: the KV cache's bytes at that depth (its bytes per token from the model's shape, checked against the
   runtimes' own in tests/test_kv_cache.py), the run's peak, and the bytes a decode step reads there.
 
-The baseline's teacher-forced log-probabilities are computed once per depth and shared by every variant.
+The baseline's teacher-forced log-probabilities and answers are computed once per depth and shared by every
+variant.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from demo.backends import LoadedVariant
 from demo.config import REPO_ROOT, ArenaConfig
@@ -35,7 +38,6 @@ from demo.errors import ArenaError, InvalidRequest
 from demo.measuring import bandwidth, flips, kl_stats, metrics
 from demo.running.runner import Arena
 from demo.running.variant_run import describe_failure
-from demo.settings import GenerationSettings
 
 log = logging.getLogger(__name__)
 LONG_TEXT = REPO_ROOT / "assets" / "long_context.txt"
@@ -43,10 +45,11 @@ DEFAULT_DEPTHS = (512, 2048, 8192)
 SCORED_POSITIONS = 256
 NEW_TOKENS = 16
 MAX_NEEDLES = 8
-# The planted fact and its question: codes no text around them suggests, so only the context can give them.
-NEEDLE = "\nRemember this: the pass code for the blue gate is {code}.\n"
-QUESTION = "\n\nWhat is the pass code for the blue gate? The pass code for the blue gate is"
+# The planted facts and their questions: codes no text around them suggests, so only the context can give them.
+NEEDLE = "\nRemember this: the pass code for the {colour} gate is {code}.\n"
+QUESTION = "\n\nWhat is the pass code for the {colour} gate? The pass code for the {colour} gate is"
 CODES = ("7402", "3185", "9267", "5531", "8046", "2719", "6384", "4953")
+COLOURS = ("blue", "red", "green", "white", "black", "grey", "purple", "orange")
 
 
 @dataclass(frozen=True)
@@ -77,30 +80,35 @@ class DepthPlan:
     def smallest_depth(self) -> int:
         return SCORED_POSITIONS + 64 + self.new_tokens
 
-    def probes(self, tokenizer, depth: int) -> list["Probe"]:
-        """One prompt per needle place at this depth, each exactly depth - new_tokens tokens."""
+    def probe(self, tokenizer, depth: int) -> "Probe":
+        """This depth's context (the facts planted at the middles of `needles` equal parts, between lines) and its
+        questions; the longest question and new_tokens after the context end exactly at the depth."""
         text_ids = [int(i) for i in tokenizer(self.text_file.read_text(encoding="utf-8"))["input_ids"]]
-        question = _ids(tokenizer, QUESTION)
-        length = depth - self.new_tokens
-        found = []
-        for index in range(self.needles):
-            code = CODES[index]
-            needle = _ids(tokenizer, NEEDLE.format(code=code))
-            hay = length - len(question) - len(needle)
-            if hay > len(text_ids):
-                raise InvalidRequest(f"the text is {len(text_ids):,} tokens, too short for depth {depth:,}: give "
-                                     "a longer one")
-            place = _line_end(tokenizer, text_ids, round(hay * (index + 0.5) / self.needles), hay)
-            ids = text_ids[:place] + needle + text_ids[place:hay] + question
-            found.append(Probe(ids, code, place))
-        return found
+        questions = [_ids(tokenizer, QUESTION.format(colour=COLOURS[i])) for i in range(self.needles)]
+        needles = [_ids(tokenizer, NEEDLE.format(colour=COLOURS[i], code=CODES[i])) for i in range(self.needles)]
+        context = depth - self.new_tokens - max(len(q) for q in questions)
+        hay = context - sum(len(n) for n in needles)
+        if hay > len(text_ids):
+            raise InvalidRequest(f"the text is {len(text_ids):,} tokens, too short for depth {depth:,}: give a "
+                                 "longer one")
+        places = [_line_end(tokenizer, text_ids, round(hay * (i + 0.5) / self.needles), hay)
+                  for i in range(self.needles)]
+        ids, at, last = [], [], 0
+        for place, needle in zip(places, needles):
+            ids += text_ids[last:place]
+            at.append(len(ids))
+            ids += needle
+            last = place
+        ids += text_ids[last:hay]
+        return Probe(ids, questions, list(CODES[:self.needles]), at)
 
 
 @dataclass(frozen=True)
 class Probe:
-    ids: list[int]
-    code: str  # the planted code the answer must start with
-    needle_at: int  # the token position the fact starts at
+    context: list[int]
+    questions: list[list[int]]
+    codes: list[str]  # the planted codes, in the questions' order
+    needles_at: list[int]  # the token position each fact starts at
 
 
 @dataclass
@@ -146,9 +154,11 @@ def depth_steps(arena: Arena, variant_ids: list[str], plan: DepthPlan) -> Iterat
     (fraction, message) progress and each finished row."""
     references: dict[tuple[str, int], _Reference] = {}
     total = len(variant_ids) * len(plan.depths)
+    bar = tqdm(total=total, desc="Depth sweep", unit="row")
     for v_index, variant_id in enumerate(variant_ids):
         base = arena.config.base_of(variant_id)
         for d_index, depth in enumerate(plan.depths):
+            bar.set_postfix_str(f"{variant_id} at {depth:,}")
             yield (v_index * len(plan.depths) + d_index) / total, f"{variant_id} at depth {depth:,}"
             row = DepthRow(variant_id, depth)
             try:
@@ -159,7 +169,9 @@ def depth_steps(arena: Arena, variant_ids: list[str], plan: DepthPlan) -> Iterat
             except Exception as exc:  # out of memory, a kernel error: this row says so, the others stand
                 log.exception("depth %s of %s failed", depth, variant_id)
                 row.error = describe_failure("the depth sweep", exc)
+            bar.update()
             yield row
+    bar.close()
 
 
 @dataclass
@@ -173,24 +185,26 @@ class _Reference:
 def _measure(arena: Arena, row: DepthRow, plan: DepthPlan, baseline_id: str | None, random_weights: bool,
              references: dict) -> None:
     loaded = arena.manager.get(row.variant).loaded
-    probes = plan.probes(loaded.tokenizer, row.depth)
-    row.prompt_tokens = len(probes[0].ids)
+    probe = plan.probe(loaded.tokenizer, row.depth)
+    row.prompt_tokens = len(probe.context) + len(probe.questions[0])
     context = loaded.context_tokens
     if context is not None and row.depth > context:
         hint = " (settings.n_ctx)" if loaded.runtime == "llama.cpp" else ""
         raise InvalidRequest(f"depth {row.depth:,} is past this variant's context of {context:,} tokens{hint}")
-    runs = [_run(loaded, probe, plan.new_tokens) for probe in probes]
-    row.answers = [answer for answer, _, _, _ in runs]
-    found = [_found(answer, probe.code) for (answer, _, _, _), probe in zip(runs, probes)]
-    row.ttft_ms = _median([ttft for _, ttft, _, _ in runs], 1)
-    row.decode_tokens_per_s = _median([rate for _, _, rate, _ in runs], 2)
-    peaks = [peak for _, _, _, peak in runs if peak is not None]
-    row.peak_mib = round(max(peaks), 1) if peaks else None
+    run = loaded.run_here(read_and_ask_here, probe.context, SCORED_POSITIONS, probe.questions, plan.new_tokens)
+    answers = [loaded.tokenizer.decode(a["tokens"], skip_special_tokens=True) for a in run["answers"]]
+    row.answers = answers
+    found = [_found(answer, code) for answer, code in zip(answers, probe.codes)]
+    first = run["answers"][0]["ttft_s"]
+    row.ttft_ms = None if first is None else round((run["read_s"] + first) * 1e3, 1)
+    row.decode_tokens_per_s = _median([_rate(a["stamps"]) for a in run["answers"]], 2)
+    peak = getattr(run["memory"], "peak_memory_mib", None)
+    row.peak_mib = None if peak is None else round(peak, 1)
     _fill_memory(row, loaded, plan.new_tokens)
     if random_weights:
         row.quality_note = "random weights: speed and memory only"
         return
-    own = _scored_log_probs(loaded, probes[0]) if loaded.full_distributions else None
+    own = None if run["scored_logits"] is None else metrics.log_probs(run["scored_logits"])
     if baseline_id is None:
         row.quality_note = "no baseline to compare with"
         row.needle = _needle(found, None)
@@ -201,16 +215,17 @@ def _measure(arena: Arena, row: DepthRow, plan: DepthPlan, baseline_id: str | No
             references[key] = _Reference(own, found)
         else:
             base = arena.manager.get(baseline_id).loaded
-            base_probes = plan.probes(base.tokenizer, row.depth)
-            base_found = [_found(_run(base, p, plan.new_tokens)[0], p.code) for p in base_probes]
-            references[key] = _Reference(_scored_log_probs(base, base_probes[0]), base_found)
-            loaded = arena.manager.get(row.variant).loaded  # the baseline's load may have evicted it: again
+            ran = base.run_here(read_and_ask_here, probe.context, SCORED_POSITIONS, probe.questions, plan.new_tokens)
+            base_found = [_found(base.tokenizer.decode(a["tokens"], skip_special_tokens=True), code)
+                          for a, code in zip(ran["answers"], probe.codes)]
+            base_lp = None if ran["scored_logits"] is None else metrics.log_probs(ran["scored_logits"])
+            references[key] = _Reference(base_lp, base_found)
     reference = references[key]
     row.needle = _needle(found, reference.found)
     if own is None or reference.log_probs is None:
         row.quality_note = "KL not measured: this runtime gives no full distributions"
         return
-    targets = torch.tensor(probes[0].ids[-SCORED_POSITIONS:])
+    targets = torch.tensor(probe.context[-SCORED_POSITIONS:])
     base_figures = metrics.position_figures(reference.log_probs, targets)
     figures = metrics.position_figures(own, targets, reference.log_probs)
     stats = kl_stats.compare(base_figures, figures)
@@ -219,37 +234,19 @@ def _measure(arena: Arena, row: DepthRow, plan: DepthPlan, baseline_id: str | No
     row.top1 = _rounded(stats.top1_agreement, 4)
 
 
-def _scored_log_probs(loaded: LoadedVariant, probe: Probe) -> torch.Tensor:
-    """The prompt's last SCORED_POSITIONS tokens teacher-forced: rows predicting each, float32 log-probabilities.
-    The tokens before them are the prompt (read in one pass); the scored ones are read as generated ones are."""
-    ids = probe.ids
-    first_scored = len(ids) - SCORED_POSITIONS
-    logits = loaded.logits(ids, first_scored, first_row=first_scored - 1)[:SCORED_POSITIONS]
-    return metrics.log_probs(logits)
-
-
-def _run(loaded: LoadedVariant, probe: Probe, new_tokens: int) -> tuple[str, float | None, float | None, float | None]:
-    """One greedy generation after the probe's prompt: (answer, ms to the first token, decode tokens/s after it,
-    the run's peak MiB)."""
-    import threading
-
-    stamps: list[float] = []
-    tokens: list[int] = []
-
-    def on_token(token_id: int, at_s: float) -> None:
-        tokens.append(token_id)
-        stamps.append(at_s)
-
-    settings = GenerationSettings(max_new_tokens=new_tokens)
+def read_and_ask_here(loaded: LoadedVariant, context: list[int], scored: int, questions: list[list[int]],
+                      new_tokens: int) -> dict:
+    """LoadedVariant.read_and_ask where the runtime runs (its own process, when it has one), with the memory it
+    took: the whole reading and every answer, in one tracked run."""
     with loaded.track_memory() as memory:
-        started = time.perf_counter()
-        loaded.generate(probe.ids, settings, threading.Event(), on_token)
+        result = loaded.read_and_ask(context, scored, questions, new_tokens)
         loaded.sync()
-    result = getattr(memory, "result", None)
-    peak = getattr(result, "peak_memory_mib", None)
-    ttft = (stamps[0] - started) * 1e3 if stamps else None
-    rate = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 and stamps[-1] > stamps[0] else None
-    return loaded.tokenizer.decode(tokens, skip_special_tokens=True), ttft, rate, peak
+    return {**result, "memory": memory.result}
+
+
+def _rate(stamps: list[float]) -> float | None:
+    """Decode tokens/s after the first token: the tokens after it over the time they took."""
+    return (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 and stamps[-1] > stamps[0] else None
 
 
 def _fill_memory(row: DepthRow, loaded: LoadedVariant, new_tokens: int) -> None:
