@@ -71,9 +71,9 @@ def _depth(args) -> int:
     plan = depth.DepthPlan(depths, args.needles, args.max_new_tokens or depth.NEW_TOKENS, args.long_text)
     try:
         plan.check()
-        config, notes = depth.config_for_depths(load_config(args.models), depths)
-        arena = Arena(config)
         variant_ids = [v.strip() for v in args.variants.split(",") if v.strip()]
+        config, notes = depth.config_for_depths(load_config(args.models), depths, variant_ids)
+        arena = Arena(config)
         started = time.perf_counter()
         rows = depth.sweep(arena, variant_ids, plan)
     except ArenaError as exc:

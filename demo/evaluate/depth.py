@@ -137,15 +137,18 @@ class DepthRow:
         return asdict(self)
 
 
-def config_for_depths(config: ArenaConfig, depths: tuple[int, ...]) -> tuple[ArenaConfig, list[str]]:
-    """The config with every GGUF variant's context (n_ctx) at least the deepest depth, and a note per change:
-    llama.cpp allocates its cache for n_ctx, so a variant made for short prompts cannot hold a long one."""
+def config_for_depths(config: ArenaConfig, depths: tuple[int, ...],
+                      swept: list[str] | None = None) -> tuple[ArenaConfig, list[str]]:
+    """The config with every GGUF variant's context (n_ctx) at least the deepest depth, and a note per change to
+    a swept variant (all of them by default): llama.cpp allocates its cache for n_ctx, so a variant made for
+    short prompts cannot hold a long one."""
     deepest, notes, variants = max(depths), [], dict(config.variants)
     for vid, variant in config.variants.items():
         n_ctx = variant.settings.get("n_ctx")
         if variant.method == "gguf" and n_ctx is not None and n_ctx < deepest:
             variants[vid] = replace(variant, settings={**variant.settings, "n_ctx": deepest})
-            notes.append(f"{vid}: n_ctx raised from {n_ctx} to {deepest} for the sweep")
+            if swept is None or vid in swept:
+                notes.append(f"{vid}: n_ctx raised from {n_ctx} to {deepest} for the sweep")
     return replace(config, variants=variants), notes
 
 
