@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from demo.artifacts import cache, gguf, sources
+from demo.backends import kernels
 from demo.backends.base import LoadedVariant, OnToken
 from demo.backends.common import cuda_available, first_line
 from demo.config import BaseModel, Variant
@@ -212,7 +213,7 @@ def load(variant: Variant, base: BaseModel) -> LlamaCppVariant:
     del parsed  # its memory map of the file: llama.cpp has its own
     facts = {"gguf_type": settings.get("type"), "made_from": origin, "file_type": stored.file_type,
              "weights_bits_per_weight": stored.weights_bits_per_weight, "tensor_types": stored.tensor_types,
-             "embedding_table_bytes": table, "tied_embeddings": tied, "threads": threads, "n_ctx": llm.n_ctx(), "gpu_layers": gpu_layers, "memory_mapped": settings["use_mmap"],
+             "kernel": kernels.llama_cpp_kernel(stored.tensor_types, device), "embedding_table_bytes": table, "tied_embeddings": tied, "threads": threads, "n_ctx": llm.n_ctx(), "gpu_layers": gpu_layers, "memory_mapped": settings["use_mmap"],
              "llama_cpp_python": _version(), "kv_cache": {**kv.as_dict(), "label": kv.label,
                                                           "bytes": round(kv.bytes_per_token * llm.n_ctx())}}
     if device == "cpu" and cuda_available():

@@ -17,7 +17,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from demo.artifacts import sources
-from demo.backends import torchao_quant
+from demo.backends import kernels, torchao_quant
 from demo.backends.base import LoadedVariant, OnToken
 from demo.backends.common import first_line, package_available, pick_device
 from demo.config import BaseModel, Variant
@@ -449,6 +449,7 @@ def _ready(variant: Variant, model: Any, prompting: Prompting, device: str,
     # counted after the warm-up: bitsandbytes' CPU kernel repacks 4-bit weights and their state on the first pass
     loaded.weights_bytes = stored_bytes(model)
     loaded._facts.update(quantization_state_facts(model))
+    loaded._facts["kernel"] = kernels.transformers_kernel(variant.method, model, device)  # after the warm-up
     # what a decode step does not read whole (demo.measuring.bandwidth.step_bytes): an untied input table
     loaded._facts.update(embedding_table_bytes=bandwidth.input_embedding_bytes(model),
                          tied_embeddings=bandwidth.embeddings_tied(model))

@@ -88,6 +88,7 @@ def figures(record: dict[str, Any]) -> list[tuple[str, str]]:
         ("total", _num(record.get("total_ms"), 0, "ms")),
         ("tokens", f"{_num(record.get('prompt_tokens'))} prompt → {record.get('new_tokens', 0)} new"),
         ("weights", _num(record.get("weights_mib"), 0, "MiB")),
+        *([("kernel", f"{record['kernel']['kind']}: {record['kernel']['reason']}")] if record.get("kernel") else []),
         *([("stored", stored_text(record["stored"]))] if (record.get("stored") or {}).get("tensor_types") else []),
         *([("KV cache", kv_cache_text(record["stored"]["kv_cache"]))] if (record.get("stored") or {}).get("kv_cache")
           else []),
@@ -346,12 +347,18 @@ def figures_markdown(record: dict[str, Any]) -> str:
     return f"| figure | value |\n|---|---|\n{rows}"
 
 
+def method_text(record: dict[str, Any]) -> str:
+    """The method, marked where its matmuls were emulated: such a row's speed and memory say nothing of its format."""
+    kernel = record.get("kernel") or {}
+    return f"{record['method']} (emulated)" if kernel.get("kind") == "emulated" else record["method"]
+
+
 def summary_rows(records: list[dict[str, Any]]) -> list[list[Any]]:
     """Rows for the summary table, in SUMMARY_HEADERS order; numbers rounded, missing ones None."""
     def r(value, digits):
         return None if value is None else round(value, digits)
 
-    return [[rec["variant"], rec["method"], rec["bits"], rec["status"], rec["new_tokens"], r(rec["ttft_ms"], 0),
+    return [[rec["variant"], method_text(rec), rec["bits"], rec["status"], rec["new_tokens"], r(rec["ttft_ms"], 0),
              r(rec["decode_tokens_per_s"], 1), r(rec["total_ms"], 0),
              None if rec["load_ms"] is None else load_text(rec),
              r(rec["weights_mib"], 0), r(rec["peak_memory_mib"], 0), *_bandwidth_cells(rec), *_fidelity_cells(rec)]

@@ -64,6 +64,8 @@ class VariantResult:
     # the run's mean context: bytes_read_per_step) x decode tokens/s, in 1e9 bytes/s (demo.measuring.bandwidth), and
     # its fraction of the bandwidth this process measured on the same device; None where either is unknown.
     bytes_read_per_step: dict[str, Any] | None = None
+    # How its matmuls ran (demo.backends.kernels): {"kind": "native" | "emulated" | "unknown", "reason", "found_by"}
+    kernel: dict[str, str] | None = None
     achieved_bandwidth_gb_s: float | None = None
     measured_bandwidth_gb_s: float | None = None  # the machine's figure the share is taken against
     bandwidth_share: float | None = None
@@ -134,6 +136,7 @@ class VariantRunner:
         loaded = acquired.loaded
         result.load_ms, result.cache_hit, result.device = acquired.load_ms, acquired.cache_hit, loaded.device
         result.weights_mib, result.stored = loaded.weights_bytes / 2**20, loaded.details()
+        result.kernel = result.stored.get("kernel")
         try:
             yield from self._generate(result, loaded, prompt, settings, stop, generated)
         except RuntimeCrashed as exc:  # its process is gone: free its place in the cache now, not at the next request
