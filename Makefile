@@ -29,7 +29,7 @@ DEMO_GGUF := smollm2/gguf-q8_0 smollm2/gguf-q4_k_m smollm2/gguf-f32
 
 export GRADIO_ANALYTICS_ENABLED ?= False
 
-.PHONY: install install-dev demo test space-check bench loadtest clean
+.PHONY: install install-dev llama-tools demo test space-check bench loadtest clean
 
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev /usr/bin/chromium
@@ -56,7 +56,26 @@ $(CONVERTER_DIR)/convert_hf_to_gguf.py: requirements-gguf.txt
 		'*/vendor/llama.cpp/convert_hf_to_gguf.py' '*/vendor/llama.cpp/conversion' '*/vendor/llama.cpp/gguf-py'
 	rm -rf $(VENV)/src/llama-cpp-python
 
-$(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
+# llama.cpp's own tools (llama-imatrix, llama-perplexity, llama-quantize), built from the same vendored source as
+# the Python package and without its AMX backend (as above), statically linked: the importance-matrix GGUF variants
+# and the tests that hold the arena's KL against llama-perplexity use them; make demo does not build them.
+LLAMA_TOOLS_DIR := $(VENV)/llama-tools
+LLAMA_TOOLS := llama-imatrix llama-perplexity llama-quantize
+llama-tools: $(LLAMA_TOOLS_DIR)/.built
+$(LLAMA_TOOLS_DIR)/.built: requirements-gguf.txt | $(VENV)/.installed
+	rm -rf $(VENV)/src/llama-tools && mkdir -p $(VENV)/src/llama-tools $(LLAMA_TOOLS_DIR)/bin
+	$(BIN)/python -m pip download --quiet --no-deps --no-binary=llama-cpp-python -d $(VENV)/src/llama-tools "$(LLAMA_CPP)"
+	tar -xzf $(VENV)/src/llama-tools/*.tar.gz -C $(VENV)/src/llama-tools --strip-components=2 --wildcards \
+		'*/vendor/llama.cpp/*'
+	CFLAGS="$(LLAMA_NO_AMX_FLAGS)" CXXFLAGS="$(LLAMA_NO_AMX_FLAGS)" cmake -S $(VENV)/src/llama-tools/llama.cpp \
+		-B $(VENV)/src/llama-tools/build -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF -DLLAMA_BUILD_TESTS=OFF \
+		-DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_OPENSSL=OFF -DGGML_NATIVE=ON > /dev/null
+	cmake --build $(VENV)/src/llama-tools/build --target $(LLAMA_TOOLS) -j $$(nproc) > /dev/null
+	cp $(addprefix $(VENV)/src/llama-tools/build/bin/,$(LLAMA_TOOLS)) $(LLAMA_TOOLS_DIR)/bin/
+	rm -rf $(VENV)/src/llama-tools
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt $(LLAMA_TOOLS_DIR)/.built
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
 	touch $@
 

@@ -63,8 +63,10 @@ class Method:
 GGUF_TYPES: dict[str, int] = {
     "F32": 32, "F16": 16, "BF16": 16, "Q8_0": 8, "Q6_K": 6, "Q5_K_M": 5, "Q5_K_S": 5, "Q5_1": 5, "Q5_0": 5,
     "Q4_K_M": 4, "Q4_K_S": 4, "Q4_1": 4, "Q4_0": 4, "IQ4_XS": 4, "IQ4_NL": 4, "Q3_K_L": 3, "Q3_K_M": 3,
-    "Q3_K_S": 3, "Q2_K": 2,
+    "Q3_K_S": 3, "Q2_K": 2, "IQ3_M": 3, "IQ3_XXS": 3, "IQ2_XS": 2, "IQ2_M": 2,
 }
+# Types llama.cpp's quantizer makes only with an importance matrix (settings.imatrix: true).
+GGUF_IMATRIX_ONLY = ("IQ3_XXS", "IQ2_XS", "IQ2_M")
 
 
 # A quantized KV cache's arguments (transformers' QuantizedCache): allowed values or types, per backend. fp8 quantizes
@@ -113,12 +115,12 @@ METHODS: dict[str, Method] = {
             "gguf",
             None,
             {"type": tuple(GGUF_TYPES), "n_ctx": int, "n_gpu_layers": int, "use_mmap": bool,
-             "cache_type_k": tuple(KV_CACHE_TYPES), "cache_type_v": tuple(KV_CACHE_TYPES)},
+             "cache_type_k": tuple(KV_CACHE_TYPES), "cache_type_v": tuple(KV_CACHE_TYPES), "imatrix": bool},
             required=("type",),
             defaults={"n_ctx": 2048, "use_mmap": True},
             runtime="llama.cpp",
             checkpoint_kinds=("hub", "local"),
-            file_settings=("type",),
+            file_settings=("type", "imatrix"),
         ),
         # A model served by an engine elsewhere (vLLM, SGLang, TGI, llama.cpp's server): the variant gives
         # its `endpoint:` and declares its `quantization:`; nothing is loaded here but the base's tokenizer.
@@ -597,6 +599,9 @@ def _parse_variants(path: Path, raw: list, bases: dict[str, BaseModel]) -> dict[
             _check_torchao(path, vid, settings)
         if "cache_config" in settings:
             _check_cache_config(path, vid, settings["cache_config"])
+        if method == "gguf" and settings["type"] in GGUF_IMATRIX_ONLY:
+            _expect(bool(settings.get("imatrix")), path, f"type {settings['type']} needs an importance matrix: add "
+                    "imatrix: true", variant=vid, field="settings.imatrix")
         variants[vid] = Variant(vid, base, method, settings, str(entry.get("label", "")), device, dtype, checkpoint,
                                 endpoint=endpoint, declared=declared, attn_implementation=attn, process=process)
     _expect(bool(variants), path, "must list at least one variant", field="variants")

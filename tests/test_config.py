@@ -35,6 +35,8 @@ def test_shipped_files_are_valid(default_config):
                                              "smollm2/bnb-fp4", "smollm2/gptq-4bit", "smollm2/awq-4bit",
                                              "smollm2/gguf-q8_0", "smollm2/gguf-q8_0-kv-q8_0",
                                              "smollm2/gguf-q8_0-kv-q4_0", "smollm2/gguf-q4_k_m", "smollm2/gguf-f32",
+                                             "smollm2/gguf-q4_k_m-imat", "smollm2/gguf-iq4_xs-imat",
+                                             "smollm2/gguf-iq3_xxs-imat", "smollm2/gguf-iq2_xs-imat",
                                              "smollm2/torchao-int8", "smollm2/torchao-int4"]
     assert default_config.variants["smollm2/gptq-4bit"].settings["bits"] == 4
     nf4 = default_config.variants["smollm2/bnb-nf4"]

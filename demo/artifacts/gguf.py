@@ -27,7 +27,8 @@ FTYPES = {
     "Q4_K_M": "LLAMA_FTYPE_MOSTLY_Q4_K_M", "Q4_K_S": "LLAMA_FTYPE_MOSTLY_Q4_K_S", "Q4_1": "LLAMA_FTYPE_MOSTLY_Q4_1",
     "Q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0", "IQ4_XS": "LLAMA_FTYPE_MOSTLY_IQ4_XS", "IQ4_NL": "LLAMA_FTYPE_MOSTLY_IQ4_NL",
     "Q3_K_L": "LLAMA_FTYPE_MOSTLY_Q3_K_L", "Q3_K_M": "LLAMA_FTYPE_MOSTLY_Q3_K_M", "Q3_K_S": "LLAMA_FTYPE_MOSTLY_Q3_K_S",
-    "Q2_K": "LLAMA_FTYPE_MOSTLY_Q2_K",
+    "Q2_K": "LLAMA_FTYPE_MOSTLY_Q2_K", "IQ3_M": "LLAMA_FTYPE_MOSTLY_IQ3_M", "IQ3_XXS": "LLAMA_FTYPE_MOSTLY_IQ3_XXS",
+    "IQ2_XS": "LLAMA_FTYPE_MOSTLY_IQ2_XS", "IQ2_M": "LLAMA_FTYPE_MOSTLY_IQ2_M",
 }
 CONVERTER_ENV = "ARENA_GGUF_CONVERTER"  # path of llama.cpp's convert_hf_to_gguf.py (make install puts it in the venv)
 CONVERTER_PATH = Path(sys.prefix) / "share" / "llama.cpp" / "convert_hf_to_gguf.py"
@@ -223,11 +224,36 @@ def source_file(base) -> tuple[Path, str]:
                     "converter, then quantized")
 
 
-def make(base, gguf_type: str, out: Path) -> dict[str, Any]:
-    """Write out (a .gguf file) for base at gguf_type; returns what to record about it."""
+def make(base, gguf_type: str, out: Path, imatrix: bool = False) -> dict[str, Any]:
+    """Write out (a .gguf file) for base at gguf_type, with an importance matrix where asked; returns what to
+    record about it."""
     src, made_from = source_file(base)
-    quantize_file(src, out, gguf_type)
-    return {"type": gguf_type, "made_from": made_from, "stored": stored_weights(out).as_dict()}
+    if not imatrix:
+        quantize_file(src, out, gguf_type)
+        return {"type": gguf_type, "made_from": made_from, "stored": stored_weights(out).as_dict()}
+    from demo.artifacts import llama_tools
+
+    matrix, f32, matrix_from = importance_matrix(base, src)
+    llama_tools.quantize(f32, out, gguf_type, _threads(), matrix)
+    return {"type": gguf_type, "made_from": f"{made_from}; with {matrix_from}", "imatrix": matrix_from,
+            "stored": stored_weights(out).as_dict()}
+
+
+def importance_matrix(base, src: Path) -> tuple[Path, Path, str]:
+    """The base's importance matrix over the calibration text (llama.cpp's llama-imatrix on an F32 GGUF of it, in
+    512-token chunks), made once and cached with that F32 file; (matrix, F32 file, what it is in words)."""
+    from demo.artifacts import cache, llama_tools, sources
+    from demo.config import REPO_ROOT
+
+    text = REPO_ROOT / "assets" / "calibration.txt"
+    folder = sources.quantized_dir(base, "gguf-imatrix", {"text": text.name, "ctx": llama_tools.DEFAULT_CTX})
+    f32, matrix = folder / "model-f32.gguf", folder / "imatrix.gguf"
+    if not cache.check(folder).ok or not matrix.is_file():
+        cache.remove(folder)
+        with cache.staged_folder(folder, f"the importance matrix of {base.label}") as staging:
+            quantize_file(src, staging / f32.name, "F32")
+            llama_tools.imatrix(staging / f32.name, text, staging / matrix.name, _threads())
+    return matrix, f32, f"an importance matrix from llama-imatrix over assets/{text.name} ({llama_tools.DEFAULT_CTX}-token chunks)"
 
 
 def _download(weights) -> Path:

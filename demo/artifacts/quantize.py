@@ -138,7 +138,8 @@ def quantize_gguf_variant(variant_id: str, base: BaseModel, file_settings: dict)
         try:
             with cache.staged_folder(out, f"the GGUF file of {variant_id}", rebuild_command=command,
                                      extra={"kind": "gguf"}) as staging:
-                made = gguf.make(base, file_settings["type"], staging / "model.gguf")
+                made = gguf.make(base, file_settings["type"], staging / "model.gguf",
+                                 imatrix=bool(file_settings.get("imatrix")))
                 metadata = {"base": base.id, "base_label": base.label, "method": "gguf", "settings": file_settings,
                             **made, "wall_time_s": round(time.perf_counter() - started, 1),
                             "size_on_disk_mib": round(folder_mib(staging), 1), "environment": _environment()}
