@@ -259,7 +259,7 @@ def test_a_transformers_prompt_read_stops_between_two_layers():
     from demo.backends.transformers import TransformersVariant, decoder_layers
 
     model = tiny_causal_lm(layers=4)
-    loaded = TransformersVariant(SimpleNamespace(id="tiny"), model, SimpleNamespace(pad_token_id=0), "cpu")
+    loaded = TransformersVariant(SimpleNamespace(id="tiny", settings={}), model, SimpleNamespace(pad_token_id=0), "cpu")
     layers = decoder_layers(model)
     assert len(layers) == 4
     stop, ran, tokens = threading.Event(), [], []

@@ -11,7 +11,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from demo.measuring.kv_cache import quantized_cache_type
 from demo.reports import report
 from demo.reports.escaping import fenced, markdown_inline as inline
 
@@ -58,7 +57,7 @@ _SETTING_WORDS = {
     "n_gpu_layers": lambda v: f"{v} layers on the GPU",
     "cache_type_k": lambda v: f"KV cache K {v}",
     "cache_type_v": lambda v: f"KV cache V {v}",
-    "cache_config": lambda v: f"KV cache {quantized_cache_type(v)}" + (
+    "cache_config": lambda v: f"KV cache {_cache_type(v)}" + (
         f", last {v['residual_length']} tokens unquantized" if "residual_length" in v else ""),
     "scheme": lambda v: {"int8_dynamic": "int8 dynamic activations + int8 weights"}.get(v, v.replace("_", " ")),
     "int4_choose_qparams_algorithm": lambda v: "HQQ scales and zero points" if v == "hqq" else f"{v} scales",
@@ -66,6 +65,14 @@ _SETTING_WORDS = {
 }
 
 REPLACEMENT_CHAR = "\ufffd"
+
+
+def _cache_type(cache_config: dict) -> str:
+    """A transformers quantized cache in the words its record uses (demo.measuring.kv_cache.quantized_cache_type:
+    reports read records, never the measuring code)."""
+    if cache_config.get("backend") == "fp8":
+        return "fp8_e4m3"
+    return f"{cache_config.get('backend')} int{cache_config.get('nbits', 4)} g{cache_config.get('q_group_size', 64)}"
 
 
 def utc_now() -> str:
