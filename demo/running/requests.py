@@ -51,11 +51,22 @@ def check_request(config: ArenaConfig, prompt: str, variant_ids: list[str]) -> N
     unknown = [v for v in variant_ids if v not in config.variants]
     if unknown:
         raise InvalidRequest(f"unknown variant id(s): {', '.join(short(v) for v in unknown)}; "
-                             f"known: {', '.join(config.variants)}")
+                             f"known: {known_ids(list(config.variants))}")
     if len(set(variant_ids)) != len(variant_ids):
         raise InvalidRequest("the same variant is listed twice; list each variant once")
     if len(variant_ids) > config.limits.max_variants:
         raise InvalidRequest(f"{len(variant_ids)} variants chosen; the limit is {config.limits.max_variants}")
+
+
+KNOWN_IDS_SHOWN = 8  # an error line stays short: the first ones, then where the whole list is
+
+
+def known_ids(variant_ids: list[str]) -> str:
+    """The models file's ids for an error line: all of a short list, else the first few and how to see the rest."""
+    if len(variant_ids) <= KNOWN_IDS_SHOWN:
+        return ", ".join(variant_ids)
+    return (f"{', '.join(variant_ids[:KNOWN_IDS_SHOWN])} and {len(variant_ids) - KNOWN_IDS_SHOWN} more "
+            "(python -m demo compare --list)")
 
 
 def validate_prompt(prompt: Any, max_chars: int) -> None:
