@@ -160,20 +160,22 @@ def test_teacher_forcing_meets_the_cache_as_generation_does(kv_models, variant_i
     plain = backend.load(kv_models.variants["tiny/fp32"], kv_models.bases["tiny"])
     assert loaded.details()["kv_cache"]["type_k"] in ("fp8_e4m3", "hqq int4 g64")
     prompt = prompt_ids(loaded.tokenizer, "Name the capital of France.")
-    tokens, steps = [], []
+    tokens = []
     loaded.generate(prompt, GenerationSettings(max_new_tokens=10), threading.Event(),
                     lambda token, at_s: tokens.append(token))
-    assert len(tokens) == 10  # random weights: no stop token is likely this early; a stop ends it, which is fine
-    with torch.inference_mode():
+    with torch.inference_mode():  # the same generation, with its stop tokens held off and each step's logits kept
         out = loaded.model.generate(torch.tensor([prompt]), max_new_tokens=10, do_sample=False, output_logits=True,
                                     return_dict_in_generate=True, min_new_tokens=10, **loaded._cache_kwargs())
     steps = torch.cat([row.float() for row in out.logits])  # [10, vocab], what each step saw
-    assert out.sequences[0, len(prompt):].tolist() == tokens
-    ids = prompt + tokens
+    reference = out.sequences[0, len(prompt):].tolist()
+    assert tokens and reference[:len(tokens)] == tokens  # random weights may reach a stop token early
+    ids = prompt + reference
     forced = loaded.logits(ids, len(prompt))[len(prompt) - 1:len(ids) - 1]
-    torch.testing.assert_close(forced, steps, rtol=1e-4, atol=1e-4)
     exact = plain.logits(ids, len(prompt))[len(prompt) - 1:len(ids) - 1]
-    assert (exact - steps).abs().max() > 1e-3  # the cache's error is visible at all
+    # Chunks and steps sum in other orders, so a value on a rounding boundary of the 4-bit grid can land on the
+    # other side: held against the cache's own error, not against zero.
+    cache_error, forcing_error = (exact - steps).abs().max(), (forced - steps).abs().max()
+    assert cache_error > 1e-3 and forcing_error < cache_error / 10, (float(forcing_error), float(cache_error))
 
 
 def test_the_card_names_a_transformers_cache():
