@@ -55,6 +55,9 @@ def fake_nvml(monkeypatch):
         fake = FakeNvml(broken)
         monkeypatch.setitem(sys.modules, "pynvml", fake)
         monkeypatch.setattr(nvml, "_library", {})  # this process has not looked for NVML yet
+        # which GPU is this process's is test_nvml's concern: here device 0, whatever an earlier test left behind
+        monkeypatch.delenv(nvml.VISIBLE_ENV, raising=False)
+        monkeypatch.setattr(nvml, "_cuda_uuid", lambda: None)
         return fake
     return install
 
