@@ -72,16 +72,15 @@ class TransformersVariant(LoadedVariant):
             with torch.inference_mode():
                 out = self.model(self._inputs(ids)["input_ids"], logits_to_keep=len(ids) - first_row)
                 return out.logits[0].float().cpu()
-        return self._logits_through_cache(ids, prompt_tokens or len(ids), first_row)
+        return self._read_into(self._new_cache(), ids, prompt_tokens or len(ids), first_row,
+                               int(self.cache_config.get("residual_length", 128)))
 
-    def _logits_through_cache(self, ids: list[int], prompt_tokens: int, first_row: int) -> torch.Tensor:
+    def _read_into(self, cache, ids: list[int], prompt_tokens: int, first_row: int, chunk: int) -> torch.Tensor:
         """Teacher forcing as generation meets a quantized KV cache. generate() reads the prompt in one pass, whose
         attention sees its own keys and values unquantized, and quantizes them into the cache; each later token
         attends to the quantized past. So the prompt goes in one pass and the rest in chunks of residual_length
         (hqq: a chunk then ends where generation's residual is flushed; fp8 quantizes every new token, so any
         chunk length gives the same figures)."""
-        chunk = int(self.cache_config.get("residual_length", 128))
-        cache = self._new_cache()
         input_ids = self._inputs(ids)["input_ids"]
         rows = []
         with torch.inference_mode():
@@ -101,14 +100,9 @@ class TransformersVariant(LoadedVariant):
 
         first = len(context_ids) - scored
         cache = self._new_cache()
-        input_ids = self._inputs(context_ids)["input_ids"]
         chunk = int((self.cache_config or {}).get("residual_length", scored))
         started = time.perf_counter()
-        with torch.inference_mode():
-            rows = [self.model(input_ids[:, :first], cache=cache, use_cache=True, logits_to_keep=1).logits[0]]
-            for start, end in _chunks(first, len(context_ids), chunk):
-                rows.append(self.model(input_ids[:, start:end], cache=cache, use_cache=True).logits[0])
-        logits = torch.cat(rows)[:scored].float().cpu()
+        logits = self._read_into(cache, context_ids, first, first - 1, chunk)[:scored]
         self.sync()
         read_s = time.perf_counter() - started
         answers = []
