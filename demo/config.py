@@ -134,6 +134,15 @@ METHODS: dict[str, Method] = {
              "int4_choose_qparams_algorithm": ("tinygemm", "hqq")},
             required=("scheme",),
         ),
+        # HQQ through the hqq library, quantized at load time (calibration-free, seconds; nothing is saved):
+        # hqq's own setting names. axis 1 groups along each row's inputs, as the library's README advises.
+        Method(
+            "hqq",
+            None,
+            {"nbits": (1, 2, 3, 4, 8), "group_size": (32, 64, 128), "axis": (0, 1)},
+            required=("nbits",),
+            defaults={"group_size": 64, "axis": 1},
+        ),
         # AWQ through gptqmodel: a checkpoint made by `python -m demo.quantize` with the calibration text,
         # or a pre-made one; transformers loads it through gptqmodel's kernels (a CPU one included).
         Method(
@@ -225,6 +234,8 @@ class Variant:
             return (self.declared or {}).get("bits")
         if self.method == "torchao":
             return TORCHAO_SCHEMES[self.settings["scheme"]]
+        if self.method == "hqq":
+            return self.settings["nbits"]
         return METHODS[self.method].bits or self.settings.get("bits")
 
     @property

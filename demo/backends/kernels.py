@@ -41,6 +41,8 @@ def transformers_kernel(method: str, model: torch.nn.Module, device: str) -> dic
         return _gptqmodel(model)
     if method == "torchao":
         return _torchao(model)
+    if method == "hqq":
+        return _hqq(model)
     return kernel(UNKNOWN, f"no rule for method {method}", "nothing")
 
 
@@ -132,3 +134,17 @@ def _torchao(model: torch.nn.Module) -> dict[str, str]:
         return kernel(EMULATED, "weight-only int8: each call casts the int8 weights to the activation dtype, then a "
                       "float matmul and the scale (torchao's Int8Tensor linear)", found_by)
     return kernel(UNKNOWN, "no torchao tensor class with a known kernel", found_by)
+
+
+def _hqq(model: torch.nn.Module) -> dict[str, str]:
+    from demo.backends import hqq_quant
+
+    layers = [m for m in model.modules() if hqq_quant.is_hqq_layer(m)]
+    if not layers:
+        return kernel(UNKNOWN, "no HQQLinear layer found", "the layers' classes")
+    backend = hqq_quant.backend_name()
+    found_by = f"the layers' classes (HQQLinear) and HQQLinear.backend ({backend})"
+    if backend.startswith("PYTORCH") or backend.startswith("ATEN"):
+        return kernel(EMULATED, "each call dequantizes the packed weights to the compute dtype, then a float matmul "
+                      "(hqq's own forward; its fused kernels are CUDA backends set by prepare_for_inference)", found_by)
+    return kernel(UNKNOWN, f"HQQ backend {backend} has no rule here", found_by)

@@ -76,6 +76,9 @@ def weights_bytes(count: ParameterCount, variant: Variant) -> int:
         per_group = STATE_BYTES * 2 / group if bits == 4 else 0.0  # int4: a scale and a zero point per group
         # a scale and a zero point per row as well (int8 keeps both; int4's layouts pad rows)
         return _ceil(count.linear * (bits / 8 + per_group)) + count.linear_rows * STATE_BYTES * 2 + rest
+    if method == "hqq":  # a scale and a zero point per group, in the compute dtype (bf16 unless named)
+        per_group = 2 * _rest_bytes(variant, count) / group
+        return _ceil(count.linear * (settings["nbits"] / 8 + per_group)) + rest
     if method in ("gptq", "awq"):
         bits = settings.get("bits", 4)
         return _ceil(count.linear * (bits / 8 + STATE_BYTES * 2 / group)) + count.linear_rows * STATE_BYTES + rest
@@ -109,7 +112,7 @@ def _rest_bytes(variant: Variant, count: ParameterCount) -> int:
     """Bytes per unquantized parameter: the variant's dtype, torchao's bf16, else the checkpoint's own dtype."""
     if variant.dtype:
         return _DTYPE_BYTES[variant.dtype]
-    if variant.method == "torchao":
+    if variant.method in ("torchao", "hqq"):
         return 2
     return count.dtype_bytes
 

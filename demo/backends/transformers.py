@@ -1,4 +1,4 @@
-"""The transformers runtime: plain dtypes, bitsandbytes LLM.int8 / 4-bit, GPTQ, AWQ and torchao, through
+"""The transformers runtime: plain dtypes, bitsandbytes LLM.int8 / 4-bit, GPTQ, AWQ, torchao and HQQ, through
 from_pretrained, with the attention implementation a variant asks for."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from demo.artifacts import sources
-from demo.backends import kernels, torchao_quant
+from demo.backends import hqq_quant, kernels, torchao_quant
 from demo.backends.base import LoadedVariant, OnToken
 from demo.backends.common import first_line, package_available, pick_device
 from demo.config import BaseModel, Variant
@@ -33,7 +33,7 @@ logging.getLogger("bitsandbytes.autograd._functions").addFilter(
     lambda record: "inputs will be cast" not in record.getMessage())
 
 PACKAGES = {"bnb-int8": ("bitsandbytes",), "bnb-4bit": ("bitsandbytes",), "gptq": ("gptqmodel", "optimum"),
-            "torchao": ("torchao",), "awq": ("gptqmodel",)}
+            "torchao": ("torchao",), "awq": ("gptqmodel",), "hqq": ("hqq",)}
 CHECKPOINT_METHODS = ("gptq", "awq")  # methods whose weights are a quantized checkpoint of their own
 AUTOGPTQ_CONFIG = "quantize_config.json"
 _AUTOGPTQ_KEYS = ("bits", "group_size", "desc_act", "sym", "true_sequential", "damp_percent", "checkpoint_format")
@@ -293,7 +293,7 @@ def held_tensors(module: torch.nn.Module) -> list[torch.Tensor]:
     tensor kept as a plain attribute (gptqmodel's AWQ CPU kernel packs scales and zero points into one on its
     first pass)."""
     plain = [value for value in vars(module).values() if isinstance(value, torch.Tensor)]
-    return quantization_state_tensors(module) + plain
+    return quantization_state_tensors(module) + hqq_quant.state_tensors(module) + plain
 
 
 def quantization_state_tensors(module: torch.nn.Module) -> list[torch.Tensor]:
@@ -367,6 +367,9 @@ def from_pretrained_kwargs(variant: Variant, device: str) -> dict[str, Any]:
         kwargs.setdefault("dtype", getattr(torch, torchao_quant.DEFAULT_DTYPE))
         kwargs["quantization_config"] = torchao_quant.quantization_config(variant, device)
         return kwargs
+    if variant.method == "hqq":  # loaded in its compute dtype, then quantized by the hqq library (load())
+        kwargs.setdefault("dtype", getattr(torch, hqq_quant.DEFAULT_DTYPE))
+        return kwargs
     from transformers import BitsAndBytesConfig
 
     settings = dict(variant.settings)
@@ -420,6 +423,8 @@ def load(variant: Variant, base: BaseModel) -> TransformersVariant:
         # gptqmodel logs to stdout (kept for results); some torchao versions change process-wide settings
         with contextlib.redirect_stdout(sys.stderr), torchao_quant.global_state_kept():
             model = AutoModelForCausalLM.from_pretrained(weights.location, **common, **kwargs)
+            if variant.method == "hqq":
+                hqq_quant.quantize(model, variant, device)
     except OSError as exc:  # offline, gated without token, missing files: the Hub client raises OSError kinds
         log.warning("loading %s failed", variant.id, exc_info=True)
         raise VariantUnavailable(f"not available: weights for '{base.label}' could not be reached "
@@ -550,6 +555,8 @@ def _method_facts(variant: Variant, model: Any) -> dict[str, Any]:
     gptqmodel kernels a GPTQ / AWQ checkpoint runs through on this device."""
     if variant.method == "torchao":
         return torchao_quant.quantized_layers(model)
+    if variant.method == "hqq":
+        return hqq_quant.quantized_layers(model)
     if variant.method in CHECKPOINT_METHODS:
         return {"kernels": quantized_kernels(model)}
     return {}

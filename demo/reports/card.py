@@ -35,6 +35,7 @@ METHOD_NAMES = {
     "gguf": "llama.cpp GGUF",
     "torchao": "torchao",
     "awq": "AWQ",
+    "hqq": "HQQ",
 }
 
 # Settings (transformers' argument names, as in models.yaml) in words; any other setting reads "name=value".
