@@ -195,6 +195,9 @@ def test_page_streams_only_the_columns(client):
         assert "tokens/s" in figures[-1]
     summary = named_outputs(client, "/run_summary", client.predict(api_name="/run_summary"))
     assert summary["summary-table"][0]["data"]
+    headers = summary["summary-table"][0]["headers"]
+    assert headers.index("KL vs baseline (nats)") == 3 and "energy (J/token)" not in headers  # no energy on a CPU
+    assert "chart-kl-weights" in summary  # the size/quality picture beside the bar charts
     for chart in ("chart-decode", "chart-ttft", "chart-weights"):  # each y axis ends on a round tick above its bars
         shown = summary[chart][0]
         tallest = max(row[1] for row in shown["value"]["data"])
@@ -396,3 +399,6 @@ def test_the_summary_conditions_give_the_baseline_s_noise_floor():
     assert text.count("noise floor KL 0.000394 nats") == 1 and "KL against `b/fp32`" in text
     records[0]["fidelity"]["noise_floor"] = {"unavailable": "no noise floor: the baseline runs on llama.cpp"}
     assert "no noise floor: the baseline runs on llama.cpp" in conditions_markdown(records)
+    folded = conditions_markdown(records, ["energy (J/token)"])
+    assert "Not in the table, no variant has a value: energy (J/token)." in folded
+    assert "Not in the table" not in text

@@ -59,3 +59,35 @@ def test_summary_table_shows_every_missing_value_as_a_dash():
     html = summary.table_style(frame, {"m/gguf": "#000000", "m/bf16": "#ffffff"}).to_html()
     assert "nan" not in html and "None" not in html
     assert html.count("–") >= 8  # the failed row's load, times, sizes, bandwidth and fidelity cells
+
+
+def _record(variant, method, kl, mib, kernel="native", energy=None):
+    return {"variant": variant, "method": method, "bits": 4, "status": "done", "error": None, "new_tokens": 8,
+            "ttft_ms": 40.0, "decode_tokens_per_s": 30.0, "total_ms": 300.0, "load_ms": 900.0, "cache_hit": False,
+            "weights_mib": mib, "peak_memory_mib": mib + 4, "achieved_bandwidth_gb_s": 3.0, "bandwidth_share": 0.1,
+            "energy_joules_per_token": energy, "kernel": {"kind": kernel, "reason": "r", "found_by": "f"},
+            "fidelity": {"baseline": "m/fp32", "kl_divergence": kl, "top1_agreement": 1.0 if kl == 0 else 0.9},
+            "answer_departs_at_token": None}
+
+
+def test_fidelity_sits_next_to_the_name_and_a_column_empty_in_every_row_is_folded():
+    """KL and top-1 come right after the variant's name, method and bits; energy, a dash in every row on a CPU,
+    leaves the table for the conditions line."""
+    from demo.reports import report
+
+    records = [_record("m/fp32", "fp32", 0.0, 513.0), _record("m/hqq", "hqq", 0.02, 111.0, "emulated")]
+    frame = summary.summary_frame(records)
+    assert list(frame.columns[:5]) == ["variant", "method", "bits", "KL vs baseline (nats)", "top-1 agreement (%)"]
+    assert summary.empty_columns(frame) == ["energy (J/token)"]
+    records[0]["energy_joules_per_token"] = 0.5  # one row with a value keeps the column
+    assert summary.empty_columns(summary.summary_frame(records)) == []
+    assert frame["method"].tolist() == ["fp32", "hqq (emulated)"]
+    assert len(report.summary_rows(records)[0]) == len(report.SUMMARY_HEADERS)
+
+
+def test_the_kl_chart_rows_take_each_finished_variant_with_its_kernel():
+    records = [_record("m/fp32", "fp32", 0.0, 513.0), _record("m/hqq", "hqq", 0.02, 111.0, "emulated"),
+               {**_record("m/gguf", "gguf", None, 90.0), "status": "error", "fidelity": None}]
+    rows = summary.kl_rows(records)
+    assert [(r["variant"], r["kl"]["mean"], r["weights_mib"], r["kernel"]["kind"]) for r in rows] == [
+        ("m/fp32", 0.0, 513.0, "native"), ("m/hqq", 0.02, 111.0, "emulated")]

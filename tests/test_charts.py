@@ -151,3 +151,17 @@ def test_variants_that_share_a_colour_never_share_a_marker_or_line_style():
     looks = {(colours[v], *marks[v]) for v in ids}
     assert len(looks) == 12 and colours["b/v0"] == colours["b/v7"] and marks["b/v0"] != marks["b/v7"]
     assert all(style != "--" for _, style in marks.values())  # dashed is the noise floor's
+
+
+def test_emulated_variants_are_hollow_points_and_the_title_says_so():
+    rows = [_row("s/fp32", 513.0, 0.0), _row("s/int4", 111.0, 0.03), _row("s/hqq", 111.0, 0.02)]
+    rows[0]["kernel"], rows[1]["kernel"] = {"kind": "native"}, {"kind": "native"}
+    rows[2]["kernel"] = {"kind": "emulated"}
+    plot = charts.kl_plot(rows)
+    assert [p.emulated for p in plot.points] == [False, False, True]
+    ax = charts.kl_figure(rows, {"s/fp32": "#0072B2", "s/int4": "#D55E00", "s/hqq": "#009E73"}).axes[0]
+    faces = {c.get_label(): c.get_facecolor()[0] for c in ax.collections}
+    assert tuple(faces["hqq (emulated)"][:3]) == (1.0, 1.0, 1.0)  # hollow: a white face, the colour on its edge
+    assert tuple(faces["int4"][:3]) != (1.0, 1.0, 1.0)
+    assert "hollow: emulated kernel" in ax.get_title()
+    assert "hollow" not in charts.kl_figure(rows[:2], {}).axes[0].get_title()

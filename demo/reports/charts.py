@@ -161,6 +161,8 @@ class KlPoint:
     x: float
     mean: float  # nats
     p99_9: float | None  # nats; None where the row has no finite 99.9 % point
+    emulated: bool = False  # its matmuls ran dequantized in a float type: drawn hollow (its size is the format's,
+    # its speed is not)
 
 
 @dataclass
@@ -210,7 +212,7 @@ def kl_plot(rows: list[dict], noise_floor: dict | None = None) -> KlPlot:
             notes.append(f"{names[r['variant']]} (no size)")
         else:
             mean, p99_9 = _kl_of(r)
-            points.append(KlPoint(r["variant"], float(r[x_key]), mean, p99_9))
+            points.append(KlPoint(r["variant"], float(r[x_key]), mean, p99_9, is_emulated(r)))
     plot = KlPlot(points, x_label, False, floor, floor_p99_9, notes)
     positive = [v for p in points for v in (p.mean, p.p99_9)] + [floor, floor_p99_9]
     positive = [v for v in positive if v is not None and v > 0]
@@ -225,22 +227,29 @@ def _on_log_axis(plot: KlPlot, names: dict[str, str]) -> KlPlot:
         return value if value is not None and value > 0 else None
 
     zero = [f"{names[p.variant]} (KL 0: no place on a log axis)" for p in plot.points if p.mean <= 0]
-    points = [KlPoint(p.variant, p.x, p.mean, positive(p.p99_9)) for p in plot.points if p.mean > 0]
+    points = [KlPoint(p.variant, p.x, p.mean, positive(p.p99_9), p.emulated) for p in plot.points if p.mean > 0]
     return KlPlot(points, plot.x_label, True, positive(plot.noise_floor), positive(plot.noise_floor_p99_9),
                   plot.not_shown + zero)
 
 
+def is_emulated(row: dict) -> bool:
+    return ((row.get("kernel") or {}).get("kind")) == "emulated"
+
+
 def kl_figure(rows: list[dict], colours: dict[str, str], noise_floor: dict | None = None) -> Figure:
-    """Mean KL (a filled marker) and its 99.9 % point (a thin bar up to an open marker) against weights size, with
-    the noise floor as a dashed line."""
+    """Mean KL (a filled marker; hollow where the variant's kernel was emulated) and its 99.9 % point (a thin bar up
+    to an open triangle) against weights size, with the noise floor as a dashed line."""
     plot = kl_plot(rows, noise_floor)
     names = short_names([r["variant"] for r in rows])
     marks = variant_marks(list(colours))
     fig, ax = _new_figure(6.0, 4.8)
     for p in plot.points:
         colour = colours.get(p.variant, PALETTE[-1])
-        ax.scatter(p.x, p.mean, s=70, color=colour, marker=marks.get(p.variant, MARKERS[:1])[0],
-                   label=names[p.variant], edgecolors="white", linewidths=0.8, zorder=3, clip_on=False)  # the baseline's 0 sits on the axis line, drawn whole
+        label = names[p.variant] + (" (emulated)" if p.emulated else "")
+        fill = {"facecolors": "white", "edgecolors": colour, "linewidths": 1.6} if p.emulated else \
+            {"color": colour, "edgecolors": "white", "linewidths": 0.8}
+        ax.scatter(p.x, p.mean, s=70, marker=marks.get(p.variant, MARKERS[:1])[0], label=label, zorder=3,
+                   clip_on=False, **fill)  # the baseline's 0 sits on the axis line, drawn whole
         if p.p99_9 is not None:
             ax.plot([p.x, p.x], [p.mean, p.p99_9], color=colour, lw=1.2, zorder=2)
             ax.scatter(p.x, p.p99_9, s=34, marker="^", facecolors="white", edgecolors=colour, linewidths=1.2,
@@ -258,8 +267,11 @@ def kl_figure(rows: list[dict], colours: dict[str, str], noise_floor: dict | Non
     _set_headroom(ax, max(values, default=None), plot.log_y, min(values, default=None))
     ax.set_xlim(left=0)
     ax.set_xlabel(plot.x_label, fontsize=11)
-    ax.set_ylabel("KL vs baseline (nats): ● mean, △ 99.9 %", fontsize=10)
-    ax.set_title("KL divergence against size", fontsize=12)
+    has_tail = any(p.p99_9 is not None for p in plot.points)
+    ax.set_ylabel("KL vs baseline (nats): ● mean, △ 99.9 %" if has_tail else "KL vs baseline (nats), mean",
+                  fontsize=10)
+    hollow = "\n(hollow: emulated kernel, dequantized to a float matmul)" if any(p.emulated for p in plot.points) else ""
+    ax.set_title("KL divergence against size" + hollow, fontsize=12)
     ax.grid(alpha=0.3, which="both" if plot.log_y else "major")
     _legend_below(ax)
     _not_shown(fig, plot.not_shown)

@@ -151,6 +151,7 @@ class CompareTab:
                                       elem_id="summary-table")
             with gr.Row():
                 self.plots = summary_view.build_plots()
+                self.kl_plot = summary_view.build_kl_plot()
             self.chart_note = gr.Markdown(elem_classes=["small-print"], elem_id="chart-note")
             self.conditions = gr.Markdown()
             self.downloads = gr.File(label="Download this comparison: JSON, CSV, Markdown card",
@@ -169,7 +170,8 @@ class CompareTab:
                          self.shown]
         stream_outputs = [*(c for s in slots for c in (s.head, s.text, s.figures)), self.records]
         final_outputs = [*(c for s in slots for c in (s.diverged, s.quantize_now, s.quantize_note)),
-                         self.fidelity_help, self.summary, self.table, *self.plots, self.chart_note, self.conditions,
+                         self.fidelity_help, self.summary, self.table, *self.plots, self.kl_plot, self.chart_note,
+                         self.conditions,
                          self.downloads, self.run]
         started = self.run.click(self.on_start, run_inputs, start_outputs, concurrency_limit=None,
                                  api_name="run_start", api_visibility="undocumented", show_progress="hidden")
@@ -267,10 +269,12 @@ class CompareTab:
             updates[slot.quantize_now] = gr.update(visible=wants_quantize(rec) and offered)
             updates[slot.quantize_note] = gr.update(value=quantize_note(rec, offered), visible=wants_quantize(rec))
         updates[self.fidelity_help] = gr.update(visible=any(r.get("fidelity") for r in final))
-        updates.update(summary_view.summary_updates(self.arena, final, self.table, self.plots, self.chart_note))
+        updates.update(summary_view.summary_updates(self.arena, final, self.table, self.plots, self.chart_note,
+                                                    self.kl_plot))
         paths = card.write(final, scratch.folder("comparison-"))
         updates.update({self.summary: gr.update(visible=True),
-                        self.conditions: summary_view.conditions_markdown(final),
+                        self.conditions: summary_view.conditions_markdown(
+                            final, summary_view.empty_columns(summary_view.summary_frame(final))),
                         self.downloads: [str(paths[k]) for k in ("json", "csv", "markdown")]})
         return updates
 

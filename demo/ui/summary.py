@@ -26,15 +26,31 @@ CHARTS = (  # (elem_id, y column, title, accessible name)
 SUMMARY_COLUMN = {"decode (tok/s)": "decode (tokens/s)", "TTFT (ms)": "time to first token (ms)"}
 
 
+KL_CHART_ID = "chart-kl-weights"
+KL_CHART_TITLE = "KL vs baseline against weights (lower left is better)"
+ALWAYS_SHOWN = ("variant", "method", "status")  # the table's columns kept even where every row is empty
+
+
 def build_plots() -> list[gr.BarPlot]:
     return [gr.BarPlot(x="variant", y=y, title=title, label=title, show_label=False, elem_id=eid, **PLOT_STYLE)
             for eid, y, title, _ in CHARTS]
+
+
+def build_kl_plot() -> gr.Plot:
+    """The size/quality picture: one point per variant, its KL against its weights (emulated kernels hollow)."""
+    return gr.Plot(label=KL_CHART_TITLE, show_label=False, elem_id=KL_CHART_ID, visible=False, min_width=300)
 
 
 def summary_frame(records: list[dict]) -> pd.DataFrame:
     frame = pd.DataFrame(report.summary_rows(records), columns=report.SUMMARY_HEADERS)
     frame["status"] = [status_text(r) for r in records]
     return frame
+
+
+def empty_columns(frame: pd.DataFrame) -> list[str]:
+    """Columns with no value in any row (energy on a CPU, bandwidth where nothing was timed): folded into the
+    conditions line rather than shown as a column of dashes."""
+    return [c for c in frame.columns if c not in ALWAYS_SHOWN and frame[c].isna().all()]
 
 
 def table_style(frame: pd.DataFrame, colours: dict[str, str]):
@@ -46,12 +62,12 @@ def table_style(frame: pd.DataFrame, colours: dict[str, str]):
     return styled.format(na_rep="–", subset=[c for c in frame.columns if c not in numeric])
 
 
-def summary_updates(arena: Arena, records: list[dict], table, plots, chart_note) -> dict:
+def summary_updates(arena: Arena, records: list[dict], table, plots, chart_note, kl_plot=None) -> dict:
     """The table and the charts: the columns' order, one colour per variant, gaps said in words."""
     colours = charts.variant_colours(list(arena.config.variants))
     names = charts.short_names([r["variant"] for r in records])
     frame = summary_frame(records)
-    styled = table_style(frame, colours)
+    styled = table_style(frame.drop(columns=empty_columns(frame)), colours)
     done = frame[[r["status"] in ("done", "stopped") for r in records]].rename(columns=SUMMARY_COLUMN)
     done = done.assign(variant=[names[v] for v in done["variant"]])
     order = [names[r["variant"]] for r in records]
@@ -65,7 +81,27 @@ def summary_updates(arena: Arena, records: list[dict], table, plots, chart_note)
         updates[plot] = gr.update(value=data, sort=order, color_map=colour_map, visible=not data.empty,
                                   y_lim=y_limits(data[y]))
     updates[chart_note] = chart_note_text(records, names)
+    if kl_plot is not None:
+        rows = kl_rows(records)
+        shown = sum(r["kl"]["mean"] is not None for r in rows)
+        updates[kl_plot] = (gr.update(value=charts.kl_figure(rows, colours), visible=True)
+                            if shown else gr.update(visible=False))
     return updates
+
+
+def kl_rows(records: list[dict]) -> list[dict]:
+    """Each finished variant's mean KL on this prompt (nats; None without a baseline) with its weights and kernel,
+    in the rows the KL chart draws."""
+    rows = []
+    for r in records:
+        if r["status"] not in ("done", "stopped") or r.get("random_weights"):
+            continue
+        fidelity = r.get("fidelity") or {}
+        kl = None if fidelity.get("unavailable") or fidelity.get("kl_lower_bound_top_k") else \
+            fidelity.get("kl_divergence")
+        rows.append({"variant": r["variant"], "kl": {"mean": kl}, "weights_mib": r.get("weights_mib"),
+                     "kernel": r.get("kernel")})
+    return rows
 
 
 # The y axis ends on a tick above the tallest bar. Vega picks its ticks as d3's ticks(0, top, count) with a
@@ -116,7 +152,8 @@ def chart_note_text(records: list[dict], names: dict[str, str]) -> str:
             "(decode counts the tokens after the first), so it is left out of the decode chart.")
 
 
-def conditions_markdown(records: list[dict]) -> str:
+def conditions_markdown(records: list[dict], folded: list[str] = ()) -> str:
+    """The run's conditions under the table; `folded`: the table's columns left out as empty in every row."""
     env, settings = records[0]["environment"], records[0]["settings"]
     kinds = sorted({r["memory_kind"] for r in records if r.get("memory_kind")})
     features = f" ({', '.join(env['cpu_features'])})" if env.get("cpu_features") else ""
@@ -125,6 +162,8 @@ def conditions_markdown(records: list[dict]) -> str:
              f"Settings: {', '.join(f'{k}={v}' for k, v in settings.items())}; same prompt for every variant."]
     lines += [f"Peak memory = {report.MEMORY_KINDS[k]}." for k in kinds]
     lines += [f"{note}." for note in report.machine_notes(env, records)]
+    if folded:
+        lines.append(f"Not in the table, no variant has a value: {', '.join(folded)}.")
     lines += report.random_weights_lines(records)
     lines += [f"KL against `{r['variant']}`{report.noise_floor_text(r['fidelity'])}." for r in records
               if r.get("fidelity") and r["fidelity"]["baseline"] == r["variant"] and r["fidelity"].get("noise_floor")]
