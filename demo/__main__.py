@@ -11,7 +11,7 @@ from pathlib import Path
 
 from demo.artifacts import cache, sources
 from demo.reports import card, report
-from demo.config import ArenaConfig, load_config
+from demo.config import CHECKPOINT_METHODS, ArenaConfig, load_config
 from demo.errors import ArenaError
 
 
@@ -161,7 +161,7 @@ def _rebuild_commands(models: str | None) -> dict[str, str]:
     commands = {}
     for variant in config.variants.values():
         base = config.bases[variant.base]
-        if variant.method in ("gptq", "awq") and variant.checkpoint is None:
+        if variant.method in CHECKPOINT_METHODS and variant.checkpoint is None:
             folder = sources.quantized_dir(base, variant.method, variant.settings)
             commands[folder.relative_to(root).as_posix()] = sources.quantize_command(variant.id) + option
         if base.source.kind == "synthetic" and variant.runtime == "transformers":  # any of its variants makes it

@@ -41,7 +41,7 @@ PROCESS_DEFAULTS = {"llama.cpp": "own", "transformers": "own", "remote": "shared
 ZEROGPU_PROCESS_DEFAULTS = {**PROCESS_DEFAULTS, "transformers": "shared"}
 PROCESSES = ("own", "shared")
 # torchao schemes (demo.backends.torchao_quant) and the bits each stores per quantized weight.
-TORCHAO_SCHEMES = {"int8_weight_only": 8, "int4_weight_only": 4, "int8_dynamic": 8}
+TORCHAO_SCHEMES = {"int8_weight_only": 8, "int4_weight_only": 4, "int8_dynamic": 8, "float8_weight_only": 8}
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,10 @@ GGUF_IMATRIX_ONLY = ("IQ3_XXS", "IQ2_XS", "IQ2_M")
 # per tensor and takes none of the group-wise ones.
 CACHE_CONFIG: dict[str, Any] = {"backend": QUANTIZED_CACHE_BACKENDS, "nbits": HQQ_NBITS, "axis_key": (0, 1),
                                 "axis_value": (0, 1), "q_group_size": (32, 64, 128), "residual_length": int}
+
+# Methods whose weights are a quantized checkpoint of their own: made once by `python -m demo.quantize` with the
+# calibration text (or named by the variant's `checkpoint:`), loaded by transformers.
+CHECKPOINT_METHODS = ("gptq", "awq", "autoround")
 
 # Settings use transformers' own BitsAndBytesConfig argument names, so nothing is translated.
 METHODS: dict[str, Method] = {
@@ -142,6 +146,16 @@ METHODS: dict[str, Method] = {
             {"nbits": (1, 2, 3, 4, 8), "group_size": (32, 64, 128), "axis": (0, 1)},
             required=("nbits",),
             defaults={"group_size": 64, "axis": 1},
+        ),
+        # AutoRound through Intel's auto-round library: a checkpoint made by `python -m demo.quantize` with the
+        # calibration text, in auto-round's own format, loaded by transformers as its users load it. iters 200 is
+        # the library's default; 50 its light recipe.
+        Method(
+            "autoround",
+            None,
+            {"bits": (2, 3, 4, 8), "group_size": (32, 64, 128), "sym": bool, "iters": int, "seqlen": int},
+            defaults={"bits": 4, "group_size": 64, "sym": True, "iters": 200, "seqlen": 128},
+            checkpoint_kinds=("hub", "local"),
         ),
         # AWQ through gptqmodel: a checkpoint made by `python -m demo.quantize` with the calibration text,
         # or a pre-made one; transformers loads it through gptqmodel's kernels (a CPU one included).

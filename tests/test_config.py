@@ -37,7 +37,9 @@ def test_shipped_files_are_valid(default_config):
                                              "smollm2/gguf-q8_0-kv-q4_0", "smollm2/gguf-q4_k_m", "smollm2/gguf-f32",
                                              "smollm2/gguf-q4_k_m-imat", "smollm2/gguf-iq4_xs-imat",
                                              "smollm2/gguf-iq3_xxs-imat", "smollm2/gguf-iq2_xs-imat",
-                                             "smollm2/torchao-int8", "smollm2/torchao-int4", "smollm2/hqq-4bit"]
+                                             "smollm2/torchao-int8", "smollm2/torchao-int4", "smollm2/torchao-fp8",
+                                             "smollm2/autoround-4bit",
+                                             "smollm2/hqq-4bit"]
     assert default_config.variants["smollm2/gptq-4bit"].settings["bits"] == 4
     nf4 = default_config.variants["smollm2/bnb-nf4"]
     assert nf4.settings == {"bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True,

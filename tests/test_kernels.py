@@ -38,6 +38,38 @@ def test_torchao_weight_only_int8_is_emulated_and_int4_native():
     assert found["kind"] == "emulated" and "Int8Tensor" in found["found_by"]
 
 
+def test_torchao_float8_weights_are_emulated_on_a_cpu():
+    """No CPU has an fp8 matmul: torchao's Float8Tensor linear casts the e4m3 weights up on every call."""
+    pytest.importorskip("torchao")
+    from torchao.quantization import Float8WeightOnlyConfig, quantize_
+
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64, bias=False)).to(torch.bfloat16)
+    quantize_(model, Float8WeightOnlyConfig())
+    x = torch.randn(2, 64, dtype=torch.bfloat16)
+    assert model(x).dtype == torch.bfloat16
+    found = kernels.transformers_kernel("torchao", model, "cpu")
+    assert found["kind"] == "emulated" and "Float8Tensor" in found["found_by"] and "fp8 matmul" in found["reason"]
+
+
+def test_hqq_and_autoround_layers_name_their_kernel():
+    class HQQLinear(torch.nn.Module):
+        __module__ = "hqq.core.quantize"
+
+    class QuantLinearGPTQ(torch.nn.Module):
+        __module__ = "auto_round_kernel.qlinear"
+
+    class QuantLinear(torch.nn.Module):
+        __module__ = "auto_round_extension.torch.qlinear_torch_zp"
+
+    pytest.importorskip("hqq")
+    hqq = kernels.transformers_kernel("hqq", torch.nn.Sequential(HQQLinear()), "cpu")
+    assert hqq["kind"] == "emulated" and "HQQLinear.backend (PYTORCH" in hqq["found_by"]
+    ark = kernels.transformers_kernel("autoround", torch.nn.Sequential(QuantLinearGPTQ()), "cpu")
+    assert ark["kind"] == "native" and "auto-round-lib" in ark["reason"]
+    fallback = kernels.transformers_kernel("autoround", torch.nn.Sequential(QuantLinear()), "cpu")
+    assert fallback["kind"] == "emulated" and "auto_round_extension" in fallback["found_by"]
+
+
 def test_gptqmodel_layers_name_their_kernel():
     class TorchAtenLinear(torch.nn.Module):
         __module__ = "gptqmodel.nn_modules.qlinear.torch_aten_kernel"

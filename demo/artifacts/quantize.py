@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Iterator
 
 from demo.artifacts import cache, sources
-from demo.config import REPO_ROOT, ArenaConfig, BaseModel
+from demo.config import CHECKPOINT_METHODS, REPO_ROOT, ArenaConfig, BaseModel
 from demo.errors import ArenaError
 
 CALIBRATION_FILE = REPO_ROOT / "assets" / "calibration.txt"
@@ -96,13 +96,13 @@ def quantize(base: BaseModel, method: str, settings: dict, out: Path, calibratio
 
 
 def quantize_variant(config: ArenaConfig, variant_id: str) -> Path:
-    """Make the cached checkpoint a models.yaml GPTQ, AWQ or GGUF variant loads; never twice for the same settings."""
+    """Make the cached checkpoint a models.yaml GPTQ, AWQ, AutoRound or GGUF variant loads; never twice for the same settings."""
     variant = config.variants.get(variant_id)
     if variant is None:
         raise QuantizeError(f"unknown variant '{variant_id}'; known: {', '.join(config.variants)}")
     if variant.method == "gguf" and variant.checkpoint is None:
         return quantize_gguf_variant(variant_id, config.bases[variant.base], variant.file_settings)
-    if variant.method not in ("gptq", "awq") or variant.checkpoint is not None:
+    if variant.method not in CHECKPOINT_METHODS or variant.checkpoint is not None:
         raise QuantizeError(f"variant '{variant_id}' needs no quantizing here (method {variant.method}"
                             f"{', pre-quantized checkpoint' if variant.checkpoint else ''})")
     base = config.bases[variant.base]
@@ -175,7 +175,7 @@ CPU_CALIBRATION_MAX_PARAMETERS = 500_000_000
 
 def check_calibration_size(base: BaseModel, method: str) -> None:
     """Refuse GPTQ / AWQ for a random-weights shape too large to calibrate on a CPU, with the reason."""
-    if method not in ("gptq", "awq") or not base.random_weights:
+    if method not in CHECKPOINT_METHODS or not base.random_weights:
         return
     import torch
 
@@ -234,6 +234,8 @@ def _write_checkpoint(base: BaseModel, method: str, settings: dict, out: Path, c
     samples: list[str] = []
     if method == "awq":
         return _write_awq_checkpoint(weights, common, settings, out, calibration, tokenizer)
+    if method == "autoround":
+        return _write_autoround_checkpoint(weights, common, settings, out, calibration, tokenizer)
     if method == "gptq":
         samples = calibration_samples(calibration)
         quantization = GPTQConfig(dataset=samples, tokenizer=tokenizer, **settings)
@@ -269,11 +271,25 @@ def _write_awq_checkpoint(weights, common: dict, settings: dict, out: Path, cali
     return samples
 
 
+def _write_autoround_checkpoint(weights, common: dict, settings: dict, out: Path, calibration: Path,
+                                tokenizer) -> list[str]:
+    import torch
+    from transformers import AutoConfig
+
+    from demo.artifacts import autoround
+
+    check_group_size(AutoConfig.from_pretrained(weights.location, **common), settings["group_size"], "AutoRound")
+    samples = autoround.make(weights.location, settings, calibration, tokenizer, out,
+                             "cuda" if torch.cuda.is_available() else "cpu")
+    tokenizer.save_pretrained(out)
+    return samples
+
+
 def _environment() -> dict:
     from demo.measuring.system import environment
 
     env = environment()
-    for name in ("optimum", "gptqmodel"):
+    for name in ("optimum", "gptqmodel", "auto-round", "auto-round-lib"):
         env[name] = _version(name)
     return env
 

@@ -43,6 +43,8 @@ def transformers_kernel(method: str, model: torch.nn.Module, device: str) -> dic
         return _torchao(model)
     if method == "hqq":
         return _hqq(model)
+    if method == "autoround":
+        return _autoround(model)
     return kernel(UNKNOWN, f"no rule for method {method}", "nothing")
 
 
@@ -126,6 +128,11 @@ def _torchao(model: torch.nn.Module) -> dict[str, str]:
         return kernel(NATIVE, "aten's _weight_int4pack_mm_for_cpu on the packed int4 weights", found_by)
     if "Int4TilePackedTo4dTensor" in kinds:
         return kernel(NATIVE, "tinygemm's _weight_int4pack_mm (CUDA)", found_by)
+    if "Float8Tensor" in kinds:
+        if any(w.is_cuda for w in weights):
+            return kernel(NATIVE, "float8 weights multiplied by torch's scaled fp8 matmul (CUDA)", found_by)
+        return kernel(EMULATED, "weight-only float8: each call casts the e4m3 weights to the activation dtype and "
+                      "scales them, then a float matmul (no CPU fp8 matmul)", found_by)
     if "Int8Tensor" in kinds:
         dynamic = any(getattr(w, "act_quant_kwargs", None) is not None for w in weights)
         if dynamic:
@@ -148,3 +155,21 @@ def _hqq(model: torch.nn.Module) -> dict[str, str]:
         return kernel(EMULATED, "each call dequantizes the packed weights to the compute dtype, then a float matmul "
                       "(hqq's own forward; its fused kernels are CUDA backends set by prepare_for_inference)", found_by)
     return kernel(UNKNOWN, f"HQQ backend {backend} has no rule here", found_by)
+
+
+def _autoround(model: torch.nn.Module) -> dict[str, str]:
+    """auto-round picks its inference backend at load: its kernel library (auto-round-lib), gptqmodel's kernels, or
+    a torch fallback that dequantizes on every call."""
+    layers = {type(m).__name__: type(m).__module__ for m in model.modules()
+              if type(m).__module__.startswith(("auto_round", "gptqmodel."))}
+    found_by = f"the layers' classes ({', '.join(sorted(f'{mod}.{name}' for name, mod in layers.items())) or 'none'})"
+    if not layers:
+        return kernel(UNKNOWN, "no auto-round or gptqmodel layer found", found_by)
+    if all(mod.startswith("gptqmodel.") for mod in layers.values()):
+        return _gptqmodel(model)
+    if all(mod.startswith("auto_round_kernel.") for mod in layers.values()):
+        where = "CUDA" if any(p.is_cuda for p in model.parameters()) else "CPU"
+        return kernel(NATIVE, f"the AutoRound kernel library's {where} GEMM on the packed low-bit weights "
+                      "(auto-round-lib)", found_by)
+    return kernel(EMULATED, "each call dequantizes the packed weights to the activation dtype, then a float matmul "
+                  "(auto-round's torch fallback; auto-round-lib has the CPU kernel)", found_by)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from demo.artifacts import sources
 from demo.backends.llamacpp import GGUF_FILE
-from demo.config import GGUF_TYPES, TORCHAO_SCHEMES, BaseModel, Variant
+from demo.config import CHECKPOINT_METHODS, GGUF_TYPES, TORCHAO_SCHEMES, BaseModel, Variant
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def weights_bytes(count: ParameterCount, variant: Variant) -> int:
     if method == "hqq":  # a scale and a zero point per group, in the compute dtype (bf16 unless named)
         per_group = 2 * _rest_bytes(variant, count) / group
         return _ceil(count.linear * (settings["nbits"] / 8 + per_group)) + rest
-    if method in ("gptq", "awq"):
+    if method in CHECKPOINT_METHODS:
         bits = settings.get("bits", 4)
         return _ceil(count.linear * (bits / 8 + STATE_BYTES * 2 / group)) + count.linear_rows * STATE_BYTES + rest
     if method == "gguf":  # k-quant blocks add under one bit per weight; the rest is counted at 16 bits or more
@@ -127,7 +127,7 @@ def _file_size(variant: Variant, base: BaseModel) -> SizeEstimate | None:
         else:
             return None
         return SizeEstimate(path.stat().st_size, f"the GGUF file's size ({path.name})") if path.is_file() else None
-    if variant.method not in ("gptq", "awq"):
+    if variant.method not in CHECKPOINT_METHODS:
         return None
     if variant.checkpoint is not None:
         folder = Path(variant.checkpoint.path) if variant.checkpoint.kind == "local" else None

@@ -33,6 +33,10 @@ def _scheme_config(settings: dict[str, Any], device: str):
         from torchao.quantization import Int8WeightOnlyConfig
 
         return Int8WeightOnlyConfig(set_inductor_config=False)
+    if scheme == "float8_weight_only":  # e4m3 weights, one scale per row; fp8 activations need a GPU (sm 8.9+)
+        from torchao.quantization import Float8WeightOnlyConfig
+
+        return Float8WeightOnlyConfig(set_inductor_config=False)
     if scheme == "int8_dynamic":
         from torchao.quantization import Int8DynamicActivationInt8WeightConfig
 

@@ -20,7 +20,7 @@ from demo.artifacts import sources
 from demo.backends import hqq_quant, kernels, torchao_quant
 from demo.backends.base import LoadedVariant, OnToken
 from demo.backends.common import first_line, package_available, pick_device
-from demo.config import BaseModel, Variant
+from demo.config import CHECKPOINT_METHODS, BaseModel, Variant
 from demo.errors import NotQuantized, VariantUnavailable
 from demo.measuring import bandwidth, kv_cache
 from demo.settings import GenerationSettings
@@ -33,8 +33,8 @@ logging.getLogger("bitsandbytes.autograd._functions").addFilter(
     lambda record: "inputs will be cast" not in record.getMessage())
 
 PACKAGES = {"bnb-int8": ("bitsandbytes",), "bnb-4bit": ("bitsandbytes",), "gptq": ("gptqmodel", "optimum"),
-            "torchao": ("torchao",), "awq": ("gptqmodel",), "hqq": ("hqq",)}
-CHECKPOINT_METHODS = ("gptq", "awq")  # methods whose weights are a quantized checkpoint of their own
+            "torchao": ("torchao",), "awq": ("gptqmodel",), "hqq": ("hqq",),
+            "autoround": ("auto_round",)}
 AUTOGPTQ_CONFIG = "quantize_config.json"
 _AUTOGPTQ_KEYS = ("bits", "group_size", "desc_act", "sym", "true_sequential", "damp_percent", "checkpoint_format")
 _PLAIN_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
@@ -533,9 +533,13 @@ def check_same_vocabulary(own: Any, base_tokenizer: Any, name: str, base_label: 
                                  f"in the checkpoint, {where})")
 
 
+# The packages whose layer classes run a pre-quantized checkpoint's weights.
+KERNEL_PACKAGES = ("gptqmodel.", "auto_round_kernel.", "auto_round_extension.", "auto_round.")
+
+
 def quantized_kernels(model: torch.nn.Module) -> list[str]:
-    """The gptqmodel layer classes the weights run through (which kernel was picked for this device)."""
-    return sorted({type(m).__name__ for m in model.modules() if type(m).__module__.startswith("gptqmodel.")})
+    """The gptqmodel / auto-round layer classes the weights run through (which kernel was picked for this device)."""
+    return sorted({type(m).__name__ for m in model.modules() if type(m).__module__.startswith(KERNEL_PACKAGES)})
 
 
 def check_attention(variant: Variant, device: str) -> None:

@@ -4,6 +4,7 @@ of a variant's own files on disk."""
 from __future__ import annotations
 
 from demo.artifacts import sources
+from demo.config import CHECKPOINT_METHODS
 from demo.errors import ArenaError
 from demo.evaluate.records import VariantEvaluation
 from demo.measuring import metrics
@@ -42,9 +43,9 @@ def _median(records: list[dict], field: str, digits: int) -> float | None:
 
 
 def disk_mib(arena: Arena, variant_id: str) -> float | None:
-    """Size of the variant's own file(s) on disk (GPTQ, AWQ, GGUF), None where it is quantized at load time."""
+    """Size of the variant's own file(s) on disk (GPTQ, AWQ, AutoRound, GGUF), None where it is quantized at load time."""
     variant = arena.config.variants[variant_id]
-    if variant.method not in ("gptq", "gguf", "awq"):
+    if variant.method not in (*CHECKPOINT_METHODS, "gguf"):
         return None
     from demo.artifacts.quantize import folder_mib
 

@@ -36,6 +36,7 @@ METHOD_NAMES = {
     "torchao": "torchao",
     "awq": "AWQ",
     "hqq": "HQQ",
+    "autoround": "AutoRound",
 }
 
 # Settings (transformers' argument names, as in models.yaml) in words; any other setting reads "name=value".
