@@ -43,8 +43,9 @@ def test_rows_without_the_new_fields_write_the_two_charts_as_before(tmp_path):
 def test_rows_with_the_new_fields_write_every_chart(tmp_path):
     paths = charts.write_charts(_rows(), tmp_path, order=["s/fp32", "s/bf16", "s/nf4", "s/awq", "s/gguf", "s/bad"],
                                 noise_floor=FLOOR)
-    assert set(paths) == {"quality_chart", "speed_chart", "kl_chart", "kl_histogram"}
+    assert set(paths) == {"quality_chart", "speed_chart", "kl_chart", "frontier_chart", "kl_histogram"}
     assert paths["kl_chart"].name == "kl_vs_size.png" and paths["kl_histogram"].name == "kl_per_token.png"
+    assert paths["frontier_chart"].name == "kl_vs_weights_frontier.png"
     assert all(p.stat().st_size > 10_000 and p.read_bytes()[:4] == b"\x89PNG" for p in paths.values())
 
 
@@ -165,3 +166,20 @@ def test_emulated_variants_are_hollow_points_and_the_title_says_so():
     assert tuple(faces["int4"][:3]) != (1.0, 1.0, 1.0)
     assert "hollow: emulated kernel" in ax.get_title()
     assert "hollow" not in charts.kl_figure(rows[:2], {}).axes[0].get_title()
+
+
+def test_the_frontier_marks_what_nothing_smaller_beats_and_names_every_point(tmp_path):
+    rows = [_row("s/fp32", 513.0, 0.0), _row("s/bf16", 257.0, 0.001), _row("s/q8", 136.0, 0.0035),
+            _row("s/nf4", 162.0, 0.27), _row("s/q4", 99.0, 0.05), _row("s/hqq", 111.0, 0.2),
+            _row("s/bad", None, None, error="out of memory")]
+    rows[5]["kernel"] = {"kind": "emulated"}
+    points, notes = charts.frontier_points(rows)
+    assert {p.variant for p in points if p.on_frontier} == {"s/q4", "s/q8", "s/bf16"}  # nf4, hqq: q4 is smaller and closer
+    assert [p.emulated for p in points if p.variant == "s/hqq"] == [True]
+    assert notes == ["fp32 (KL 0: the baseline itself)", "bad (failed)"]
+    path = charts.write_frontier(rows, {}, tmp_path / "frontier.png")
+    assert path.stat().st_size > 10_000
+    ax = charts.frontier_figure(rows, {}).axes[0]
+    assert {t.get_text() for t in ax.texts} >= {"q4", "q8", "bf16", "nf4", "hqq (emulated)"}
+    assert ax.get_xscale() == ax.get_yscale() == "log" and "hollow: emulated kernel" in ax.get_title()
+    assert charts.write_frontier([_row("s/fp32", 513.0, 0.0)], {}, tmp_path / "none.png") is None

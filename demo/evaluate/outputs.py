@@ -45,7 +45,8 @@ def write_outputs(results: list[VariantEvaluation], arena: Arena, out: Path, con
 def csv_row(row: dict) -> dict:
     """A results.json row with its nested statistics' headline figures as flat columns (CSV_EXTRA)."""
     kl, ratio = row.get("kl") or {}, row.get("ln_ppl_ratio") or {}
-    return {**row, "kl_divergence_uncertainty": kl.get("mean_uncertainty"), "kl_p99_9": kl.get("p99_9"),
+    return {**row, "kernel": (row.get("kernel") or {}).get("kind"),
+            "kl_divergence_uncertainty": kl.get("mean_uncertainty"), "kl_p99_9": kl.get("p99_9"),
             "kl_max": kl.get("max"), "ln_ppl_ratio": ratio.get("value"),
             "ln_ppl_ratio_uncertainty": ratio.get("uncertainty")}
 
@@ -54,8 +55,8 @@ def markdown_table(rows: list[dict], env: dict, conditions: dict) -> str:
     """The main table (one row per variant), the conditions, then each variant's llama.cpp-style statistics."""
     head = ("| variant | perplexity | mean KL vs baseline (nats) | KL 99.9 % (nats) | KL max (nats) | top-1 agreement "
             "| TTFT p50 (ms) | decode p50 / p90 (tok/s) | weights (MiB) | peak (MiB) | disk (MiB) "
-            "| bandwidth p50 (GB/s, share) | energy p50 (J/token) |\n"
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+            "| bandwidth p50 (GB/s, share) | energy p50 (J/token) | kernel |\n"
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     lines = [head, *(_markdown_row(r) for r in rows)]
     features = f" ({', '.join(env['cpu_features'])})" if env.get("cpu_features") else ""
     notes = (f"\n\nConditions: {env.get('device_name')}{features}; torch {env.get('torch')}, transformers {env.get('transformers')}, "
@@ -87,7 +88,7 @@ def _num(value, digits: int) -> str:
 
 def _markdown_row(r: dict) -> str:
     if r["error"]:
-        return f"| {r['variant']} | {r['error']} | | | | | | | | | | | |"
+        return f"| {r['variant']} | {r['error']} | | | | | | | | | | | | |"
     kl = r.get("kl") or {}
     agreement = "–" if r["top1_agreement"] is None else f"{100 * r['top1_agreement']:.1f}%"
     if r.get("top1_agreement_uncertainty") is not None:
@@ -102,7 +103,7 @@ def _markdown_row(r: dict) -> str:
             f"{agreement} | {_num(r['ttft_ms_p50'], 0)} | {_num(r['decode_tokens_per_s_p50'], 1)} / "
             f"{_num(r['decode_tokens_per_s_p90'], 1)} | {_num(r['weights_mib'], 0)} | "
             f"{_num(r['peak_memory_mib'], 0)} | {_num(r['disk_mib'], 0)} | {_bandwidth(r)} | "
-            f"{_significant(r.get('energy_joules_per_token_p50'))} |")
+            f"{_significant(r.get('energy_joules_per_token_p50'))} | {(r.get('kernel') or {}).get('kind', '–')} |")
 
 
 def _significant(value) -> str:

@@ -8,7 +8,7 @@ FIELDS = ["variant", "baseline", "perplexity", "kl_divergence", "top1_agreement"
           "decode_tokens_per_s_p50", "decode_tokens_per_s_p90", "runs", "weights_mib", "peak_memory_mib", "disk_mib",
           "achieved_bandwidth_gb_s_p50", "bandwidth_share_p50", "energy_joules_per_token_p50"]
 # The CSV's columns after FIELDS: one figure each; the nested statistics and kl_per_position stay in results.json.
-CSV_EXTRA = ["scored_tokens", "error", "kl_lower_bound_top_k", "quality_note", "protocol", "kl_divergence_uncertainty",
+CSV_EXTRA = ["kernel", "scored_tokens", "error", "kl_lower_bound_top_k", "quality_note", "protocol", "kl_divergence_uncertainty",
              "kl_p99_9", "kl_max", "top1_agreement_uncertainty", "ln_ppl_ratio", "ln_ppl_ratio_uncertainty",
              "nonfinite_positions"]
 
@@ -34,6 +34,9 @@ class VariantEvaluation:
     bandwidth_share_p50: float | None = None
     energy_joules_per_token_p50: float | None = None
     energy_source: str | None = None  # what the energy was read from, or why there is none
+    # How its matmuls ran (demo.backends.kernels): {kind: native | emulated | unknown, reason, found_by}; None for a
+    # remote variant (its engine's business) or one that never ran.
+    kernel: dict | None = None
     scored_tokens: int = 0
     error: str | None = None
     kl_lower_bound_top_k: int | None = None  # remote: KL from the engine's top k only, a lower bound

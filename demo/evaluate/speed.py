@@ -34,6 +34,7 @@ def measure(arena: Arena, result: VariantEvaluation, settings, runs: int) -> Non
     result.bandwidth_share_p50 = _median(records, "bandwidth_share", 4)
     result.energy_joules_per_token_p50 = _median(records, "energy_joules_per_token", 6)
     result.energy_source = records[-1].get("energy_source")
+    result.kernel = records[-1].get("kernel")
 
 
 def _median(records: list[dict], field: str, digits: int) -> float | None:

@@ -278,6 +278,136 @@ def kl_figure(rows: list[dict], colours: dict[str, str], noise_floor: dict | Non
     return fig
 
 
+# --- the size/quality frontier ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class FrontierPoint:
+    variant: str
+    weights_mib: float
+    kl_mean: float  # nats, > 0
+    emulated: bool
+    on_frontier: bool  # no other variant is both smaller (or as small) and closer to the baseline
+
+
+def frontier_points(rows: list[dict]) -> tuple[list[FrontierPoint], list[str]]:
+    """Each variant's mean KL against its weights, the Pareto-optimal ones marked; and what is not drawn, said why
+    (both axes are logarithmic, so a KL of 0, the baseline against itself, has no place)."""
+    names = short_names([r["variant"] for r in rows])
+    drawn, notes = [], []
+    for r in rows:
+        mean, _ = _kl_of(r)
+        mib = finite(r.get("weights_mib"))
+        if mean is None or mib is None or mib <= 0:
+            notes.append(f"{names[r['variant']]} ({'failed' if r.get('error') else 'no KL' if mean is None else 'no size'})")
+        elif mean <= 0:
+            notes.append(f"{names[r['variant']]} (KL 0: the baseline itself)")
+        else:
+            drawn.append(r)
+    best = math.inf
+    frontier = set()
+    for r in sorted(drawn, key=lambda r: (r["weights_mib"], _kl_of(r)[0])):
+        if _kl_of(r)[0] < best:
+            best = _kl_of(r)[0]
+            frontier.add(r["variant"])
+    points = [FrontierPoint(r["variant"], float(r["weights_mib"]), _kl_of(r)[0], is_emulated(r),
+                            r["variant"] in frontier) for r in drawn]
+    return points, notes
+
+
+def frontier_figure(rows: list[dict], colours: dict[str, str], title: str = "Size against closeness to the baseline",
+                    width_in: float = 7.0, height_in: float = 5.0) -> Figure:
+    """Mean KL against weights, both on log axes, each point named beside it (filled: a kernel made for the format;
+    hollow: emulated), and the frontier (the variants nothing beats on both) as a dashed step line."""
+    points, notes = frontier_points(rows)
+    names = short_names([r["variant"] for r in rows])
+    marks = variant_marks(list(colours))
+    fig, ax = _new_figure(width_in, height_in)
+    steps = sorted((p for p in points if p.on_frontier), key=lambda p: p.weights_mib)
+    if len(steps) > 1:
+        ax.step([p.weights_mib for p in steps], [p.kl_mean for p in steps], where="post", color=NOISE_COLOUR,
+                ls="--", lw=1.0, zorder=1, label="frontier: nothing smaller is closer")
+    for p in points:
+        colour = colours.get(p.variant, PALETTE[-1])
+        fill = {"facecolors": "white", "edgecolors": colour, "linewidths": 1.6} if p.emulated else \
+            {"color": colour, "edgecolors": "white", "linewidths": 0.8}
+        ax.scatter(p.weights_mib, p.kl_mean, s=60, marker=marks.get(p.variant, MARKERS[:1])[0], zorder=3, **fill)
+    if points:
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        values = [p.kl_mean for p in points]
+        _set_headroom(ax, max(values), True, min(values))
+        sizes = [p.weights_mib for p in points]
+        ax.set_xlim(min(sizes) / 1.25, max(sizes) * 1.6)  # room for the names beside the points
+        ticks = [t for t in SIZE_TICKS_MIB if min(sizes) / 1.25 <= t <= max(sizes) * 1.6]
+        from matplotlib.ticker import NullLocator
+
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.xaxis.set_minor_locator(NullLocator())
+        _name_points(fig, ax, [(p.weights_mib, p.kl_mean, names[p.variant] + (" (emulated)" if p.emulated else ""),
+                                p.on_frontier) for p in points])
+    ax.set_xlabel("weights footprint (MiB, log scale)", fontsize=11)
+    ax.set_ylabel("mean KL vs baseline (nats, log scale)", fontsize=10)
+    hollow = " (hollow: emulated kernel)" if any(p.emulated for p in points) else ""
+    ax.set_title(title + hollow, fontsize=11)
+    ax.grid(alpha=0.3)
+    if len(steps) > 1:
+        ax.legend(loc="upper right", fontsize=8, frameon=False)
+    _not_shown(fig, notes)
+    return fig
+
+
+# Round sizes for a log axis of MiB (powers of two and the round numbers between them).
+SIZE_TICKS_MIB = (16, 32, 50, 64, 80, 100, 128, 160, 200, 256, 320, 400, 512, 640, 800, 1024, 1600, 2048, 4096,
+                  8192, 16384)
+# Where a point's name may go, in points from the point (its text's vertical centre): right, left, then higher
+# and lower on either side.
+LABEL_OFFSETS = ((7, 0, "left"), (-7, 0, "right"), (7, 9, "left"), (7, -9, "left"), (-7, 9, "right"),
+                 (-7, -9, "right"), (10, 18, "left"), (10, -18, "left"), (-10, 18, "right"), (-10, -18, "right"))
+
+
+def _name_points(fig: Figure, ax: Axes, labelled: list[tuple[float, float, str, bool]]) -> None:
+    """Each point's name beside it, at the offset that overlaps the names already placed and the other points
+    least (the first such offset on a tie), inside the axes: a crowd of 4-bit variants stays legible."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.transforms import Bbox
+
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.tight_layout()
+    frame = ax.get_window_extent(renderer)
+    dots = [Bbox.from_bounds(dx - 4, dy - 4, 8, 8)
+            for dx, dy in (ax.transData.transform((x, y)) for x, y, _, _ in labelled)]
+    placed: list = []
+
+    def overlap(a, b) -> float:
+        width = min(a.x1, b.x1) - max(a.x0, b.x0)
+        height = min(a.y1, b.y1) - max(a.y0, b.y0)
+        return width * height if width > 0 and height > 0 else 0.0
+
+    for x, y, text, bold in sorted(labelled, key=lambda item: (item[0], item[1])):
+        style = {"textcoords": "offset points", "fontsize": 7.5, "color": "#1f2937",
+                 "weight": "bold" if bold else "normal"}
+        scores = []
+        for dx, dy, align in LABEL_OFFSETS:
+            label = ax.annotate(text, (x, y), xytext=(dx, dy), ha=align, va="center", **style)
+            box = label.get_window_extent(renderer)
+            label.remove()
+            outside = box.width * box.height - overlap(box, frame)
+            scores.append(10 * outside + sum(overlap(box, other) for other in placed + dots))
+        dx, dy, align = LABEL_OFFSETS[scores.index(min(scores))]
+        # a thin leader from the name to its point: in a crowd, which name is whose stays clear
+        placed.append(ax.annotate(text, (x, y), xytext=(dx, dy), ha=align, va="center",
+                                  arrowprops={"arrowstyle": "-", "lw": 0.6, "color": "#6b7280", "shrinkB": 4},
+                                  **style).get_window_extent(renderer))
+
+
+def write_frontier(rows: list[dict], colours: dict[str, str], path: Path, **figure_kwargs) -> Path | None:
+    """The frontier chart as a PNG, drawn under the drawing lock; None where no variant has a KL to draw."""
+    if not frontier_points(rows)[0]:
+        return None
+    with drawing.LOCK:
+        return _save(frontier_figure(rows, colours, **figure_kwargs), path)
+
+
 # --- per-token KL histogram ----------------------------------------------------------------------------------
 
 def kl_histogram_values(rows: list[dict]) -> tuple[dict[str, np.ndarray], np.ndarray | None, list[str]]:
@@ -356,6 +486,8 @@ def write_charts(rows: list[dict], out: Path, order: list[str] | None = None,
         }
         if any(isinstance(r.get("kl"), dict) for r in rows):
             paths["kl_chart"] = _save(kl_figure(rows, colours, noise_floor), out / "kl_vs_size.png")
+        if frontier_points(rows)[0]:
+            paths["frontier_chart"] = _save(frontier_figure(rows, colours), out / "kl_vs_weights_frontier.png")
         if any(r.get("kl_per_position") is not None for r in rows):
             paths["kl_histogram"] = _save(kl_histogram_figure(rows, colours, noise_floor), out / "kl_per_token.png")
     return paths

@@ -269,9 +269,10 @@ class CompareTab:
             updates[slot.quantize_now] = gr.update(visible=wants_quantize(rec) and offered)
             updates[slot.quantize_note] = gr.update(value=quantize_note(rec, offered), visible=wants_quantize(rec))
         updates[self.fidelity_help] = gr.update(visible=any(r.get("fidelity") for r in final))
+        folder = scratch.folder("comparison-")
         updates.update(summary_view.summary_updates(self.arena, final, self.table, self.plots, self.chart_note,
-                                                    self.kl_plot))
-        paths = card.write(final, scratch.folder("comparison-"))
+                                                    self.kl_plot, folder))
+        paths = card.write(final, folder)
         updates.update({self.summary: gr.update(visible=True),
                         self.conditions: summary_view.conditions_markdown(
                             final, summary_view.empty_columns(summary_view.summary_frame(final))),

@@ -120,7 +120,7 @@ PAGE_JS = """
     }
   }, true);
 }
-""" % {chart[0]: chart[3] for chart in summary.CHARTS}
+""" % {**{chart[0]: chart[3] for chart in summary.CHARTS}, summary.KL_CHART_ID: summary.KL_CHART_NAME}
 
 def theme() -> gr.themes.Base:
     """Soft, darkened where its text fell under WCAG's 4.5:1 contrast (white on primary_500 is 4.47:1)."""

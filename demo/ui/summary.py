@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from pathlib import Path
 
 import gradio as gr
 import pandas as pd
@@ -27,7 +28,10 @@ SUMMARY_COLUMN = {"decode (tok/s)": "decode (tokens/s)", "TTFT (ms)": "time to f
 
 
 KL_CHART_ID = "chart-kl-weights"
-KL_CHART_TITLE = "KL vs baseline against weights (lower left is better)"
+KL_CHART_FILE = "kl_vs_weights.png"
+KL_CHART_TITLE = "KL against weights (lower left is better)"
+KL_CHART_NAME = ("Scatter chart: each variant's KL divergence from the baseline on this prompt against its weights "
+                 "footprint; hollow points ran on an emulated kernel; the same figures are in the summary table")
 ALWAYS_SHOWN = ("variant", "method", "status")  # the table's columns kept even where every row is empty
 
 
@@ -36,9 +40,11 @@ def build_plots() -> list[gr.BarPlot]:
             for eid, y, title, _ in CHARTS]
 
 
-def build_kl_plot() -> gr.Plot:
-    """The size/quality picture: one point per variant, its KL against its weights (emulated kernels hollow)."""
-    return gr.Plot(label=KL_CHART_TITLE, show_label=False, elem_id=KL_CHART_ID, visible=False, min_width=300)
+def build_kl_plot() -> gr.Image:
+    """The size/quality picture: one point per variant, its KL against its weights (emulated kernels hollow), as
+    the PNG demo.reports.charts draws for results too."""
+    return gr.Image(label=KL_CHART_TITLE, show_label=False, elem_id=KL_CHART_ID, visible=False, min_width=300,
+                    type="filepath", interactive=False, buttons=["download"])
 
 
 def summary_frame(records: list[dict]) -> pd.DataFrame:
@@ -62,8 +68,10 @@ def table_style(frame: pd.DataFrame, colours: dict[str, str]):
     return styled.format(na_rep="–", subset=[c for c in frame.columns if c not in numeric])
 
 
-def summary_updates(arena: Arena, records: list[dict], table, plots, chart_note, kl_plot=None) -> dict:
-    """The table and the charts: the columns' order, one colour per variant, gaps said in words."""
+def summary_updates(arena: Arena, records: list[dict], table, plots, chart_note, kl_plot=None,
+                    folder: Path | None = None) -> dict:
+    """The table and the charts: the columns' order, one colour per variant, gaps said in words; the KL chart is
+    written into `folder` (this comparison's scratch folder)."""
     colours = charts.variant_colours(list(arena.config.variants))
     names = charts.short_names([r["variant"] for r in records])
     frame = summary_frame(records)
@@ -81,11 +89,10 @@ def summary_updates(arena: Arena, records: list[dict], table, plots, chart_note,
         updates[plot] = gr.update(value=data, sort=order, color_map=colour_map, visible=not data.empty,
                                   y_lim=y_limits(data[y]))
     updates[chart_note] = chart_note_text(records, names)
-    if kl_plot is not None:
-        rows = kl_rows(records)
-        shown = sum(r["kl"]["mean"] is not None for r in rows)
-        updates[kl_plot] = (gr.update(value=charts.kl_figure(rows, colours), visible=True)
-                            if shown else gr.update(visible=False))
+    if kl_plot is not None and folder is not None:
+        path = charts.write_frontier(kl_rows(records), colours, folder / KL_CHART_FILE, title=KL_CHART_TITLE,
+                                     width_in=5.6, height_in=4.2)
+        updates[kl_plot] = gr.update(value=str(path), visible=True) if path else gr.update(value=None, visible=False)
     return updates
 
 
