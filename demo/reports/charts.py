@@ -347,7 +347,7 @@ def frontier_figure(rows: list[dict], colours: dict[str, str], title: str = "Siz
                                 p.on_frontier) for p in points])
     ax.set_xlabel("weights footprint (MiB, log scale)", fontsize=11)
     ax.set_ylabel("mean KL vs baseline (nats, log scale)", fontsize=10)
-    hollow = " (hollow: emulated kernel)" if any(p.emulated for p in points) else ""
+    hollow = "\n(hollow: emulated kernel, its speed says nothing about the format)" if any(p.emulated for p in points) else ""
     ax.set_title(title + hollow, fontsize=11)
     ax.grid(alpha=0.3)
     if len(steps) > 1:

@@ -151,6 +151,7 @@ class CompareTab:
                                       elem_id="summary-table")
             with gr.Row():
                 self.plots = summary_view.build_plots()
+            with gr.Row():  # a row of its own: a fourth chart beside the bars would clip their titles at 1440 px
                 self.kl_plot = summary_view.build_kl_plot()
             self.chart_note = gr.Markdown(elem_classes=["small-print"], elem_id="chart-note")
             self.conditions = gr.Markdown()

@@ -43,7 +43,7 @@ def build_plots() -> list[gr.BarPlot]:
 def build_kl_plot() -> gr.Image:
     """The size/quality picture: one point per variant, its KL against its weights (emulated kernels hollow), as
     the PNG demo.reports.charts draws for results too."""
-    return gr.Image(label=KL_CHART_TITLE, show_label=False, elem_id=KL_CHART_ID, visible=False, min_width=300,
+    return gr.Image(label=KL_CHART_TITLE, show_label=False, elem_id=KL_CHART_ID, visible=False, height=420,
                     type="filepath", interactive=False, buttons=["download"])
 
 
@@ -91,7 +91,7 @@ def summary_updates(arena: Arena, records: list[dict], table, plots, chart_note,
     updates[chart_note] = chart_note_text(records, names)
     if kl_plot is not None and folder is not None:
         path = charts.write_frontier(kl_rows(records), colours, folder / KL_CHART_FILE, title=KL_CHART_TITLE,
-                                     width_in=5.6, height_in=4.2)
+                                     width_in=7.0, height_in=4.6)
         updates[kl_plot] = gr.update(value=str(path), visible=True) if path else gr.update(value=None, visible=False)
     return updates
 
