@@ -29,7 +29,7 @@ DEMO_GGUF := smollm2/gguf-q8_0 smollm2/gguf-q4_k_m smollm2/gguf-f32
 
 export GRADIO_ANALYTICS_ENABLED ?= False
 
-.PHONY: install install-dev llama-tools demo test space-check bench loadtest clean
+.PHONY: install install-dev llama-tools llm-compressor demo test space-check bench loadtest clean
 
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev /usr/bin/chromium
@@ -75,7 +75,18 @@ $(LLAMA_TOOLS_DIR)/.built: requirements-gguf.txt | $(VENV)/.installed
 	rm -rf $(VENV)/src/llama-tools
 	touch $@
 
-$(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt $(LLAMA_TOOLS_DIR)/.built
+# llm-compressor in an environment of its own: it pins transformers 5.15-5.17 and compressed-tensors 0.19 (the arena
+# needs transformers 5.23 or later). Its Python makes the compressed-tensors variants' checkpoints for
+# `python -m demo.quantize`; the arena's environment loads them. make demo does not build it.
+LLM_COMPRESSOR_DIR := $(VENV)/llm-compressor
+llm-compressor: $(LLM_COMPRESSOR_DIR)/.installed
+$(LLM_COMPRESSOR_DIR)/.installed: requirements-llm-compressor.txt | $(VENV)/.installed
+	rm -rf $(LLM_COMPRESSOR_DIR) && $(PYTHON) -m venv $(LLM_COMPRESSOR_DIR)
+	$(LLM_COMPRESSOR_DIR)/bin/python -m pip install --quiet "$$(grep -E '^torch==' requirements.txt)" \
+		-r requirements-llm-compressor.txt
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt $(LLAMA_TOOLS_DIR)/.built $(LLM_COMPRESSOR_DIR)/.installed
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
 	touch $@
 

@@ -76,7 +76,9 @@ CACHE_CONFIG: dict[str, Any] = {"backend": QUANTIZED_CACHE_BACKENDS, "nbits": HQ
 
 # Methods whose weights are a quantized checkpoint of their own: made once by `python -m demo.quantize` with the
 # calibration text (or named by the variant's `checkpoint:`), loaded by transformers.
-CHECKPOINT_METHODS = ("gptq", "awq", "autoround")
+CHECKPOINT_METHODS = ("gptq", "awq", "autoround", "compressed-tensors")
+# compressed-tensors schemes (llm-compressor's names) and the bits each stores per quantized weight.
+COMPRESSED_TENSORS_SCHEMES = {"W4A16": 4, "W8A8": 8}
 
 # Settings use transformers' own BitsAndBytesConfig argument names, so nothing is translated.
 METHODS: dict[str, Method] = {
@@ -155,6 +157,15 @@ METHODS: dict[str, Method] = {
             None,
             {"bits": (2, 3, 4, 8), "group_size": (32, 64, 128), "sym": bool, "iters": int, "seqlen": int},
             defaults={"bits": 4, "group_size": 64, "sym": True, "iters": 200, "seqlen": 128},
+            checkpoint_kinds=("hub", "local"),
+        ),
+        # compressed-tensors (vLLM's format) made by llm-compressor in an environment of its own (`make
+        # llm-compressor`), data-free; loaded by transformers as its users load it. group_size: W4A16's only.
+        Method(
+            "compressed-tensors",
+            None,
+            {"scheme": tuple(COMPRESSED_TENSORS_SCHEMES), "group_size": (32, 64, 128)},
+            required=("scheme",),
             checkpoint_kinds=("hub", "local"),
         ),
         # AWQ through gptqmodel: a checkpoint made by `python -m demo.quantize` with the calibration text,
@@ -250,6 +261,8 @@ class Variant:
             return TORCHAO_SCHEMES[self.settings["scheme"]]
         if self.method == "hqq":
             return self.settings["nbits"]
+        if self.method == "compressed-tensors":
+            return COMPRESSED_TENSORS_SCHEMES[self.settings["scheme"]]
         return METHODS[self.method].bits or self.settings.get("bits")
 
     @property
@@ -622,6 +635,11 @@ def _parse_variants(path: Path, raw: list, bases: dict[str, BaseModel]) -> dict[
         settings = _check_settings(path, vid, METHODS[method], settings)
         if method == "torchao":
             _check_torchao(path, vid, settings)
+        if method == "compressed-tensors":
+            _expect(settings["scheme"] == "W4A16" or "group_size" not in settings, path,
+                    "applies to scheme W4A16 only (W8A8 is per channel)", variant=vid, field="settings.group_size")
+            if settings["scheme"] == "W4A16":
+                settings = {"group_size": 64, **settings}
         if "cache_config" in settings:
             _check_cache_config(path, vid, settings["cache_config"])
         if method == "gguf" and settings["type"] in GGUF_IMATRIX_ONLY:

@@ -141,7 +141,7 @@ def test_broken_models_file_stops_start_up(tmp_path):
                          timeout=120)
     assert out.returncode == 1
     assert out.stderr.strip() == f"error: {bad}: variant 'v': field 'method': unknown method 'int3' " \
-                                 "(allowed: fp32, fp16, bf16, bnb-int8, bnb-4bit, gptq, gguf, remote, torchao, hqq, autoround, awq)"
+                                 "(allowed: fp32, fp16, bf16, bnb-int8, bnb-4bit, gptq, gguf, remote, torchao, hqq, autoround, compressed-tensors, awq)"
 
 
 # The page's own Run button: three undocumented events, chained as the browser chains them.

@@ -26,7 +26,8 @@ def test_list():
         "smollm2/awq-4bit", "smollm2/gguf-q8_0", "smollm2/gguf-q8_0-kv-q8_0", "smollm2/gguf-q8_0-kv-q4_0",
         "smollm2/gguf-q4_k_m", "smollm2/gguf-f32", "smollm2/gguf-q4_k_m-imat", "smollm2/gguf-iq4_xs-imat",
         "smollm2/gguf-iq3_xxs-imat", "smollm2/gguf-iq2_xs-imat", "smollm2/torchao-int8", "smollm2/torchao-int4",
-        "smollm2/torchao-fp8", "smollm2/autoround-4bit", "smollm2/hqq-4bit"]
+        "smollm2/torchao-fp8", "smollm2/autoround-4bit", "smollm2/ct-w4a16", "smollm2/ct-w8a8",
+        "smollm2/hqq-4bit"]
 
 
 @pytest.mark.parametrize("args, message", [

@@ -38,7 +38,7 @@ def test_shipped_files_are_valid(default_config):
                                              "smollm2/gguf-q4_k_m-imat", "smollm2/gguf-iq4_xs-imat",
                                              "smollm2/gguf-iq3_xxs-imat", "smollm2/gguf-iq2_xs-imat",
                                              "smollm2/torchao-int8", "smollm2/torchao-int4", "smollm2/torchao-fp8",
-                                             "smollm2/autoround-4bit",
+                                             "smollm2/autoround-4bit", "smollm2/ct-w4a16", "smollm2/ct-w8a8",
                                              "smollm2/hqq-4bit"]
     assert default_config.variants["smollm2/gptq-4bit"].settings["bits"] == 4
     nf4 = default_config.variants["smollm2/bnb-nf4"]
@@ -129,8 +129,10 @@ def test_models_env_picks_the_file(tmp_path, monkeypatch):
 
 def test_every_method_has_bits_or_a_bits_setting():
     for method in METHODS.values():
-        # gguf: from its type; torchao: from its scheme; hqq: its own nbits; remote: the declared `quantization:` block
-        assert method.bits or "bits" in method.allowed or method.name in ("gguf", "torchao", "hqq", "remote")
+        # gguf: from its type; torchao, compressed-tensors: from their scheme; hqq: its own nbits; remote: the declared
+        # `quantization:` block
+        assert method.bits or "bits" in method.allowed or method.name in ("gguf", "torchao", "compressed-tensors",
+                                                                          "hqq", "remote")
     from demo.config import TORCHAO_SCHEMES
 
     assert set(METHODS["torchao"].allowed["scheme"]) == set(TORCHAO_SCHEMES)  # each scheme names its bits

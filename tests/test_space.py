@@ -106,7 +106,8 @@ def test_gguf_without_llama_cpp_off_a_space_names_make_install(monkeypatch, off_
 # ---- what a Space installs ----
 
 # Imported only where installed (the column says how to get it otherwise): module -> (distribution, its file).
-OPTIONAL = {"llama_cpp": ("llama-cpp-python", "requirements-gguf.txt")}
+OPTIONAL = {"llama_cpp": ("llama-cpp-python", "requirements-gguf.txt"),
+            "llmcompressor": ("llmcompressor", "requirements-llm-compressor.txt")}  # its own environment's
 
 
 def requirement_names(path) -> set[str]:

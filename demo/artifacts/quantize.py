@@ -236,6 +236,8 @@ def _write_checkpoint(base: BaseModel, method: str, settings: dict, out: Path, c
         return _write_awq_checkpoint(weights, common, settings, out, calibration, tokenizer)
     if method == "autoround":
         return _write_autoround_checkpoint(weights, common, settings, out, calibration, tokenizer)
+    if method == "compressed-tensors":
+        return _write_compressed_tensors_checkpoint(weights, common, settings, out)
     if method == "gptq":
         samples = calibration_samples(calibration)
         quantization = GPTQConfig(dataset=samples, tokenizer=tokenizer, **settings)
@@ -285,11 +287,26 @@ def _write_autoround_checkpoint(weights, common: dict, settings: dict, out: Path
     return samples
 
 
+def _write_compressed_tensors_checkpoint(weights, common: dict, settings: dict, out: Path) -> list[str]:
+    """Data-free: no calibration samples. What llm-compressor's environment reports (its versions, the time) is kept
+    beside the weights."""
+    from transformers import AutoConfig
+
+    from demo.artifacts import llm_compressor
+
+    if settings["scheme"] == "W4A16":
+        check_group_size(AutoConfig.from_pretrained(weights.location, **common), settings["group_size"],
+                         "compressed-tensors")
+    report = llm_compressor.make(weights.location, settings, out)
+    (out / "llm_compressor.json").write_text(json.dumps(report, indent=2))
+    return []
+
+
 def _environment() -> dict:
     from demo.measuring.system import environment
 
     env = environment()
-    for name in ("optimum", "gptqmodel", "auto-round", "auto-round-lib"):
+    for name in ("optimum", "gptqmodel", "auto-round", "auto-round-lib", "compressed-tensors"):
         env[name] = _version(name)
     return env
 

@@ -45,6 +45,8 @@ def transformers_kernel(method: str, model: torch.nn.Module, device: str) -> dic
         return _hqq(model)
     if method == "autoround":
         return _autoround(model)
+    if method == "compressed-tensors":
+        return _compressed_tensors(model)
     return kernel(UNKNOWN, f"no rule for method {method}", "nothing")
 
 
@@ -173,3 +175,18 @@ def _autoround(model: torch.nn.Module) -> dict[str, str]:
                       "(auto-round-lib)", found_by)
     return kernel(EMULATED, "each call dequantizes the packed weights to the activation dtype, then a float matmul "
                   "(auto-round's torch fallback; auto-round-lib has the CPU kernel)", found_by)
+
+
+def _compressed_tensors(model: torch.nn.Module) -> dict[str, str]:
+    """transformers runs a compressed-tensors checkpoint through compressed-tensors' own forward, which on its first
+    call decompresses the packed weights to the activation dtype and keeps them so; every call after is a float
+    matmul behind its quantize-dequantize hooks. The kernels for these formats are vLLM's."""
+    layers = [m for m in model.modules() if getattr(m, "quantization_scheme", None) is not None]
+    if not layers:
+        return kernel(UNKNOWN, "no layer carries a compressed-tensors quantization scheme", "the layers' schemes")
+    dtypes = sorted({str(m.weight.dtype).removeprefix("torch.") for m in layers if hasattr(m, "weight")})
+    found_by = (f"the layers' compressed-tensors schemes and the dtype their weights hold after the warm-up "
+                f"({', '.join(dtypes) or 'still packed'})")
+    return kernel(EMULATED, "compressed-tensors decompresses the weights to the activation dtype at the first call and "
+                  "runs float matmuls (with its quantize-dequantize hooks): no low-bit kernel on this runtime, and "
+                  "the memory of a 16-bit model; vLLM has the kernels for this format", found_by)

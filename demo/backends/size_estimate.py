@@ -80,7 +80,7 @@ def weights_bytes(count: ParameterCount, variant: Variant) -> int:
         per_group = 2 * _rest_bytes(variant, count) / group
         return _ceil(count.linear * (settings["nbits"] / 8 + per_group)) + rest
     if method in CHECKPOINT_METHODS:
-        bits = settings.get("bits", 4)
+        bits = variant.bits or 4
         return _ceil(count.linear * (bits / 8 + STATE_BYTES * 2 / group)) + count.linear_rows * STATE_BYTES + rest
     if method == "gguf":  # k-quant blocks add under one bit per weight; the rest is counted at 16 bits or more
         bits = GGUF_TYPES[settings["type"]]

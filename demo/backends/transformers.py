@@ -34,7 +34,7 @@ logging.getLogger("bitsandbytes.autograd._functions").addFilter(
 
 PACKAGES = {"bnb-int8": ("bitsandbytes",), "bnb-4bit": ("bitsandbytes",), "gptq": ("gptqmodel", "optimum"),
             "torchao": ("torchao",), "awq": ("gptqmodel",), "hqq": ("hqq",),
-            "autoround": ("auto_round",)}
+            "autoround": ("auto_round",), "compressed-tensors": ("compressed_tensors",)}
 AUTOGPTQ_CONFIG = "quantize_config.json"
 _AUTOGPTQ_KEYS = ("bits", "group_size", "desc_act", "sym", "true_sequential", "damp_percent", "checkpoint_format")
 _PLAIN_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}

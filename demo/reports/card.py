@@ -37,6 +37,7 @@ METHOD_NAMES = {
     "awq": "AWQ",
     "hqq": "HQQ",
     "autoround": "AutoRound",
+    "compressed-tensors": "compressed-tensors (llm-compressor)",
 }
 
 # Settings (transformers' argument names, as in models.yaml) in words; any other setting reads "name=value".
