@@ -100,7 +100,8 @@ def test_comparison_in_the_browser(browser, app_url, arena, clear_prompt, tmp_pa
     assert summary.locator("canvas, svg").count() >= 3
     for chart in ("#chart-decode", "#chart-ttft", "#chart-weights"):  # charts and answers have names
         assert page.locator(chart).get_attribute("aria-label").startswith("Bar chart: ")
-    assert page.locator("#chart-kl-weights").get_attribute("aria-label").startswith("Scatter chart: ")
+    kl_chart = page.locator("#chart-kl-weights")  # drawn where some variant has a KL against the baseline
+    assert kl_chart.count() == 0 or kl_chart.get_attribute("aria-label").startswith("Scatter chart: ")
     assert page.get_by_role("textbox", name="Answer from bf16").count() == 1
     # The System panel refreshes every 2 s: the last variant may have loaded after its latest refresh.
     page.wait_for_function("() => /Loaded variants:.*smollm2\\/bnb-nf4/.test(document.querySelector('#system')"
