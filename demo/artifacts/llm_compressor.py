@@ -18,7 +18,6 @@ from demo.errors import ArenaError
 
 PYTHON_ENV = "ARENA_LLM_COMPRESSOR_PYTHON"  # the llm-compressor environment's python, where it is elsewhere
 MAKER = Path(__file__).with_name("llm_compressor_make.py")
-SCHEME_BITS = {"W4A16": 4, "W8A8": 8}
 
 
 class LlmCompressorError(ArenaError):

@@ -293,7 +293,7 @@ def frontier_points(rows: list[dict]) -> tuple[list[FrontierPoint], list[str]]:
     """Each variant's mean KL against its weights, the Pareto-optimal ones marked; and what is not drawn, said why
     (both axes are logarithmic, so a KL of 0, the baseline against itself, has no place)."""
     names = short_names([r["variant"] for r in rows])
-    drawn, notes = [], []
+    drawn, notes = [], []  # (row, mean KL) of the points drawn
     for r in rows:
         mean, _ = _kl_of(r)
         mib = finite(r.get("weights_mib"))
@@ -302,15 +302,15 @@ def frontier_points(rows: list[dict]) -> tuple[list[FrontierPoint], list[str]]:
         elif mean <= 0:
             notes.append(f"{names[r['variant']]} (KL 0: the baseline itself)")
         else:
-            drawn.append(r)
+            drawn.append((r, mean))
     best = math.inf
     frontier = set()
-    for r in sorted(drawn, key=lambda r: (r["weights_mib"], _kl_of(r)[0])):
-        if _kl_of(r)[0] < best:
-            best = _kl_of(r)[0]
+    for r, mean in sorted(drawn, key=lambda item: (item[0]["weights_mib"], item[1])):
+        if mean < best:
+            best = mean
             frontier.add(r["variant"])
-    points = [FrontierPoint(r["variant"], float(r["weights_mib"]), _kl_of(r)[0], is_emulated(r),
-                            r["variant"] in frontier) for r in drawn]
+    points = [FrontierPoint(r["variant"], float(r["weights_mib"]), mean, is_emulated(r), r["variant"] in frontier)
+              for r, mean in drawn]
     return points, notes
 
 

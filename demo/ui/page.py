@@ -29,9 +29,8 @@ smoke tests, not verdicts.
 
 # How the variant picker groups variants: by family, the baseline first (models.yaml order within a family).
 FAMILIES = {"fp32": "transformers", "fp16": "transformers", "bf16": "transformers", "bnb-int8": "bitsandbytes",
-            "bnb-4bit": "bitsandbytes", "gptq": "GPTQ", "awq": "AWQ", "torchao": "torchao", "hqq": "HQQ", "autoround": "AutoRound",
-            "compressed-tensors": "compressed-tensors",
-            "gguf": "llama.cpp", "remote": "remote"}
+            "bnb-4bit": "bitsandbytes", "gptq": "GPTQ", "awq": "AWQ", "torchao": "torchao", "hqq": "HQQ",
+            "autoround": "AutoRound", "compressed-tensors": "compressed-tensors", "gguf": "llama.cpp", "remote": "remote"}
 
 
 def variant_choices(config) -> list[tuple[str, str]]:
