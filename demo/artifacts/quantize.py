@@ -171,11 +171,12 @@ def quantize_gguf_file(base: BaseModel, gguf_type: str, out: Path) -> dict:
 # parameters, so hours at 1B. On a CPU they are refused above this for a base with random weights, which gives
 # calibration nothing to preserve anyway.
 CPU_CALIBRATION_MAX_PARAMETERS = 500_000_000
+CALIBRATED_METHODS = ("gptq", "awq", "autoround")  # compressed-tensors here is data-free: seconds at any size
 
 
 def check_calibration_size(base: BaseModel, method: str) -> None:
     """Refuse GPTQ / AWQ for a random-weights shape too large to calibrate on a CPU, with the reason."""
-    if method not in CHECKPOINT_METHODS or not base.random_weights:
+    if method not in CALIBRATED_METHODS or not base.random_weights:
         return
     import torch
 
