@@ -56,23 +56,28 @@ $(CONVERTER_DIR)/convert_hf_to_gguf.py: requirements-gguf.txt
 		'*/vendor/llama.cpp/convert_hf_to_gguf.py' '*/vendor/llama.cpp/conversion' '*/vendor/llama.cpp/gguf-py'
 	rm -rf $(VENV)/src/llama-cpp-python
 
-# llama.cpp's own tools (llama-imatrix, llama-perplexity, llama-quantize), built from the same vendored source as
-# the Python package and without its AMX backend (as above), statically linked: the importance-matrix GGUF variants
-# and the tests that hold the arena's KL against llama-perplexity use them; make demo does not build them.
+# llama.cpp's own tools (llama-imatrix, llama-perplexity, llama-quantize, llama-server), built from the same vendored
+# source as the Python package and without its AMX backend (as above), statically linked: the importance-matrix GGUF
+# variants, the tests that hold the arena's KL against llama-perplexity, and the serving sweep (GGUF variants served
+# by llama-server with parallel slots) use them; make demo does not build them. The server is built without its web
+# UI (which would be fetched or built with npm) and without HTTPS: the arena talks to it on 127.0.0.1.
 LLAMA_TOOLS_DIR := $(VENV)/llama-tools
-LLAMA_TOOLS := llama-imatrix llama-perplexity llama-quantize
-llama-tools: $(LLAMA_TOOLS_DIR)/.built
-$(LLAMA_TOOLS_DIR)/.built: requirements-gguf.txt | $(VENV)/.installed
+LLAMA_TOOLS := llama-imatrix llama-perplexity llama-quantize llama-server
+# named after the tool list, so a build from before a tool joined it is redone
+LLAMA_TOOLS_STAMP := $(LLAMA_TOOLS_DIR)/.built-$(subst $(eval) ,+,$(LLAMA_TOOLS))
+llama-tools: $(LLAMA_TOOLS_STAMP)
+$(LLAMA_TOOLS_STAMP): requirements-gguf.txt | $(VENV)/.installed
 	rm -rf $(VENV)/src/llama-tools && mkdir -p $(VENV)/src/llama-tools $(LLAMA_TOOLS_DIR)/bin
 	$(BIN)/python -m pip download --quiet --no-deps --no-binary=llama-cpp-python -d $(VENV)/src/llama-tools "$(LLAMA_CPP)"
 	tar -xzf $(VENV)/src/llama-tools/*.tar.gz -C $(VENV)/src/llama-tools --strip-components=2 --wildcards \
 		'*/vendor/llama.cpp/*'
 	CFLAGS="$(LLAMA_NO_AMX_FLAGS)" CXXFLAGS="$(LLAMA_NO_AMX_FLAGS)" cmake -S $(VENV)/src/llama-tools/llama.cpp \
 		-B $(VENV)/src/llama-tools/build -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF -DLLAMA_BUILD_TESTS=OFF \
-		-DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_OPENSSL=OFF -DGGML_NATIVE=ON > /dev/null
+		-DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF \
+		-DLLAMA_OPENSSL=OFF -DGGML_NATIVE=ON > /dev/null
 	cmake --build $(VENV)/src/llama-tools/build --target $(LLAMA_TOOLS) -j $$(nproc) > /dev/null
 	cp $(addprefix $(VENV)/src/llama-tools/build/bin/,$(LLAMA_TOOLS)) $(LLAMA_TOOLS_DIR)/bin/
-	rm -rf $(VENV)/src/llama-tools
+	rm -rf $(VENV)/src/llama-tools $(LLAMA_TOOLS_DIR)/.built*
 	touch $@
 
 # llm-compressor in an environment of its own: it pins transformers 5.15-5.17 and compressed-tensors 0.19 (the arena
@@ -86,7 +91,7 @@ $(LLM_COMPRESSOR_DIR)/.installed: requirements-llm-compressor.txt | $(VENV)/.ins
 		-r requirements-llm-compressor.txt
 	touch $@
 
-$(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt $(LLAMA_TOOLS_DIR)/.built $(LLM_COMPRESSOR_DIR)/.installed
+$(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt $(LLAMA_TOOLS_STAMP) $(LLM_COMPRESSOR_DIR)/.installed
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
 	touch $@
 

@@ -47,6 +47,15 @@ class LoadedVariant(ABC):
         """Generate up to settings.max_new_tokens after prompt_ids, calling on_token for each new token
         (the stop token included) as soon as the runtime hands it over; return early once stop is set."""
 
+    def generate_batch(self, prompts: list[list[int]], new_tokens: int) -> dict[str, Any]:
+        """Serve len(prompts) requests at once the way this runtime batches them (the serving sweep,
+        demo.evaluate.serving): greedy, each answer exactly new_tokens long (stop tokens banned until then, as
+        serving benchmarks' ignore_eos). Returns plain data: {"started_s": perf_counter when the batch was handed to
+        the runtime, "requests": [{"tokens": [...], "stamps": [perf_counter seconds per token]}, ...]} in the
+        prompts' order. A runtime that serves through an engine of its own (llama.cpp's server, a remote engine) is
+        swept there instead, and this raises NotImplementedError."""
+        raise NotImplementedError(f"the {self.runtime} runtime is not batched in this process")
+
     def cancel(self) -> None:
         """Called from another thread once stop is set (again while the run has not ended): end a wait the
         runtime is blocked in, where one can be ended from outside (a remote engine's connection is shut

@@ -52,7 +52,7 @@ class RemoteVariant(LoadedVariant):
         self._last_run = {}
         run.round_trip_ms, self._round_trip_ms = self._round_trip_ms, None
         try:
-            for at_s, chunk in self.client.stream(self._prompt(prompt_ids), _sampling(settings), stop):
+            for at_s, chunk in self.client.stream(self.request_prompt(prompt_ids), _sampling(settings), stop):
                 run.add(at_s, chunk)
         except EndpointError as exc:
             self.client.reset()  # a broken pooled connection must not fail the next request too
@@ -68,7 +68,7 @@ class RemoteVariant(LoadedVariant):
         if engine not in ECHO_ENGINES:
             return Unavailable(f"not available: this engine ({engine}) returns no prompt log-probabilities")
         try:
-            answer = self.client.echo_log_probs(self._prompt(ids), TOP_K)
+            answer = self.client.echo_log_probs(self.request_prompt(ids), TOP_K)
         except EndpointError as exc:
             return Unavailable(self._scrub(f"not available: {exc}"))
         if self._engine_texts is None:
@@ -119,7 +119,8 @@ class RemoteVariant(LoadedVariant):
                 self._last_run["memory_source"] = reading.source
                 holder.result = Memory(ENGINE_REPORTED, reading.weights_mib, None, reading.total_mib, None, None)
 
-    def _prompt(self, ids: list[int]) -> list[int] | str:
+    def request_prompt(self, ids: list[int]) -> list[int] | str:
+        """The prompt as this engine is sent it: the ids themselves, or their text."""
         if self.variant.endpoint.engine in TOKEN_ID_PROMPTS:
             return list(ids)
         return text_prompt(self.tokenizer, ids, self.engine_adds_bos)

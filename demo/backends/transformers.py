@@ -144,6 +144,28 @@ class TransformersVariant(LoadedVariant):
                                 streamer=_TimestampStreamer(lambda token_id, at_s: times.append(at_s)))
         return times
 
+    def generate_batch(self, prompts: list[list[int]], new_tokens: int) -> dict[str, Any]:
+        """One generate() call for every request: the prompts left-padded to the longest, the padding masked out
+        (generate() derives each row's positions from its attention mask), greedy, each row exactly new_tokens long.
+        Every row's token of a step arrives at that step's time."""
+        pad = self.tokenizer.pad_token_id
+        pad = pad if pad is not None else min(self.stop_token_ids, default=0)
+        width = max(len(p) for p in prompts)
+        input_ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, ids in enumerate(prompts):
+            input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
+            mask[row, width - len(ids):] = 1
+        rows: list[dict[str, list]] = [{"tokens": [], "stamps": []} for _ in prompts]
+        streamer = _BatchStreamer(rows)
+        started_s = time.perf_counter()
+        with torch.inference_mode():
+            self.model.generate(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device),
+                                **_generate_kwargs(GenerationSettings(max_new_tokens=new_tokens)),
+                                min_new_tokens=new_tokens, eos_token_id=sorted(self.stop_token_ids),
+                                **self._cache_kwargs(), pad_token_id=pad, streamer=streamer)
+        return {"started_s": started_s, "requests": rows}
+
     def free(self) -> None:
         self.model = None
 
@@ -230,6 +252,25 @@ class _TimestampStreamer(BaseStreamer):
 
 class _Stopped(Exception):
     """Ends the prompt's forward pass between two layers once stop is set (caught in generate)."""
+
+
+class _BatchStreamer(BaseStreamer):
+    """A batched generate()'s tokens, one per row at each step, timestamped when the step hands them over."""
+
+    def __init__(self, rows: list[dict[str, list]]):
+        self._rows, self._prompt_seen = rows, False
+
+    def put(self, value: torch.Tensor) -> None:
+        at_s = time.perf_counter()
+        if not self._prompt_seen:  # generate() first pushes the prompt ids
+            self._prompt_seen = True
+            return
+        for row, token_id in zip(self._rows, value.reshape(-1).tolist()):
+            row["tokens"].append(int(token_id))
+            row["stamps"].append(at_s)
+
+    def end(self) -> None:
+        pass
 
 
 class _StopsWhileReading:

@@ -12,8 +12,12 @@ variant) in nats, of Δp and of top-1 agreement, as llama.cpp reports them (demo
 Speed and memory: through the app's own path (Arena.compare), one warm-up run then RUNS runs.
 Writes results.json, results.csv, results.md and PNG charts to results/<timestamp>/ or --out.
 
+Two sweeps have rows of their own: --protocol depth (quality, speed, memory and retrieval against the context's
+length, demo.evaluate.depth) and --protocol serving --concurrency 1,2,4,8 (throughput and latency with N requests
+in flight at once, batched by the runtime that would serve them, demo.evaluate.serving).
+
 The package's modules: plan (the protocols' pieces), quality, speed, run (evaluate), outputs (the files),
-records (a variant's row) and __main__ (the command line).
+records (a variant's row), depth and serving (the sweeps, with their *_outputs) and __main__ (the command line).
 """
 
 from demo.evaluate.outputs import conditions, markdown_table, noise_floors, write_outputs

@@ -11,9 +11,10 @@ from pathlib import Path
 import demo.evaluate as package
 from demo.config import REPO_ROOT, load_config
 from demo.errors import ArenaError, InvalidRequest
-from demo.evaluate import depth
+from demo.evaluate import depth, serving
 from demo.evaluate.depth_outputs import depth_conditions, write_depth_outputs
 from demo.evaluate.outputs import conditions, write_outputs
+from demo.evaluate.serving_outputs import serving_conditions, write_serving_outputs
 from demo.evaluate.plan import EVALUATION_FILE, PROMPTS_FILE, PROTOCOLS, Protocol
 from demo.evaluate.run import evaluate
 from demo.measuring import protocols
@@ -29,8 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="output folder (default: results/<timestamp>)")
     parser.add_argument("--runs", type=int, default=5, help="timed runs per variant after one warm-up")
     parser.add_argument("--max-new-tokens", type=int, help="new tokens a run generates (default 64; depth: 16)")
-    parser.add_argument("--protocol", choices=(*PROTOCOLS, "depth"), default="sliding",
-                        help="which tokens are fed and scored (default: sliding; see above); depth: the sweep below")
+    parser.add_argument("--protocol", choices=(*PROTOCOLS, "depth", "serving"), default="sliding",
+                        help="which tokens are fed and scored (default: sliding; see above); depth, serving: the "
+                             "sweeps below")
     parser.add_argument("--ctx", type=int, default=protocols.LLAMACPP_CTX,
                         help=f"llamacpp: tokens per chunk (default {protocols.LLAMACPP_CTX}, as llama.cpp)")
     parser.add_argument("--prompts", type=Path, default=PROMPTS_FILE,
@@ -40,9 +42,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--needles", type=int, default=3, help="depth: places the fact is planted at per depth")
     parser.add_argument("--long-text", type=Path, default=depth.LONG_TEXT,
                         help="depth: the long text (default: assets/long_context.txt)")
+    parser.add_argument("--concurrency", default=",".join(map(str, serving.DEFAULT_CONCURRENCY)),
+                        help="serving: requests in flight at once, comma-separated levels (default: %(default)s)")
+    parser.add_argument("--rounds", type=int, default=serving.ROUNDS,
+                        help="serving: timed runs of every level, interleaved (default %(default)s, the fewest that "
+                             "give the ratio against the smallest level an interval)")
+    parser.add_argument("--serving-prompts", type=Path, default=serving.PROMPTS_FILE,
+                        help="serving: the requests' prompts, JSON {\"prompts\": [...]} (default: "
+                             "assets/serving_prompts.json)")
     args = parser.parse_args(argv)
     if args.protocol == "depth":
         return _depth(args)
+    if args.protocol == "serving":
+        return _serving(args)
     protocol = Protocol(args.protocol, args.ctx, args.prompts)
     try:
         arena = Arena(load_config(args.models))
@@ -82,6 +94,32 @@ def _depth(args) -> int:
     out = args.out or REPO_ROOT / "results" / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     conditions = depth_conditions(plan, notes, time.perf_counter() - started)
     paths = write_depth_outputs(rows, arena.environment(), out, conditions, list(arena.config.variants))
+    print(paths["markdown"].read_text())
+    print(f"wrote {', '.join(str(p) for p in paths.values())}")
+    return 0
+
+
+def _serving(args) -> int:
+    """The serving sweep (demo.evaluate.serving): its own rows, one per variant and concurrency level."""
+    try:
+        levels = tuple(int(c) for c in args.concurrency.split(",") if c.strip())
+    except ValueError:
+        print(f"error: --concurrency must be whole numbers separated by commas, got {args.concurrency!r}",
+              file=sys.stderr)
+        return 1
+    plan = serving.ServingPlan(levels, args.max_new_tokens or serving.NEW_TOKENS, args.rounds, args.serving_prompts)
+    try:
+        plan.check()
+        variant_ids = [v.strip() for v in args.variants.split(",") if v.strip()]
+        arena = Arena(load_config(args.models))
+        started = time.perf_counter()
+        rows = serving.sweep(arena, variant_ids, plan)
+    except ArenaError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    out = args.out or REPO_ROOT / "results" / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    paths = write_serving_outputs(rows, plan, arena.environment(), out,
+                                  serving_conditions(plan, time.perf_counter() - started), list(arena.config.variants))
     print(paths["markdown"].read_text())
     print(f"wrote {', '.join(str(p) for p in paths.values())}")
     return 0

@@ -183,6 +183,9 @@ class ProcessVariant(LoadedVariant):
     def bare_token_times(self, prompt_ids: list[int], settings: GenerationSettings) -> list[float]:
         return self._ask("bare_token_times", (prompt_ids, settings))
 
+    def generate_batch(self, prompts: list[list[int]], new_tokens: int) -> dict[str, Any]:
+        return self._ask("generate_batch", (prompts, new_tokens))
+
     def _ask(self, kind: str, payload: tuple, stop: threading.Event | None = None,
              on_token: OnToken | None = None) -> Any:
         try:
@@ -236,7 +239,7 @@ class _WorkerHandle:
     def start(cls, runtime: str) -> "_WorkerHandle":
         ours, theirs = socket.socketpair()
         try:
-            process = _launcher().submit(_spawn, theirs.fileno()).result()
+            process = launcher().submit(_spawn, theirs.fileno()).result()
         finally:
             theirs.close()
         return cls(process, Connection(ours.detach()), runtime)
@@ -414,7 +417,7 @@ def _forget_after_fork() -> None:
 os.register_at_fork(after_in_child=_forget_after_fork)
 
 
-def _launcher() -> ThreadPoolExecutor:
+def launcher() -> ThreadPoolExecutor:
     """This process's one thread that starts workers (it lives as long as the process: see die_with_parent)."""
     with _launchers_lock:
         pid = os.getpid()

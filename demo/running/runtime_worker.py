@@ -145,6 +145,9 @@ class _Worker:
     def _bare_token_times(self, request_id: str, ids: list[int], settings) -> list[float]:
         return self.loaded.bare_token_times(ids, settings)
 
+    def _generate_batch(self, request_id: str, prompts: list[list[int]], new_tokens: int) -> dict[str, Any]:
+        return self.loaded.generate_batch(prompts, new_tokens)
+
 
 def send(conn: Connection, message: tuple) -> None:
     conn.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))

@@ -15,8 +15,10 @@ from demo.errors import ArenaError
 from demo.reports import scratch
 from demo.running.runner import Arena
 from demo.evaluate import depth
+from demo.evaluate import serving
 from demo.evaluate.depth_outputs import depth_conditions, write_depth_outputs
-from demo.ui import depth_view, offpool
+from demo.evaluate.serving_outputs import serving_conditions, write_serving_outputs
+from demo.ui import depth_view, offpool, serving_view
 from demo.ui.clients import client_of
 from demo.ui.stops import Stops
 
@@ -53,7 +55,7 @@ TABLE_NOTE = ("*Checkpoint on disk* is filled only for variants whose quantized 
 PROTOCOL_CHOICES = [("sliding window over the held-out text", "sliding"),
                     ("llama.cpp's protocol (512-token chunks, BOS first, second half scored)", "llamacpp"),
                     ("in-domain trace: the baseline's answers to the blind-test prompts", "trace"),
-                    depth_view.PROTOCOL_CHOICE]
+                    depth_view.PROTOCOL_CHOICE, serving_view.PROTOCOL_CHOICE]
 
 
 def _value(result: evaluate.VariantEvaluation, field: str):
@@ -144,6 +146,9 @@ class EvaluateTab:
                                          elem_id="evaluate-protocol")
                 self.depths = gr.Textbox(",".join(map(str, depth.DEFAULT_DEPTHS)), label="Depths (depth sweep only)",
                                          elem_id="evaluate-depths", max_lines=1)
+                self.levels = gr.Textbox(",".join(map(str, serving.DEFAULT_CONCURRENCY)),
+                                         label="Requests at once (serving sweep only)", elem_id="evaluate-levels",
+                                         max_lines=1)
         with gr.Row():
             self.start = gr.Button("Evaluate", variant="primary", elem_id="evaluate")
             self.stop = gr.Button("Stop", variant="stop", interactive=False, elem_id="evaluate-stop")
@@ -176,7 +181,7 @@ class EvaluateTab:
         running = {start: gr.update(interactive=False), stop: gr.update(interactive=True, value="Stop")}
         idle = {start: gr.update(interactive=True), stop: gr.update(interactive=False, value="Stop")}
         start.click(lambda: running, None, [start, stop], queue=False, api_visibility="undocumented").then(
-            self.on_evaluate, [self.ids, self.runs, self.new_tokens, self.protocol, self.depths],
+            self.on_evaluate, [self.ids, self.runs, self.new_tokens, self.protocol, self.depths, self.levels],
             [self.status, self.table, self.quality_chart, self.speed_chart, self.kl_chart, self.kl_histogram,
              self.statistics, self.files],
             concurrency_limit=None, api_visibility="undocumented", show_progress_on=[self.status],
@@ -184,7 +189,7 @@ class EvaluateTab:
         stop.click(self.on_stop, None, stop, queue=False, api_visibility="undocumented")
 
     async def on_evaluate(self, variant_ids, run_count, max_new_tokens, protocol_name=None,
-                          request: gr.Request = None, depths_text=None):
+                          request: gr.Request = None, depths_text=None, levels_text=None):
         """Evaluate the ticked variants (in the models file's order) until done or stopped, and show the results.
         The whole evaluation holds one of the arena's places, in this client's share: its model runs take their
         turns among everyone's, and a client with its share in use is refused at once. It runs on a thread of its
@@ -192,18 +197,21 @@ class EvaluateTab:
         goes away stops it after the variant it is on."""
         with self.stops.running(request.session_hash if request else None) as stop_event:
             async with aclosing(self._evaluate(variant_ids, run_count, max_new_tokens, protocol_name, stop_event,
-                                               request, depths_text)) as updates:  # closed with this handler: its finally runs
+                                               request, depths_text, levels_text)) as updates:  # closed with this handler: its finally runs
                 async for update in updates:
                     yield update
 
     async def _evaluate(self, variant_ids, run_count, max_new_tokens, protocol_name, stop_event: threading.Event,
-                        request: gr.Request, depths_text: str | None = None):
+                        request: gr.Request, depths_text: str | None = None, levels_text: str | None = None):
         """on_evaluate's updates, with this evaluation's own stop event."""
         order = [v for v in self.config.variants if v in (variant_ids or [])]  # rows in the models file's order
         text = evaluate.EVALUATION_FILE.read_text(encoding="utf-8")
         arena = self.arena.for_client(client_of(request, self.arena.config.proxies))
         if protocol_name == "depth":
             run = self._depth_run(arena, order or list(variant_ids or []), depths_text, stop_event)
+        elif protocol_name == "serving":
+            run = self._serving_run(arena, order or list(variant_ids or []), levels_text, int(run_count),
+                                    int(max_new_tokens), stop_event)
         else:
             run = self._evaluation_run(arena, order or list(variant_ids or []), text, run_count, max_new_tokens,
                                        evaluate.Protocol(protocol_name or "sliding"), stop_event)
@@ -240,6 +248,34 @@ class EvaluateTab:
                     self.kl_chart: gr.update(value=None, visible=False),
                     self.kl_histogram: gr.update(value=None, visible=False),
                     self.files: [str(paths[k]) for k in ("json", "markdown")]}
+        return run
+
+    def _serving_run(self, arena: Arena, order: list[str], levels_text: str | None, rounds: int, new_tokens: int,
+                     stop_event: threading.Event):
+        """The serving sweep as the tab's work (the timed runs are its rounds): its rows, its chart and files."""
+        def run(work: offpool.Work) -> dict:
+            plan = serving.ServingPlan(serving_view.parse_levels(levels_text or ""), new_tokens, rounds)
+            with arena.admitted() as admitted:
+                started = time.perf_counter()
+                rows = serving.sweep(admitted, order, plan, progress=lambda f, m: work.report((f, m)),
+                                     stop=stop_event)
+            if not rows:
+                return {self.status: "**Stopped** before the first variant finished."}
+            out = scratch.folder("evaluate-")
+            paths = write_serving_outputs(rows, plan, self.arena.environment(), out,
+                                          serving_conditions(plan, time.perf_counter() - started),
+                                          order=list(self.config.variants))
+            head = "**Stopped.**" if stop_event.is_set() else "**Done.**"
+            return {self.status: f"{head} {serving_view.users_line(rows, plan)} {serving_view.NOTE}",
+                    self.statistics: "",
+                    self.table: pd.DataFrame(serving_view.table_rows(rows),
+                                             columns=list(serving_view.HEADERS.values())),
+                    self.quality_chart: gr.update(value=_path(paths, "serving_chart"),
+                                                  label="Per user against in total"),
+                    self.speed_chart: gr.update(value=None, label="Speed against memory"),
+                    self.kl_chart: gr.update(value=None, visible=False),
+                    self.kl_histogram: gr.update(value=None, visible=False),
+                    self.files: [str(paths[k]) for k in ("json", "csv", "markdown")]}
         return run
 
     def _evaluation_run(self, arena: Arena, order: list[str], text: str, run_count, max_new_tokens,
