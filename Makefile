@@ -29,7 +29,7 @@ DEMO_GGUF := smollm2/gguf-q8_0 smollm2/gguf-q4_k_m smollm2/gguf-f32
 
 export GRADIO_ANALYTICS_ENABLED ?= False
 
-.PHONY: install install-dev llama-tools llm-compressor demo test space-check bench loadtest clean
+.PHONY: install install-dev llama-tools llm-compressor vllm demo test space-check bench loadtest clean
 
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev /usr/bin/chromium
@@ -91,7 +91,22 @@ $(LLM_COMPRESSOR_DIR)/.installed: requirements-llm-compressor.txt | $(VENV)/.ins
 		-r requirements-llm-compressor.txt
 	touch $@
 
-$(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt $(LLAMA_TOOLS_STAMP) $(LLM_COMPRESSOR_DIR)/.installed
+# vLLM's CPU build in an environment of its own (it pins transformers below 5.20): the serving sweep and the
+# remote-variant tests start `vllm serve` from it on 127.0.0.1. make demo does not build it.
+VLLM_DIR := $(VENV)/vllm
+vllm: $(VLLM_DIR)/.installed
+$(VLLM_DIR)/.installed: requirements-vllm.txt | $(VENV)/.installed
+	rm -rf $(VLLM_DIR) && $(PYTHON) -m venv $(VLLM_DIR)
+	$(VLLM_DIR)/bin/python -m pip install --quiet "$$(grep -E '^torch==' requirements.txt)" -r requirements-vllm.txt
+	# torchvision, torchaudio and torchcodec come built against another torch build, and their native operators
+	# fail to load beside this one (transformers imports torchvision whenever it is there): vLLM serves text
+	# models without them.
+	$(VLLM_DIR)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	$(VLLM_DIR)/bin/python -c "import vllm.entrypoints.openai.api_server"
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt $(LLAMA_TOOLS_STAMP) $(LLM_COMPRESSOR_DIR)/.installed \
+		$(VLLM_DIR)/.installed
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
 	touch $@
 

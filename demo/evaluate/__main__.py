@@ -50,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--serving-prompts", type=Path, default=serving.PROMPTS_FILE,
                         help="serving: the requests' prompts, JSON {\"prompts\": [...]} (default: "
                              "assets/serving_prompts.json)")
+    parser.add_argument("--engine", choices=serving.ENGINES, default="runtime",
+                        help="serving: what serves transformers-format weights: runtime (one batched generate() in "
+                             "the arena) or vllm (vLLM's own server, from make vllm); GGUF variants are always "
+                             "served by llama-server, remote ones by their engine")
     args = parser.parse_args(argv)
     if args.protocol == "depth":
         return _depth(args)
@@ -107,7 +111,8 @@ def _serving(args) -> int:
         print(f"error: --concurrency must be whole numbers separated by commas, got {args.concurrency!r}",
               file=sys.stderr)
         return 1
-    plan = serving.ServingPlan(levels, args.max_new_tokens or serving.NEW_TOKENS, args.rounds, args.serving_prompts)
+    plan = serving.ServingPlan(levels, args.max_new_tokens or serving.NEW_TOKENS, args.rounds, args.serving_prompts,
+                               engine=args.engine)
     try:
         plan.check()
         variant_ids = [v.strip() for v in args.variants.split(",") if v.strip()]

