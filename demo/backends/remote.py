@@ -29,6 +29,9 @@ from demo.measuring.trackers import Memory
 TOP_K = 20  # prompt log-probabilities asked for per position (vLLM's default --max-logprobs is 20)
 # Engines whose /v1/completions returns prompt log-probabilities with echo; TGI's and llama-server's do not.
 ECHO_ENGINES = ("llamacpp-python", "vllm", "sglang")
+# Engines asked to name the echoed tokens by id rather than by text (vLLM's return_tokens_as_token_ids): exact ids,
+# no text two tokens share (remote_http sends the flag).
+ID_NAMING_ENGINES = ("vllm",)
 NOT_REPORTED = "not-reported"
 ENGINE_REPORTED = "engine-reported"
 
@@ -204,9 +207,11 @@ class _EngineTexts:
         entries = _entry_positions(engine, ids, bos)
         tokens, top = logprobs.get("tokens") or [], logprobs.get("top_logprobs") or []
         forced = logprobs.get("token_logprobs") or []
+        by_id = engine in ID_NAMING_ENGINES
+        name_of, id_of = (_id_name, _named_id) if by_id else (self.text_of, self.ids.get)
         by_position: dict[int, int] = {}
         for entry, (described, predicted) in enumerate(entries[:len(tokens)]):
-            if self.text_of(described) != tokens[entry] and "\ufffd" not in self.text_of(described):
+            if name_of(described) != tokens[entry] and (by_id or "\ufffd" not in self.text_of(described)):
                 return Unavailable(f"not available: the engine tokenized the teacher-forced text differently "
                                    f"from the base tokenizer (token {described!r})")
             by_position[predicted] = entry
@@ -219,9 +224,10 @@ class _EngineTexts:
             entry = by_position[position]
             table = top[entry]
             best = max(table, key=table.get)
-            known.append(known_by_id(table, self.ids))
-            top1_text.append(best)
-            top1_id.append(self.ids.get(best))
+            known.append({id_of(name): lp for name, lp in table.items() if id_of(name) is not None} if by_id
+                         else known_by_id(table, self.ids))
+            top1_id.append(id_of(best))
+            top1_text.append(self.text_of(top1_id[-1]) if by_id and top1_id[-1] is not None else best)
             same = entries[entry][0] == ids[position]  # the entry describes the token it predicts
             forced_lp.append(forced[entry] if same else known[-1].get(ids[position]))
         return TopLogProbs(known, top1_text, top1_id, forced_lp, TOP_K, self.text_of)
@@ -230,16 +236,27 @@ class _EngineTexts:
 def _entry_positions(engine: str, ids: list[int], bos: int | None) -> list[tuple[int, int]]:
     """Per echo entry: (the token id it names, the position whose prediction its top_logprobs hold).
 
-    OpenAI's convention (vLLM, SGLang): entry i names token i and holds its prediction. llama-cpp-python
+    OpenAI's convention (vLLM, SGLang): entry i names token i and holds its prediction (entry 0, the first token,
+    holds none). llama-cpp-python
     (0.3.x, read from its llama.py) drops a leading BOS, skips every BOS entry, and its rows are the
     distributions *after* each kept token's predecessor only when the sequence began with BOS; without a
     leading BOS, entry i names token i but holds the prediction of token i + 1.
     """
     if engine != "llamacpp-python":
-        return [(token, i) for i, token in enumerate(ids) if i > 0]
+        return [(token, i) for i, token in enumerate(ids)]
     offset = 1 if ids and bos is not None and ids[0] == bos else 0
     kept = ids[offset:]
     return [(token, idx + 1) for idx, token in enumerate(kept) if token != bos and idx + 1 < len(ids)]
+
+
+def _id_name(token_id: int) -> str:
+    """A token as an engine asked for ids names it (vLLM's return_tokens_as_token_ids)."""
+    return f"token_id:{token_id}"
+
+
+def _named_id(name: str) -> int | None:
+    head, _, number = name.partition(":")
+    return int(number) if head == "token_id" and number.isdigit() else None
 
 
 def text_prompt(tokenizer: Any, ids: list[int], engine_adds_bos: bool) -> str:

@@ -39,6 +39,11 @@ _USAGE = {"vllm": {"stream_options": {"include_usage": True, "continuous_usage_s
           "llamacpp": {"stream_options": {"include_usage": True}}}
 
 
+# vLLM names the echoed tokens by id when asked (exact, where token texts can be shared or special); the reader is
+# demo.backends.remote (ID_NAMING_ENGINES).
+_ECHO_BY_ID = {"vllm": {"return_tokens_as_token_ids": True}}
+
+
 @dataclass(frozen=True)
 class EngineMemory:
     weights_mib: float | None
@@ -152,7 +157,8 @@ class EndpointClient:
         """The prompt's own log-probabilities (completions with echo): OpenAI's legacy `logprobs` object
         (tokens, token_logprobs, top_logprobs as token text -> logprob) and the usage counts."""
         request = {"model": self.endpoint.model, "prompt": prompt, "max_tokens": 1, "echo": True,
-                   "logprobs": top_k, "temperature": 0.0, **_PLAIN_SAMPLING.get(self.endpoint.engine, {})}
+                   "logprobs": top_k, "temperature": 0.0, **_PLAIN_SAMPLING.get(self.endpoint.engine, {}),
+                   **_ECHO_BY_ID.get(self.endpoint.engine, {})}
         with self._guard("prompt log-probabilities"):
             answer = self._request("POST", f"{self.endpoint.url}/completions", json=request, total=True)
         try:
