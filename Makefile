@@ -128,7 +128,7 @@ test: install-dev
 space-check:
 	$(PYTHON) tests/space_install.py
 
-bench: install
+bench: install llama-tools vllm
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_page.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_storm.py
@@ -141,6 +141,13 @@ bench: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m demo.quantize --models models.synthetic.yaml --variant llama-1b-random/gguf-q8_0
 	HF_HUB_OFFLINE=1 $(BIN)/python -m demo.evaluate --protocol depth --depths 512,2048 --needles 1 \
 		--models models.synthetic.yaml --variants llama-1b-random/bf16,llama-1b-random/gguf-q8_0 --out results/bench-depth-1b
+	HF_HUB_OFFLINE=1 $(BIN)/python -m demo.evaluate --protocol serving --concurrency 1,2,4,8 --out results/bench-serving \
+		--variants smollm2/bf16,smollm2/bnb-nf4,smollm2/torchao-int4,smollm2/gguf-q8_0,smollm2/gguf-q4_k_m
+	HF_HUB_OFFLINE=1 $(BIN)/python -m demo.evaluate --protocol serving --engine vllm --concurrency 1,2,4,8 \
+		--variants smollm2/bf16 --out results/bench-serving-vllm
+	HF_HUB_OFFLINE=1 $(BIN)/python -m demo.evaluate --protocol serving --concurrency 1,2,4,8 --max-new-tokens 16 \
+		--models models.synthetic.yaml --variants llama-1b-random/bf16,llama-1b-random/bnb-nf4,llama-1b-random/gguf-q8_0 \
+		--out results/bench-serving-1b
 
 loadtest: install-dev
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/loadtest.py

@@ -311,24 +311,11 @@ def _rounded(value: float | None, digits: int) -> float | None:
 def sweep(arena: Arena, variant_ids: list[str], plan: DepthPlan, progress=None, stop=None) -> list[DepthRow]:
     """The depth sweep over the chosen variants (each baseline first, so its reference is its own row's work);
     once `stop` is set, the rows not yet started are left out."""
-    from demo.evaluate.run import check_variants
+    from demo.evaluate.run import check_variants, sweep_rows
 
     check_variants(arena, variant_ids)
     plan.check()
-    report = progress or (lambda fraction, message: None)
     baselines = {arena.config.base_of(v).baseline for v in variant_ids}
     ordered = sorted(variant_ids, key=lambda v: v not in baselines)
-    rows: list[DepthRow] = []
     steps = arena.run_job(depth_steps, ordered, plan, gpu_seconds=None)
-    try:
-        for step in steps:
-            if isinstance(step, DepthRow):
-                rows.append(step)
-                if stop is not None and stop.is_set():
-                    break
-            else:
-                report(*step)
-    finally:
-        steps.close()
-    report(1.0, "done")
-    return rows
+    return sweep_rows(steps, DepthRow, progress, lambda row: stop is not None and stop.is_set())

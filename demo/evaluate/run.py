@@ -90,3 +90,24 @@ def check_variants(arena: Arena, variant_ids: list[str]) -> None:
         raise InvalidRequest("the same variant is listed twice; list each variant once")
     for variant_id in variant_ids:
         arena.validate(speed.SPEED_PROMPT, [variant_id])
+
+
+def sweep_rows(steps: Iterator, row_type: type, progress=None, ends_early: Callable[[object], bool] = lambda row: False
+               ) -> list:
+    """A sweep's rows (depth, serving) from its job's steps, which are rows of row_type and (fraction, message)
+    progress: progress is reported as it comes, and the sweep ends after a row for which ends_early is true (a
+    Stop, checked where the sweep may end)."""
+    report = progress or (lambda fraction, message: None)
+    rows: list = []
+    try:
+        for step in steps:
+            if isinstance(step, row_type):
+                rows.append(step)
+                if ends_early(step):
+                    break
+            else:
+                report(*step)
+    finally:
+        steps.close()
+    report(1.0, "done")
+    return rows

@@ -222,25 +222,13 @@ def _rows(variant_id: str, plan: ServingPlan, runs: dict[int, list[Run]], served
 
 def sweep(arena: Arena, variant_ids: list[str], plan: ServingPlan, progress=None, stop=None) -> list[ServingRow]:
     """The serving sweep over the chosen variants; once `stop` is set, the variants not yet started are left out."""
-    from demo.evaluate.run import check_variants
+    from demo.evaluate.run import check_variants, sweep_rows
 
     check_variants(arena, variant_ids)
     plan.check()
-    report = progress or (lambda fraction, message: None)
-    rows: list[ServingRow] = []
     steps = arena.run_job(serving_steps, variant_ids, plan, gpu_seconds=None)
-    try:
-        for step in steps:
-            if isinstance(step, ServingRow):
-                rows.append(step)
-                if stop is not None and stop.is_set() and step.concurrency == plan.concurrency[-1]:
-                    break
-            else:
-                report(*step)
-    finally:
-        steps.close()
-    report(1.0, "done")
-    return rows
+    return sweep_rows(steps, ServingRow, progress, lambda row: stop is not None and stop.is_set()
+                      and row.concurrency == plan.concurrency[-1])
 
 
 class _Serving:
@@ -276,27 +264,12 @@ def _llama_server(arena: Arena, variant: Variant, plan: ServingPlan) -> _Serving
     """llama-server on the variant's GGUF file, with a slot per request of the largest level, each slot as long as
     the longest prompt and its answer."""
     import torch
-    from transformers import AutoTokenizer
 
-    from demo.artifacts import cache, sources
-
-    base = arena.config.bases[variant.base]
-    path, _ = llamacpp.gguf_file(variant, base)
-    weights = sources.resolve(base)
-    tokenizer = AutoTokenizer.from_pretrained(weights.location, revision=weights.revision,
-                                              trust_remote_code=base.trust_remote_code)
-    longest = max(len(prompt_ids(tokenizer, text)) for text in plan.prompts())
-    slot = longest + plan.new_tokens + SLOT_MARGIN_TOKENS
-    log_path = cache.local_dir() / "engines" / f"llama-server-{variant.id.replace('/', '-')}.log"
-    server = engine_server.llama_server(path, plan.concurrency[-1], slot, torch.get_num_threads(), log_path)
-    client = EndpointClient(server.endpoint())
-
-    def close() -> None:
-        client.close()
-        server.stop()
-
-    return _Serving(tokenizer, f"llama-server ({plan.concurrency[-1]} slots, continuous batching)",
-                    lambda batch, n: concurrent_streams(client, batch, n), close)
+    path, _ = llamacpp.gguf_file(variant, arena.config.bases[variant.base])
+    tokenizer = _base_tokenizer(arena, variant)
+    server = engine_server.llama_server(path, plan.concurrency[-1], _slot_tokens(tokenizer, plan),
+                                        torch.get_num_threads(), _engine_log("llama-server", variant))
+    return _on_engine(tokenizer, f"llama-server ({plan.concurrency[-1]} slots, continuous batching)", server)
 
 
 def _vllm(arena: Arena, variant: Variant, plan: ServingPlan) -> _Serving:
@@ -304,9 +277,7 @@ def _vllm(arena: Arena, variant: Variant, plan: ServingPlan) -> _Serving:
     checkpoint), up to the largest level's sequences at once. A variant vLLM cannot load fails its rows with vLLM's
     own last words."""
     import torch
-    from transformers import AutoTokenizer
 
-    from demo.artifacts import cache, sources
     from demo.backends import transformers as backend
     from demo.config import CHECKPOINT_METHODS
 
@@ -314,24 +285,46 @@ def _vllm(arena: Arena, variant: Variant, plan: ServingPlan) -> _Serving:
         raise InvalidRequest(f"vLLM serves plain-dtype and pre-quantized checkpoints here ({', '.join(_VLLM_DTYPES)}, "
                              f"{', '.join(CHECKPOINT_METHODS)}) without the arena's KV-cache settings; "
                              f"{variant.id} quantizes at load, as only transformers does")
-    base = arena.config.bases[variant.base]
-    weights = backend.weights_for(variant, base)
-    tokenizer_from = sources.resolve(base)
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_from.location, revision=tokenizer_from.revision,
-                                              trust_remote_code=base.trust_remote_code)
-    longest = max(len(prompt_ids(tokenizer, text)) for text in plan.prompts())
-    log_path = cache.local_dir() / "engines" / f"vllm-{variant.id.replace('/', '-')}.log"
+    weights = backend.weights_for(variant, arena.config.bases[variant.base])
+    tokenizer = _base_tokenizer(arena, variant)
     server = engine_server.vllm_server(Path(weights.location), _VLLM_DTYPES.get(variant.method, "bfloat16"),
-                                       plan.concurrency[-1], longest + plan.new_tokens + SLOT_MARGIN_TOKENS,
-                                       torch.get_num_threads(), log_path)
+                                       plan.concurrency[-1], _slot_tokens(tokenizer, plan), torch.get_num_threads(),
+                                       _engine_log("vllm", variant))
+    return _on_engine(tokenizer, f"vLLM {engine_server.vllm_version()} (up to {plan.concurrency[-1]} at once)", server)
+
+
+def _base_tokenizer(arena: Arena, variant: Variant) -> Any:
+    """The base model's own tokenizer (every runtime gets the same prompt ids), without loading the variant."""
+    from transformers import AutoTokenizer
+
+    from demo.artifacts import sources
+
+    base = arena.config.bases[variant.base]
+    weights = sources.resolve(base)
+    return AutoTokenizer.from_pretrained(weights.location, revision=weights.revision,
+                                         trust_remote_code=base.trust_remote_code)
+
+
+def _slot_tokens(tokenizer: Any, plan: ServingPlan) -> int:
+    """The context one request needs: the longest prompt and its answer."""
+    return max(len(prompt_ids(tokenizer, text)) for text in plan.prompts()) + plan.new_tokens + SLOT_MARGIN_TOKENS
+
+
+def _engine_log(engine: str, variant: Variant) -> Path:
+    from demo.artifacts import cache
+
+    return cache.local_dir() / "engines" / f"{engine}-{variant.id.replace('/', '-')}.log"
+
+
+def _on_engine(tokenizer: Any, served_by: str, server: engine_server.EngineServer) -> _Serving:
+    """A sweep against an engine the sweep started: concurrent streams to it; closing stops it."""
     client = EndpointClient(server.endpoint())
 
     def close() -> None:
         client.close()
         server.stop()
 
-    return _Serving(tokenizer, f"vLLM {engine_server.vllm_version()} (up to {plan.concurrency[-1]} at once)",
-                    lambda batch, n: concurrent_streams(client, batch, n), close)
+    return _Serving(tokenizer, served_by, lambda batch, n: concurrent_streams(client, batch, n), close)
 
 
 def _ms(values: list[float], q: float) -> float | None:
