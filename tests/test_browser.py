@@ -317,3 +317,22 @@ def test_text_contrast_and_focus_ring(browser, app_url):
                             "return [s.outlineStyle, parseFloat(s.outlineWidth)]; }")
     assert outline[0] != "none" and outline[1] >= 2, outline
     assert errors == []
+
+
+def test_evaluate_tab_serving_sweep(browser, app_url, tmp_path):
+    """The serving sweep as a visitor runs it: the protocol chosen, two levels, one timed run; the rows in words,
+    the per-user against total chart, the users-per-machine line."""
+    page, errors = open_page(browser, app_url, width=1440, height=900)
+    page.get_by_role("tab", name="Evaluate").click()
+    page.get_by_label("Timed runs per variant", exact=False).locator("xpath=..").locator("input[type=number]").first.fill("1")
+    page.get_by_label("New tokens per timed run", exact=False).locator("xpath=..").locator("input[type=number]").first.fill("8")
+    page.locator("#evaluate-protocol").get_by_text("serving sweep", exact=False).click()
+    page.locator("#evaluate-levels textarea, #evaluate-levels input").first.fill("1,2")
+    page.locator("#evaluate").click()
+    page.locator("#evaluate-status").get_by_text("Done.").wait_for(timeout=300_000)
+    assert "Users per machine" in page.locator("#evaluate-status").inner_text()
+    table = page.locator("#evaluate-table").inner_text()
+    assert "requests at once" in table and "transformers generate()" in table and "smollm2/bnb-nf4" in table
+    assert page.locator("img[src*='serving_per_user_vs_total']").count() == 1
+    page.screenshot(path=str(tmp_path / "serving.png"), full_page=True)
+    assert errors == []

@@ -37,9 +37,9 @@ def serving_figure(rows: list[dict], colours: dict[str, str], min_user_tokens_pe
         ax.annotate(f"{min_user_tokens_per_s:g} tokens/s per user", (0.99, min_user_tokens_per_s),
                     xycoords=("axes fraction", "data"), ha="right", va="bottom", fontsize=8, color="#666666")
         ys.append(min_user_tokens_per_s)
-    ax.set_xlabel("total output tokens/s (all requests in flight)", fontsize=10)
+    ax.set_xlabel("total output tokens/s (all requests in flight; numbers: requests at once)", fontsize=9)
     ax.set_ylabel("per-user decode tokens/s (median request)", fontsize=10)
-    ax.set_title("Serving: per user against in total (numbers: requests at once)", fontsize=11)
+    ax.set_title("Per user against in total", fontsize=12)
     if xs:
         ax.set_xlim(0, max(xs) * 1.12)
         _set_headroom(ax, max(ys))

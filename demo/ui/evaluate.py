@@ -158,7 +158,7 @@ class EvaluateTab:
         self.status = gr.Markdown(elem_id="evaluate-status")
         self.table = gr.Dataframe(headers=list(HEADERS.values()), interactive=False, wrap=True,
                                   elem_id="evaluate-table")
-        gr.Markdown(TABLE_NOTE, elem_classes=["small-print"])
+        self.table_note = gr.Markdown(TABLE_NOTE, elem_classes=["small-print"])  # the sweeps' rows need none
         with gr.Row():
             self.quality_chart = gr.Image(label="Quality against memory", type="filepath", interactive=False)
             self.speed_chart = gr.Image(label="Speed against memory", type="filepath", interactive=False)
@@ -182,8 +182,8 @@ class EvaluateTab:
         idle = {start: gr.update(interactive=True), stop: gr.update(interactive=False, value="Stop")}
         start.click(lambda: running, None, [start, stop], queue=False, api_visibility="undocumented").then(
             self.on_evaluate, [self.ids, self.runs, self.new_tokens, self.protocol, self.depths, self.levels],
-            [self.status, self.table, self.quality_chart, self.speed_chart, self.kl_chart, self.kl_histogram,
-             self.statistics, self.files],
+            [self.status, self.table, self.table_note, self.quality_chart, self.speed_chart, self.kl_chart,
+             self.kl_histogram, self.statistics, self.files],
             concurrency_limit=None, api_visibility="undocumented", show_progress_on=[self.status],
         ).then(lambda: idle, None, [start, stop], queue=False, api_visibility="undocumented")
         stop.click(self.on_stop, None, stop, queue=False, api_visibility="undocumented")
@@ -243,8 +243,10 @@ class EvaluateTab:
             head = "**Stopped.**" if stop_event.is_set() else "**Done.**"
             return {self.status: f"{head} {depth_view.NOTE}", self.statistics: "",
                     self.table: pd.DataFrame(depth_view.table_rows(rows), columns=list(depth_view.HEADERS.values())),
+                    self.table_note: "",
                     self.quality_chart: gr.update(value=_path(paths, "kl_chart"), label="Quality against depth"),
-                    self.speed_chart: gr.update(value=str(paths["decode_chart"]), label="Speed against depth"),
+                    self.speed_chart: gr.update(value=str(paths["decode_chart"]), label="Speed against depth",
+                                                visible=True),
                     self.kl_chart: gr.update(value=None, visible=False),
                     self.kl_histogram: gr.update(value=None, visible=False),
                     self.files: [str(paths[k]) for k in ("json", "markdown")]}
@@ -272,7 +274,8 @@ class EvaluateTab:
                                              columns=list(serving_view.HEADERS.values())),
                     self.quality_chart: gr.update(value=_path(paths, "serving_chart"),
                                                   label="Per user against in total"),
-                    self.speed_chart: gr.update(value=None, label="Speed against memory"),
+                    self.table_note: "",
+                    self.speed_chart: gr.update(value=None, visible=False),  # the one chart says it all
                     self.kl_chart: gr.update(value=None, visible=False),
                     self.kl_histogram: gr.update(value=None, visible=False),
                     self.files: [str(paths[k]) for k in ("json", "csv", "markdown")]}
@@ -303,8 +306,10 @@ class EvaluateTab:
         return {self.status: f"{head} {note.strip()}",
                 self.statistics: f"## {statistics}" if statistics else "No statistics: no variant has a baseline.",
                 self.table: pd.DataFrame(table_rows(results), columns=list(HEADERS.values())),
+                self.table_note: TABLE_NOTE,
                 self.quality_chart: gr.update(value=str(paths["quality_chart"]), label="Quality against memory"),
-                self.speed_chart: gr.update(value=str(paths["speed_chart"]), label="Speed against memory"),
+                self.speed_chart: gr.update(value=str(paths["speed_chart"]), label="Speed against memory",
+                                            visible=True),
                 self.kl_chart: gr.update(value=_path(paths, "kl_chart"), visible="kl_chart" in paths),
                 self.kl_histogram: gr.update(value=_path(paths, "kl_histogram"), visible="kl_histogram" in paths),
                 self.files: [str(paths[k]) for k in ("json", "csv", "markdown")]}
