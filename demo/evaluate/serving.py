@@ -177,7 +177,7 @@ def serving_steps(arena: Arena, variant_ids: list[str], plan: ServingPlan) -> It
         runs: dict[int, list[Run]] = {level: [] for level in plan.concurrency}
         served_by, error = None, None
         try:
-            with arena.exclusive(), _server_for(arena, variant, plan, len(texts)) as serve:
+            with arena.exclusive(), _server_for(arena, variant, plan) as serve:
                 served_by = serve.served_by
                 ids = [prompt_ids(serve.tokenizer, text) for text in texts]
                 batch = lambda level: [ids[i % len(ids)] for i in range(level)]  # noqa: E731
@@ -245,7 +245,7 @@ class _Serving:
         self._close()
 
 
-def _server_for(arena: Arena, variant: Variant, plan: ServingPlan, prompt_count: int) -> _Serving:
+def _server_for(arena: Arena, variant: Variant, plan: ServingPlan) -> _Serving:
     if variant.runtime == "llama.cpp":
         return _llama_server(arena, variant, plan)
     if variant.runtime == "transformers" and plan.engine == "vllm":

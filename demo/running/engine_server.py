@@ -11,7 +11,6 @@ own /health, and its log kept in a file whose last lines any failure quotes.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import socket
@@ -24,12 +23,11 @@ import httpx
 
 from demo.config import Endpoint
 from demo.errors import EndpointError
-from demo.running import runtime_process
+from demo.running import lifeline, runtime_process
 
 READY_S = 120.0  # a 2-core machine loading a model and warming it up
 VLLM_READY_S = 300.0  # vLLM imports a great deal and profiles the model before it answers
 STOP_GRACE_S = 10.0
-_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 @dataclass
@@ -74,12 +72,6 @@ class EngineServer:
         _signal_group(self.process.pid, signal.SIGKILL)  # whatever of its session is still there
         return self.process.wait()
 
-    def __enter__(self) -> "EngineServer":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
 
 def start(engine: str, model: str, command: list, log_path: Path, port: int, ready_s: float = READY_S,
           env: dict[str, str] | None = None) -> EngineServer:
@@ -91,7 +83,7 @@ def start(engine: str, model: str, command: list, log_path: Path, port: int, rea
         # is tied to the thread that started the child (demo.running.lifeline)
         process = runtime_process.launcher().submit(
             subprocess.Popen, [str(part) for part in command], stdin=subprocess.DEVNULL, stdout=log,
-            stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent,
+            stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=lifeline.kernel_kill_with_parent,
             env={**os.environ, **(env or {})}).result()
     server = EngineServer(engine, model, port, process, log_path)
     deadline = time.monotonic() + ready_s
@@ -114,14 +106,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _die_with_parent() -> None:
-    """In the engine's process before it runs: the kernel kills it when the arena's process ends."""
-    try:
-        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):  # not Linux: stop() alone ends it
-        pass
 
 
 def _signal_group(pid: int, number: int) -> None:

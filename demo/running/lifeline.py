@@ -23,15 +23,23 @@ def die_with_parent(parent_pid: int, *, kernel_signal: bool) -> None:
     also reaches a worker stuck in native code). The kernel's signal fires when the *thread* that started this
     process ends, so only a process started from a thread that lives as long as its process may ask for it."""
     if kernel_signal:
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-                log.warning("prctl(PR_SET_PDEATHSIG) failed: errno %d", ctypes.get_errno())
-        except (OSError, AttributeError):  # not Linux: the watching thread alone
-            pass
+        failed = kernel_kill_with_parent()
+        if failed:
+            log.warning("prctl(PR_SET_PDEATHSIG) failed: errno %d", failed)
     if os.getppid() != parent_pid:  # the parent ended before the signal was asked for
         os._exit(0)
     threading.Thread(target=_watch, args=(parent_pid,), daemon=True, name="lifeline").start()
+
+
+def kernel_kill_with_parent() -> int:
+    """Ask the kernel for SIGKILL on this process when the thread that started it ends; 0, or the errno of a failed
+    prctl. Safe between fork and exec (it only calls prctl), so a native engine's Popen may run it as preexec_fn.
+    Not Linux: 0, and nothing is asked."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return 0 if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0 else ctypes.get_errno()
+    except (OSError, AttributeError):
+        return 0
 
 
 def _watch(parent_pid: int) -> None:
