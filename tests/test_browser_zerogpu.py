@@ -26,7 +26,7 @@ def test_a_streamed_comparison_then_stop_in_emulated_zerogpu(browser, zerogpu_ur
     assert "Emulated ZeroGPU" in page.locator("#zerogpu-notice").inner_text()
     page.get_by_label("Prompt").fill(clear_prompt)
     choose(page, VARIANTS)
-    page.wait_for_function("() => /ask for about \\d+ s of GPU time/.test(document.querySelector('#gpu-time')"
+    page.wait_for_function("() => /take about \\d+ s of GPU quota/.test(document.querySelector('#gpu-time')"
                            ".innerText)", timeout=10_000)
     page.locator("#run").click()
     page.locator("#summary").wait_for(state="visible", timeout=300_000)

@@ -26,11 +26,12 @@ def toy_task(count: int, delay_s: float, fail_at: int | None = None):
 
 
 def test_the_worker_is_forked_later_gets_pickles_and_stops():
-    from demo.errors import ZeroGpuError
+    import gradio as gr
+
     from demo.running.gpu_worker import emulated_gpu
 
     asked = []
-    gpu = emulated_gpu(toy_task, duration=lambda *args, **kwargs: asked.append(args) or 10)
+    gpu = emulated_gpu(toy_task, duration=lambda *args, **kwargs: asked.append(args) or 10, workers="reuse")
     started = threading.Thread(target=threading.Event().wait, args=(30,), name="server-thread", daemon=True)
     started.start()  # a thread of the server, started before the first call
     try:
@@ -45,14 +46,56 @@ def test_the_worker_is_forked_later_gets_pickles_and_stops():
         began = time.perf_counter()
         stream.close()
         assert time.perf_counter() - began < 2
-        # the same warm worker serves the next call; an error reaches the caller as its class name only
-        with pytest.raises(ZeroGpuError, match=r"^ZeroGPU worker error: ValueError$"):
+        # the same warm worker serves the next call; an error reaches the caller as its class name only, in the
+        # gradio Error `spaces` raises
+        with pytest.raises(gr.Error) as raised:
             list(gpu(3, 0.0, fail_at=1))
+        assert (raised.value.title, raised.value.message) == ("ZeroGPU worker error", "ValueError")
         assert [v[0] for v in gpu(1, 0.0)] == [pid] and gpu.workers_started == 1
         with pytest.raises(TypeError):  # arguments cross by pickle: a lock cannot
             list(gpu(threading.Lock(), 0.0))
     finally:
         gpu.shutdown()
+
+
+def test_a_fresh_worker_serves_each_call_unless_its_gpu_came_back_idle():
+    """`spaces` reuses a worker only when the device API hands its GPU back idle; otherwise it forks a fresh one,
+    which starts cold. The emulation's default does the same on every call (the previous worker ends)."""
+    from demo.running.gpu_worker import emulated_gpu
+
+    gpu = emulated_gpu(toy_task)
+    assert gpu.workers == "fresh"
+    try:
+        first = next(iter(gpu(1, 0.0)))[0]
+        previous = gpu._worker.process
+        second = next(iter(gpu(1, 0.0)))[0]
+        assert first != second and gpu.workers_started == 2 and gpu.calls == 2
+        previous.join(timeout=10)
+        assert not previous.is_alive()
+    finally:
+        gpu.shutdown()
+
+
+def test_the_emulation_raises_the_worker_errors_spaces_raises():
+    from spaces.zero.gradio import error
+
+    from demo.running.gpu_worker import worker_error
+
+    ours, theirs = worker_error("GPU task aborted"), error("ZeroGPU worker error", "GPU task aborted")
+    assert type(ours) is type(theirs)
+    assert (ours.title, ours.message) == (theirs.title, theirs.message)
+
+
+def test_zerogpu_s_errors_become_the_arena_s_with_their_words():
+    import gradio as gr
+
+    from demo.running.zerogpu import _from_spaces
+
+    quota = "You have exceeded your free ZeroGPU quota (90s requested vs. 42s left). Try again in 3:10:00. "
+    assert str(_from_spaces(gr.Error(quota, title="ZeroGPU quota exceeded"))) == f"ZeroGPU quota exceeded: {quota}"
+    assert str(_from_spaces(gr.Error("plain words"))) == "plain words"
+    aborted = str(_from_spaces(gr.Error("RuntimeError", title="ZeroGPU worker error")))
+    assert aborted.startswith("ZeroGPU worker error: RuntimeError (in ZeroGPU's worker process") and "log" in aborted
 
 
 def test_the_gpu_time_asked_adds_up():
@@ -71,8 +114,21 @@ def test_the_gpu_time_asked_adds_up():
     assert timer.compare_s(["smollm2/bf16"], settings) == 8.0  # no baseline, no scoring: ceil(1.45 * 1.5 + 5)
     # a 600-character prompt is 200 tokens: 136 past a short prompt's, read at 0.005 s a token
     assert timer.compare_s(["smollm2/bf16"], settings, "x" * 600) == 9.0  # ceil((1.45 + 0.68) * 1.5 + 5)
-    with pytest.raises(GpuTimeTooLong, match="about 61 s of GPU time; the limit here is 60 s"):
+    with pytest.raises(GpuTimeTooLong, match="about 61 s of GPU quota; the limit here is 60 s"):
         timer.check(61)
+    # `spaces` counts what is asked for times the GPU's duration factor (1.5 on its Blackwell configuration), and
+    # twice with no factor on an xlarge GPU; a fresh worker first moves every placed weight, inside the duration
+    blackwell = gpu_time.GpuTime(config, rates, cap_s=60, duration_factor=1.5, placed_mib=5000)
+    assert blackwell.compare_s(["smollm2/bf16"], settings) == 13.0  # ceil(1.45 * 1.5 + 5 + 5000 / 1000)
+    assert blackwell.charged_s(13.0) == 20.0
+    blackwell.check(40)  # 60 s charged: at the cap
+    with pytest.raises(GpuTimeTooLong, match=r"about 62 s of GPU quota \(41 s asked for × this GPU's duration "
+                                             r"factor 1.5\); the limit here is 60 s"):
+        blackwell.check(41)
+    xlarge = gpu_time.GpuTime(config, rates, cap_s=60, duration_factor=1.5, xlarge=True)
+    assert xlarge.charged_s(31.0) == 62.0
+    with pytest.raises(GpuTimeTooLong, match="counted twice on an xlarge GPU"):
+        xlarge.check(31)
     # a run measured in the worker replaces an assumed rate, never a measured one
     timer.observe([{"variant": "smollm2/bnb-nf4", "status": "done", "decode_tokens_per_s": 8.0, "ttft_ms": 300.0},
                    {"variant": "smollm2/bf16", "status": "done", "decode_tokens_per_s": 1.0, "ttft_ms": 9000.0}])
@@ -120,6 +176,22 @@ def test_a_profile_that_does_not_fit_is_refused_at_start_up_with_its_sizes(tmp_p
         zerogpu.ZeroGpuArena.start(config, "emulated")
 
 
+def test_torchao_is_not_placed_on_zerogpu_and_says_why(tmp_path):
+    """torchao quantizes as it loads, with the device's kernels: under ZeroGPU's emulated CUDA that fails (make
+    zerogpu-check); the emulation leaves it out too, with the same reason, before anything loads."""
+    from demo.config import load_config
+    from demo.running import zerogpu
+
+    config = load_config(small_profile(tmp_path, ["smollm2/fp32", "smollm2/torchao-int4"]))
+    arena = zerogpu.ZeroGpuArena.start(config, "emulated", cap_s=600)
+    try:
+        assert list(arena.placement.load_ms) == ["smollm2/fp32"]
+        reason = arena.placement.failed["smollm2/torchao-int4"]
+        assert reason.startswith("not offered on ZeroGPU: torchao quantizes its weights as they load")
+    finally:
+        arena._gpu.shutdown()
+
+
 def test_greedy_answers_in_the_worker_are_the_normal_mode_s(zg, arena, clear_prompt):
     for variant_id in VARIANTS:
         require_clear_answer(arena, variant_id)
@@ -158,7 +230,8 @@ def test_stop_and_a_client_that_leaves_end_the_worker_s_generation(zg):
     stream.close()  # what Gradio does when the client goes away
     assert time.perf_counter() - began < 5
     [record] = zg.compare_records(CLEAR_PROMPT, ["smollm2/bf16"], zg.settings(max_new_tokens=4))
-    assert record["status"] == "done" and record["environment"]["zerogpu"]["worker"] == "warm"
+    # a fresh worker for each call (the emulation's default, as when ZeroGPU hands no idle GPU back): it starts cold
+    assert record["status"] == "done" and record["environment"]["zerogpu"]["worker"] == "cold"
 
 
 def test_a_run_over_the_cap_is_refused_before_anything_runs(zg, monkeypatch):
@@ -166,7 +239,7 @@ def test_a_run_over_the_cap_is_refused_before_anything_runs(zg, monkeypatch):
 
     calls = zg._gpu.calls
     monkeypatch.setattr(zg.gpu_time, "cap_s", 10)
-    with pytest.raises(GpuTimeTooLong, match=r"would ask for about \d+ s of GPU time; the limit here is 10 s"):
+    with pytest.raises(GpuTimeTooLong, match=r"would take about \d+ s of GPU quota.*; the limit here is 10 s"):
         zg.compare("Hi", VARIANTS, zg.settings(max_new_tokens=64))
     assert zg._gpu.calls == calls
 

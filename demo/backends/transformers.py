@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -23,6 +24,12 @@ from demo.backends.common import first_line, package_available, pick_device
 from demo.config import CHECKPOINT_METHODS, BaseModel, Variant
 from demo.errors import NotQuantized, VariantUnavailable
 from demo.measuring import bandwidth, kv_cache
+
+# transformers 5 replaces some layers on a GPU (rotary embedding among them) with kernels it downloads from the Hub
+# at load (its `kernels` package, "kernels-community/*", by major version rather than by commit). The arena compares
+# quantization methods on transformers' own code, the same offline as online: off unless USE_HUB_KERNELS is set.
+# (Offline, as in `make zerogpu-check`, every GPU load failed on the missing kernel.)
+os.environ.setdefault("USE_HUB_KERNELS", "0")
 from demo.settings import GenerationSettings
 
 log = logging.getLogger(__name__)

@@ -19,8 +19,12 @@ from demo.settings import GenerationSettings, prompt_ids
 RATE_PROMPT = "Write one sentence about the sea."
 RATE_TOKENS = 12  # tokens generated per variant at start-up to measure its rates
 PASS_TOKENS = 128  # tokens of the teacher-forced pass timed at start-up
-MARGIN = 1.5  # asked = estimate × MARGIN + OVERHEAD_S: a run cut at its duration loses everything
-OVERHEAD_S = 5.0  # a cold worker's start-up, pickling, the records' environment
+MARGIN = 1.5  # asked = estimate × MARGIN + OVERHEAD_S + the move: a run cut at its duration loses everything
+OVERHEAD_S = 5.0  # a worker's start-up (fork, CUDA context), pickling, the records' environment
+# A request may land on a fresh worker: `spaces` forks one whenever the device API does not hand back the previous
+# worker's GPU idle, and that worker first moves every placed weight to the GPU (from the packed files on disk)
+# inside the requested duration. Assumed rate for that move, on the safe side of a disk read and a host-to-GPU copy.
+MOVE_MIB_PER_S = 1000.0
 CHARS_PER_TOKEN = 3.0  # a text's tokens, estimated on the safe side (English runs about 4 characters a token)
 PROMPT_TOKENS = 64  # a chat prompt's tokens where the page does not know the prompt yet (template included)
 SLIDING_OVERLAP = 2.0  # the sliding protocol feeds each token about WINDOW / STRIDE times
@@ -68,12 +72,25 @@ def _generation(loaded, ids: list[int]) -> tuple[float, float]:
 
 
 class GpuTime:
-    """The GPU seconds each kind of request asks for, from per-variant rates; check() refuses one over the cap."""
+    """The GPU seconds each kind of request asks for, from per-variant rates; check() refuses one over the cap.
 
-    def __init__(self, config, rates: dict[str, Rates], cap_s: float):
+    What a request asks `spaces.GPU` for (its duration callable) is not what ZeroGPU holds against the visitor's quota
+    and its maximum: `spaces` multiplies the duration by the GPU's duration factor (1.5 on its RTX Pro 6000 Blackwell
+    configuration, 1.0 on H200), and on an `xlarge` GPU (a Space whose packed weights pass the configuration's
+    threshold, about 42 GiB) uses no factor but counts the quota twice. charged_s() is that figure: the one the cap,
+    the page and a refusal speak of."""
+
+    def __init__(self, config, rates: dict[str, Rates], cap_s: float, duration_factor: float = 1.0,
+                 placed_mib: float = 0.0, xlarge: bool = False):
         self.config, self.cap_s = config, cap_s
+        self.duration_factor, self.xlarge = duration_factor, xlarge
+        self.move_s = placed_mib / MOVE_MIB_PER_S
         self._rates = dict(rates)
         self._lock = threading.Lock()
+
+    def charged_s(self, asked_s: float) -> float:
+        """The quota seconds a request that asks for asked_s is charged: × 2 on xlarge, else × the duration factor."""
+        return float(math.ceil(asked_s * (2.0 if self.xlarge else self.duration_factor)))
 
     def rates(self, variant_id: str) -> Rates:
         with self._lock:
@@ -121,9 +138,14 @@ class GpuTime:
         return self._asked(seconds)
 
     def _asked(self, estimate_s: float) -> float:
-        return float(math.ceil(estimate_s * MARGIN + OVERHEAD_S))
+        return float(math.ceil(estimate_s * MARGIN + OVERHEAD_S + self.move_s))
 
-    def check(self, seconds: float, what: str = "run") -> None:
-        if seconds > self.cap_s:
-            raise GpuTimeTooLong(f"this {what} would ask for about {seconds:.0f} s of GPU time; the limit here is "
+    def check(self, asked_s: float, what: str = "run") -> None:
+        """Refuse a request whose charged seconds (see charged_s) pass the cap."""
+        charged = self.charged_s(asked_s)
+        if charged > self.cap_s:
+            how = (f" ({asked_s:.0f} s asked for, counted twice on an xlarge GPU)" if self.xlarge else
+                   f" ({asked_s:.0f} s asked for × this GPU's duration factor {self.duration_factor:g})"
+                   if self.duration_factor != 1.0 else "")
+            raise GpuTimeTooLong(f"this {what} would take about {charged:.0f} s of GPU quota{how}; the limit here is "
                                  f"{self.cap_s:.0f} s: choose fewer variants or fewer new tokens")

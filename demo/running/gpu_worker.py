@@ -1,16 +1,21 @@
 """ZeroGPU's process model without a GPU (ARENA_ZEROGPU_EMULATE=1): emulated_gpu(task) is what `spaces.GPU` makes
 of a generator function on a ZeroGPU Space (spaces.zero.wrappers.generator_function_wrapper, spaces 0.51).
 
-- The first call forks a worker from the serving process (by then every thread the server starts is running, and
-  none of them exists in the worker). The worker stays and serves later calls, one at a time (one emulated GPU).
+- A call forks a worker from the serving process (by then every thread the server starts is running, and none of
+  them exists in the worker). `spaces` reuses the previous call's worker only when the device API hands back its
+  GPU idle, and otherwise forks a fresh one, which starts cold (on a GPU it first moves every placed weight there).
+  The emulation has no device API: workers="fresh" (the default, ARENA_ZEROGPU_WORKERS) forks a fresh worker for
+  every call and ends the previous one; workers="reuse" keeps one worker for every call, the best case. One call
+  at a time either way (one emulated GPU).
 - Arguments go to the worker pickled; each yielded value comes back pickled, in order.
 - A caller that closes the generator (Stop, a client gone) sets the worker's stop event; the worker checks it after
   each value the task yields and then closes the task, which ends its generation. The caller waits for the
   worker to end the call, so the next call never overlaps it.
 - In the worker, a call of the decorated function runs the task inline, as `spaces` does once forked.
-- An exception in the task reaches the caller as its class name only ("ZeroGPU worker error"), as on ZeroGPU,
-  where only a gradio Error keeps its words: a task passes its own errors back as yielded data.
-- A worker that dies ends the call with "GPU task aborted".
+- An exception in the task reaches the caller as a gradio Error titled "ZeroGPU worker error" whose message is the
+  exception's class name only, as `spaces` raises it (only a gradio Error keeps its words): a task passes its own
+  errors back as yielded data.
+- A worker that dies ends the call with the same gradio Error, "GPU task aborted".
 - A worker dies with the serving process (even one ended by SIGTERM or SIGKILL, where multiprocessing's own clean-up
   of daemon children never runs) and first drops the listening sockets it inherited, so a restarted app can bind its
   port and no client waits in a dead server's backlog (demo.running.lifeline).
@@ -27,12 +32,20 @@ from dataclasses import dataclass
 from pickle import PicklingError
 from typing import Any, Callable, Iterator
 
-from demo.errors import ZeroGpuError
 from demo.running import lifeline
 
 log = logging.getLogger(__name__)
 _FORK = multiprocessing.get_context("fork")
 forked = False  # True in a worker: a decorated call there runs inline
+WORKERS_ENV = "ARENA_ZEROGPU_WORKERS"  # "fresh" (default) or "reuse"
+WORKER_ERROR = "ZeroGPU worker error"  # the title `spaces` gives the errors of its worker
+
+
+def worker_error(message: str):
+    """The error `spaces` raises for its worker's failures (spaces.zero.gradio.error): a gradio Error with a title."""
+    import gradio as gr
+
+    return gr.Error(message, title=WORKER_ERROR, print_exception=False)
 
 
 @dataclass
@@ -73,8 +86,12 @@ class _Worker:
 class EmulatedGpu:
     """The decorated generator: call it like the task; it yields what the task yields in the worker."""
 
-    def __init__(self, task: Callable[..., Iterator], duration: Callable[..., float] | float | None = None):
+    def __init__(self, task: Callable[..., Iterator], duration: Callable[..., float] | float | None = None,
+                 workers: str | None = None):
         self.task, self.duration = task, duration
+        self.workers = workers or os.environ.get(WORKERS_ENV) or "fresh"
+        if self.workers not in ("fresh", "reuse"):
+            raise ValueError(f"{WORKERS_ENV} must be fresh or reuse, not {self.workers!r}")
         self._worker: _Worker | None = None
         self._lock = threading.Lock()  # one emulated GPU: one call at a time
         self.calls = 0  # calls that reached a worker, for the tests and the bench
@@ -89,6 +106,9 @@ class EmulatedGpu:
             self.duration(*args, **kwargs)
         with self._lock:
             worker = self._worker
+            if worker is not None and self.workers == "fresh":  # its GPU was not handed back idle: a fresh fork
+                worker.close()
+                worker = self._worker = None
             if worker is None or not worker.process.is_alive():
                 worker = self._worker = _Worker(self._serve)
                 self.workers_started += 1
@@ -101,14 +121,14 @@ class EmulatedGpu:
                     if item is None:
                         ended = True
                         self._worker = None
-                        raise ZeroGpuError("ZeroGPU worker error: GPU task aborted")
+                        raise worker_error("GPU task aborted")
                     if isinstance(item, _End):
                         ended = True
                         return
                     if isinstance(item, _Failed):
                         self._drain(worker)
                         ended = True
-                        raise ZeroGpuError(f"ZeroGPU worker error: {item.error_cls}")
+                        raise worker_error(item.error_cls)
                     try:
                         yield item.value
                     except GeneratorExit:
@@ -174,5 +194,6 @@ class EmulatedGpu:
                 self._worker = None
 
 
-def emulated_gpu(task: Callable[..., Iterator], duration: Callable[..., float] | float | None = None) -> EmulatedGpu:
-    return EmulatedGpu(task, duration)
+def emulated_gpu(task: Callable[..., Iterator], duration: Callable[..., float] | float | None = None,
+                 workers: str | None = None) -> EmulatedGpu:
+    return EmulatedGpu(task, duration, workers)

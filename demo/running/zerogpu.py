@@ -38,7 +38,13 @@ MIB = 2**20
 EMULATE_ENV = "ARENA_ZEROGPU_EMULATE"
 SLICE_ENV = "ARENA_ZEROGPU_SLICE_MIB"  # the emulation's GPU slice (ZeroGPU's own is read from `spaces`)
 CAP_ENV = "ARENA_ZEROGPU_MAX_S"  # the most GPU seconds one request may ask for
-DEFAULT_SLICE_MIB = 48 * 1024  # ZeroGPU's default slice: half a 96 GB Blackwell card
+DEFAULT_SLICE_MIB = 48 * 1024  # the emulation's: ZeroGPU's `large` size, half an RTX Pro 6000 Blackwell (on ZeroGPU
+# itself the slice is spaces' Config.zerogpu_cuda_total_memory, which the platform sets: see _slice_mib)
+FACTOR_ENV = "ARENA_ZEROGPU_DURATION_FACTOR"  # the emulation's duration factor (ZeroGPU's own is read from `spaces`)
+# The emulation's GPU configuration: spaces' own for the RTX Pro 6000 Blackwell (spaces/zero/configs.json), the GPU
+# ZeroGPU runs on today: every duration asked for is counted 1.5 times, and weights over the threshold make the
+# Space `xlarge` (a whole card, counted twice, with no factor).
+EMULATED_GPU_CONFIG = {"duration_factor": 1.5, "xlarge_threshold": 45097156608}
 DEFAULT_CAP_S = {"zerogpu": 120.0, "emulated": 600.0}  # the emulation runs on a CPU, several times slower
 EXECUTION = {"zerogpu": "ZeroGPU (a shared GPU slice)", "emulated": "emulated ZeroGPU (a worker process on the CPU)"}
 
@@ -53,6 +59,15 @@ def mode() -> str | None:
         return None
     return "zerogpu" if Config.zero_gpu else None
 
+
+# Families that cannot be placed at start-up, where ZeroGPU's CUDA is emulated (a tensor "on cuda" stays in host
+# memory), and why; each is left out with its reason (its column says it), in the emulation too, so that both modes
+# offer the same variants. Checked under the real `spaces` package by `make zerogpu-check`.
+NOT_PLACEABLE = {
+    "torchao": "torchao quantizes its weights as they load, with the device's own kernels (int4 packs them in a "
+               "CUDA-only layout); under ZeroGPU's emulated CUDA at start-up that fails, and quantizing inside the "
+               "worker instead would be repeated, inside the visitor's GPU time, by every fresh worker",
+}
 
 ASYNC_LOAD_ENV = "HF_DEACTIVATE_ASYNC_LOAD"  # transformers 5: "1" loads a checkpoint without its thread pool
 
@@ -98,11 +113,11 @@ class ZeroGpuArena(Arena):
     page) is the Arena's own."""
 
     def __init__(self, config: ArenaConfig, mode_name: str, manager: ModelManager, placement: Placement,
-                 rates: dict[str, gpu_time.Rates], cap_s: float):
+                 timer: gpu_time.GpuTime):
         super().__init__(config, manager, device=_ServingDevice())  # type: ignore[arg-type]
         self.mode, self.placement = mode_name, placement
         self.execution = EXECUTION[mode_name]
-        self.gpu_time = gpu_time.GpuTime(config, rates, cap_s)
+        self.gpu_time = timer
         self._gpu = _decorated(mode_name)
 
     @classmethod
@@ -118,18 +133,32 @@ class ZeroGpuArena(Arena):
         load_ms, failed = {}, {}
         with loading_in_this_thread():
             for variant_id in config.variants:
+                method = config.variants[variant_id].method
+                if method in NOT_PLACEABLE:
+                    failed[variant_id] = f"not offered on ZeroGPU: {NOT_PLACEABLE[method]}"
+                    log.warning("ZeroGPU: %s not placed: %s", variant_id, failed[variant_id])
+                    continue
                 try:
-                    load_ms[variant_id] = manager.get(variant_id).load_ms
+                    entry = manager.get(variant_id)
                 except Exception as exc:  # a variant that cannot load leaves the others placed; its column says why
                     failed[variant_id] = _one_line(exc)
                     log.warning("ZeroGPU: %s not placed: %s", variant_id, failed[variant_id])
+                    continue
+                load_ms[variant_id] = entry.load_ms
+                log.info("ZeroGPU: %s placed in %.1f s: %.0f MiB of weights on %s", variant_id, entry.load_ms / 1e3,
+                         entry.loaded.weights_bytes / MIB, placed_on(entry.loaded))
         weights = {v: manager.get(v).loaded.weights_bytes / MIB for v in load_ms}
         _refuse_if_over(weights, slice_mib, "measured")
         rates = {}
         if mode_name == "emulated":  # on ZeroGPU the serving process's CUDA is emulated: the worker measures
             rates = _measured_rates(manager, list(load_ms))
         cap = cap_s if cap_s is not None else float(os.environ.get(CAP_ENV) or DEFAULT_CAP_S[mode_name])
-        arena = cls(config, mode_name, manager, Placement(load_ms, weights, failed, slice_mib), rates, cap)
+        gpu = gpu_configuration(mode_name)
+        placed_mib = sum(weights.values())
+        threshold = gpu["xlarge_threshold"]
+        timer = gpu_time.GpuTime(config, rates, cap, duration_factor=gpu["duration_factor"], placed_mib=placed_mib,
+                                 xlarge=threshold is not None and placed_mib * MIB > threshold)
+        arena = cls(config, mode_name, manager, Placement(load_ms, weights, failed, slice_mib), timer)
         global _PLACED
         _PLACED = arena  # what a forked worker finds (see gpu_task)
         return arena
@@ -191,14 +220,41 @@ class ZeroGpuArena(Arena):
         return held()
 
     def _in_worker(self, job, args: tuple, seconds: float) -> Iterator:
+        import gradio as gr
+
         stream = self._gpu(job, args, time.time(), seconds)
         try:
             for item in stream:
                 if isinstance(item, _Raised):
                     raise item.rebuilt()
                 yield item
+        except gr.Error as exc:  # raised by `spaces` (or its emulation): a quota, a queue, the worker's failure
+            raise _from_spaces(exc) from exc
         finally:
             stream.close()  # closed early (Stop, a client gone): the worker's stop event is set
+
+
+def _from_spaces(exc) -> ZeroGpuError:
+    """A gradio Error of `spaces` as the arena's own error, with its title and its words as they are (its quota
+    messages, "GPU task aborted"). A worker's failure says only its exception's class there: where to look is added."""
+    from demo.running.gpu_worker import WORKER_ERROR
+
+    title = getattr(exc, "title", "Error")
+    words = f"{title}: {exc.message}" if title and title != "Error" else exc.message
+    if title == WORKER_ERROR:
+        words += " (in ZeroGPU's worker process; the app's log has its traceback)"
+    return ZeroGpuError(words)
+
+
+def gpu_configuration(mode_name: str) -> dict:
+    """The GPU's duration factor and xlarge threshold: `spaces`' own configuration for the GPU it runs on (its
+    default where it cannot tell), or the emulation's (EMULATED_GPU_CONFIG, the factor overridable)."""
+    if mode_name == "zerogpu":
+        from spaces.zero.config import get_config
+
+        return dict(get_config())
+    factor = os.environ.get(FACTOR_ENV)
+    return {**EMULATED_GPU_CONFIG, **({"duration_factor": float(factor)} if factor else {})}
 
 
 @dataclass
@@ -327,6 +383,16 @@ def _refuse_if_over(sizes_mib: dict[str, float], slice_mib: float, how: str) -> 
         raise ZeroGpuError(f"this profile's weights ({how}) take {total:,.0f} MiB but the ZeroGPU slice has "
                            f"{slice_mib:,.0f} MiB; every variant is placed at start-up there, so choose a smaller "
                            f"profile ({listed})")
+
+
+def placed_on(loaded) -> str:
+    """Where a placed variant's weights say they are: a parameter's device (under ZeroGPU's patched torch, "cuda:0"
+    for a tensor that is really in host memory), else the device its runtime chose."""
+    model = getattr(loaded, "model", None)
+    try:
+        return str(next(model.parameters()).device)
+    except (AttributeError, StopIteration, TypeError):
+        return str(loaded.device)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -23,8 +23,8 @@ def notice_markdown(arena: Arena) -> str:
              "time the run asks for, counted against your daily GPU quota.")
     failed = "".join(f" {v} could not be placed ({why})." for v, why in arena.placement.failed.items())
     return (f"{where} Every variant was placed when the app started, so there is no memory budget or eviction "
-            f"here; a column's load time is that placement. A run may ask for at most {arena.gpu_time.cap_s:.0f} s "
-            f"of GPU time.{failed}")
+            f"here; a column's load time is that placement. A run may take at most {arena.gpu_time.cap_s:.0f} s "
+            f"of GPU quota.{failed}")
 
 
 def gpu_time_text(arena: Arena, variant_ids, max_new_tokens) -> str:
@@ -40,7 +40,8 @@ def gpu_time_text(arena: Arena, variant_ids, max_new_tokens) -> str:
         arena.gpu_time.check(seconds)
     except ArenaError as exc:
         return f"**{exc}**"
-    return f"This run will ask for about **{seconds:.0f} s** of GPU time (at most {arena.gpu_time.cap_s:.0f} s)."
+    return (f"This run will take about **{arena.gpu_time.charged_s(seconds):.0f} s** of GPU quota "
+            f"(at most {arena.gpu_time.cap_s:.0f} s).")
 
 
 def gpu_time_line(arena: Arena, variants: gr.CheckboxGroup, max_new: gr.Slider) -> None:
