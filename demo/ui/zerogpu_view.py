@@ -22,6 +22,9 @@ def notice_markdown(arena: Arena) -> str:
              "**ZeroGPU:** each run happens on a shared ZeroGPU slice, in a worker process that holds the GPU for the "
              "time the run asks for, counted against your daily GPU quota.")
     failed = "".join(f" {v} could not be placed ({why})." for v, why in arena.placement.failed.items())
+    if arena.gpu_time.xlarge:  # spaces switches a Space whose packed weights pass its threshold to a whole card
+        failed = (" These weights make this Space `xlarge` on ZeroGPU: a whole GPU, each run counted twice against "
+                  "the quota." + failed)
     return (f"{where} Every variant was placed when the app started, so there is no memory budget or eviction "
             f"here; a column's load time is that placement. A run may take at most {arena.gpu_time.cap_s:.0f} s "
             f"of GPU quota.{failed}")
