@@ -188,6 +188,9 @@ def test_torchao_is_not_placed_on_zerogpu_and_says_why(tmp_path):
         assert list(arena.placement.load_ms) == ["smollm2/fp32"]
         reason = arena.placement.failed["smollm2/torchao-int4"]
         assert reason.startswith("not offered on ZeroGPU: torchao quantizes its weights as they load")
+        settings = arena.settings(max_new_tokens=16)  # a variant not placed asks for no GPU time
+        assert (arena.compare_gpu_s(["smollm2/fp32", "smollm2/torchao-int4"], settings)
+                == arena.compare_gpu_s(["smollm2/fp32"], settings))
     finally:
         arena._gpu.shutdown()
 

@@ -176,7 +176,12 @@ class ZeroGpuArena(Arena):
     def validate(self, prompt: str, variant_ids: list[str], settings: GenerationSettings | None = None) -> None:
         super().validate(prompt, variant_ids)
         if settings is not None:
-            self.gpu_time.check(self.gpu_time.compare_s(variant_ids, settings, prompt))
+            self.gpu_time.check(self.compare_gpu_s(variant_ids, settings, prompt))
+
+    def compare_gpu_s(self, variant_ids: list[str], settings: GenerationSettings, prompt: str | None = None) -> float:
+        """What a comparison asks ZeroGPU for: its placed variants' work (one not placed runs nothing there)."""
+        placed = [v for v in variant_ids if v not in self.placement.failed]
+        return self.gpu_time.compare_s(placed, settings, prompt)
 
     def compare(self, prompt: str, variant_ids: list[str], settings: GenerationSettings, *args, **kwargs):
         self.validate(prompt, variant_ids, settings)  # refused here, before anything runs or waits
@@ -186,7 +191,7 @@ class ZeroGpuArena(Arena):
 
     def _work(self, prompt: str, results: list[VariantResult], settings: GenerationSettings,
               stop: threading.Event) -> Iterator[list[VariantResult]]:
-        seconds = self.gpu_time.compare_s([r.variant for r in results], settings, prompt)
+        seconds = self.compare_gpu_s([r.variant for r in results], settings, prompt)
         stream = self._in_worker(compare_job, (prompt, [r.variant for r in results], settings), seconds)
         try:
             for shown in stream:

@@ -39,7 +39,7 @@ def gpu_time_text(arena: Arena, variant_ids, max_new_tokens) -> str:
         ids = [v for v in (variant_ids or []) if v in arena.config.variants]
         if not ids:
             return ""
-        seconds = arena.gpu_time.compare_s(ids, settings)
+        seconds = arena.compare_gpu_s(ids, settings)
         arena.gpu_time.check(seconds)
     except ArenaError as exc:
         return f"**{exc}**"
