@@ -395,3 +395,24 @@ def test_a_zerogpu_space_gets_the_gpu_profile(monkeypatch):
     assert config.models_path() == config.DEFAULT_MODELS_FILE  # a CPU Space
     monkeypatch.setenv(config.ZEROGPU_ENV, "true")
     assert config.models_path() == config.GPU_MODELS_FILE
+
+
+def test_placing_on_zerogpu_asks_gptqmodel_for_kernels_that_need_no_build(monkeypatch):
+    """Under ZeroGPU's emulated CUDA, gptqmodel would build its Marlin kernel in the serving process as a GPTQ or AWQ
+    checkpoint loads (6 minutes, then a failed build, under make zerogpu-check): placement asks for its plain-torch
+    kernels instead (and runs no warm-up); the emulation keeps the normal mode's CPU kernels; the settings are put
+    back afterwards."""
+    from demo.backends import transformers as runtime
+    from demo.running import zerogpu
+
+    monkeypatch.delenv(runtime.PLACING_ON_ZEROGPU_ENV, raising=False)
+    assert runtime._kernel_without_build("gptq") == {}
+    with zerogpu.placing("zerogpu"):
+        assert os.environ[zerogpu.ASYNC_LOAD_ENV] == "1"
+        gptq, awq = runtime._kernel_without_build("gptq"), runtime._kernel_without_build("awq")
+        assert gptq["quantization_config"].get_loading_attributes()["backend"] == "gptq_torch"
+        assert awq["quantization_config"].get_loading_attributes()["backend"] == "torch_awq"
+        assert runtime._kernel_without_build("bnb-4bit") == {} and runtime.placing_on_zerogpu()
+    with zerogpu.placing("emulated"):
+        assert runtime._kernel_without_build("gptq") == {}
+    assert runtime.PLACING_ON_ZEROGPU_ENV not in os.environ and zerogpu.ASYNC_LOAD_ENV not in os.environ

@@ -410,6 +410,7 @@ def from_pretrained_kwargs(variant: Variant, device: str) -> dict[str, Any]:
     if variant.dtype:
         kwargs["dtype"] = getattr(torch, variant.dtype)
     if variant.method in CHECKPOINT_METHODS:  # settings travel in the checkpoint's own config
+        kwargs.update(_kernel_without_build(variant.method))
         return kwargs
     if variant.method == "torchao":
         kwargs.setdefault("dtype", getattr(torch, torchao_quant.DEFAULT_DTYPE))
@@ -428,6 +429,34 @@ def from_pretrained_kwargs(variant: Variant, device: str) -> dict[str, Any]:
     else:  # config validation makes this unreachable; keep the failure loud if a method is added half-way
         raise VariantUnavailable(f"not available: method '{variant.method}' has no loader")
     return kwargs
+
+
+# ZeroGPU places every variant at start-up in its serving process, where CUDA is the `spaces` package's emulation: a
+# tensor "on cuda" stays in host memory and nothing can run on a GPU (demo.running.zerogpu sets this to "1" then).
+# Two things change while it is set:
+# - gptqmodel picks the fastest kernel the device has and builds it on first use: on CUDA its Marlin kernel,
+#   compiled with nvcc as the checkpoint loads (6 minutes on 2 cores under `make zerogpu-check`, then a failed
+#   build). GPTQ and AWQ checkpoints load with its plain-torch kernels instead, which need no build (its own guide
+#   puts them at about 80 % of its Triton kernel's speed);
+# - the two-token warm-up is not run: under the emulation it would run on the host, or reach real CUDA (gptqmodel's
+#   Triton dequantization asked for libcuda); the worker that runs the variant pays its one-off costs instead.
+PLACING_ON_ZEROGPU_ENV = "ARENA_PLACING_ON_ZEROGPU"
+NO_BUILD_BACKENDS = {"gptq": "gptq_torch", "awq": "torch_awq"}  # as transformers' GPTQConfig / AwqConfig name them
+
+
+def placing_on_zerogpu() -> bool:
+    return os.environ.get(PLACING_ON_ZEROGPU_ENV) == "1"
+
+
+def _kernel_without_build(method: str) -> dict[str, Any]:
+    """from_pretrained's quantization_config that asks gptqmodel for a kernel needing no build, while placing on
+    ZeroGPU (only its loading attributes, the backend among them, are merged into the checkpoint's own config)."""
+    if not placing_on_zerogpu() or method not in NO_BUILD_BACKENDS:
+        return {}
+    from transformers import AwqConfig, GPTQConfig
+
+    config_class = GPTQConfig if method == "gptq" else AwqConfig
+    return {"quantization_config": config_class(bits=4, backend=NO_BUILD_BACKENDS[method])}
 
 
 def weights_for(variant: Variant, base: BaseModel) -> sources.Weights:
@@ -492,7 +521,8 @@ def _ready(variant: Variant, model: Any, prompting: Prompting, device: str,
     facts = {**_method_facts(variant, model), **prompting.facts}
     loaded = TransformersVariant(variant, model, tokenizer, device, facts)
     loaded.random_weights = random_weights
-    warm_up(loaded)
+    if not placing_on_zerogpu():  # nothing can run on the emulated device (see PLACING_ON_ZEROGPU_ENV)
+        warm_up(loaded)
     # counted after the warm-up: bitsandbytes' CPU kernel repacks 4-bit weights and their state on the first pass
     loaded.weights_bytes = stored_bytes(model)
     loaded._facts.update(quantization_state_facts(model))

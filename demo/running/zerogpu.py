@@ -73,20 +73,28 @@ ASYNC_LOAD_ENV = "HF_DEACTIVATE_ASYNC_LOAD"  # transformers 5: "1" loads a check
 
 
 @contextmanager
-def loading_in_this_thread() -> Iterator[None]:
-    """transformers 5 copies a checkpoint's tensors to their device on a pool of threads of its own. ZeroGPU's
-    patch of torch (a TorchFunctionMode, spaces/zero/torch/patching.py) is active only in the thread that
-    imported `spaces`, so in those threads real CUDA is reached and placement fails. While this is entered,
-    transformers loads in the calling thread (its HF_DEACTIVATE_ASYNC_LOAD, made for this case)."""
-    previous = os.environ.get(ASYNC_LOAD_ENV)
-    os.environ[ASYNC_LOAD_ENV] = "1"
+def placing(mode_name: str = "zerogpu") -> Iterator[None]:
+    """What loading under ZeroGPU's emulated CUDA needs, while entered:
+    - transformers 5 copies a checkpoint's tensors to their device on a pool of threads of its own. ZeroGPU's patch
+      of torch (a TorchFunctionMode, spaces/zero/torch/patching.py) is active only in the thread that imported
+      `spaces`, so in those threads real CUDA is reached and placement fails: transformers loads in the calling
+      thread instead (its HF_DEACTIVATE_ASYNC_LOAD, made for this case);
+    - on ZeroGPU the runtime is told that its device is emulated (demo.backends.transformers.PLACING_ON_ZEROGPU_ENV):
+      gptqmodel is asked for kernels that need no build, and no warm-up runs. The emulation runs on a real CPU and
+      keeps the normal mode's kernels and warm-up, so that its figures compare with the normal mode's."""
+    from demo.backends.transformers import PLACING_ON_ZEROGPU_ENV
+
+    settings = {ASYNC_LOAD_ENV: "1", **({PLACING_ON_ZEROGPU_ENV: "1"} if mode_name == "zerogpu" else {})}
+    previous = {name: os.environ.get(name) for name in settings}
+    os.environ.update(settings)
     try:
         yield
     finally:
-        if previous is None:
-            os.environ.pop(ASYNC_LOAD_ENV, None)
-        else:
-            os.environ[ASYNC_LOAD_ENV] = previous
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 @dataclass(frozen=True)
@@ -131,7 +139,7 @@ class ZeroGpuArena(Arena):
         slice_mib = _slice_mib(mode_name)
         _check_fits(config, manager, slice_mib, "estimated")
         load_ms, failed = {}, {}
-        with loading_in_this_thread():
+        with placing(mode_name):
             for variant_id in config.variants:
                 method = config.variants[variant_id].method
                 if method in NOT_PLACEABLE:
