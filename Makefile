@@ -137,9 +137,9 @@ space-check:
 zerogpu-check:
 	$(PYTHON) tests/zerogpu_check.py
 
-# On a machine with an NVIDIA GPU (no network needed): every family that needs no calibration on CUDA at the bundled
-# model and the 1B and 8B shapes, with nvidia-smi's memory and energy beside the arena's. It runs in the Space's
-# environment (a CUDA build of torch), installed as for zerogpu-check.
+# On a machine with an NVIDIA GPU: the transformers families that need no calibration on CUDA at the bundled model and
+# the 1B and 8B shapes, with nvidia-smi's memory and energy beside the arena's. It runs in the Space's environment (a
+# CUDA build of torch), installed as for zerogpu-check (the package index, once); the check needs no network.
 gpu-check:
 	$(PYTHON) -c "import sys; sys.path.insert(0, 'tests'); import zerogpu_check as z; z.environment_ready(z.REPO / '.space-venv')"
 	HF_HUB_OFFLINE=1 .space-venv/bin/python benchmarks/gpu_check.py

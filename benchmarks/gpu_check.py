@@ -1,10 +1,12 @@
 """The checks only a GPU can answer, in one run that fits in 8 minutes on one H100 or H200 with no network
 (`make gpu-check`): the bundled model and the synthetic shapes only.
 
-1. Every default family that needs no calibration run (plain dtypes, bitsandbytes LLM.int8/NF4/FP4, torchao
-   int8/int4/fp8, HQQ, the quantized KV caches, llama.cpp GGUF) on CUDA, on the bundled SmolLM2-135M and at the
-   Llama-3.2-1B and Llama-3.1-8B shapes with random weights, through the headless CLI (`python -m demo compare`),
-   so each variant loads and runs as the page runs it.
+1. Every transformers family of the default profile that needs no calibration run (bf16, fp16, bitsandbytes
+   LLM.int8/NF4/FP4, torchao int8/int4/fp8, HQQ) on CUDA, on the bundled SmolLM2-135M and at the Llama-3.2-1B and
+   Llama-3.1-8B shapes with random weights, through the headless CLI (`python -m demo compare`), so each variant
+   loads and runs as the page runs it. Not here: GPTQ/AWQ/AutoRound/compressed-tensors (their checkpoints are made
+   by a calibration run first), the quantized KV caches, and GGUF (the Space's environment has no llama-cpp-python,
+   and its default build is a CPU one).
 2. While each comparison runs, `nvidia-smi` is sampled every 100 ms: the GPU memory it reports in use and the
    energy it integrates from the board's power draw sit beside the arena's own figures for the same run (the
    records' peak reserved memory and NVML energy).
@@ -17,7 +19,9 @@ in a worker forked from it; docs/zerogpu.md), and ZeroGPU itself is checked by `
 worker's CUDA start.
 
 It runs in the Space's environment (.space-venv, the one `make space-check` installs: requirements.txt with the torch
-ZeroGPU would get, a CUDA build), not in the developer's (whose torch is a CPU build).
+ZeroGPU would get, a CUDA build, torch 2.11.0+cu130, which needs an NVIDIA driver of the R580 series or later), not in
+the developer's (whose torch is a CPU build). `make gpu-check` installs that environment first if it is missing,
+which needs the package index once; the check itself needs no network.
 
     python benchmarks/gpu_check.py [--out DIR] [--shapes 1b,8b] [--max-new-tokens N]
 """
@@ -47,21 +51,20 @@ FAMILIES = [  # (suffix, method, dtype, settings): the default profile's familie
                                    "bnb_4bit_compute_dtype": "bfloat16"}),
     ("bnb-fp4", "bnb-4bit", None, {"bnb_4bit_quant_type": "fp4", "bnb_4bit_compute_dtype": "bfloat16"}),
     ("torchao-int8", "torchao", "bfloat16", {"scheme": "int8_weight_only"}),
-    ("torchao-int4", "torchao", "bfloat16", {"scheme": "int4_weight_only", "group_size": 128}),
+    ("torchao-int4", "torchao", "bfloat16", {"scheme": "int4_weight_only", "group_size": 64}),  # divides 576
     ("torchao-fp8", "torchao", "bfloat16", {"scheme": "float8_weight_only"}),
     ("hqq-4bit", "hqq", "bfloat16", {"nbits": 4, "group_size": 64, "axis": 1}),
-    ("gguf-q8_0", "gguf", None, {"type": "Q8_0"}),
 ]
 SHAPES = {"1b": ("llama-1b-random", "llama-3.2-1b"), "8b": ("llama-8b-random", "llama-3.1-8b")}
 TIMEOUT_S = {"135m": 150, "1b": 150, "8b": 240}
 
 
 def cuda_device() -> str | None:
-    try:
-        import torch
-    except ImportError:
-        return None
-    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    """The GPU's name, asked in a process of its own so that this one holds no CUDA context (nvidia-smi's memory
+    figures would count it)."""
+    probe = "import torch; print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
+    done = subprocess.run([sys.executable, "-c", probe], text=True, capture_output=True)
+    return done.stdout.strip() or None
 
 
 def models_file(folder: Path, shapes: list[str]) -> tuple[Path, dict[str, list[str]]]:
@@ -135,11 +138,15 @@ def compare(models: Path, variants: list[str], max_new_tokens: int, timeout_s: f
     command = [sys.executable, "-m", "demo", "compare", "--models", str(models), "--variants", ",".join(variants),
                "--prompt", PROMPT, "--max-new-tokens", str(max_new_tokens), "--json"]
     with Smi() as smi:
-        done = subprocess.run(command, cwd=REPO, text=True, capture_output=True, timeout=timeout_s,
-                              env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        try:
+            done = subprocess.run(command, cwd=REPO, text=True, capture_output=True, timeout=timeout_s,
+                                  env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        except subprocess.TimeoutExpired:
+            return [{"variant": v, "status": "timeout", "error": f"no answer within {timeout_s} s"}
+                    for v in variants], smi.summary()
     if done.returncode != 0:
         return [{"variant": v, "status": "error", "error": done.stderr[-1000:]} for v in variants], smi.summary()
-    return json.loads(done.stdout), smi.summary()
+    return json.loads(done.stdout[done.stdout.index("["):]), smi.summary()  # the records, after any banner
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,7 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     device = cuda_device()
     if device is None:
-        print("gpu-check: no CUDA device is visible here: nothing to check (run it on a machine with an NVIDIA GPU)")
+        import torch
+
+        print(f"gpu-check: no CUDA device is visible here (torch {torch.__version__}, CUDA {torch.version.cuda}): "
+              "nothing to check; run it on a machine with an NVIDIA GPU and a driver that supports that CUDA")
         return 2
     shapes = [s for s in args.shapes.split(",") if s]
     started, report, failed = time.monotonic(), {"device": device, "runs": []}, []

@@ -51,7 +51,8 @@ def test_the_worker_is_forked_later_gets_pickles_and_stops():
         with pytest.raises(gr.Error) as raised:
             list(gpu(3, 0.0, fail_at=1))
         assert (raised.value.title, raised.value.message) == ("ZeroGPU worker error", "ValueError")
-        assert [v[0] for v in gpu(1, 0.0)] == [pid] and gpu.workers_started == 1
+        # spaces keeps a worker for the next call only after a call that ended: after a failure, a fresh one
+        assert [v[0] for v in gpu(1, 0.0)] != [pid] and gpu.workers_started == 2
         with pytest.raises(TypeError):  # arguments cross by pickle: a lock cannot
             list(gpu(threading.Lock(), 0.0))
     finally:
@@ -96,6 +97,8 @@ def test_zerogpu_s_errors_become_the_arena_s_with_their_words():
     assert str(_from_spaces(gr.Error("plain words"))) == "plain words"
     aborted = str(_from_spaces(gr.Error("RuntimeError", title="ZeroGPU worker error")))
     assert aborted.startswith("ZeroGPU worker error: RuntimeError (in ZeroGPU's worker process") and "log" in aborted
+    assert str(_from_spaces(gr.Error("GPU task aborted", title="ZeroGPU worker error"))) == \
+        "ZeroGPU worker error: GPU task aborted"  # a worker that died: no traceback was printed
 
 
 def test_the_gpu_time_asked_adds_up():
@@ -127,6 +130,11 @@ def test_the_gpu_time_asked_adds_up():
         blackwell.check(41)
     xlarge = gpu_time.GpuTime(config, rates, cap_s=60, duration_factor=1.5, xlarge=True)
     assert xlarge.charged_s(31.0) == 62.0
+    decided = []  # on ZeroGPU `spaces` decides at launch(): asked each time, not fixed at start-up
+    later = gpu_time.GpuTime(config, rates, cap_s=60, duration_factor=1.5, xlarge=lambda: bool(decided))
+    assert later.charged_s(10.0) == 15.0
+    decided.append(True)
+    assert later.charged_s(10.0) == 20.0 and later.minimum_s() == 5.0
     with pytest.raises(GpuTimeTooLong, match="counted twice on an xlarge GPU"):
         xlarge.check(31)
     # a run measured in the worker replaces an assumed rate, never a measured one

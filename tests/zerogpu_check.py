@@ -17,7 +17,8 @@ for the device API on a loopback port. What then runs is the package's own code,
   page's answer says so.
 
 What it cannot show: anything after the worker's real CUDA start (moving the packed weights to a GPU, a kernel,
-a figure measured on a GPU). `make gpu-check` on a machine with a GPU runs the emulated mode on a real device.
+a figure measured on a GPU), nor the profile a ZeroGPU Space serves by default (models.gpu.yaml, whose weights come
+from the Hub). `make gpu-check` runs the families on CUDA on a machine with a GPU.
 
     python tests/zerogpu_check.py [--venv DIR]
 """

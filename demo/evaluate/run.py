@@ -36,7 +36,8 @@ def evaluate(arena: Arena, variant_ids: list[str], text: str, runs: int = 5, max
         raise InvalidRequest("the evaluation text is empty")
     settings = arena.settings(max_new_tokens=max_new_tokens)
     report = progress or (lambda fraction, message: None)
-    seconds = (arena.gpu_time.evaluation_s(variant_ids, runs, max_new_tokens, len(text))
+    placed = [v for v in variant_ids if v not in getattr(getattr(arena, "placement", None), "failed", {})]
+    seconds = (arena.gpu_time.evaluation_s(placed, runs, max_new_tokens, len(text))  # one not placed runs nothing
                if arena.gpu_time is not None else None)
     results: list[VariantEvaluation] = []
     if stop is not None and stop.is_set():

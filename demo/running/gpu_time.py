@@ -12,6 +12,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass, replace
+from typing import Callable
 
 from demo.errors import GpuTimeTooLong
 from demo.settings import GenerationSettings, prompt_ids
@@ -81,12 +82,18 @@ class GpuTime:
     the page and a refusal speak of."""
 
     def __init__(self, config, rates: dict[str, Rates], cap_s: float, duration_factor: float = 1.0,
-                 placed_mib: float = 0.0, xlarge: bool = False):
+                 placed_mib: float = 0.0, xlarge: bool | Callable[[], bool] = False):
         self.config, self.cap_s = config, cap_s
-        self.duration_factor, self.xlarge = duration_factor, xlarge
+        self.duration_factor, self._xlarge = duration_factor, xlarge
         self.move_s = placed_mib / MOVE_MIB_PER_S
         self._rates = dict(rates)
         self._lock = threading.Lock()
+
+    @property
+    def xlarge(self) -> bool:
+        """Whether the Space runs on a whole card: a fixed answer, or asked each time (on ZeroGPU `spaces` decides it
+        at launch(), from what it packed)."""
+        return self._xlarge() if callable(self._xlarge) else self._xlarge
 
     def charged_s(self, asked_s: float) -> float:
         """The quota seconds a request that asks for asked_s is charged: × 2 on xlarge, else × the duration factor."""
@@ -136,6 +143,10 @@ class GpuTime:
                       + (runs + 1) * self.generation_s(v, PROMPT_TOKENS, max_new_tokens) for v in variant_ids)
         seconds += sum(2 * fed * self.rates(b).pass_s_per_token for b in baselines)
         return self._asked(seconds)
+
+    def minimum_s(self) -> float:
+        """What any request asks for at least: a worker's start-up and a fresh worker's move of the weights."""
+        return self._asked(0.0)
 
     def _asked(self, estimate_s: float) -> float:
         return float(math.ceil(estimate_s * MARGIN + OVERHEAD_S + self.move_s))

@@ -81,6 +81,9 @@ class _Worker:
     def close(self) -> None:
         self.process.terminate()
         self.process.join(timeout=10)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(timeout=10)
 
 
 class EmulatedGpu:
@@ -125,9 +128,11 @@ class EmulatedGpu:
                     if isinstance(item, _End):
                         ended = True
                         return
-                    if isinstance(item, _Failed):
+                    if isinstance(item, _Failed):  # spaces keeps a worker for reuse only after a call that ended
                         self._drain(worker)
                         ended = True
+                        worker.close()
+                        self._worker = None
                         raise worker_error(item.error_cls)
                     try:
                         yield item.value

@@ -137,7 +137,7 @@ class ZeroGpuArena(Arena):
         manager = ModelManager(config, ProcessLoader(config.limits, defaults=ZEROGPU_PROCESS_DEFAULTS),
                                budget_mib=math.inf)
         slice_mib = _slice_mib(mode_name)
-        _check_fits(config, manager, slice_mib, "estimated")
+        _check_fits(config, manager, slice_mib, "estimated")  # the variants it will try to place
         load_ms, failed = {}, {}
         with placing(mode_name):
             for variant_id in config.variants:
@@ -165,7 +165,8 @@ class ZeroGpuArena(Arena):
         placed_mib = sum(weights.values())
         threshold = gpu["xlarge_threshold"]
         timer = gpu_time.GpuTime(config, rates, cap, duration_factor=gpu["duration_factor"], placed_mib=placed_mib,
-                                 xlarge=threshold is not None and placed_mib * MIB > threshold)
+                                 xlarge=_spaces_gpu_is_xlarge if mode_name == "zerogpu"
+                                 else threshold is not None and placed_mib * MIB > threshold)
         arena = cls(config, mode_name, manager, Placement(load_ms, weights, failed, slice_mib), timer)
         global _PLACED
         _PLACED = arena  # what a forked worker finds (see gpu_task)
@@ -223,7 +224,7 @@ class ZeroGpuArena(Arena):
 
     def run_job(self, job, *args, gpu_seconds: float | None = None) -> Iterator:
         """A whole job (an evaluation) in the worker, in the device's turn; refused first if over the cap."""
-        seconds = gpu_seconds if gpu_seconds is not None else gpu_time.OVERHEAD_S
+        seconds = gpu_seconds if gpu_seconds is not None else self.gpu_time.minimum_s()
         self.gpu_time.check(seconds, "evaluation")
 
         def held() -> Iterator:
@@ -254,9 +255,16 @@ def _from_spaces(exc) -> ZeroGpuError:
 
     title = getattr(exc, "title", "Error")
     words = f"{title}: {exc.message}" if title and title != "Error" else exc.message
-    if title == WORKER_ERROR:
+    if title == WORKER_ERROR and exc.message != "GPU task aborted":  # an exception's class: spaces printed the rest
         words += " (in ZeroGPU's worker process; the app's log has its traceback)"
     return ZeroGpuError(words)
+
+
+def _spaces_gpu_is_xlarge() -> bool:
+    """Whether `spaces` made this Space xlarge: it decides at launch(), when the packed tensors pass its threshold."""
+    from spaces.zero import default_gpu_size
+
+    return default_gpu_size() == "xlarge"
 
 
 def gpu_configuration(mode_name: str) -> dict:
@@ -386,7 +394,8 @@ def _slice_mib(mode_name: str) -> float:
 
 
 def _check_fits(config: ArenaConfig, manager: ModelManager, slice_mib: float, how: str) -> None:
-    _refuse_if_over({v: manager.expected_mib(v) for v in config.variants}, slice_mib, how)
+    _refuse_if_over({v: manager.expected_mib(v) for v, variant in config.variants.items()
+                     if variant.method not in NOT_PLACEABLE}, slice_mib, how)
 
 
 def _refuse_if_over(sizes_mib: dict[str, float], slice_mib: float, how: str) -> None:

@@ -31,7 +31,7 @@ def notice_markdown(arena: Arena) -> str:
 
 
 def gpu_time_text(arena: Arena, variant_ids, max_new_tokens) -> str:
-    """"This run will ask for about N s of GPU time", or why it cannot run."""
+    """"This run will take about N s of GPU quota", or why it cannot run."""
     if not is_zerogpu(arena):
         return ""
     try:
