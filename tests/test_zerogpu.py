@@ -420,6 +420,8 @@ def test_placing_on_zerogpu_asks_gptqmodel_for_kernels_that_need_no_build(monkey
         gptq, awq = runtime._kernel_without_build("gptq"), runtime._kernel_without_build("awq")
         assert gptq["quantization_config"].get_loading_attributes()["backend"] == "gptq_torch"
         assert awq["quantization_config"].get_loading_attributes()["backend"] == "torch_awq"
+        autoround = runtime._kernel_without_build("autoround")["quantization_config"]
+        assert autoround.get_loading_attributes()["backend"] == "torch"
         assert runtime._kernel_without_build("bnb-4bit") == {} and runtime.placing_on_zerogpu()
     with zerogpu.placing("emulated"):
         assert runtime._kernel_without_build("gptq") == {}

@@ -436,12 +436,14 @@ def from_pretrained_kwargs(variant: Variant, device: str) -> dict[str, Any]:
 # Two things change while it is set:
 # - gptqmodel picks the fastest kernel the device has and builds it on first use: on CUDA its Marlin kernel,
 #   compiled with nvcc as the checkpoint loads (6 minutes on 2 cores under `make zerogpu-check`, then a failed
-#   build). GPTQ and AWQ checkpoints load with its plain-torch kernels instead, which need no build (its own guide
-#   puts them at about 80 % of its Triton kernel's speed);
+#   build), for AutoRound checkpoints too. GPTQ, AWQ and AutoRound checkpoints load with plain-torch kernels instead,
+#   which need no build (gptqmodel's guide puts its own at about 80 % of its Triton kernel's speed);
 # - the two-token warm-up is not run: under the emulation it would run on the host, or reach real CUDA (gptqmodel's
 #   Triton dequantization asked for libcuda); the worker that runs the variant pays its one-off costs instead.
 PLACING_ON_ZEROGPU_ENV = "ARENA_PLACING_ON_ZEROGPU"
-NO_BUILD_BACKENDS = {"gptq": "gptq_torch", "awq": "torch_awq"}  # as transformers' GPTQConfig / AwqConfig name them
+# as transformers' GPTQConfig / AwqConfig / AutoRoundConfig name them (auto-round's "torch": its auto_round:torch
+# layers, which also picked gptqmodel's Marlin kernel under the emulation otherwise)
+NO_BUILD_BACKENDS = {"gptq": "gptq_torch", "awq": "torch_awq", "autoround": "torch"}
 
 
 def placing_on_zerogpu() -> bool:
@@ -453,9 +455,9 @@ def _kernel_without_build(method: str) -> dict[str, Any]:
     ZeroGPU (only its loading attributes, the backend among them, are merged into the checkpoint's own config)."""
     if not placing_on_zerogpu() or method not in NO_BUILD_BACKENDS:
         return {}
-    from transformers import AwqConfig, GPTQConfig
+    from transformers import AutoRoundConfig, AwqConfig, GPTQConfig
 
-    config_class = GPTQConfig if method == "gptq" else AwqConfig
+    config_class = {"gptq": GPTQConfig, "awq": AwqConfig, "autoround": AutoRoundConfig}[method]
     return {"quantization_config": config_class(bits=4, backend=NO_BUILD_BACKENDS[method])}
 
 
