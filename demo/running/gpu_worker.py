@@ -12,10 +12,10 @@ of a generator function on a ZeroGPU Space (spaces.zero.wrappers.generator_funct
   each value the task yields and then closes the task, which ends its generation. The caller waits for the
   worker to end the call, so the next call never overlaps it.
 - In the worker, a call of the decorated function runs the task inline, as `spaces` does once forked.
-- An exception in the task reaches the caller as a gradio Error titled "ZeroGPU worker error" whose message is the
-  exception's class name only, as `spaces` raises it (only a gradio Error keeps its words): a task passes its own
+- An exception in the task reaches the caller as an error titled "ZeroGPU worker error" whose message is the
+  exception's class name only, as `spaces` raises it (a gradio Error there) (only a gradio Error keeps its words): a task passes its own
   errors back as yielded data.
-- A worker that dies ends the call with the same gradio Error, "GPU task aborted".
+- A worker that dies ends the call with the same error, "GPU task aborted".
 - A worker dies with the serving process (even one ended by SIGTERM or SIGKILL, where multiprocessing's own clean-up
   of daemon children never runs) and first drops the listening sockets it inherited, so a restarted app can bind its
   port and no client waits in a dead server's backlog (demo.running.lifeline).
@@ -41,11 +41,18 @@ WORKERS_ENV = "ARENA_ZEROGPU_WORKERS"  # "fresh" (default) or "reuse"
 WORKER_ERROR = "ZeroGPU worker error"  # the title `spaces` gives the errors of its worker
 
 
-def worker_error(message: str):
-    """The error `spaces` raises for its worker's failures (spaces.zero.gradio.error): a gradio Error with a title."""
-    import gradio as gr
+class WorkerError(Exception):
+    """What `spaces` raises for its worker's failures (spaces.zero.gradio.error: a gradio Error titled "ZeroGPU worker
+    error"), with the same title and message attributes; not gradio's class itself, since only the page imports
+    gradio (demo.running.zerogpu reads any error by its title and message)."""
 
-    return gr.Error(message, title=WORKER_ERROR, print_exception=False)
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.title, self.message = WORKER_ERROR, message
+
+
+def worker_error(message: str) -> WorkerError:
+    return WorkerError(message)
 
 
 @dataclass

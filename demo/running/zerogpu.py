@@ -234,18 +234,26 @@ class ZeroGpuArena(Arena):
         return held()
 
     def _in_worker(self, job, args: tuple, seconds: float) -> Iterator:
-        import gradio as gr
-
         stream = self._gpu(job, args, time.time(), seconds)
         try:
             for item in stream:
                 if isinstance(item, _Raised):
                     raise item.rebuilt()
                 yield item
-        except gr.Error as exc:  # raised by `spaces` (or its emulation): a quota, a queue, the worker's failure
+        except ArenaError:
+            raise
+        except Exception as exc:  # `spaces` (or its emulation) raises titled errors: a quota, a queue, its worker
+            if not _from_spaces_titled(exc):
+                raise
             raise _from_spaces(exc) from exc
         finally:
             stream.close()  # closed early (Stop, a client gone): the worker's stop event is set
+
+
+def _from_spaces_titled(exc: BaseException) -> bool:
+    """Whether an error is one of `spaces`' gradio Errors (or the emulation's same-shaped one): a title and a message.
+    Read by shape, since only the page imports gradio."""
+    return isinstance(getattr(exc, "message", None), str) and isinstance(getattr(exc, "title", None), str)
 
 
 def _from_spaces(exc) -> ZeroGpuError:
