@@ -78,11 +78,11 @@ def test_a_fresh_worker_serves_each_call_unless_its_gpu_came_back_idle():
 def test_the_emulation_raises_the_worker_errors_spaces_raises():
     from spaces.zero.gradio import error
 
-    from demo.running.gpu_worker import worker_error
+    from demo.running.gpu_worker import WorkerError
 
     from demo.running.zerogpu import _from_spaces, _from_spaces_titled
 
-    ours, theirs = worker_error("GPU task aborted"), error("ZeroGPU worker error", "GPU task aborted")
+    ours, theirs = WorkerError("GPU task aborted"), error("ZeroGPU worker error", "GPU task aborted")
     assert (ours.title, ours.message) == (theirs.title, theirs.message)
     assert _from_spaces_titled(ours) and _from_spaces_titled(theirs)  # the arena reads both alike
     assert str(_from_spaces(ours)) == str(_from_spaces(theirs))

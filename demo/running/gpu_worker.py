@@ -51,10 +51,6 @@ class WorkerError(Exception):
         self.title, self.message = WORKER_ERROR, message
 
 
-def worker_error(message: str) -> WorkerError:
-    return WorkerError(message)
-
-
 @dataclass
 class _Value:
     value: Any
@@ -131,7 +127,7 @@ class EmulatedGpu:
                     if item is None:
                         ended = True
                         self._worker = None
-                        raise worker_error("GPU task aborted")
+                        raise WorkerError("GPU task aborted")
                     if isinstance(item, _End):
                         ended = True
                         return
@@ -140,7 +136,7 @@ class EmulatedGpu:
                         ended = True
                         worker.close()
                         self._worker = None
-                        raise worker_error(item.error_cls)
+                        raise WorkerError(item.error_cls)
                     try:
                         yield item.value
                     except GeneratorExit:
